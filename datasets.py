@@ -59,6 +59,24 @@ class HyperParameters:
     validation_size: int  # PermutedMNIST: in all; SplitMNIST: per task
     augmentation: bool
 
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name} must be one of {', '.join(allowed)}, "
+                                f"not {getattr(self, name)!r}")
+        if not 0 <= self.sparsity < 100:
+            raise UserError(f"sparsity is a percentage in [0, 100), not {self.sparsity}")
+        if (self.number_of_iterations is None) == (self.number_of_epochs is None):
+            raise UserError("set exactly one of number_of_iterations and number_of_epochs "
+                            "(the other to None)")
+        for name in ("number_of_tasks", "batch_size", "embedding_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+CHOICES = {"target_network": ("MLP",), "optimizer": ("adam", "rmsprop"),
+           "model_selection": ("last", "best_val")}
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -264,8 +282,12 @@ def load_tasks(dataset: str, config: HyperParameters, *, seed: int, root: str | 
     return split_mnist_tasks(*mnist, config=config)
 
 
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
-    """MNIST via torchvision (downloaded into `root` on first use).
+    """MNIST via torchvision, downloaded into `root`/MNIST/raw on first use.
 
     Returns:
         train images [60000, 28, 28] uint8, train labels [60000] int64,
@@ -273,16 +295,22 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
     """
     from torchvision.datasets import MNIST
 
+    raw = Path(root) / "MNIST" / "raw"
+    if not all((raw / name).exists() for name in MNIST_FILES):
+        try:
+            MNIST(root, train=True, download=True)
+        except Exception as error:  # URLError, OSError, RuntimeError: all mean "no files"
+            raise UserError(
+                f"MNIST is not in {raw} and could not be downloaded ({type(error).__name__}); "
+                f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
+                "`python main.py --demo`, which works offline") from None
     arrays = []
     for train in (True, False):
         try:
-            data = MNIST(root, train=train, download=True)
-        except Exception as error:  # torchvision raises RuntimeError/URLError/OSError
-            raise UserError(
-                f"MNIST is not in {Path(root) / 'MNIST' / 'raw'} and could not be downloaded "
-                f"({type(error).__name__}); put train-images-idx3-ubyte, "
-                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte "
-                "there, or run `python main.py --demo`, which works offline") from None
+            data = MNIST(root, train=train, download=False)
+        except Exception as error:  # a truncated or foreign file fails deep in the parser
+            raise UserError(f"an MNIST file in {raw} is unreadable ({type(error).__name__}: "
+                            f"{error}); delete {raw} to download it again") from None
         arrays += [data.data, data.targets]
     return tuple(arrays)
 

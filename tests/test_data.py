@@ -1,0 +1,115 @@
+"""Data: MNIST from torchvision's on-disk layout, task construction, augmentation."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import datasets
+
+CPU = torch.device("cpu")
+
+
+def test_load_mnist_reads_idx_files(mnist_root):
+    train_x, train_y, test_x, test_y = datasets.load_mnist(mnist_root)
+    assert train_x.shape == (400, 28, 28) and train_x.dtype == torch.uint8
+    assert test_x.shape == (100, 28, 28)
+    assert train_y.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_missing_mnist_says_where_to_put_it(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as tv
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(tv, "download_and_extract_archive", offline)
+    with pytest.raises(datasets.UserError, match=r"MNIST.*raw.*--demo"):
+        datasets.load_mnist(tmp_path)
+
+
+def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
+    from conftest import make_mnist
+
+    root = make_mnist(tmp_path / "copy")
+    path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(datasets.UserError, match="unreadable.*delete"):
+        datasets.load_mnist(root)
+
+
+def test_permuted_mnist_tasks(mnist_root):
+    config = dataclasses.replace(datasets.DEMO["PermutedMNIST"], number_of_tasks=3,
+                                 validation_size=50)
+    tasks = datasets.load_tasks("PermutedMNIST", config, seed=1, root=mnist_root, device=CPU)
+    assert len(tasks) == 3
+    first = tasks[0]
+    assert first.train_x.shape == (350, 1024) and first.val_x.shape == (50, 1024)
+    assert first.num_classes == 10
+    # every task, the first included, is a permutation of the zero-padded image
+    _, _, images, _ = datasets.load_mnist(mnist_root)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2)).flatten(1)
+    for task in tasks:
+        assert not torch.equal(task.test_x, padded)
+        assert torch.equal(task.test_x.sort(1).values, padded.sort(1).values)
+    assert not torch.equal(tasks[1].test_x, tasks[2].test_x)
+    again = datasets.load_tasks("PermutedMNIST", config, seed=1, root=mnist_root, device=CPU)
+    other = datasets.load_tasks("PermutedMNIST", config, seed=2, root=mnist_root, device=CPU)
+    assert torch.equal(again[2].train_x, tasks[2].train_x)
+    assert not torch.equal(other[2].train_x, tasks[2].train_x)
+    x = first.transform(first.train_x[:4], True)
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_split_mnist_tasks(mnist_root):
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], validation_size=10)
+    tasks = datasets.load_tasks("SplitMNIST", config, seed=1, root=mnist_root, device=CPU)
+    assert len(tasks) == 5
+    for task in tasks:
+        assert task.num_classes == 2
+        assert set(task.train_y.tolist()) == {0, 1} and set(task.test_y.tolist()) == {0, 1}
+        assert len(task.val_y) == 10 and len(task.train_y) == 80 - 10
+    # task 3 holds digits 6 and 7: its images carry those digits' stripes
+    _, _, images, labels = datasets.load_mnist(mnist_root)
+    assert torch.equal(tasks[3].test_x, images[(labels == 6) | (labels == 7)])
+    x = tasks[0].transform(tasks[0].test_x, False)
+    assert x.shape == (20, 784)
+    assert x.min() == pytest.approx(-datasets.MNIST_MEAN / datasets.MNIST_STD)
+
+
+def test_random_crop_shifts_each_image_within_the_padding():
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 6 * 6).view(2, 3, 6, 6) + 1
+    crops = datasets.random_crop(x, padding=2)
+    assert crops.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        windows = [padded[b, :, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(crops[b], w) for w in windows)
+    grey = datasets.random_crop(x[:, 0], padding=2)
+    assert grey.shape == (2, 6, 6)
+    many = datasets.random_crop(x[:1].expand(64, 3, 6, 6), padding=2)
+    assert len({tuple(c.flatten().tolist()) for c in many}) > 5  # offsets vary per image
+
+
+def test_unknown_and_unavailable_benchmarks():
+    with pytest.raises(datasets.UserError, match="unknown dataset 'MNIST'.*PermutedMNIST"):
+        datasets.get_benchmark("MNIST", 0)
+    with pytest.raises(datasets.UserError, match="not available yet"):
+        datasets.get_benchmark("TinyImageNet", 0)
+    with pytest.raises(datasets.UserError, match=r"no part 3.*\[0, 1, 2\]"):
+        datasets.get_benchmark("SplitMNIST", 3)
+
+
+def test_grid_is_the_cartesian_product_and_overrides_fix_a_field():
+    benchmark = datasets.get_benchmark("PermutedMNIST", 0)
+    points = datasets.configurations(benchmark, True)
+    assert len(points) == 2 * 3 * 2
+    assert {(p.beta, p.lam, p.norm_regularizer_masking) for p in points} == {
+        (b, l, m) for b in (1e-3, 5e-4, 5e-3) for l in (1e-3, 5e-4) for m in (True, False)}
+    fixed = datasets.configurations(benchmark, True, {"beta": 0.1})
+    assert len(fixed) == 4 and {p.beta for p in fixed} == {0.1}
+    best = datasets.configurations(benchmark, False, {"number_of_iterations": 7})
+    assert len(best) == 1 and best[0].number_of_iterations == 7 and best[0].beta == 5e-4
+    with pytest.raises(datasets.UserError, match="grid search"):
+        datasets.configurations(datasets.get_benchmark("SplitMNIST", 1), False)

@@ -1,0 +1,120 @@
+"""The command line and a tiny end-to-end run through main.py's entry point."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import evaluation
+import main
+from datasets import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--seeds=[1]", "--number_of_tasks=2", "--number_of_iterations=4",
+        "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=20",
+        "--device=cpu"]
+
+
+def test_overrides_are_parsed_and_typed():
+    settings, hyper = main.parse_overrides(
+        ["--dataset=SplitMNIST", "--demo", "--seeds=[1,2]", "--beta=1", "--part=0",
+         "--target_hidden_layers=[100,100]", "--chunk_size=None", "--chunk_size=500",
+         "--optimizer=rmsprop"])
+    assert settings == {"dataset": "SplitMNIST", "demo": True, "seeds": [1, 2], "part": 0}
+    assert hyper == {"beta": 1.0, "target_hidden_layers": (100, 100), "chunk_size": 500,
+                     "optimizer": "rmsprop"}
+    assert type(hyper["beta"]) is float
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("--betta=0.1", r"unknown option --betta; settings: .*dataset.*hyperparameters: .*beta"),
+    ("--number_of_iterations=many", "--number_of_iterations expects int or None, not 'many'"),
+    ("--number_of_iterations=1.5", "expects int"),
+    ("--sparsity=[1]", "--sparsity expects float"),
+    ("--seeds=1", "--seeds expects None or a list of integers"),
+    ("--part=first", "--part expects int"),
+    ("--demo=yes", "--demo expects bool"),
+    ("--target_hidden_layers=[1,'a']", "expects tuple"),
+    ("dataset=SplitMNIST", "use --name=value"),
+])
+def test_bad_overrides_are_refused(argument, message):
+    with pytest.raises(UserError, match=message):
+        main.parse_overrides([argument])
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("--dataset=MNIST", "unknown dataset 'MNIST'"),
+    ("--dataset=CIFAR100", "not available yet"),
+    ("--part=5", "has no part 5"),
+    ("--optimizer=sgd", "optimizer must be one of adam, rmsprop, not 'sgd'"),
+    ("--model_selection=best", "model_selection must be one of last, best_val"),
+])
+def test_bad_input_is_one_line_on_stderr(argument, message, capsys, tmp_path):
+    assert main.main([argument, f"--results_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "main.py", "--datset=SplitMNIST"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: unknown option --datset") and "Traceback" not in \
+        result.stderr
+
+
+def run_tiny(mnist_root, results, dataset="PermutedMNIST", extra=()):
+    code = main.main([f"--dataset={dataset}", f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={results}", *TINY, *extra])
+    assert code == 0
+    return results / f"{dataset}_part0_best"
+
+
+@pytest.mark.parametrize("dataset", ["PermutedMNIST", "SplitMNIST"])
+def test_end_to_end_writes_every_output(mnist_root, tmp_path, dataset):
+    experiment = run_tiny(mnist_root, tmp_path, dataset)
+    run = experiment / "seed_1"
+    config = json.loads((run / "config.json").read_text())
+    assert config["number_of_iterations"] == 4 and config["seed"] == 1
+    assert config["dataset"] == dataset and config["target_hidden_layers"] == [8]
+    accuracies = pd.read_csv(run / "accuracies.csv")
+    assert list(accuracies.columns) == evaluation.ACCURACY_COLUMNS
+    assert accuracies[["trained_task", "evaluated_task"]].values.tolist() == [[0, 0], [1, 0],
+                                                                               [1, 1]]
+    assert accuracies["accuracy"].between(0, 100).all()
+    log = pd.read_csv(run / "training_log.csv")
+    assert {"task", "iteration", "task_loss", "hnet_term", "target_term",
+            "validation_accuracy"} <= set(log.columns)
+    assert log[["task", "iteration"]].values.tolist() == [[0, 4], [1, 4]]
+    assert (run / "heatmap.png").stat().st_size > 1000
+    import torch
+    weights = torch.load(run / "final_weights.pt", weights_only=True)
+    assert set(weights) == {"hnet", "target"}
+    summary = pd.read_csv(experiment / "summary.csv")
+    assert {"seed", "beta", "mean_accuracy", "std_accuracy", "ACC", "BWT"} <= set(summary.columns)
+    assert (experiment / "summary.md").read_text().startswith(f"# {dataset}_part0_best")
+
+
+def test_same_seed_gives_identical_results(mnist_root, tmp_path):
+    first = run_tiny(mnist_root, tmp_path / "a")
+    second = run_tiny(mnist_root, tmp_path / "b")
+    for name in ("accuracies.csv", "config.json"):
+        assert (first / "seed_1" / name).read_bytes() == (second / "seed_1" / name).read_bytes()
+    logs = [pd.read_csv(f / "seed_1" / "training_log.csv").drop(columns="seconds")
+            for f in (first, second)]
+    pd.testing.assert_frame_equal(*logs)
+
+
+def test_finished_runs_are_kept_and_other_configurations_refused(mnist_root, tmp_path, capsys):
+    experiment = run_tiny(mnist_root, tmp_path)
+    before = (experiment / "seed_1" / "accuracies.csv").stat().st_mtime_ns
+    run_tiny(mnist_root, tmp_path)
+    assert "already finished" in capsys.readouterr().out
+    assert (experiment / "seed_1" / "accuracies.csv").stat().st_mtime_ns == before
+    code = main.main(["--dataset=PermutedMNIST", f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={tmp_path}", *TINY, "--beta=0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "another configuration (beta: 0.0005 there, 0.5 now)" in err

@@ -1,0 +1,63 @@
+"""Metrics over hand-made accuracy matrices, and the summary tables."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import evaluation
+
+NAN = np.nan
+MATRIX = np.array([[90.0, NAN, NAN],
+                   [80.0, 95.0, NAN],
+                   [70.0, 85.0, 99.0]])
+
+
+def test_average_accuracy_is_mean_of_last_row():
+    assert evaluation.average_accuracy(MATRIX) == pytest.approx((70 + 85 + 99) / 3)
+
+
+def test_backward_transfer():
+    # ((70 - 90) + (85 - 95)) / 2
+    assert evaluation.backward_transfer(MATRIX) == pytest.approx(-15.0)
+    assert evaluation.backward_transfer(np.array([[50.0, NAN], [60.0, 70.0]])) == 10.0
+    assert np.isnan(evaluation.backward_transfer(np.array([[50.0]])))
+
+
+def test_accuracy_matrix_from_tidy_rows():
+    rows = pd.DataFrame([(t, j, MATRIX[t, j]) for t in range(3) for j in range(t + 1)],
+                        columns=["trained_task", "evaluated_task", "accuracy"])
+    assert np.array_equal(evaluation.accuracy_matrix(rows), MATRIX, equal_nan=True)
+
+
+def write_run(folder, seed, last_row, beta=0.1):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(
+        {"dataset": "X", "part": 0, "seed": seed, "data": "X", "number_of_tasks": 2,
+         "beta": beta}))
+    rows = [(0, 0, 90.0), (1, 0, last_row[0]), (1, 1, last_row[1])]
+    pd.DataFrame([("X", 0, seed, *r) for r in rows],
+                 columns=evaluation.ACCURACY_COLUMNS).to_csv(folder / "accuracies.csv",
+                                                             index=False)
+
+
+def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
+    write_run(tmp_path / "point_000_seed_1", 1, (80.0, 90.0), beta=0.1)
+    write_run(tmp_path / "point_000_seed_2", 2, (84.0, 90.0), beta=0.1)
+    write_run(tmp_path / "point_001_seed_1", 1, (90.0, 100.0), beta=1.0)
+    text = evaluation.summarize_experiment(tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 3
+    assert summary.loc[0, "mean_accuracy"] == pytest.approx(85.0)
+    assert summary.loc[0, "BWT"] == pytest.approx(-10.0)
+    lines = [line for line in text.splitlines() if line.startswith("|")][2:]
+    assert lines[0].split("|")[1].strip() == "1"  # beta 1.0 ranks first: 95.00
+    assert "95.00 ± 0.00" in lines[0]
+    assert "86.00 ± 1.00" in lines[1]  # mean of 85 and 87, population std
+    assert (tmp_path / "summary.md").read_text() == text
+
+
+def test_heatmap_is_written(tmp_path):
+    evaluation.plot_heatmap(MATRIX, tmp_path / "heatmap.png", "test")
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000
