@@ -58,6 +58,8 @@ class HyperParameters:
     # Data.
     validation_size: int  # PermutedMNIST: in all; SplitMNIST: per task
     augmentation: bool
+    # Evaluation after the last task (entropy-based task inference always runs).
+    fecam_evaluation: bool  # FeCAM class-incremental accuracy, written to fecam.csv
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -134,6 +136,7 @@ _PERMUTED_MNIST = HyperParameters(
     model_selection="last",
     validation_size=5000,
     augmentation=False,
+    fecam_evaluation=False,
 )
 
 _SPLIT_MNIST = dataclasses.replace(

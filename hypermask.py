@@ -13,6 +13,7 @@ tasks and R_target the L1 drift of θ since the task started (SPEC §3).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -65,10 +66,13 @@ class HyperMask(nn.Module):
             weights[i] = weights[i] * m
         return weights
 
+    def task_weights(self, task_id: int, sparsity: float) -> list[torch.Tensor]:
+        """The target network's weights for task `task_id`: θ ⊙ m_t."""
+        return self.masked_weights(self.masks(self.hnet_outputs([task_id])[0], sparsity))
+
     def forward(self, x: torch.Tensor, task_id: int, sparsity: float) -> torch.Tensor:
         """Logits of task `task_id`'s masked network for a batch x."""
-        masks = self.masks(self.hnet_outputs([task_id])[0], sparsity)
-        return self.target(x, weights=self.masked_weights(masks))
+        return self.target(x, weights=self.task_weights(task_id, sparsity))
 
 
 def semi_binary_masks(hnet_output: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
@@ -185,9 +189,10 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
                progress: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train task `task_id`; return the training log (a row per validation).
 
-    Validation runs every VALIDATION_EVERY iterations, at the last iteration
-    and (epoch-based runs) at each epoch end, always with the target sparsity
-    p. With model_selection "best_val" the networks with the highest
+    Validation runs after iterations 0, VALIDATION_EVERY, 2 * VALIDATION_EVERY,
+    ..., after the last one and (epoch-based runs) at each epoch end, always
+    with the target sparsity p (as the reference, whose iteration counter
+    starts at 0). With model_selection "best_val" the networks with the highest
     validation accuracy are kept.
 
     Args:
@@ -216,7 +221,7 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
         optimizer.step()
 
         epoch_end = config.number_of_epochs and (iteration + 1) % per_epoch == 0
-        if (iteration + 1) % VALIDATION_EVERY == 0 or iteration == num_iterations - 1 or epoch_end:
+        if iteration % VALIDATION_EVERY == 0 or iteration == num_iterations - 1 or epoch_end:
             accuracy = evaluate(model, task, task_id, config.sparsity, split="val")
             row = {"task": task_id, "iteration": iteration + 1,
                    **{name: value.item() for name, value in terms.items()},
@@ -251,14 +256,24 @@ def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
     (batch-statistics networks then give slightly different numbers).
     """
     x_all, y_all = getattr(task, f"{split}_x"), getattr(task, f"{split}_y")
+    correct = 0
+    with evaluation_mode(model):
+        weights = model.task_weights(task_id, sparsity)
+        for index in torch.split(torch.arange(len(y_all), device=y_all.device),
+                                 batch_size or len(y_all)):
+            logits = model.target(task.transform(x_all[index], False), weights=weights)
+            correct += (logits[:, :task.num_classes].argmax(1) == y_all[index]).sum()
+    return 100.0 * correct.item() / len(y_all)
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module):
+    """Eval mode inside the block, the previous mode restored after (dropout stays on in
+    training: the reference's defect 3)."""
     was_training = model.training
     model.eval()
-    masks = model.masks(model.hnet_outputs([task_id])[0], sparsity)
-    weights = model.masked_weights(masks)
-    correct = 0
-    for index in torch.split(torch.arange(len(y_all), device=y_all.device),
-                             batch_size or len(y_all)):
-        logits = model.target(task.transform(x_all[index], False), weights=weights)
-        correct += (logits[:, :task.num_classes].argmax(1) == y_all[index]).sum()
-    model.train(was_training)
-    return 100.0 * correct.item() / len(y_all)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+

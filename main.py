@@ -26,6 +26,7 @@ from tqdm import tqdm
 import datasets
 import evaluation
 import hypermask
+import task_agnostic
 from datasets import HyperParameters, UserError
 
 # ------------------------------------------------------------ edit these
@@ -175,9 +176,13 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
 
 def run_one(config, *, dataset: str, part: int, seed: int, run_dir: Path, settings: dict,
             device) -> None:
-    """Train one configuration with one seed, writing everything into run_dir."""
-    data = datasets.DEMO_LABEL if settings["demo"] else dataset
-    record = {"dataset": dataset, "part": part, "seed": seed, "data": data,
+    """Train one configuration with one seed, writing everything into run_dir.
+
+    After every task the run folder gets its accuracy rows and a checkpoint; a
+    rerun continues after the last finished task and gives the same results.
+    """
+    record = {"dataset": dataset, "part": part, "seed": seed,
+              "data": datasets.DEMO_LABEL if settings["demo"] else dataset,
               **dataclasses.asdict(config)}
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
@@ -192,24 +197,95 @@ def run_one(config, *, dataset: str, part: int, seed: int, run_dir: Path, settin
     model = hypermask.build_model(config, input_size, max(t.num_classes for t in tasks))
     model.to(device)
     label = f"{dataset}{' (demo sample)' if settings['demo'] else ''}"
-    accuracies, log = [], []
-    for task_id, task in enumerate(tasks):
-        log += train_with_progress(model, task, task_id, config, seed=seed)
-        for j in range(task_id + 1):
-            accuracy = hypermask.evaluate(model, tasks[j], j, config.sparsity)
-            accuracies.append({"dataset": label, "part": part, "seed": seed,
-                               "trained_task": task_id, "evaluated_task": j,
-                               "accuracy": accuracy})
-        evaluation.write_csv(pd.DataFrame(accuracies), run_dir / "accuracies.csv")
-        evaluation.write_csv(pd.DataFrame(log), run_dir / "training_log.csv")
-        last = [a["accuracy"] for a in accuracies if a["trained_task"] == task_id]
+    keys = {"dataset": label, "part": part, "seed": seed}
+    state = load_checkpoint(run_dir / CHECKPOINT, model)
+    if state is None:
+        # b_j of forward transfer: the untrained networks under task j's (random) mask
+        state = {"next_task": 0, "accuracies": [], "log": [], "transfer": [
+            {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
+             "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
+    else:
+        print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
+    for task_id in range(state["next_task"], len(tasks)):
+        state["log"] += train_with_progress(model, tasks[task_id], task_id, config, seed=seed)
+        last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
+        state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
+                                 "accuracy": accuracy} for j, accuracy in enumerate(last)]
+        if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
+            state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
+                model, tasks[task_id + 1], task_id, config)
+        state["next_task"] = task_id + 1
+        write_run_tables(run_dir, state)
+        save_atomically({**state, "model": model.state_dict(), "rng": rng_state()},
+                        run_dir / CHECKPOINT)
         print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
               f"over {len(last)} task(s)")
-    matrix = evaluation.accuracy_matrix(pd.DataFrame(accuracies))
-    evaluation.plot_heatmap(matrix, run_dir / "heatmap.png",
-                            f"{label} part {part}, seed {seed}: accuracy (%)")
+    finish_run(model, tasks, config, run_dir=run_dir, keys=keys, title=f"{label} part {part}")
+
+
+def evaluate(model, task, task_id: int, config) -> float:
+    """Test accuracy of `task` under task `task_id`'s mask at the configured sparsity."""
+    return hypermask.evaluate(model, task, task_id, config.sparsity)
+
+
+def write_run_tables(run_dir: Path, state: dict) -> None:
+    """accuracies.csv, training_log.csv and transfer.csv from the run's rows so far."""
+    for name in ("accuracies", "log", "transfer"):
+        filename = {"log": "training_log"}.get(name, name)
+        evaluation.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
+
+
+def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -> None:
+    """The end-of-run outputs: heatmap, task-agnostic accuracy, final weights."""
+    accuracies = pd.read_csv(run_dir / "accuracies.csv")
+    evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
+                            f"{title}, seed {keys['seed']}: accuracy (%)")
+    rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity)
+    evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                         run_dir / "task_agnostic.csv")
+    if config.fecam_evaluation:
+        rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity)
+        evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                             run_dir / "fecam.csv")
     save_atomically({"hnet": model.hnet.state_dict(), "target": model.target.state_dict()},
                     run_dir / "final_weights.pt")
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def rng_state() -> dict:
+    """Every random generator's state, as tensors and plain containers (weights_only-safe)."""
+    name, key, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, model) -> dict | None:
+    """Restore model and random generators from a run's checkpoint; return its rows."""
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint.pop("model"))
+        set_rng_state(checkpoint.pop("rng"))
+    except Exception as error:  # truncated zip, foreign pickle, missing keys: all unusable
+        raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}); "
+                        "delete it to restart this run from its first task") from None
+    return checkpoint
 
 
 def train_with_progress(model, task, task_id: int, config, *, seed: int) -> list[dict]:

@@ -88,7 +88,7 @@ def test_end_to_end_writes_every_output(mnist_root, tmp_path, dataset):
     log = pd.read_csv(run / "training_log.csv")
     assert {"task", "iteration", "task_loss", "hnet_term", "target_term",
             "validation_accuracy"} <= set(log.columns)
-    assert log[["task", "iteration"]].values.tolist() == [[0, 4], [1, 4]]
+    assert log[["task", "iteration"]].values.tolist() == [[0, 1], [0, 4], [1, 1], [1, 4]]
     assert (run / "heatmap.png").stat().st_size > 1000
     import torch
     weights = torch.load(run / "final_weights.pt", weights_only=True)

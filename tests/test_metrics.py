@@ -1,6 +1,7 @@
 """Metrics over hand-made accuracy matrices, and the summary tables."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,20 @@ def test_backward_transfer():
     assert np.isnan(evaluation.backward_transfer(np.array([[50.0]])))
 
 
+def test_forgetting():
+    # task 0: best before the end 90, final 70 -> 20; task 1: best 95, final 85 -> 10
+    assert evaluation.forgetting(MATRIX) == pytest.approx(15.0)
+    improving = np.array([[50.0, NAN], [60.0, 70.0]])
+    assert evaluation.forgetting(improving) == pytest.approx(-10.0)
+
+
+def test_forward_transfer():
+    before = np.array([NAN, 30.0, 50.0])  # A[j-1, j]
+    baseline = np.array([10.0, 10.0, 20.0])  # b_j
+    assert evaluation.forward_transfer(before, baseline) == pytest.approx((20 + 30) / 2)
+    assert np.isnan(evaluation.forward_transfer(before[:1], baseline[:1]))
+
+
 def test_accuracy_matrix_from_tidy_rows():
     rows = pd.DataFrame([(t, j, MATRIX[t, j]) for t in range(3) for j in range(t + 1)],
                         columns=["trained_task", "evaluated_task", "accuracy"])
@@ -40,6 +55,11 @@ def write_run(folder, seed, last_row, beta=0.1):
     pd.DataFrame([("X", 0, seed, *r) for r in rows],
                  columns=evaluation.ACCURACY_COLUMNS).to_csv(folder / "accuracies.csv",
                                                              index=False)
+    pd.DataFrame({"task": [0, 1], "random_init_accuracy": [10.0, 20.0],
+                  "previous_network_accuracy": [NAN, 50.0]}).to_csv(folder / "transfer.csv")
+    pd.DataFrame({"task": [0, 1], "task_identification_accuracy": [100.0, 80.0],
+                  "accuracy": [90.0, 70.0]}).to_csv(folder / "task_agnostic.csv")
+    (folder / "final_weights.pt").write_bytes(b"")
 
 
 def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
@@ -51,11 +71,28 @@ def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
     assert len(summary) == 3
     assert summary.loc[0, "mean_accuracy"] == pytest.approx(85.0)
     assert summary.loc[0, "BWT"] == pytest.approx(-10.0)
+    assert summary.loc[0, "FWT"] == pytest.approx(30.0)
+    assert summary.loc[0, "forgetting"] == pytest.approx(10.0)
+    assert summary.loc[0, "task_agnostic_accuracy"] == pytest.approx(80.0)
+    assert summary.loc[0, "task_identification_accuracy"] == pytest.approx(90.0)
     lines = [line for line in text.splitlines() if line.startswith("|")][2:]
     assert lines[0].split("|")[1].strip() == "1"  # beta 1.0 ranks first: 95.00
     assert "95.00 ± 0.00" in lines[0]
     assert "86.00 ± 1.00" in lines[1]  # mean of 85 and 87, population std
     assert (tmp_path / "summary.md").read_text() == text
+    for plot in ("mean_heatmap.png", "per_task_accuracy.png", "grid.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+
+
+def test_unfinished_runs_are_listed_but_not_averaged(tmp_path):
+    write_run(tmp_path / "seed_1", 1, (80.0, 90.0))
+    write_run(tmp_path / "seed_2", 2, (10.0, 10.0))
+    (tmp_path / "seed_2" / "final_weights.pt").unlink()
+    text = evaluation.summarize_experiment(tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["finished"].tolist() == [True, False]
+    assert re.search(r"\|\s*1\s*\|\s*85.00 ± 0.00", text)  # one seed, the finished one
+    assert "Unfinished runs (not in the table): seed_2" in text
 
 
 def test_heatmap_is_written(tmp_path):

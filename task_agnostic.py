@@ -1,0 +1,162 @@
+"""Task-agnostic inference: classifying without being told the task (SPEC §4).
+
+HyperMask is trained task-incrementally; these evaluations drop the task label:
+- entropy: run a sample under every task's mask, trust the most confident task
+  (lowest softmax entropy);
+- FeCAM (Goswami et al. 2023): class prototypes and shrunk, correlation-
+  normalised covariances of penultimate features; a sample goes to the class at
+  the smallest Mahalanobis distance, over every class seen so far.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from datasets import Task
+from hypermask import HyperMask, evaluation_mode
+
+# ----------------------------------------------------------------------- entropy
+
+
+def choose_by_entropy(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sample, the task with the lowest softmax entropy and its class.
+
+    Args:
+        logits: one [N, C_j] tensor per task j, for the same N samples.
+    Returns:
+        chosen task [N] (ties go to the earlier task), predicted class [N].
+    """
+    log_p = [l.log_softmax(1) for l in logits]
+    entropy = torch.stack([-(p.exp() * p).sum(1) for p in log_p])  # [T, N]
+    chosen = entropy.argmin(0)  # first minimum
+    classes = torch.stack([p.argmax(1) for p in log_p])  # [T, N]
+    return chosen, classes.gather(0, chosen[None])[0]
+
+
+@torch.no_grad()
+def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float) -> list[dict]:
+    """Entropy-based task inference on each task's test set (one batch per task and mask).
+
+    Returns:
+        one row per task: task, task_identification_accuracy and accuracy
+        (percent; a sample is right only if its task and class both are).
+    """
+    rows = []
+    with evaluation_mode(model):
+        weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
+        for i, task in enumerate(tasks):
+            x = task.transform(task.test_x, False)
+            logits = [model.target(x, weights=w)[:, :tasks[j].num_classes]
+                      for j, w in enumerate(weights)]
+            chosen, predicted = choose_by_entropy(logits)
+            right_task = chosen == i
+            rows.append({"task": i, "task_identification_accuracy": percent(right_task),
+                         "accuracy": percent(right_task & (predicted == task.test_y))})
+    return rows
+
+
+# ------------------------------------------------------------------------- FeCAM
+
+
+def shrink(cov: torch.Tensor) -> torch.Tensor:
+    """FeCAM's shrinkage: cov + mean(diag) I + mean(non-zero off-diagonal) (1 - I)."""
+    eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+    off_diagonal = cov[(1 - eye).bool()]
+    off_mean = off_diagonal[off_diagonal != 0].mean() if (off_diagonal != 0).any() else 0.0
+    return cov + cov.diagonal().mean() * eye + off_mean * (1 - eye)
+
+
+def class_statistics(features: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prototypes and precision matrices of FeCAM, one per class.
+
+    The prototype is the mean feature; the covariance is shrunk twice,
+    normalised to a correlation matrix and pseudo-inverted.
+
+    Args:
+        features: [N, D] penultimate features; labels: [N] in 0..num_classes-1.
+    Returns:
+        prototypes [C, D], precisions [C, D, D].
+    """
+    prototypes, precisions = [], []
+    for c in range(num_classes):
+        f = features[labels == c].double()
+        cov = shrink(shrink(torch.cov(f.T)))
+        std = cov.diagonal().sqrt()
+        correlation = cov / (std[:, None] * std[None, :])
+        prototypes.append(f.mean(0))
+        precisions.append(torch.linalg.pinv(correlation + 1e-8))
+    return torch.stack(prototypes), torch.stack(precisions)
+
+
+def mahalanobis(features: torch.Tensor, prototypes: torch.Tensor,
+                precisions: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distances of L2-normalised features to L2-normalised prototypes.
+
+    Args:
+        features [N, D], prototypes [C, D], precisions [C, D, D].
+    Returns:
+        [N, C] distances.
+    """
+    d = F.normalize(features.double(), dim=-1)[:, None] - F.normalize(prototypes, dim=-1)[None]
+    return torch.einsum("ncd,cde,nce->nc", d, precisions, d)
+
+
+class _LastLinearInput(TorchFunctionMode):
+    """Records the input of the last F.linear call: the penultimate features."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear:
+            self.features = args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def penultimate_features(model: HyperMask, x: torch.Tensor, weights: list) -> torch.Tensor:
+    """The input of the target network's output layer, [N, D], under the given weights."""
+    with _LastLinearInput() as recorder:
+        model.target(x, weights=weights)
+    return recorder.features
+
+
+@torch.no_grad()
+def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float) -> list[dict]:
+    """FeCAM class-incremental accuracy after the last task, over tasks 0..i for every i.
+
+    Each task's classes get statistics from its training and validation
+    samples (not augmented) under its own mask. A test sample is compared, under
+    every task t's mask, with task t's classes; the nearest class over all
+    tasks so far is the prediction.
+
+    Returns:
+        one row per i: tasks_seen (i + 1) and accuracy (percent) on the union
+        of the test sets of tasks 0..i.
+    """
+    with evaluation_mode(model):
+        weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
+        statistics = []
+        for t, task in enumerate(tasks):
+            x = torch.cat([task.train_x, task.val_x])
+            features = penultimate_features(model, task.transform(x, False), weights[t])
+            statistics.append(class_statistics(features, torch.cat([task.train_y, task.val_y]),
+                                               task.num_classes))
+        # distance[s][t]: [N_s, C_t], test samples of task s under task t's mask
+        distance = [[mahalanobis(penultimate_features(model, s.transform(s.test_x, False), w),
+                                 *statistics[t]) for t, w in enumerate(weights)] for s in tasks]
+    rows = []
+    for i in range(len(tasks)):
+        correct = total = 0
+        for s, task in enumerate(tasks[:i + 1]):
+            nearest = torch.stack([distance[s][t].min(1).values for t in range(i + 1)])
+            chosen = nearest.argmin(0)  # [N]: the task of the nearest class
+            predicted = torch.stack([distance[s][t].argmin(1) for t in range(i + 1)])
+            predicted = predicted.gather(0, chosen[None])[0]
+            correct += ((chosen == s) & (predicted == task.test_y)).sum().item()
+            total += len(task.test_y)
+        rows.append({"tasks_seen": i + 1, "accuracy": 100 * correct / total})
+    return rows
+
+
+def percent(mask: torch.Tensor) -> float:
+    return 100 * mask.float().mean().item()

@@ -1,0 +1,86 @@
+"""Checkpoints after every task: an interrupted run resumes to the same results."""
+
+import pandas as pd
+import pytest
+
+import evaluation
+import main
+
+TINY = ["--dataset=SplitMNIST", "--seeds=[3]", "--number_of_tasks=3",
+        "--number_of_iterations=6", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
+        "--validation_size=10", "--device=cpu", "--fecam_evaluation=True"]
+
+
+def run(mnist_root, results, *extra):
+    return main.main([f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY,
+                      *extra])
+
+
+def interrupt_at_task(monkeypatch, stop_task):
+    real = main.train_with_progress
+
+    def train(model, task, task_id, config, *, seed):
+        if task_id == stop_task:
+            raise KeyboardInterrupt
+        return real(model, task, task_id, config, seed=seed)
+
+    monkeypatch.setattr(main, "train_with_progress", train)
+
+
+def test_interrupted_run_resumes_to_identical_results(mnist_root, tmp_path, monkeypatch, capsys):
+    assert run(mnist_root, tmp_path / "whole") == 0
+    interrupt_at_task(monkeypatch, 2)
+    assert run(mnist_root, tmp_path / "cut") == 130
+    run_dir = tmp_path / "cut" / "SplitMNIST_part0_best" / "seed_3"
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "final_weights.pt").exists()
+    assert pd.read_csv(run_dir / "accuracies.csv")["trained_task"].max() == 1
+    assert "rerun the same command" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert run(mnist_root, tmp_path / "cut") == 0
+    assert "resuming after task 2" in capsys.readouterr().out
+    assert not (run_dir / "checkpoint.pt").exists()
+    whole = tmp_path / "whole" / "SplitMNIST_part0_best" / "seed_3"
+    for name in ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "fecam.csv"):
+        assert (run_dir / name).read_bytes() == (whole / name).read_bytes(), name
+    logs = [pd.read_csv(d / "training_log.csv").drop(columns="seconds") for d in (run_dir, whole)]
+    pd.testing.assert_frame_equal(*logs)
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(mnist_root, tmp_path, monkeypatch, capsys):
+    interrupt_at_task(monkeypatch, 1)
+    assert run(mnist_root, tmp_path) == 130
+    monkeypatch.undo()
+    checkpoint = tmp_path / "SplitMNIST_part0_best" / "seed_3" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    capsys.readouterr()
+    assert run(mnist_root, tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: checkpoint {checkpoint} is corrupt") and "\n" not in err
+
+
+def test_evaluation_cli_regenerates_the_tables(mnist_root, tmp_path, capsys):
+    assert run(mnist_root, tmp_path) == 0
+    experiment = tmp_path / "SplitMNIST_part0_best"
+    written = {name: (experiment / name).read_bytes() for name in ("summary.csv", "summary.md")}
+    summary = pd.read_csv(experiment / "summary.csv")
+    assert {"ACC", "BWT", "FWT", "forgetting", "task_agnostic_accuracy",
+            "fecam_accuracy"} <= set(summary.columns)
+    assert summary[["FWT", "forgetting", "fecam_accuracy"]].notna().all().all()
+    for name in list(written) + ["mean_heatmap.png", "per_task_accuracy.png"]:
+        (experiment / name).unlink()
+    assert evaluation.main([str(tmp_path)]) == 0
+    for name, content in written.items():
+        assert (experiment / name).read_bytes() == content, name
+    assert (experiment / "mean_heatmap.png").stat().st_size > 1000
+    assert (experiment / "per_task_accuracy.png").stat().st_size > 1000
+
+
+def test_evaluation_cli_refuses_a_folder_without_results(tmp_path, capsys):
+    assert evaluation.main([str(tmp_path)]) == 2
+    assert "no results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["a", "b"]])
+def test_evaluation_cli_usage(argv, capsys):
+    assert evaluation.main(argv) == 2
+    assert "usage" in capsys.readouterr().err
