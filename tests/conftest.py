@@ -32,3 +32,65 @@ def make_mnist(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0)
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     return make_mnist(tmp_path_factory.mktemp("data"))
+
+
+def make_cifar100(root: Path, per_class_train: int = 6, per_class_test: int = 2,
+                  seed: int = 0) -> Path:
+    """cifar-100-python/{train,test,meta} pickles as torchvision unpacks them (tiny)."""
+    import pickle
+
+    rng = np.random.RandomState(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, per_class in (("train", per_class_train), ("test", per_class_test)):
+        labels = np.tile(np.arange(100), per_class)
+        images = rng.randint(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        batch = {"filenames": [f"{i}.png" for i in range(len(labels))], "batch_label": name,
+                 "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(),
+                 "data": images}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)],
+                     "coarse_label_names": [f"s{i}" for i in range(20)]}, f)
+    return root
+
+
+def make_tiny_imagenet(root: Path, per_class_train: int = 3, seed: int = 0) -> Path:
+    """A miniature tiny-imagenet-200: 200 wnids, JPEGs in the official train/val layout.
+
+    Every other class is stored grey (the real set has grey images too). Pixel
+    values encode the class so tests can check labels: red channel = class
+    index in sorted wnid order, approximately (JPEG is lossy).
+    """
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    folder = root / "tiny-imagenet-200"
+    wnids = [f"n{10000 + 7 * i:08d}" for i in range(200)]
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(rng.permutation(wnids)) + "\n")
+    annotations = []
+    for c, wnid in enumerate(wnids):
+        images = folder / "train" / wnid / "images"
+        images.mkdir(parents=True)
+        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+        colour = (c, 255 - c, 128)
+        mode = "L" if c % 2 else "RGB"
+        for i in range(per_class_train):
+            Image.new("RGB", (64, 64), colour).convert(mode).save(images / f"{wnid}_{i}.JPEG")
+        name = f"val_{c}.JPEG"
+        Image.new("RGB", (64, 64), colour).convert(mode).save(folder / "val" / "images" / name)
+        annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    return make_cifar100(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return make_tiny_imagenet(tmp_path_factory.mktemp("tiny"))

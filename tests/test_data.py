@@ -41,7 +41,7 @@ def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
 def test_permuted_mnist_tasks(mnist_root):
     config = dataclasses.replace(datasets.DEMO["PermutedMNIST"], number_of_tasks=3,
                                  validation_size=50)
-    tasks = datasets.load_tasks("PermutedMNIST", config, seed=1, root=mnist_root, device=CPU)
+    tasks = datasets.load_tasks("PermutedMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
     assert len(tasks) == 3
     first = tasks[0]
     assert first.train_x.shape == (350, 1024) and first.val_x.shape == (50, 1024)
@@ -53,8 +53,8 @@ def test_permuted_mnist_tasks(mnist_root):
         assert not torch.equal(task.test_x, padded)
         assert torch.equal(task.test_x.sort(1).values, padded.sort(1).values)
     assert not torch.equal(tasks[1].test_x, tasks[2].test_x)
-    again = datasets.load_tasks("PermutedMNIST", config, seed=1, root=mnist_root, device=CPU)
-    other = datasets.load_tasks("PermutedMNIST", config, seed=2, root=mnist_root, device=CPU)
+    again = datasets.load_tasks("PermutedMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
+    other = datasets.load_tasks("PermutedMNIST", 0, config, seed=2, root=mnist_root, device=CPU)
     assert torch.equal(again[2].train_x, tasks[2].train_x)
     assert not torch.equal(other[2].train_x, tasks[2].train_x)
     x = first.transform(first.train_x[:4], True)
@@ -63,7 +63,7 @@ def test_permuted_mnist_tasks(mnist_root):
 
 def test_split_mnist_tasks(mnist_root):
     config = dataclasses.replace(datasets.DEMO["SplitMNIST"], validation_size=10)
-    tasks = datasets.load_tasks("SplitMNIST", config, seed=1, root=mnist_root, device=CPU)
+    tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
     assert len(tasks) == 5
     for task in tasks:
         assert task.num_classes == 2
@@ -95,8 +95,8 @@ def test_random_crop_shifts_each_image_within_the_padding():
 def test_unknown_and_unavailable_benchmarks():
     with pytest.raises(datasets.UserError, match="unknown dataset 'MNIST'.*PermutedMNIST"):
         datasets.get_benchmark("MNIST", 0)
-    with pytest.raises(datasets.UserError, match="not available yet"):
-        datasets.get_benchmark("TinyImageNet", 0)
+    with pytest.raises(datasets.UserError, match=r"no part 8.*\[0, 1, 2, 3, 4, 5, 6, 7\]"):
+        datasets.get_benchmark("CIFAR100_FeCAM_setup", 8)
     with pytest.raises(datasets.UserError, match=r"no part 3.*\[0, 1, 2\]"):
         datasets.get_benchmark("SplitMNIST", 3)
 

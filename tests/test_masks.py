@@ -59,21 +59,21 @@ def test_sparsity_ramps_over_the_first_task_only():
 
 
 def test_hnet_outputs_match_target_parameter_shapes():
-    model = hypermask.build_model(CONFIG, input_size=7, num_outputs=3)
+    model = hypermask.build_model(CONFIG, input_shape=(7,), num_outputs=3)
     masks = model.masks(model.hnet_outputs([2])[0], sparsity=30)
     assert [list(m.shape) for m in masks] == model.target.param_shapes
     assert model.hnet_outputs([0, 1, 2]).shape == (3, sum(model.numels))
 
 
 def test_all_ones_mask_reproduces_the_unmasked_network():
-    model = hypermask.build_model(CONFIG, input_size=7, num_outputs=3)
+    model = hypermask.build_model(CONFIG, input_shape=(7,), num_outputs=3)
     x = torch.randn(5, 7)
     ones = [torch.ones(s) for s in model.target.param_shapes]
     assert torch.allclose(model.target(x, weights=model.masked_weights(ones)), model.target(x))
 
 
 def test_output_bias_passes_unmasked():
-    model = hypermask.build_model(CONFIG, input_size=7, num_outputs=3)
+    model = hypermask.build_model(CONFIG, input_shape=(7,), num_outputs=3)
     zeros = [torch.zeros(s) for s in model.target.param_shapes]
     out = model.target(torch.randn(5, 7), weights=model.masked_weights(zeros))
     assert torch.allclose(out, model.target.internal_params[-1].expand(5, 3))
@@ -81,7 +81,7 @@ def test_output_bias_passes_unmasked():
 
 def perturbed_model_and_targets(task_id):
     torch.manual_seed(0)
-    model = hypermask.build_model(CONFIG, input_size=7, num_outputs=3)
+    model = hypermask.build_model(CONFIG, input_shape=(7,), num_outputs=3)
     targets = get_current_targets(task_id, model.hnet)
     start = hypermask.task_start(model, task_id)
     with torch.no_grad():
@@ -124,7 +124,7 @@ def test_target_regulariser_is_l1_drift_masked_by_current_task(masking):
 
 
 def test_first_task_has_no_regularisers():
-    model = hypermask.build_model(CONFIG, input_size=7, num_outputs=3)
+    model = hypermask.build_model(CONFIG, input_shape=(7,), num_outputs=3)
     start = hypermask.task_start(model, 0)
     terms = hypermask.training_loss(model, torch.randn(4, 7), torch.tensor([0, 1, 2, 0]),
                                     task_id=0, num_classes=3, sparsity=0, start=start,

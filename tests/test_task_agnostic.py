@@ -57,7 +57,7 @@ def test_class_statistics_classify_separated_clusters():
 def test_penultimate_features_are_the_last_hidden_activations():
     config = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(4,),
                                  hnet_hidden_layers=(3,), embedding_size=2)
-    model = hypermask.build_model(config, input_size=6, num_outputs=2)
+    model = hypermask.build_model(config, input_shape=(6,), num_outputs=2)
     weights = model.task_weights(1, sparsity=30)
     x = torch.randn(5, 6)
     expected = torch.relu(x @ weights[0].T + weights[1])
@@ -78,10 +78,10 @@ def test_fecam_and_entropy_on_a_synthetic_two_task_setup():
         x[torch.arange(120), offset + labels] += 3.0  # class c of this task: axis offset + c
         return datasets.Task(train_x=x[:80], train_y=labels[:80], val_x=x[80:90],
                              val_y=labels[80:90], test_x=x[90:], test_y=labels[90:],
-                             num_classes=2, transform=lambda b, training: b)
+                             num_classes=2, transform=lambda b, training: b, input_shape=(8,))
 
     tasks = [task(0), task(4)]
-    model = hypermask.build_model(config, input_size=8, num_outputs=2)
+    model = hypermask.build_model(config, input_shape=(8,), num_outputs=2)
     for t, data in enumerate(tasks):
         hypermask.train_task(model, data, t, config)
     assert hypermask.evaluate(model, tasks[1], 1, 0) == 100.0

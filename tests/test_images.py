@@ -1,0 +1,236 @@
+"""Image benchmarks: files in their real on-disk formats, class splits, networks, runs."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import datasets
+import hypermask
+import main
+from conftest import make_cifar100, make_tiny_imagenet
+
+CPU = torch.device("cpu")
+
+
+def config_for(dataset, part, **changes):
+    return dataclasses.replace(datasets.get_benchmark(dataset, part).best, **changes)
+
+
+# ----------------------------------------------------------------------- CIFAR-100
+
+
+def test_cifar100_is_read_from_torchvisions_pickles(cifar_root):
+    train_x, train_y, test_x, test_y = datasets.load_cifar100(cifar_root)
+    assert train_x.shape == (600, 32, 32, 3) and train_x.dtype == np.uint8
+    assert test_x.shape == (200, 32, 32, 3)
+    assert sorted(set(train_y.tolist())) == list(range(100))
+    # channel-first rows of the pickle become NHWC images
+    import pickle
+    with open(cifar_root / "cifar-100-python" / "train", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")["data"]
+    assert np.array_equal(train_x[7, :, :, 1], raw[7, 1024:2048].reshape(32, 32))
+
+
+def test_missing_and_corrupt_cifar100(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv
+
+    monkeypatch.setattr(tv, "download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(datasets.UserError, match="CIFAR-100 is not in .*cifar-100-python"):
+        datasets.load_cifar100(tmp_path)
+    root = make_cifar100(tmp_path / "broken")
+    (root / "cifar-100-python" / "test").write_bytes(b"not a pickle")
+    with pytest.raises(datasets.UserError, match="test is unreadable.*delete"):
+        datasets.load_cifar100(root)
+
+
+def test_split_cifar100_tasks(cifar_root):
+    config = config_for("CIFAR100", 0, validation_size=10)
+    tasks = datasets.load_tasks("CIFAR100", 0, config, seed=1, root=cifar_root, device=CPU)
+    _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
+    assert len(tasks) == 10
+    for t, task in enumerate(tasks):
+        expected = (test_y >= 10 * t) & (test_y < 10 * t + 10)
+        assert torch.equal(task.test_x, torch.from_numpy(test_x[expected]))
+        assert task.test_y.tolist() == (test_y[expected] - 10 * t).tolist()
+        assert task.num_classes == 10 and len(task.val_y) == 10 and len(task.train_y) == 50
+        assert task.input_shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("part, sizes", [(6, [20] * 5), (7, [20] * 5), (0, [50] + [10] * 5),
+                                         (4, [50] + [5] * 10), (2, [40] + [3] * 20)])
+def test_fecam_splits_have_correct_offsets_and_outputs(cifar_root, part, sizes):
+    config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2)
+    tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", part, config, seed=1, root=cifar_root,
+                                device=CPU)
+    _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
+    assert [t.num_classes for t in tasks] == sizes
+    seen, start = [], 0
+    for task, size in zip(tasks, sizes):
+        classes = datasets.FECAM_CLASS_ORDER[start:start + size]
+        start += size
+        members = np.isin(test_y, classes)
+        assert torch.equal(task.test_x, torch.from_numpy(test_x[members]))
+        assert task.test_y.tolist() == [classes.index(c) for c in test_y[members]]
+        assert (torch.bincount(task.val_y) == 2).all()  # 2 validation images per class
+        seen += classes
+    assert sorted(seen) == list(range(100))  # every class exactly once: no overlap
+
+
+def test_fecam_validation_split_depends_on_the_seed(cifar_root):
+    config = config_for("CIFAR100_FeCAM_setup", 6, validation_size=2)
+    load = lambda seed: datasets.load_tasks("CIFAR100_FeCAM_setup", 6, config, seed=seed,  # noqa
+                                            root=cifar_root, device=CPU)[0].val_x
+    assert torch.equal(load(1), load(1)) and not torch.equal(load(1), load(2))
+
+
+# ------------------------------------------------------------------- Tiny ImageNet
+
+
+def test_tiny_imagenet_is_decoded_once_and_cached(tmp_path, monkeypatch):
+    root = make_tiny_imagenet(tmp_path, per_class_train=2)
+    train_x, train_y, test_x, test_y = datasets.load_tiny_imagenet(root)
+    assert train_x.shape == (400, 64, 64, 3) and test_x.shape == (200, 64, 64, 3)
+    assert train_y.tolist()[:4] == [0, 0, 1, 1]  # sorted wnids, files sorted
+    assert test_y.tolist() == list(range(200))
+    even = np.arange(0, 200, 2)
+    assert np.abs(test_x[even, 10, 10, 0].astype(int) - even).max() <= 3  # red encodes class
+    grey = test_x[1]
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert (root / "tiny-imagenet-200" / "uint8_cache" / "train_x.npy").exists()
+
+    def no_jpeg(path):
+        raise AssertionError(f"read {path}")
+
+    monkeypatch.setattr(datasets, "_decode_jpeg", no_jpeg)
+    again = datasets.load_tiny_imagenet(root)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (train_x, train_y, test_x, test_y)))
+
+
+def test_tiny_imagenet_errors(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv
+
+    monkeypatch.setattr(tv, "download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(datasets.UserError, match="unpack tiny-imagenet-200.zip"):
+        datasets.load_tiny_imagenet(tmp_path)
+    root = make_tiny_imagenet(tmp_path / "bad", per_class_train=1)
+    jpeg = next((root / "tiny-imagenet-200" / "train").rglob("*.JPEG"))
+    jpeg.write_bytes(b"broken")
+    with pytest.raises(datasets.UserError, match=f"{jpeg.name} is not a readable JPEG"):
+        datasets.load_tiny_imagenet(root)
+
+
+def test_tiny_imagenet_tasks(tiny_root):
+    config = config_for("TinyImageNet", 1, validation_size=1)
+    tasks = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=tiny_root, device=CPU)
+    assert len(tasks) == 40
+    order = np.random.RandomState(5).permutation(200)
+    _, _, test_x, test_y = datasets.load_tiny_imagenet(tiny_root)
+    for t in (0, 17, 39):
+        classes = sorted(order[5 * t:5 * t + 5])  # labels follow the sorted class ids
+        task = tasks[t]
+        assert task.test_y.tolist() == [classes.index(c) for c in test_y if c in classes]
+        assert (torch.bincount(task.val_y) == 1).all() and (torch.bincount(task.train_y) == 2).all()
+    assert {c for t in range(40) for c in order[5 * t:5 * t + 5]} == set(range(200))
+    x = tasks[0].transform(tasks[0].test_x, False)
+    assert x.shape == (5, 64 * 64 * 3)
+
+
+# ------------------------------------------------------------------------ networks
+
+
+def test_tiny_zenkenet_shapes_and_forward():
+    net = hypermask.TinyZenkeNet(num_classes=5)
+    assert net.param_shapes[-2:] == [[5, 12544], [5]]
+    assert sum(p.numel() for p in net.parameters()) == 3 * 64 * 9 * 64 + 64 * 27 + 4 * 64 \
+        + 5 * 12544 + 5
+    out = net(torch.rand(2, 64 * 64 * 3))
+    assert out.shape == (2, 5)
+    config = config_for("TinyImageNet", 1, hnet_hidden_layers=(3,))
+    model = hypermask.build_model(config, (64, 64, 3), 5)
+    masks = model.masks(model.hnet_outputs([0])[0], config.sparsity)
+    assert [list(m.shape) for m in masks] == net.param_shapes
+    assert model(torch.rand(2, 64 * 64 * 3), 0, config.sparsity).shape == (2, 5)
+
+
+def test_zenkenets_do_not_share_their_shape_lists():
+    ten = hypermask.build_target_network("ZenkeNet", (32, 32, 3), 10)
+    fifty = hypermask.build_target_network("ZenkeNet", (32, 32, 3), 50)
+    assert ten.param_shapes[-1] == [10] and fifty.param_shapes[-1] == [50]
+
+
+def test_resnet_batch_norm_is_shared_not_masked():
+    config = config_for("CIFAR100", 0, hnet_hidden_layers=(2,))
+    model = hypermask.build_model(config, (32, 32, 3), 10)
+    names = [m["name"] for m in model.target.param_shapes_meta]
+    assert "bn_scale" in names
+    assert len(model.maskable) == len([n for n in names if n not in ("bn_scale", "bn_shift")])
+    zeros = [torch.zeros(model.target.param_shapes[i]) for i in model.maskable]
+    weights = model.masked_weights(zeros)
+    for i, name in enumerate(names):
+        if name.startswith("bn_"):
+            assert weights[i] is model.target.internal_params[i]
+
+
+def test_dropout_stays_on_after_evaluation(cifar_root):
+    """The reference's defect 3: evaluation must not leave dropout switched off."""
+    config = config_for("CIFAR100", 1, hnet_hidden_layers=(2,), validation_size=10)
+    task = datasets.load_tasks("CIFAR100", 1, config, seed=1, root=cifar_root, device=CPU)[0]
+    model = hypermask.build_model(config, (32, 32, 3), 10)
+    model.train()
+    hypermask.evaluate(model, task, 0, 0)
+    assert model.training and all(m.training for m in model.modules())
+    x = task.transform(task.train_x[:4], False)
+    torch.manual_seed(0)
+    assert not torch.equal(model(x, 0, 0), model(x, 0, 0))  # dropout active
+
+
+def test_image_transform_normalises_and_augments():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    plain = datasets.image_transform(datasets.FECAM_MEAN, datasets.FECAM_STD, None)(x, True)
+    expected = (x.float() / 255 - torch.tensor(datasets.FECAM_MEAN)) / torch.tensor(
+        datasets.FECAM_STD)
+    assert torch.allclose(plain, expected.flatten(1))  # NHWC, flat
+    fecam = datasets.image_transform(datasets.FECAM_MEAN, datasets.FECAM_STD, "fecam")
+    assert fecam(x, True).shape == plain.shape and not torch.equal(fecam(x, True), plain)
+    assert torch.equal(fecam(x, False), plain)
+
+
+def test_random_flip_flips_about_half():
+    torch.manual_seed(0)
+    x = torch.arange(6.0).view(1, 1, 6).expand(400, 1, 6)
+    flipped = (datasets.random_flip(x)[:, 0, 0] == 5).float().mean()
+    assert 0.4 < flipped < 0.6
+
+
+# ---------------------------------------------------------------- end to end, all 12
+
+IMAGE_BENCHMARKS = [("CIFAR100", 0), ("CIFAR100", 1), ("TinyImageNet", 0), ("TinyImageNet", 1)] \
+    + [("CIFAR100_FeCAM_setup", part) for part in range(8)]
+
+
+@pytest.mark.parametrize("dataset, part", IMAGE_BENCHMARKS)
+def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_root, tmp_path):
+    root = tiny_root if dataset == "TinyImageNet" else cifar_root
+    validation = {"CIFAR100": 10, "TinyImageNet": 1}.get(dataset, 1)
+    code = main.main([f"--dataset={dataset}", f"--part={part}", f"--path_to_datasets={root}",
+                      f"--results_dir={tmp_path}", "--seeds=[1]", "--number_of_tasks=2",
+                      "--number_of_epochs=1", "--hnet_hidden_layers=[2]", "--embedding_size=4",
+                      f"--validation_size={validation}", "--device=cpu"])
+    assert code == 0
+    run = tmp_path / f"{dataset}_part{part}_best" / "seed_1"
+    accuracies = pd.read_csv(run / "accuracies.csv")
+    assert accuracies[["trained_task", "evaluated_task"]].values.tolist() == [[0, 0], [1, 0],
+                                                                               [1, 1]]
+    log = pd.read_csv(run / "training_log.csv")
+    assert log["learning_rate"].iloc[0] == datasets.get_benchmark(dataset, part).best.learning_rate
+    assert (run / "final_weights.pt").exists() and (run / "heatmap.png").exists()
+    if dataset == "CIFAR100_FeCAM_setup":
+        fecam = pd.read_csv(run / "fecam.csv")
+        assert fecam["tasks_seen"].tolist() == [1, 2]
+        assert fecam["accuracy"].between(0, 100).all()
