@@ -19,24 +19,49 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def measure(dataset: str, task_id: int, batched: bool, device: str, steps: int) -> tuple:
-    """Steps per second and peak memory (MiB) of training steps at task `task_id`."""
+def example_batch(dataset: str, config, device: str):
+    """A random training batch as the benchmark's transform delivers it, and its classes.
+
+    Returns:
+        (a function giving a fresh network-input batch, labels, input shape, classes).
+    """
+    import torch
+
+    import datasets
+
+    if dataset in ("PermutedMNIST", "SplitMNIST"):
+        shape, classes = {"PermutedMNIST": ((1024,), 10), "SplitMNIST": ((784,), 2)}[dataset]
+        x = torch.rand(config.batch_size, *shape, device=device)
+        return (lambda: x), shape, classes
+    shape, classes, mean, std, augment = {
+        "CIFAR100": ((32, 32, 3), 10, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD, "crop_flip"),
+        "CIFAR100_FeCAM_setup": ((32, 32, 3), 20, datasets.FECAM_MEAN, datasets.FECAM_STD,
+                                 "fecam"),
+        "TinyImageNet": ((64, 64, 3), 5, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD, None),
+    }[dataset]
+    images = torch.randint(0, 256, (config.batch_size, *shape), dtype=torch.uint8, device=device)
+    transform = datasets.image_transform(mean, std, augment)
+    return (lambda: transform(images, True)), shape, classes
+
+
+def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
+            steps: int) -> tuple:
+    """Training steps per second (transform of the batch included) and peak memory (MiB)."""
     import torch
 
     import datasets
     import hypermask
 
-    config = datasets.get_benchmark(dataset, 0).best
-    input_size, classes = {"PermutedMNIST": (1024, 10), "SplitMNIST": (784, 2)}[dataset]
+    config = datasets.get_benchmark(dataset, part).best
     torch.manual_seed(0)
-    model = hypermask.build_model(config, (input_size,), classes).to(device)
+    inputs, shape, classes = example_batch(dataset, config, device)
+    model = hypermask.build_model(config, shape, classes).to(device)
     optimizer = hypermask.make_optimizer(model, config)
     start = hypermask.task_start(model, task_id)
-    x = torch.rand(config.batch_size, input_size, device=device)
     y = torch.randint(0, classes, (config.batch_size,), device=device)
 
     def step():
-        terms = hypermask.training_loss(model, x, y, task_id=task_id, num_classes=classes,
+        terms = hypermask.training_loss(model, inputs(), y, task_id=task_id, num_classes=classes,
                                         sparsity=config.sparsity, start=start, config=config,
                                         batched=batched)
         optimizer.zero_grad(set_to_none=True)
@@ -59,31 +84,37 @@ def measure(dataset: str, task_id: int, batched: bool, device: str, steps: int) 
     return steps / (time.perf_counter() - started), peak
 
 
+def run_cases(cases: list, device: str, steps: int) -> dict:
+    """Measure each (dataset, part, task_id, batched) in its own process; print a table."""
+    import torch
+
+    name = (torch.cuda.get_device_name(device) if device.startswith("cuda")
+            else f"CPU, {torch.get_num_threads()} threads")
+    print(f"device: {device} ({name}); torch {torch.__version__}; {steps} timed steps")
+    memory = "peak GPU MiB" if device.startswith("cuda") else "peak RSS MiB"
+    print(f"{'benchmark':<24}{'task':>5}  {'regulariser':<12}{'steps/s':>9}{memory:>15}")
+    spawn = multiprocessing.get_context("spawn")
+    results = {}
+    for dataset, part, task_id, batched in cases:
+        with spawn.Pool(1) as pool:
+            rate, peak = pool.apply(measure, (dataset, part, task_id, batched, device, steps))
+        results[dataset, part, task_id, batched] = rate
+        label = f"{dataset} {part}"
+        kind = "batched" if batched else "loop"
+        print(f"{label:<24}{task_id + 1:>5}  {kind:<12}{rate:>9.2f}{peak:>15.0f}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    import torch
-
-    name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-            else f"CPU, {torch.get_num_threads()} threads")
-    print(f"device: {args.device} ({name}); torch {torch.__version__}; {args.steps} timed steps")
-    memory = "peak GPU MiB" if args.device.startswith("cuda") else "peak RSS MiB"
-    print(f"{'benchmark':<15}{'task':>5}  {'regulariser':<12}{'steps/s':>9}{memory:>15}")
-    spawn = multiprocessing.get_context("spawn")
-    results = {}
-    for dataset, last in (("PermutedMNIST", 9), ("SplitMNIST", 4)):
-        for task_id in (0, last):
-            for batched in ((True,) if task_id == 0 else (True, False)):
-                with spawn.Pool(1) as pool:
-                    rate, peak = pool.apply(measure, (dataset, task_id, batched, args.device,
-                                                      args.steps))
-                results[dataset, task_id, batched] = rate
-                kind = "batched" if batched else "loop"
-                print(f"{dataset:<15}{task_id + 1:>5}  {kind:<12}{rate:>9.2f}{peak:>15.0f}",
-                      flush=True)
-    speedup = results["PermutedMNIST", 9, True] / results["PermutedMNIST", 9, False]
+    cases = [("PermutedMNIST", 0, 0, True), ("PermutedMNIST", 0, 9, True),
+             ("PermutedMNIST", 0, 9, False), ("SplitMNIST", 0, 0, True),
+             ("SplitMNIST", 0, 4, True), ("SplitMNIST", 0, 4, False)]
+    results = run_cases(cases, args.device, args.steps)
+    speedup = results["PermutedMNIST", 0, 9, True] / results["PermutedMNIST", 0, 9, False]
     print(f"speedup batched/loop at task 10: {speedup:.2f}")
 
 
