@@ -5,6 +5,7 @@ import pytest
 
 import evaluation
 import main
+import runs
 
 TINY = ["--dataset=SplitMNIST", "--seeds=[3]", "--number_of_tasks=3",
         "--number_of_iterations=6", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
@@ -17,14 +18,14 @@ def run(mnist_root, results, *extra):
 
 
 def interrupt_at_task(monkeypatch, stop_task):
-    real = main.train_with_progress
+    real = runs.train_with_progress
 
     def train(model, task, task_id, config, *, seed):
         if task_id == stop_task:
             raise KeyboardInterrupt
         return real(model, task, task_id, config, seed=seed)
 
-    monkeypatch.setattr(main, "train_with_progress", train)
+    monkeypatch.setattr(runs, "train_with_progress", train)
 
 
 def test_interrupted_run_resumes_to_identical_results(mnist_root, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,402 @@
+"""Running experiments: one run (a configuration and a seed) and many.
+
+A run writes only into its own folder: config.json first, then after every
+task its tables and a checkpoint, at the end its plots, task-agnostic
+evaluations and final weights. Rerunning a run resumes after its last finished
+task. Launchers run the runs of an experiment one after another, in a local
+pool of processes (one per GPU, or a share of the CPU cores each), or as a
+SLURM job array through submitit.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import datasets
+import evaluation
+import hypermask
+import task_agnostic
+from datasets import HyperParameters, UserError
+
+CHECKPOINT = "checkpoint.pt"
+FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: a configuration and a seed, written only into run_dir."""
+
+    config: HyperParameters
+    dataset: str
+    part: int
+    seed: int
+    run_dir: Path
+    path_to_datasets: str
+    device: str  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    demo: bool = False
+
+
+def select_device(name: str):
+    """torch.device for "auto" (cuda, then mps, then cpu) or an explicit name."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise UserError(f"device {name!r} is not usable here ({str(error).splitlines()[0]}); "
+                        "use --device=auto or --device=cpu") from None
+    return device
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) once per run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_one(job: Job) -> None:
+    """Train one configuration with one seed, writing everything into job.run_dir.
+
+    After every task the run folder gets its accuracy rows and a checkpoint; a
+    rerun continues after the last finished task and gives the same results.
+    """
+    config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
+                                            job.run_dir)
+    record = {"dataset": dataset, "part": part, "seed": seed,
+              "data": datasets.DEMO_LABEL if job.demo else dataset,
+              **dataclasses.asdict(config)}
+    if finished(run_dir, record):
+        print(f"  already finished: {run_dir} (delete it to run again)")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
+    (run_dir / FAILED).unlink(missing_ok=True)
+
+    device = select_device(job.device)
+    set_seed(seed)
+    tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
+                                device=device, demo=job.demo)
+    # One output layer shared by all tasks, as wide as the widest task needs.
+    model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
+    model.to(device)
+    label = f"{dataset}{' (demo sample)' if job.demo else ''}"
+    keys = {"dataset": label, "part": part, "seed": seed}
+    state = load_checkpoint(run_dir / CHECKPOINT, model)
+    if state is None:
+        # b_j of forward transfer: the untrained networks under task j's (random) mask
+        state = {"next_task": 0, "accuracies": [], "log": [], "transfer": [
+            {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
+             "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
+    else:
+        print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
+    for task_id in range(state["next_task"], len(tasks)):
+        state["log"] += train_with_progress(model, tasks[task_id], task_id, config, seed=seed)
+        last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
+        state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
+                                 "accuracy": accuracy} for j, accuracy in enumerate(last)]
+        if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
+            state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
+                model, tasks[task_id + 1], task_id, config)
+        state["next_task"] = task_id + 1
+        write_run_tables(run_dir, state)
+        save_atomically({**state, "model": model.state_dict(), "rng": rng_state()},
+                        run_dir / CHECKPOINT)
+        print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
+              f"over {len(last)} task(s)")
+    finish_run(model, tasks, config, run_dir=run_dir, keys=keys, title=f"{label} part {part}")
+
+
+def evaluate(model, task, task_id: int, config) -> float:
+    """Test accuracy of `task` under task `task_id`'s mask at the configured sparsity."""
+    return hypermask.evaluate(model, task, task_id, config.sparsity,
+                              batch_size=config.evaluation_batch_size)
+
+
+def write_run_tables(run_dir: Path, state: dict) -> None:
+    """accuracies.csv, training_log.csv and transfer.csv from the run's rows so far."""
+    for name in ("accuracies", "log", "transfer"):
+        filename = {"log": "training_log"}.get(name, name)
+        evaluation.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
+
+
+def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -> None:
+    """The end-of-run outputs: heatmap, task-agnostic accuracy, final weights."""
+    accuracies = pd.read_csv(run_dir / "accuracies.csv")
+    evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
+                            f"{title}, seed {keys['seed']}: accuracy (%)")
+    rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity)
+    evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                         run_dir / "task_agnostic.csv")
+    if config.fecam_evaluation:
+        rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity)
+        evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                             run_dir / "fecam.csv")
+    save_atomically({"hnet": model.hnet.state_dict(), "target": model.target.state_dict()},
+                    run_dir / "final_weights.pt")
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def rng_state() -> dict:
+    """Every random generator's state, as tensors and plain containers (weights_only-safe)."""
+    name, key, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, model) -> dict | None:
+    """Restore model and random generators from a run's checkpoint; return its rows."""
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint.pop("model"))
+        set_rng_state(checkpoint.pop("rng"))
+    except Exception as error:  # truncated zip, foreign pickle, missing keys: all unusable
+        raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}); "
+                        "delete it to restart this run from its first task") from None
+    return checkpoint
+
+
+def train_with_progress(model, task, task_id: int, config, *, seed: int) -> list[dict]:
+    """hypermask.train_task with a tqdm bar (loss and validation accuracy every 100 steps)."""
+    total = (config.number_of_iterations if not config.number_of_epochs else
+             config.number_of_epochs * -(-len(task.train_y) // config.batch_size))
+    bar = tqdm(total=total, desc=f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}",
+               unit="it", leave=False, dynamic_ncols=True, mininterval=1.0)
+    shown = {}
+
+    def progress(iteration: int, row: dict) -> None:
+        bar.update(1)
+        if row and row is not shown.get("row"):
+            shown["row"] = row
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['validation_accuracy']:.1f}%")
+
+    try:
+        return hypermask.train_task(model, task, task_id, config, progress=progress)
+    finally:
+        bar.close()
+
+
+def finished(run_dir: Path, record: dict) -> bool:
+    """True if run_dir holds this exact run, complete; UserError if it holds another one."""
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        return False
+    saved = json.loads(config_path.read_text())
+    as_saved = json.loads(json.dumps(record))
+    if saved != as_saved:
+        differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
+                                for k in sorted(set(saved) | set(as_saved))
+                                if saved.get(k) != as_saved.get(k))
+        raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
+                        "use another --results_dir or delete that folder")
+    return (run_dir / "final_weights.pt").exists()
+
+
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: never a half-written file."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------------- launchers
+
+CPU_THREADS_PER_RUN = 2  # the local pool's default share of the cores on a CPU machine
+
+
+def run_sequentially(jobs: list[Job]) -> list[str]:
+    """Run the jobs one after another in this process, output on the terminal."""
+    for number, job in enumerate(jobs, 1):
+        print(f"[run {number}/{len(jobs)}] {job.run_dir.name}")
+        run_one(job)
+    return []
+
+
+def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
+                refresh_seconds: float = 10.0) -> list[str]:
+    """Run the jobs in a pool of spawned processes; return one line per failed run.
+
+    Each worker is pinned to one GPU (CUDA_VISIBLE_DEVICES) when there are
+    GPUs, else to its share of the CPU threads. A run's output goes to its
+    run.log; a run that raises is reported with its folder and log while the
+    others go on. While runs are in flight their progress is printed, read
+    from their folders, whenever it changes (at most every refresh_seconds).
+    """
+    gpus = torch.cuda.device_count()
+    cores = os.cpu_count() or 1
+    workers = max_parallel_runs or gpus or max(1, cores // CPU_THREADS_PER_RUN)
+    context = multiprocessing.get_context("spawn")
+    gpu_ids = context.Queue()
+    for i in range(workers):
+        gpu_ids.put(i % gpus if gpus else None)
+    threads = max(1, cores // workers)
+    print(f"local pool: {workers} worker(s), "
+          + (f"{gpus} GPU(s)" if gpus else f"{threads} CPU thread(s) each")
+          + "; each run's output is in its folder's run.log")
+    failures = []
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_start_worker,
+                                                initargs=(gpu_ids, threads)) as pool:
+        futures = {pool.submit(run_logged, job): job for job in jobs}
+        pending, shown = set(futures), ""
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=refresh_seconds)
+            for future in done:
+                job = futures[future]
+                try:
+                    error = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    error = ("its worker process died (out of memory?); rerun the same "
+                             "command to resume")
+                if error:
+                    failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / 'run.log'})")
+                    print(f"FAILED {failures[-1]}", flush=True)
+            text = progress_text([futures[f] for f in futures])
+            if text != shown:
+                print(text, flush=True)
+                shown = text
+    return failures
+
+
+def _start_worker(gpu_ids, threads: int) -> None:
+    gpu = gpu_ids.get()
+    if gpu is not None:  # before the worker's first CUDA call
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    torch.set_num_threads(threads)
+
+
+def run_logged(job: Job) -> str | None:
+    """run_one with its output appended to run_dir/run.log; the error line, or None."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(job.run_dir / "run.log", "a") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            run_one(job)
+        except Exception as error:  # reported to the launcher; the other runs go on
+            traceback.print_exc()
+            message = str(error) if isinstance(error, UserError) else \
+                f"{type(error).__name__}: {error}"
+            (job.run_dir / FAILED).write_text(message + "\n")
+            return message
+    return None
+
+
+class SlurmRun:
+    """The job function of the SLURM array: run_one, requeued on preemption or timeout.
+
+    On requeue the run resumes from its per-task checkpoint, so a finished task
+    is never trained again.
+    """
+
+    def __call__(self, job: Job) -> str | None:
+        return run_logged(job)
+
+    def checkpoint(self, job: Job):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, job)
+
+
+def submit_to_slurm(jobs: list[Job], experiment_dir: Path, settings: dict,
+                    executor=None) -> list:
+    """Submit the jobs as one SLURM job array (submitit); return submitit's jobs.
+
+    Logs go to experiment_dir/slurm_logs, job ids to experiment_dir/slurm_jobs.json.
+    `executor` replaces the SLURM executor (tests use submitit's local ones).
+    """
+    import submitit
+
+    if executor is None:
+        if shutil.which("sbatch") is None:
+            raise UserError("launcher='slurm' needs SLURM, and sbatch is not on this machine; "
+                            "use launcher='local' or 'sequential'")
+        executor = submitit.AutoExecutor(folder=experiment_dir / "slurm_logs", cluster="slurm")
+        executor.update_parameters(
+            name=experiment_dir.name, timeout_min=settings["slurm_time_minutes"],
+            gpus_per_node=settings["slurm_gpus_per_run"],
+            cpus_per_task=settings["slurm_cpus_per_run"], mem_gb=settings["slurm_mem_gb"],
+            slurm_partition=settings["slurm_partition"],
+            slurm_additional_parameters=settings["slurm_additional_parameters"])
+    submitted = executor.map_array(SlurmRun(), jobs)
+    ids = {str(job.run_dir.name): s.job_id for job, s in zip(jobs, submitted)}
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    evaluation.write_text(json.dumps(ids, indent=2), experiment_dir / "slurm_jobs.json")
+    print(f"submitted {len(submitted)} run(s): job ids {', '.join(ids.values())} "
+          f"(saved in {experiment_dir / 'slurm_jobs.json'})")
+    return submitted
+
+
+# ------------------------------------------------------------------------ status
+
+
+def run_status(job: Job) -> dict:
+    """A run's state, read from its folder: not started, running/interrupted, failed, finished."""
+    run_dir, total = job.run_dir, job.config.number_of_tasks
+    row = {"run": run_dir.name, "state": "not started", "tasks_done": 0,
+           "mean_accuracy": float("nan")}
+    if (run_dir / "accuracies.csv").exists():
+        accuracies = pd.read_csv(run_dir / "accuracies.csv")
+        last = accuracies[accuracies["trained_task"] == accuracies["trained_task"].max()]
+        row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
+                "mean_accuracy": round(float(last["accuracy"].mean()), 2)}
+    if (run_dir / "final_weights.pt").exists():
+        row["state"] = "finished"
+    elif (run_dir / FAILED).exists():
+        row["state"] = "failed: " + (run_dir / FAILED).read_text().strip()
+    elif (run_dir / "config.json").exists():
+        row["state"] = ("running or interrupted " + (
+            f"(task {row['tasks_done'] + 1}/{total})" if row["tasks_done"] < total
+            else "(final evaluations)"))
+    return row
+
+
+def progress_text(jobs: list[Job]) -> str:
+    """A line per started, unfinished run and a count of all runs by state."""
+    rows = [run_status(job) for job in jobs]
+    counts = pd.Series([r["state"].split(" ")[0].rstrip(":") for r in rows]).value_counts()
+    lines = [time.strftime("[%H:%M:%S] ") + ", ".join(f"{n} {state}" for state, n in
+                                                      counts.items())]
+    lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
+              + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")
+              for r in rows if r["state"].startswith("running")]
+    return "\n".join(lines)
+
+
+def status_table(jobs: list[Job]) -> str:
+    """Every run of an experiment and its state, as a markdown table."""
+    return pd.DataFrame([run_status(job) for job in jobs]).to_markdown(index=False)

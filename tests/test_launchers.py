@@ -1,0 +1,124 @@
+"""Launchers: a local process pool, submitit's executors, failures, kills, status."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import main
+import runs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", "--number_of_iterations=5",
+        "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
+        "--device=cpu"]
+
+
+def options(mnist_root, results, *extra):
+    return [f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY, *extra]
+
+
+def outputs(results, seed):
+    run = Path(results) / "SplitMNIST_part0_best" / f"seed_{seed}"
+    return {name: (run / name).read_bytes() for name in
+            ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")}
+
+
+def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys):
+    # Two workers on two cores get one thread each; the same thread count in the
+    # sequential run makes float reductions, hence results, bit-identical.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        assert main.main(options(mnist_root, tmp_path / "seq", "--seeds=[1,2]")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main.main(options(mnist_root, tmp_path / "pool", "--seeds=[1,2]", "--launcher=local",
+                             "--max_parallel_runs=2")) == 0
+    out = capsys.readouterr().out
+    assert "local pool: 2 worker(s)" in out and "2 finished" in out
+    for seed in (1, 2):
+        assert outputs(tmp_path / "pool", seed) == outputs(tmp_path / "seq", seed)
+        assert "after task 2" in (tmp_path / "pool" / "SplitMNIST_part0_best" / f"seed_{seed}"
+                                  / "run.log").read_text()
+    summary = pd.read_csv(tmp_path / "pool" / "SplitMNIST_part0_best" / "summary.csv")
+    assert summary["finished"].all() and len(summary) == 2
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(mnist_root, tmp_path, capsys):
+    broken = tmp_path / "SplitMNIST_part0_best" / "seed_2"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text(json.dumps({"dataset": "SplitMNIST", "seed": 99}))
+    code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--launcher=local",
+                             "--max_parallel_runs=2"))
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"1 run(s) failed: {broken}: " in captured.err and "run.log" in captured.err
+    assert "another configuration" in (broken / "failed.txt").read_text()
+    assert (tmp_path / "SplitMNIST_part0_best" / "seed_1" / "final_weights.pt").exists()
+    assert (tmp_path / "SplitMNIST_part0_best" / "summary.md").exists()
+    assert main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--status")) == 0
+    table = capsys.readouterr().out
+    assert "| seed_1 | finished" in table and "| seed_2 | failed: " in table
+
+
+@pytest.mark.parametrize("executor", ["debug", "local"])
+def test_submitit_executors_run_the_job_function(mnist_root, tmp_path, executor):
+    import submitit
+
+    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
+        "results_dir": str(tmp_path), "path_to_datasets": str(mnist_root), "seeds": [1, 2]}
+    _, hyperparameters = main.parse_overrides(TINY)
+    experiment, jobs = main.experiment_jobs(settings | {"device": "cpu"}, hyperparameters,
+                                            dataset="SplitMNIST", part=0)
+    folder = tmp_path / "submitit"
+    chosen = submitit.DebugExecutor(folder) if executor == "debug" else \
+        submitit.LocalExecutor(folder)
+    if executor == "local":
+        chosen.update_parameters(timeout_min=10)
+    submitted = runs.submit_to_slurm(jobs, experiment, settings, executor=chosen)
+    assert [job.result() for job in submitted] == [None, None]
+    ids = json.loads((experiment / "slurm_jobs.json").read_text())
+    assert set(ids) == {"seed_1", "seed_2"}
+    for job in jobs:
+        assert (job.run_dir / "final_weights.pt").exists()
+    # requeueing (preemption, time limit) resubmits the same job, which resumes
+    delayed = runs.SlurmRun().checkpoint(jobs[0])
+    assert delayed.args == (jobs[0],)
+
+
+def test_slurm_without_slurm_is_a_one_line_error(mnist_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    assert main.main(options(mnist_root, tmp_path, "--launcher=slurm")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: launcher='slurm' needs SLURM") and "\n" not in err
+
+
+def test_a_killed_launch_resumes_on_the_second(mnist_root, tmp_path):
+    args = options(mnist_root, tmp_path / "killed", "--seeds=[4]", "--number_of_tasks=3",
+                   "--number_of_iterations=400", "--launcher=local", "--max_parallel_runs=1")
+    run = tmp_path / "killed" / "SplitMNIST_part0_best" / "seed_4"
+    process = subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO,
+                               start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and its worker, mid-task 2
+    process.wait()
+    assert (run / "checkpoint.pt").exists() and not (run / "final_weights.pt").exists()
+    assert pd.read_csv(run / "accuracies.csv")["trained_task"].max() == 0
+    assert main.main(args) == 0
+    assert "resuming after task 1" in (run / "run.log").read_text()
+    whole = [a.replace("--results_dir=" + str(tmp_path / "killed"),
+                       "--results_dir=" + str(tmp_path / "whole")) for a in args]
+    assert main.main(whole) == 0
+    assert outputs(tmp_path / "killed", 4) == outputs(tmp_path / "whole", 4)
