@@ -257,7 +257,9 @@ def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
     others go on. While runs are in flight their progress is printed, read
     from their folders, whenever it changes (at most every refresh_seconds).
     """
-    gpus = torch.cuda.device_count()
+    gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
+    if gpus:  # a worker sees only its own GPU, as device 0
+        jobs = [dataclasses.replace(job, device="cuda") for job in jobs]
     cores = os.cpu_count() or 1
     workers = max_parallel_runs or gpus or max(1, cores // CPU_THREADS_PER_RUN)
     context = multiprocessing.get_context("spawn")
@@ -274,22 +276,27 @@ def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
                                                 initargs=(gpu_ids, threads)) as pool:
         futures = {pool.submit(run_logged, job): job for job in jobs}
         pending, shown = set(futures), ""
-        while pending:
-            done, pending = concurrent.futures.wait(pending, timeout=refresh_seconds)
-            for future in done:
-                job = futures[future]
-                try:
-                    error = future.result()
-                except concurrent.futures.process.BrokenProcessPool:
-                    error = ("its worker process died (out of memory?); rerun the same "
-                             "command to resume")
-                if error:
-                    failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / 'run.log'})")
-                    print(f"FAILED {failures[-1]}", flush=True)
-            text = progress_text([futures[f] for f in futures])
-            if text != shown:
-                print(text, flush=True)
-                shown = text
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=refresh_seconds)
+                for future in done:
+                    job = futures[future]
+                    try:
+                        error = future.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        error = ("its worker process died (out of memory?); rerun the same "
+                                 "command to resume")
+                    if error:
+                        failures.append(f"{job.run_dir}: {error} "
+                                        f"(log: {job.run_dir / 'run.log'})")
+                        print(f"FAILED {failures[-1]}", flush=True)
+                text = progress_text(jobs)
+                if text != shown:
+                    print(text, flush=True)
+                    shown = text
+        except KeyboardInterrupt:  # do not start the queued runs on the way out
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return failures
 
 
