@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: finished tasks are saved in their run folders; "
               "rerun the same command to run the rest", file=sys.stderr)
         return 130
-    print(f"done in {time.perf_counter() - started:.0f} s; results in "
-          + ", ".join(str(f) for f in folders))
+    if not settings["status"] and settings["launcher"] != "slurm":
+        print(f"done in {time.perf_counter() - started:.0f} s; results in "
+              + ", ".join(str(f) for f in folders))
     return 0
 
 

@@ -90,10 +90,6 @@ def run_one(job: Job) -> None:
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
-    (run_dir / FAILED).unlink(missing_ok=True)
-
     device = select_device(job.device)
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
@@ -101,6 +97,9 @@ def run_one(job: Job) -> None:
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: missing data leave no folder
+    evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
+    (run_dir / FAILED).unlink(missing_ok=True)
     label = f"{dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": part, "seed": seed}
     state = load_checkpoint(run_dir / CHECKPOINT, model)

@@ -118,3 +118,15 @@ def test_finished_runs_are_kept_and_other_configurations_refused(mnist_root, tmp
                       f"--results_dir={tmp_path}", *TINY, "--beta=0.5"])
     err = capsys.readouterr().err
     assert code == 2 and "another configuration (beta: 0.0005 there, 0.5 now)" in err
+
+
+def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monkeypatch):
+    import torchvision.datasets.mnist as tv
+
+    monkeypatch.setattr(tv, "download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    code = main.main([f"--path_to_datasets={tmp_path / 'empty'}",
+                      f"--results_dir={tmp_path / 'results'}", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: MNIST is not in") and "--demo" in err
+    assert not (tmp_path / "results" / "PermutedMNIST_part0_best" / "seed_1").exists()
