@@ -18,7 +18,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -110,6 +110,9 @@ class Task:
     labels in 0..num_classes-1. `transform(x, training)` maps a stored batch to
     the network's input, flat [B, prod(input_shape)], augmenting when
     `training` is true; `input_shape` is (features,) or (H, W, C).
+    `image_augment`, when set, augments training images one by one on the CPU
+    ([C, H, W] uint8 in and out) in DataLoader workers, before `transform`:
+    for augmentations that cannot run on a whole batch at once.
     """
 
     train_x: torch.Tensor
@@ -121,6 +124,7 @@ class Task:
     num_classes: int
     transform: Callable[[torch.Tensor, bool], torch.Tensor]
     input_shape: tuple[int, ...]
+    image_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 DATASETS = ("PermutedMNIST", "SplitMNIST", "CIFAR100", "TinyImageNet", "CIFAR100_FeCAM_setup")
@@ -406,9 +410,11 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
     sizes = FECAM_SPLITS[FECAM_PARTS[part][1]]
     offsets = np.cumsum([0, *sizes])
     classes = [FECAM_CLASS_ORDER[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    return class_split_tasks(*data, classes=classes, config=config, rng=rng,
-                             transform=image_transform(FECAM_MEAN, FECAM_STD,
-                                                       "fecam" if config.augmentation else None))
+    tasks = class_split_tasks(*data, classes=classes, config=config, rng=rng,
+                              transform=image_transform(FECAM_MEAN, FECAM_STD, None))
+    for task in tasks:  # FeCAM's per-image pipeline, in DataLoader workers
+        task.image_augment = FECAM_AUGMENT if config.augmentation else None
+    return tasks
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -664,18 +670,15 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
 def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int = 4):
     """A Task.transform for images stored as uint8 [B, H, W, C].
 
-    Training batches get `augment`: None; "crop_flip" (RandomCrop with
-    `padding`, horizontal flip); "fecam" (crop, flip, then per image
-    ColorJitter(brightness=63/255) and AutoAugment's CIFAR-10 policy). Then
-    scaling to [0, 1], per-channel normalisation and the flat NHWC layout
-    that hypnettorch's convolutional networks expect.
+    Training batches get `augment`: None, or "crop_flip" (RandomCrop with
+    `padding` and a horizontal flip, each image its own, the whole batch at
+    once on its device). Then scaling to [0, 1], per-channel normalisation and
+    the flat NHWC layout that hypnettorch's convolutional networks expect.
     """
     def transform(x: torch.Tensor, training: bool) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # NCHW for the augmentations
-        if training and augment:
+        if training and augment == "crop_flip":
             x = random_flip(random_crop(x, padding))
-            if augment == "fecam":
-                x = torch.stack([_FECAM_POLICY(image) for image in x])
         mean_, std_ = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
         x = (x.float() / 255 - mean_) / std_
         return x.permute(0, 2, 3, 1).flatten(1)
@@ -683,8 +686,44 @@ def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int =
     return transform
 
 
-_FECAM_POLICY = v2.Compose([v2.ColorJitter(brightness=63 / 255),
+# FeCAM's training augmentation, in its order; per image ([C, H, W] uint8).
+FECAM_AUGMENT = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
+                            v2.ColorJitter(brightness=63 / 255),
                             v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)])
+# DataLoader processes for per-image augmentation: half the cores, at most 8.
+AUGMENTATION_WORKERS = max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def training_batches(task: Task, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless training batches (network input, labels), a new random order every epoch.
+
+    Batch-wise transforms run on the task's device. A task with an
+    `image_augment` gets its images augmented one by one in DataLoader worker
+    processes on the CPU, ahead of the training loop, so the loop (and a GPU)
+    does not wait for per-image Python work.
+    """
+    device = task.train_y.device
+    if task.image_augment is None:
+        while True:
+            for index in torch.split(torch.randperm(len(task.train_y), device=device),
+                                     batch_size):
+                yield task.transform(task.train_x[index], True), task.train_y[index]
+    augment = task.image_augment
+
+    def collate(samples):
+        images = torch.stack([augment(image.permute(2, 0, 1)).permute(1, 2, 0)
+                              for image, _ in samples])
+        return images, torch.stack([label for _, label in samples])
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(task.train_x.cpu(), task.train_y.cpu()),
+        batch_size=batch_size, shuffle=True, collate_fn=collate,
+        num_workers=AUGMENTATION_WORKERS, persistent_workers=True,
+        pin_memory=device.type == "cuda")
+    while True:
+        for images, labels in loader:
+            yield (task.transform(images.to(device, non_blocking=True), True),
+                   labels.to(device, non_blocking=True))
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

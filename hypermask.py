@@ -28,7 +28,7 @@ from hypnettorch.mnets.mnet_interface import MainNetInterface
 from hypnettorch.utils.torch_utils import init_params
 from torch import nn
 
-from datasets import HyperParameters, Task
+from datasets import HyperParameters, Task, training_batches
 
 BATCH_NORM_PARAMETERS = ("bn_scale", "bn_shift")
 VALIDATION_EVERY = 100  # iterations
@@ -281,13 +281,12 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
         optimizer, mode="max", factor=math.sqrt(0.1), patience=5, min_lr=5e-7)
         if config.lr_scheduler else None)
     start = task_start(model, task_id)
-    batches = batch_indices(len(task.train_y), config.batch_size, task.train_y.device)
+    batches = training_batches(task, config.batch_size)
     best_accuracy, best_state, log, row = -1.0, None, [], {}
     started = time.perf_counter()
     model.train()
     for iteration in range(num_iterations):
-        index = next(batches)
-        x, y = task.transform(task.train_x[index], True), task.train_y[index]
+        x, y = next(batches)
         sparsity = current_sparsity(config, task_id, iteration, num_iterations)
         terms = training_loss(model, x, y, task_id=task_id, num_classes=task.num_classes,
                               sparsity=sparsity, start=start, config=config)
@@ -314,13 +313,6 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
     if best_state is not None:
         model.load_state_dict(best_state)
     return log
-
-
-def batch_indices(n: int, batch_size: int, device: torch.device):
-    """Endless mini-batch indices: a fresh random order every epoch."""
-    while True:
-        order = torch.randperm(n, device=device)
-        yield from torch.split(order, batch_size)
 
 
 @torch.no_grad()

@@ -149,7 +149,8 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -
     evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                          run_dir / "task_agnostic.csv")
     if config.fecam_evaluation:
-        rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity)
+        rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
+                                              config.evaluation_batch_size)
         evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                              run_dir / "fecam.csv")
     save_atomically({"hnet": model.hnet.state_dict(), "target": model.target.state_dict()},

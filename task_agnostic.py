@@ -120,8 +120,17 @@ def penultimate_features(model: HyperMask, x: torch.Tensor, weights: list) -> to
     return recorder.features
 
 
+def task_features(model: HyperMask, task: Task, images: torch.Tensor, weights: list,
+                  batch_size: int | None) -> torch.Tensor:
+    """Penultimate features of stored images, in one batch or in chunks of batch_size."""
+    chunks = torch.split(images, batch_size or len(images))
+    return torch.cat([penultimate_features(model, task.transform(chunk, False), weights)
+                      for chunk in chunks])
+
+
 @torch.no_grad()
-def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float) -> list[dict]:
+def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
+                     batch_size: int | None = None) -> list[dict]:
     """FeCAM class-incremental accuracy after the last task, over tasks 0..i for every i.
 
     Each task's classes get statistics from its training and validation
@@ -129,6 +138,9 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float) -> li
     every task t's mask, with task t's classes; the nearest class over all
     tasks so far is the prediction.
 
+    Args:
+        batch_size: None: each set of images through the network as one batch
+            (as the reference's test sets); else in chunks.
     Returns:
         one row per i: tasks_seen (i + 1) and accuracy (percent) on the union
         of the test sets of tasks 0..i.
@@ -138,12 +150,12 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float) -> li
         statistics = []
         for t, task in enumerate(tasks):
             x = torch.cat([task.train_x, task.val_x])
-            features = penultimate_features(model, task.transform(x, False), weights[t])
+            features = task_features(model, task, x, weights[t], batch_size)
             statistics.append(class_statistics(features, torch.cat([task.train_y, task.val_y]),
                                                task.num_classes))
         # distance[s][t]: [N_s, C_t], test samples of task s under task t's mask
-        distance = [[mahalanobis(penultimate_features(model, s.transform(s.test_x, False), w),
-                                 *statistics[t]) for t, w in enumerate(weights)] for s in tasks]
+        distance = [[mahalanobis(task_features(model, s, s.test_x, w, batch_size), *statistics[t])
+                     for t, w in enumerate(weights)] for s in tasks]
     rows = []
     for i in range(len(tasks)):
         correct = total = 0

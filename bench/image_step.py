@@ -1,10 +1,11 @@
 """Training steps per second of the image benchmarks' best configurations.
 
-ResNet-20 and ZenkeNet on CIFAR-shaped batches of 32 (Split CIFAR-100, and the
-FeCAM setup with its per-image AutoAugment), the tiny ZenkeNet and ResNet-20 on
-64x64 batches of 16 (Tiny ImageNet); at the first task and the last one, with
-the batched output regulariser. The batch transform (augmentation included)
-is part of each step. Random pixels: a step's cost does not depend on them.
+ResNet-20 and ZenkeNet on CIFAR-shaped batches of 32 (Split CIFAR-100 and the
+FeCAM setup), the tiny ZenkeNet and ResNet-20 on 64x64 batches of 16 (Tiny
+ImageNet); at the first task and the last one, with the batched output
+regulariser. The batch transform on the device (crop and flip included) is part
+of each step; FeCAM's per-image AutoAugment runs ahead in DataLoader workers and
+is not. Random pixels: a step's cost does not depend on them.
 
     python bench/image_step.py [--device=cuda] [--steps=5]
 """

@@ -196,9 +196,29 @@ def test_image_transform_normalises_and_augments():
     expected = (x.float() / 255 - torch.tensor(datasets.FECAM_MEAN)) / torch.tensor(
         datasets.FECAM_STD)
     assert torch.allclose(plain, expected.flatten(1))  # NHWC, flat
-    fecam = datasets.image_transform(datasets.FECAM_MEAN, datasets.FECAM_STD, "fecam")
-    assert fecam(x, True).shape == plain.shape and not torch.equal(fecam(x, True), plain)
-    assert torch.equal(fecam(x, False), plain)
+    augmented = datasets.image_transform(datasets.FECAM_MEAN, datasets.FECAM_STD, "crop_flip")
+    assert augmented(x, True).shape == plain.shape and not torch.equal(augmented(x, True), plain)
+    assert torch.equal(augmented(x, False), plain)
+
+
+def test_per_image_augmentation_runs_in_workers_and_follows_the_seed(cifar_root):
+    config = config_for("CIFAR100_FeCAM_setup", 6, validation_size=2)
+    task = datasets.load_tasks("CIFAR100_FeCAM_setup", 6, config, seed=1, root=cifar_root,
+                               device=CPU)[0]
+    assert task.image_augment is datasets.FECAM_AUGMENT
+
+    def first_batches(seed):
+        torch.manual_seed(seed)
+        batches = datasets.training_batches(task, 32)
+        return [next(batches) for _ in range(3)]
+
+    one, again, other = first_batches(0), first_batches(0), first_batches(1)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(one, again))
+    assert not torch.equal(one[0][0], other[0][0])
+    x, y = one[0]
+    assert x.shape == (32, 32 * 32 * 3) and y.shape == (32,)
+    plain = {tuple(v.tolist()) for v in task.transform(task.train_x, False)}
+    assert sum(tuple(v.tolist()) in plain for v in x) < 16  # most images were changed
 
 
 def test_random_flip_flips_about_half():
