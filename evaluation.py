@@ -87,12 +87,14 @@ def write_text(text: str, path: Path) -> None:
 def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
     """The accuracy matrix as an annotated heatmap (rows: task trained, columns: task evaluated)."""
     t = len(matrix)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * t, 1.0 + 0.5 * t))
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=np.nanmin(matrix),
-                      vmax=100)
+    low = np.nanmin(matrix)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 + 0.6 * t), max(3.5, 1.0 + 0.5 * t)))
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=low, vmax=100)
     for (i, j), value in np.ndenumerate(matrix):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+        if not np.isnan(value):  # dark text on the bright (high) end of viridis
+            bright = (value - low) / max(100 - low, 1e-9) > 0.6
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                    color="black" if bright else "white")
     ax.set_xticks(range(t), [str(j + 1) for j in range(t)])
     ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
     ax.set_xlabel("evaluated task")
@@ -208,7 +210,8 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     varying, runs = groups[0]
     matrices = np.stack([accuracy_matrix(pd.read_csv(experiment_dir / r / "accuracies.csv"))
                          for r in runs["run"]])
-    name = f"{runs['dataset'].iloc[0]} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
+    sample = " (demo sample)" if runs["data"].iloc[0] != runs["dataset"].iloc[0] else ""
+    name = f"{runs['dataset'].iloc[0]}{sample} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
     if len(groups) > 1:
         name += ", best configuration"
     plot_heatmap(matrices.mean(0), experiment_dir / "mean_heatmap.png",
