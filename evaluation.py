@@ -71,17 +71,19 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 # ----------------------------------------------------------------------- files
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV atomically: a crash leaves the old file or the new one, never half."""
+def write_atomically(path: Path, write) -> None:
+    """Call write(temporary path), then rename: a crash leaves the old file or the new one."""
     temporary = path.with_name(path.name + ".tmp")
-    frame.to_csv(temporary, index=False)
+    write(temporary)
     os.replace(temporary, path)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    write_atomically(path, lambda temporary: frame.to_csv(temporary, index=False))
 
 
 def write_text(text: str, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:

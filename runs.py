@@ -229,9 +229,7 @@ def finished(run_dir: Path, record: dict) -> bool:
 
 def save_atomically(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: never a half-written file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    evaluation.write_atomically(path, lambda temporary: torch.save(obj, temporary))
 
 
 # ---------------------------------------------------------------------- launchers
