@@ -417,6 +417,21 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
     return tasks
 
 
+def download(fetch: Callable[[], object], missing: str, instructions: str) -> None:
+    """Run a downloader; if it fails, a UserError: what is missing, and where to put it.
+
+    Args:
+        fetch: downloads (and unpacks) the data files.
+        missing: "X is not in FOLDER".
+        instructions: which files to put where by hand.
+    """
+    try:
+        fetch()
+    except Exception as error:  # URLError, OSError, RuntimeError: all mean "no files"
+        raise UserError(f"{missing} and could not be downloaded ({type(error).__name__}); "
+                        f"{instructions}") from None
+
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -432,13 +447,9 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
 
     raw = Path(root) / "MNIST" / "raw"
     if not all((raw / name).exists() for name in MNIST_FILES):
-        try:
-            MNIST(root, train=True, download=True)
-        except Exception as error:  # URLError, OSError, RuntimeError: all mean "no files"
-            raise UserError(
-                f"MNIST is not in {raw} and could not be downloaded ({type(error).__name__}); "
-                f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
-                "`python main.py --demo`, which works offline") from None
+        download(lambda: MNIST(root, train=True, download=True), f"MNIST is not in {raw}",
+                 f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
+                 "`python main.py --demo`, which works offline")
     arrays = []
     for train in (True, False):
         try:
@@ -480,13 +491,10 @@ def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
 
     folder = Path(root) / "cifar-100-python"
     if not all((folder / name).exists() for name in ("train", "test")):
-        try:
-            CIFAR100(root, train=True, download=True)
-        except Exception as error:  # URLError, OSError, RuntimeError: all mean "no files"
-            raise UserError(
-                f"CIFAR-100 is not in {folder} and could not be downloaded "
-                f"({type(error).__name__}); put cifar-100-python.tar.gz (or its unpacked "
-                f"cifar-100-python folder with train, test and meta) in {Path(root)}") from None
+        download(lambda: CIFAR100(root, train=True, download=True),
+                 f"CIFAR-100 is not in {folder}",
+                 "put cifar-100-python.tar.gz (or its unpacked cifar-100-python folder with "
+                 f"train, test and meta) in {Path(root)}")
     arrays = []
     for name in ("train", "test"):
         try:
@@ -528,14 +536,10 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
     if not (folder / "wnids.txt").exists():
         from torchvision.datasets.utils import download_and_extract_archive
 
-        try:
-            download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root))
-        except Exception as error:
-            raise UserError(
-                f"Tiny ImageNet is not in {folder} and could not be downloaded "
-                f"({type(error).__name__}); unpack tiny-imagenet-200.zip in {Path(root)} "
-                "(wnids.txt, train/<wnid>/images/*.JPEG, val/images, "
-                "val/val_annotations.txt)") from None
+        download(lambda: download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root)),
+                 f"Tiny ImageNet is not in {folder}",
+                 f"unpack tiny-imagenet-200.zip in {Path(root)} (wnids.txt, "
+                 "train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)")
     arrays = decode_tiny_imagenet(folder)
     cache.mkdir(exist_ok=True)
     for name, array in zip(TINY_IMAGENET_ARRAYS, arrays):
