@@ -112,6 +112,9 @@ def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
 
 METRICS = ["mean_accuracy", "std_accuracy", "ACC", "BWT", "FWT", "forgetting",
            "task_agnostic_accuracy", "task_identification_accuracy", "fecam_accuracy"]
+# config.json keys that say how a run was executed, not what it is: summaries
+# do not tell configurations apart by them.
+MACHINE_COLUMNS = ("threads",)
 
 
 def run_summary(run_dir: Path) -> dict | None:
@@ -170,7 +173,8 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
     """
     finished = table[table["finished"]]
     settings = [c for c in table.columns
-                if c not in METRICS + ["run", "seed", "finished", "trained_tasks"]]
+                if c not in [*METRICS, *MACHINE_COLUMNS, "run", "seed", "finished",
+                             "trained_tasks"]]
     varying = [c for c in settings if table[c].map(str).nunique() > 1]
     if finished.empty:
         return []

@@ -39,6 +39,8 @@ slurm_gpus_per_run = 1  # slurm
 slurm_cpus_per_run = 4  # slurm
 slurm_mem_gb = 32  # slurm
 slurm_additional_parameters = {}  # slurm: passed to sbatch, e.g. {"account": "my_lab"}
+# Numerics on a GPU (part of a run's configuration; no effect on a CPU)
+tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
 # ------------------------------------------------------------------------
 
 # The type(s) each variable above accepts on the command line.
@@ -48,7 +50,7 @@ SETTINGS = {
     "demo": (bool,), "status": (bool,), "launcher": (str,),
     "max_parallel_runs": (type(None), int), "slurm_partition": (type(None), str),
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
-    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,),
+    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "tf32": (bool,),
 }
 LAUNCHERS = ("sequential", "local", "slurm")
 
@@ -166,6 +168,7 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                     part: int) -> tuple[Path, list]:
     """The experiment's folder and its runs: every configuration x seed."""
     grid = settings["create_grid_search"]
+    hyperparameters = hyperparameters | {"tf32": settings["tf32"]}
     if settings["demo"]:
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS
