@@ -51,8 +51,11 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
 
     import datasets
     import hypermask
+    import runs
 
     config = datasets.get_benchmark(dataset, part).best
+    measured = torch.device(device)
+    runs.use_device(measured, config.tf32)  # as a run: its GPU current, cuDNN deterministic
     torch.manual_seed(0)
     inputs, shape, classes = example_batch(dataset, config, device)
     model = hypermask.build_model(config, shape, classes).to(device)
@@ -70,15 +73,15 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
 
     for _ in range(2):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    if measured.type == "cuda":  # on the measured GPU, which need not be the current one
+        torch.cuda.synchronize(measured)
+        torch.cuda.reset_peak_memory_stats(measured)
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
+    if measured.type == "cuda":
+        torch.cuda.synchronize(measured)
+        peak = torch.cuda.max_memory_allocated(measured) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return steps / (time.perf_counter() - started), peak
