@@ -537,8 +537,7 @@ def progress_text(jobs: list[Job]) -> str:
     """A line per started, unfinished run and a count of all runs by state."""
     rows = [run_status(job) for job in jobs]
     counts = pd.Series([r["state"].split(" ")[0].rstrip(":") for r in rows]).value_counts()
-    lines = [clock_time() + ", ".join(f"{n} {state}" for state, n in
-                                                      counts.items())]
+    lines = [clock_time() + ", ".join(f"{n} {state}" for state, n in counts.items())]
     lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
               + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")
               for r in rows if r["state"].startswith("running")]
