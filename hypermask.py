@@ -251,14 +251,18 @@ def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id
         loss, task_loss, hnet_term (β·R_hnet/max(1,t)), target_term (λ·R_target).
     """
     outputs = model.hnet_outputs(list(range(task_id + 1)) if batched else [task_id])
-    masks = model.masks(outputs[-1], sparsity)
+    # One split (its backward is one concatenation), not two views whose
+    # backward passes each fill a zero tensor of the full [t + 1, n_outputs].
+    previous, current = outputs.split([len(outputs) - 1, 1])
+    masks = model.masks(current[0], sparsity)
     logits = model.target(x, weights=model.masked_weights(masks))
     task_loss = F.cross_entropy(logits[:, :num_classes], y)
     hnet_term = target_term = torch.zeros((), device=x.device)
     if task_id > 0:
-        previous = outputs[:-1] if batched else torch.cat(
-            [model.hnet_outputs([j]) for j in range(task_id)])
-        hnet_reg = (previous - start.hnet_targets).pow(2).sum() / task_id
+        if not batched:
+            previous = torch.cat([model.hnet_outputs([j]) for j in range(task_id)])
+        # Σ_j ‖hnet(e_j) − h*_j‖², the squares and their gradient each in one pass.
+        hnet_reg = F.mse_loss(previous, start.hnet_targets, reduction="sum") / task_id
         drifts = [p - p0 for p, p0 in zip(model.maskable_params, start.start_params)]
         if config.norm_regularizer_masking:
             drifts = [d * m for d, m in zip(drifts, masks)]
