@@ -56,6 +56,7 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
     config = datasets.get_benchmark(dataset, part).best
     measured = torch.device(device)
     runs.use_device(measured, config.tf32)  # as a run: its GPU current, cuDNN deterministic
+    runs.keep_freed_memory()  # as a run does
     torch.manual_seed(0)
     inputs, shape, classes = example_batch(dataset, config, device)
     model = hypermask.build_model(config, shape, classes).to(device)
@@ -85,6 +86,56 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return steps / (time.perf_counter() - started), peak
+
+
+def copy_bandwidth(device: str, gib: float = 1.0, repeats: int = 5) -> float:
+    """Memory bandwidth of a large copy on `device`, in bytes read + written per second."""
+    import torch
+
+    source = torch.ones(int(gib * 2**28), device=device)  # float32
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first copy faults the target's pages in
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.nbytes / best
+
+
+def step_bytes(dataset: str, part: int) -> int:
+    """The memory traffic a training step cannot avoid: 10 x 4 bytes per parameter.
+
+    The forward pass reads every weight, the backward pass reads them again and
+    writes their gradient, Adam reads parameter, gradient and both moments and
+    writes parameter and moments: 10 float32 accesses per parameter, whatever
+    the task (activations and the [t, n_outputs] regulariser terms are extra).
+    """
+    import datasets
+    import hypermask
+
+    config = datasets.get_benchmark(dataset, part).best
+    model = hypermask.build_model(config, (1024,) if dataset == "PermutedMNIST" else (784,), 10)
+    return 10 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def print_bound(results: dict, dataset: str, part: int, device: str) -> None:
+    """The measured steps of one benchmark next to the bound its memory traffic sets."""
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(1) as pool:
+        bandwidth = pool.apply(copy_bandwidth, (device,))
+    traffic = step_bytes(dataset, part)
+    bound = traffic / bandwidth
+    print(f"memory-traffic bound of {dataset} {part}: a step moves at least {traffic / 1e9:.2f} GB "
+          f"(10 x 4 B per parameter); copy bandwidth now {bandwidth / 1e9:.1f} GB/s (bytes read "
+          f"+ written by a 1 GiB copy); bound {bound:.3f} s per step")
+    print(f"{'task':>5}{'s/step':>9}{'bound s':>9}{'ratio':>7}")
+    for (name, number, task_id, batched), rate in results.items():
+        if (name, number) == (dataset, part) and batched:
+            print(f"{task_id + 1:>5}{1 / rate:>9.3f}{bound:>9.3f}{1 / rate / bound:>7.2f}")
 
 
 def run_cases(cases: list, device: str, steps: int) -> dict:
@@ -119,6 +170,7 @@ def main() -> None:
     results = run_cases(cases, args.device, args.steps)
     speedup = results["PermutedMNIST", 0, 9, True] / results["PermutedMNIST", 0, 9, False]
     print(f"speedup batched/loop at task 10: {speedup:.2f}")
+    print_bound(results, "PermutedMNIST", 0, args.device)
 
 
 if __name__ == "__main__":
