@@ -364,7 +364,10 @@ def finished(run_dir: Path, record: dict) -> bool:
     config_path = run_dir / "config.json"
     if not config_path.exists():
         return False
-    saved = json.loads(config_path.read_text())
+    # A field added to HyperParameters since the run began has its default there.
+    added = {f.name: f.default for f in dataclasses.fields(HyperParameters)
+             if f.default is not dataclasses.MISSING}
+    saved = json.loads(json.dumps(added)) | json.loads(config_path.read_text())
     as_saved = json.loads(json.dumps(record))
     changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)]
     differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
