@@ -7,7 +7,10 @@ time into its parts: training, the evaluation of every earlier task after each
 task (with the transfer entries), the end-of-run entropy evaluation, checkpoints,
 tables and plots. Each part's time excludes the parts timed inside it.
 
-    python bench/long_run.py [--tasks=100] [--iterations=20] [--keep=FOLDER]
+    python bench/long_run.py [--tasks=100] [--iterations=20] [--threads=N] [--keep=FOLDER]
+
+On a CPU shared with other work, one thread (--threads=1) gives steadier
+numbers: with two, every small parallel operation waits for both threads.
 """
 
 import argparse
@@ -77,9 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--keep", help="write the results here (default: a temporary folder)")
     args = parser.parse_args()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import main as entry
 

@@ -74,3 +74,19 @@ def test_grid_plot_wraps_many_hyperparameters_into_rows(tmp_path):
     evaluation.plot_grid(runs, names, tmp_path / "grid.png", "six hyperparameters")
     width, height = Image.open(tmp_path / "grid.png").size
     assert width <= evaluation.GRID_COLUMNS * 3.2 * 120 and height == 2 * 3.2 * 120
+
+
+def test_a_run_past_20_tasks_ends_with_bounded_plots(mnist_root, tmp_path):
+    assert main.main(["--dataset=PermutedMNIST", "--part=1", "--seeds=[1]", "--device=cpu",
+                      "--number_of_tasks=21", "--number_of_iterations=1",
+                      "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
+                      "--validation_size=20", f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={tmp_path}"]) == 0
+    experiment = tmp_path / "PermutedMNIST_part1_best"
+    accuracies = pd.read_csv(experiment / "seed_1" / "accuracies.csv")
+    assert len(accuracies) == 21 * 22 // 2
+    for plot, (max_width, max_height) in (("seed_1/heatmap.png", (1000, 800)),
+                                          ("mean_heatmap.png", (1000, 800)),
+                                          ("per_task_accuracy.png", (1200, 500))):
+        width, height = Image.open(experiment / plot).size
+        assert width <= max_width and height <= max_height, plot
