@@ -122,11 +122,12 @@ def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=size)
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=low, vmax=100,
                       interpolation="nearest")
-    for (i, j), value in np.ndenumerate(matrix if annotated else np.empty((0, 0))):
-        if not np.isnan(value):  # dark text on the bright (high) end of viridis
-            bright = (value - low) / max(100 - low, 1e-9) > 0.6
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
-                    color="black" if bright else "white")
+    if annotated:
+        for (i, j), value in np.ndenumerate(matrix):
+            if not np.isnan(value):  # dark text on the bright (high) end of viridis
+                bright = (value - low) / max(100 - low, 1e-9) > 0.6
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                        color="black" if bright else "white")
     task_ticks(ax, t)
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training task")
@@ -449,10 +450,11 @@ def write_results_table(root: Path) -> str:
            if left_out else []))
     write_text(text, root / "results_table.md")
     write_csv(table, root / "results_table.csv")
-    alignment = "".join("l" if column in ("benchmark", "target network") else "r"
-                        for column in readable.columns)
+    alignment = "".join("l" if column in ("benchmark", "target network", "not finished")
+                        else "r" for column in readable.columns)
     latex = readable.to_latex(index=False, escape=True, column_format=alignment)
-    write_text(latex.replace("±", r"$\pm$"), root / "results_table.tex")
+    write_text("% python evaluation.py --table; needs \\usepackage{booktabs}\n"
+               + latex.replace("±", r"$\pm$"), root / "results_table.tex")
     return text
 
 
