@@ -432,10 +432,12 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def write_results_table(root: Path) -> str:
-    """results_table.md, .csv and .tex in root; returns the Markdown text."""
+def write_results_table(root: Path) -> str | None:
+    """results_table.md, .csv and .tex in root; the Markdown text (None: no row, no file)."""
     root = Path(root)
     table, left_out = results_table(root)
+    if table.empty:
+        return None
     readable = readable_table(table)
     text = "\n".join([
         f"# Results under {root}", "",
@@ -446,7 +448,8 @@ def write_results_table(root: Path) -> str:
         "with small networks, not in the paper's setting. Runs that never started leave no "
         "folder and are not counted (`python main.py --status` lists them).", "",
         readable.to_markdown(index=False), ""]
-        + ([f"Not in the table (grid searches: see their summary.md): {', '.join(left_out)}", ""]
+        + ([f"Not in the table (grid searches, whose summary.md ranks their points, and "
+             f"folders not named like experiments): {', '.join(left_out)}", ""]
            if left_out else []))
     write_text(text, root / "results_table.md")
     write_csv(table, root / "results_table.csv")
@@ -565,13 +568,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="instead, write results_table.md/.csv/.tex into RESULTS_DIR")
     parser.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
                         help="compare the experiments two result folders both hold")
-    parser.add_argument("--output", default="comparison.md",
-                        help="where --compare writes its Markdown (default: comparison.md)")
+    parser.add_argument("--output", help="where --compare writes its Markdown "
+                                          "(default: comparison.md in the current folder)")
     args = parser.parse_args(argv)
     if (args.results_dir is None) == (args.compare is None):
         parser.error("give either RESULTS_DIR or --compare DIR_A DIR_B")
     if args.compare and args.table:
         parser.error("--table goes with RESULTS_DIR, not with --compare")
+    if args.output and not args.compare:
+        parser.error("--output goes with --compare")
     return args
 
 
@@ -589,7 +594,7 @@ def main(argv: list[str]) -> int:
                   file=sys.stderr)
             return 2
     if args.compare:
-        output = Path(args.output)
+        output = Path(args.output or "comparison.md")
         if not output.parent.is_dir():
             print(f"error: --output {output}: folder {output.parent} does not exist",
                   file=sys.stderr)
@@ -598,7 +603,12 @@ def main(argv: list[str]) -> int:
         write_text(text, output)
         print(f"{text}\nwritten to {output}")
     elif args.table:
-        print(write_results_table(roots[0]))
+        text = write_results_table(roots[0])
+        if text is None:
+            print(f"error: no best-configuration experiment (*_best folder) under {roots[0]}; "
+                  "grid searches are not table rows", file=sys.stderr)
+            return 2
+        print(text)
         print("written: " + ", ".join(str(roots[0] / f"results_table.{suffix}")
                                       for suffix in ("md", "csv", "tex")))
     else:

@@ -84,7 +84,7 @@ def test_table_command_writes_markdown_csv_and_booktabs_latex(results, capsys):
     assert cells == ["Permuted MNIST", "0", "2", "MLP 40-30", "86.00 ± 1.00", "-8.00 ± 2.00",
                      "35.00 ± 5.00", "8.00 ± 2.00", "2", "1 unfinished, 1 failed"]
     assert "| Permuted MNIST (demo sample) |" in markdown
-    assert "grid searches: see their summary.md): SplitMNIST_part1_grid" in markdown
+    assert "not named like experiments): SplitMNIST_part1_grid" in markdown
     csv = pd.read_csv(results / "results_table.csv")
     assert csv.loc[0, "ACC_mean"] == pytest.approx(86.0) and len(csv) == 7
     latex = (results / "results_table.tex").read_text()
@@ -113,11 +113,12 @@ def comparison_cells(text: str, metric: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def test_compare_puts_metrics_side_by_side_with_the_difference_and_the_spread(tmp_path, capsys):
+def test_compare_puts_metrics_side_by_side_with_the_difference_and_the_spread(
+        tmp_path, capsys, monkeypatch):
     a, b = write_pair(tmp_path)
-    output = tmp_path / "comparison.md"
-    assert evaluation.main(["--compare", str(a), str(b), f"--output={output}"]) == 0
-    text = output.read_text()
+    monkeypatch.chdir(tmp_path)
+    assert evaluation.main(["--compare", str(a), str(b)]) == 0
+    text = (tmp_path / "comparison.md").read_text()  # the default: in the current folder
     assert text in capsys.readouterr().out
     # ACC: 86 ± 1 vs 89 ± 1, difference +3 > spread max(1, 1)
     assert comparison_cells(text, "ACC") == ["PermutedMNIST_part0_best", "ACC", "2/2",
@@ -159,6 +160,7 @@ def test_compare_matches_grid_searches_point_by_point(tmp_path):
     (["--compare", "a"], "expected 2 arguments"),
     (["x", "--compare", "a", "b"], "give either RESULTS_DIR or --compare"),
     (["--compare", "a", "b", "--table"], "--table goes with RESULTS_DIR"),
+    (["a", "--output=c.md"], "--output goes with --compare"),
 ])
 def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
     assert evaluation.main(argv) == 2
@@ -174,6 +176,10 @@ def test_compare_and_table_refuse_folders_without_results(tmp_path, capsys):
     assert evaluation.main([str(tmp_path / "missing"), "--table"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("error: no results") for line in err)
+    make_run(tmp_path / "grids" / "SplitMNIST_part1_grid" / "point_000_seed_1")
+    assert evaluation.main([str(tmp_path / "grids"), "--table"]) == 2
+    assert "no best-configuration experiment" in capsys.readouterr().err
+    assert not (tmp_path / "grids" / "results_table.md").exists()
     assert evaluation.main(["--compare", str(tmp_path / "A"), str(tmp_path / "A"),
                             f"--output={tmp_path / 'no' / 'such' / 'c.md'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
