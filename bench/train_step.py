@@ -7,6 +7,11 @@ tasks. Each measurement runs in its own process so that its peak memory is its
 own. Inputs are random: a step's cost does not depend on the pixels.
 
     python bench/train_step.py [--device=cuda] [--steps=5]
+
+`--benchmark=DATASET:PART` and `--tasks=1,50,100` (task numbers from 1) measure
+other cases instead, with the batched regulariser, e.g. the 100-task Permuted MNIST:
+
+    python bench/train_step.py --benchmark=PermutedMNIST:1 --tasks=1,50,100
 """
 
 import argparse
@@ -159,11 +164,36 @@ def run_cases(cases: list, device: str, steps: int) -> dict:
     return results
 
 
+def chosen_cases(parser: argparse.ArgumentParser, benchmark: str | None,
+                 tasks: str | None) -> list | None:
+    """(dataset, part, task_id, batched) for --benchmark and --tasks (None: neither given)."""
+    import datasets
+
+    if benchmark is None and tasks is None:
+        return None
+    dataset, _, part = (benchmark or "PermutedMNIST:0").partition(":")
+    try:
+        number_of_tasks = datasets.get_benchmark(dataset, int(part or 0)).best.number_of_tasks
+        numbers = ([int(t) for t in tasks.split(",")] if tasks else [1, number_of_tasks])
+    except (ValueError, AttributeError, datasets.UserError) as error:
+        parser.error(f"--benchmark=DATASET:PART with a best configuration and --tasks=1,2,... "
+                     f"({error})")
+    if not all(1 <= t <= number_of_tasks for t in numbers):
+        parser.error(f"--tasks: {dataset} part {part or 0} has tasks 1..{number_of_tasks}")
+    return [(dataset, int(part or 0), t - 1, True) for t in numbers]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--benchmark", help="DATASET:PART, e.g. PermutedMNIST:1")
+    parser.add_argument("--tasks", help="task numbers from 1, e.g. 1,50,100")
     args = parser.parse_args()
+    cases = chosen_cases(parser, args.benchmark, args.tasks)
+    if cases is not None:
+        run_cases(cases, args.device, args.steps)
+        return
     cases = [("PermutedMNIST", 0, 0, True), ("PermutedMNIST", 0, 9, True),
              ("PermutedMNIST", 0, 9, False), ("SplitMNIST", 0, 0, True),
              ("SplitMNIST", 0, 4, True), ("SplitMNIST", 0, 4, False)]
