@@ -118,17 +118,25 @@ MACHINE_COLUMNS = ("threads",)
 
 
 def run_summary(run_dir: Path) -> dict | None:
-    """One summary row for a run folder: its configuration and metrics (None: no results)."""
+    """One summary row for a run folder: its configuration and metrics (None: no results).
+
+    A run that failed (failed.txt) has its error in `failed`, and metrics only
+    for the tasks it finished before.
+    """
     config_path, accuracy_path = run_dir / "config.json", run_dir / "accuracies.csv"
-    if not (config_path.exists() and accuracy_path.exists()):
+    failed = run_dir / "failed.txt"
+    if not (config_path.exists() and (accuracy_path.exists() or failed.exists())):
         return None
     config = json.loads(config_path.read_text())
+    error = {"failed": failed.read_text().strip()} if failed.exists() else {}
+    if not accuracy_path.exists():
+        return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
     matrix = accuracy_matrix(pd.read_csv(accuracy_path))
     t = len(matrix)
     row = {"run": run_dir.name, **config, "finished": (run_dir / "final_weights.pt").exists(),
            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
-           "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix)}
+           "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix), **error}
     if (run_dir / "transfer.csv").exists():
         transfer = pd.read_csv(run_dir / "transfer.csv").iloc[:t]
         row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
@@ -157,9 +165,12 @@ def summarize_experiment(experiment_dir: Path) -> str:
     write_csv(table, experiment_dir / "summary.csv")
     groups = configuration_groups(table)
     text = seeds_table(groups, title=experiment_dir.name)
-    unfinished = table.loc[~table["finished"], "run"].tolist()
+    failed = table["failed"].notna() if "failed" in table else pd.Series(False, table.index)
+    unfinished = table.loc[~table["finished"] & ~failed, "run"].tolist()
     if unfinished:
         text += f"\nUnfinished runs (not in the table): {', '.join(unfinished)}\n"
+    for run, error in zip(table.loc[failed, "run"], table.loc[failed].get("failed", [])):
+        text += f"\nFailed run (not in the table): {run}: {error}\n"
     write_text(text, experiment_dir / "summary.md")
     plot_experiment(groups, experiment_dir, table)
     return text
@@ -173,7 +184,7 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
     """
     finished = table[table["finished"]]
     settings = [c for c in table.columns
-                if c not in [*METRICS, *MACHINE_COLUMNS, "run", "seed", "finished",
+                if c not in [*METRICS, *MACHINE_COLUMNS, "run", "seed", "finished", "failed",
                              "trained_tasks"]]
     varying = [c for c in settings if table[c].map(str).nunique() > 1]
     if finished.empty:
