@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -82,9 +83,22 @@ class HyperParameters:
         if (self.number_of_iterations is None) == (self.number_of_epochs is None):
             raise UserError("set exactly one of number_of_iterations and number_of_epochs "
                             "(the other to None)")
-        for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size",
+                     "chunk_embedding_size", "number_of_iterations", "number_of_epochs",
+                     "chunk_size", "evaluation_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1, not {value}")
+        for name in ("target_hidden_layers", "hnet_hidden_layers"):
+            if any(size < 1 for size in getattr(self, name)):
+                raise UserError(f"{name} are layer sizes of at least 1, not "
+                                f"{list(getattr(self, name))}")
+        if not 0 < self.learning_rate < math.inf:
+            raise UserError(f"learning_rate must be a positive number, not {self.learning_rate}")
+        for name in ("beta", "lam"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise UserError(f"{name} must be a number of at least 0, not "
+                                f"{getattr(self, name)}")
 
 
 CHOICES = {"target_network": ("MLP", "ResNet-20", "ZenkeNet", "ZenkeNet-tiny"),
@@ -453,15 +467,29 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
         download(lambda: MNIST(root, train=True, download=True), f"MNIST is not in {raw}",
                  f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
                  "`python main.py --demo`, which works offline")
-    arrays = []
-    for train in (True, False):
-        try:
-            data = MNIST(root, train=train, download=False)
-        except Exception as error:  # a truncated or foreign file fails deep in the parser
-            raise UserError(f"an MNIST file in {raw} is unreadable ({type(error).__name__}: "
-                            f"{error}); delete {raw} to download it again") from None
-        arrays += [data.data, data.targets]
-    return tuple(arrays)
+    arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]
+    for images, labels, name in ((*arrays[:2], MNIST_FILES[0]), (*arrays[2:], MNIST_FILES[2])):
+        if images.shape[1:] != (28, 28) or len(images) != len(labels):
+            raise UserError(f"{raw / name} holds {tuple(images.shape)} images for "
+                            f"{len(labels)} labels, not N 28x28 images; replace it (delete "
+                            f"{raw} to download MNIST again)")
+    return arrays[0], arrays[1].long(), arrays[2], arrays[3].long()
+
+
+def read_idx(path: Path, dims: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions, or a UserError
+    naming the file: a truncated or foreign file fails deep inside the parser otherwise."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    try:
+        array = read_sn3_pascalvincent_tensor(str(path), strict=False)
+        if array.dtype != torch.uint8 or array.dim() != dims:
+            raise ValueError(f"{array.dim()}-d {array.dtype}, not {dims}-d uint8")
+    except Exception as error:
+        raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
+                        f"{error}); replace it (delete {path.parent} to download MNIST "
+                        "again)") from None
+    return array
 
 
 @functools.cache
@@ -504,8 +532,10 @@ def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
             with open(folder / name, "rb") as f:
                 batch = pickle.load(f, encoding="latin1")
             images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)),
-                       np.asarray(batch["fine_labels"], dtype=np.int64)]
+            labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+            if len(images) != len(labels) or labels.min() < 0 or labels.max() > 99:
+                raise ValueError("images and labels do not match")
+            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels]
         except Exception as error:  # truncated or foreign pickle
             raise UserError(f"{folder / name} is unreadable ({type(error).__name__}); delete "
                             f"{folder} to download it again") from None
@@ -531,11 +561,7 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
     folder = Path(root) / "tiny-imagenet-200"
     cache = folder / "uint8_cache"
     if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
-        try:
-            return tuple(np.load(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
-        except Exception as error:
-            raise UserError(f"the image cache {cache} is unreadable ({type(error).__name__}); "
-                            "delete it to decode the JPEGs again") from None
+        return tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
     if not (folder / "wnids.txt").exists():
         from torchvision.datasets.utils import download_and_extract_archive
 
@@ -550,6 +576,18 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
             np.save(f, array)
         os.replace(cache / f"{name}.npy.tmp", cache / f"{name}.npy")
     return arrays
+
+
+def read_cached(path: Path) -> np.ndarray:
+    """One array of the Tiny ImageNet cache, or a UserError naming the file."""
+    try:
+        array = np.load(path)
+        if array.shape[1:] not in ((), (64, 64, 3)):
+            raise ValueError(f"shape {array.shape}")
+    except Exception as error:
+        raise UserError(f"the image cache file {path} is unreadable ({type(error).__name__}); "
+                        f"delete {path.parent} to decode the JPEGs again") from None
+    return array
 
 
 def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:

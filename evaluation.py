@@ -8,6 +8,7 @@ accuracy (percent) on task j after training task t, NaN for j > t.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from datasets import UserError  # noqa: E402
 
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy"]
 
@@ -72,10 +75,22 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 
 
 def write_atomically(path: Path, write) -> None:
-    """Call write(temporary path), then rename: a crash leaves the old file or the new one."""
+    """Call write(temporary path), then rename: a crash leaves the old file or the new one.
+
+    A write that fails (no space left, no permission, a file where a folder
+    should be) removes its temporary file, keeps the old file, and is a
+    one-line UserError naming the path.
+    """
     temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise UserError(f"cannot write {path}{kept}: {error.strerror or error}; free some space "
+                        "or choose another --results_dir") from None
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

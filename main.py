@@ -56,6 +56,9 @@ SETTINGS = {
     "checkpoint_minutes": (int, float),
 }
 LAUNCHERS = ("sequential", "local", "slurm")
+# The smallest value of each numeric setting (checkpoint_minutes 0: after tasks only).
+MINIMUMS = {"max_parallel_runs": 1, "slurm_time_minutes": 1, "slurm_gpus_per_run": 0,
+            "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1, "checkpoint_minutes": 0}
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
@@ -100,11 +103,10 @@ def _check_setting(name: str, value):
         raise UserError(f"--{name} expects {expected}, not {value!r}")
     if name == "launcher" and value not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {value!r}")
-    if name == "max_parallel_runs" and value is not None and value < 1:
-        raise UserError(f"--max_parallel_runs must be at least 1, not {value}")
-    if name == "checkpoint_minutes" and value < 0:
-        raise UserError(f"--checkpoint_minutes must be 0 (after tasks only) or more, not {value}")
+    if name in MINIMUMS and value is not None and not value >= MINIMUMS[name]:
+        raise UserError(f"--{name} must be at least {MINIMUMS[name]}, not {value}")
     return value
+
 
 
 def _check_type(name: str, value, hint):
@@ -148,6 +150,7 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
     if settings["status"]:
         print(f"{experiment_dir}:\n{runs.status_table(jobs)}")
         return experiment_dir
+    runs.make_folder(experiment_dir)
     configurations = len({job.config for job in jobs})
     where = (f"on {runs.select_device(settings['device'])}" if settings["launcher"] == "sequential"
              else f"with the {settings['launcher']} launcher")
@@ -199,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         settings_overrides, hyperparameters = parse_overrides(argv)
-        settings = {name: globals()[name] for name in SETTINGS} | settings_overrides
+        settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} \
+            | settings_overrides
         started = time.perf_counter()
         folders = run_experiments(settings, hyperparameters)
     except UserError as error:

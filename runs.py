@@ -178,7 +178,7 @@ def _run(job: Job) -> None:
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
-    make_run_folder(run_dir)  # only now: missing data leave no folder
+    make_folder(run_dir)  # only now: missing data leave no folder
     with stop_signals() as stop, one_writer(run_dir):
         if finished(run_dir, record):  # by the process that held the lock before
             return
@@ -419,12 +419,12 @@ class TaskCheckpoints:
                             f"{training.iteration} in {self.path}")
 
 
-def make_run_folder(run_dir: Path) -> None:
-    """Create run_dir, or a one-line UserError naming the path that is in the way."""
+def make_folder(folder: Path) -> None:
+    """Create a results folder, or a one-line UserError naming the path in the way."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}: "
+        raise UserError(f"cannot create the folder {folder} ({error.strerror}: "
                         f"{error.filename}); choose another --results_dir") from None
 
 
@@ -701,8 +701,8 @@ def exit_error(job: Job, exitcode: int) -> str | None:
         message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
                                                           else "")
                    + "; rerun the same command to resume it from its last checkpoint")
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        (job.run_dir / FAILED).write_text(message + "\n")
+        with contextlib.suppress(OSError):
+            (job.run_dir / FAILED).write_text(message + "\n")
         return message
     failed = job.run_dir / FAILED
     return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
@@ -741,7 +741,7 @@ def run_logged(job: Job) -> str | None:
 
     Preempted (a stop on request, state saved) is raised, not reported as a failure.
     """
-    job.run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(job.run_dir)
     with open(job.run_dir / "run.log", "a") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
@@ -754,7 +754,8 @@ def run_logged(job: Job) -> str | None:
             message = str(error) if isinstance(error, UserError) else \
                 f"{type(error).__name__}: {error}"
             if not isinstance(error, RunFailed):  # which wrote failed.txt itself
-                (job.run_dir / FAILED).write_text(message + "\n")
+                with contextlib.suppress(OSError):  # no space left, say: the log has it
+                    (job.run_dir / FAILED).write_text(message + "\n")
             return message
     return None
 
