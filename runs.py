@@ -214,7 +214,9 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
                                   minutes=job.checkpoint_minutes, stop=stop)
     for task_id in range(state["next_task"], len(tasks)):
-        stop.check(f"after task {task_id} in {run_dir / CHECKPOINT}")
+        if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
+            checkpoints.save()  # stopped before the first step: keep what is done
+        stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
         state["log"] += train_with_progress(model, tasks[task_id], task_id, config,
                                             seed=job.seed, resume=state.pop("task_in_progress",
                                                                             None),
