@@ -715,13 +715,19 @@ STOPPED_EXIT_CODES = (130, 143)  # a run that saved its state and stopped on req
 
 def _pool_run(job: Job, gpu: str | None) -> None:
     """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped."""
-    if gpu is not None:  # before the first CUDA call
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    pin_gpu(gpu)
     try:
         error = run_logged(job)
     except Preempted as stop:
         sys.exit(128 + stop.signum)
     sys.exit(1 if error else 0)
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Make `gpu` (an entry of CUDA_VISIBLE_DEVICES) this process's only GPU, before any
+    CUDA call; None: leave the process as it is."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def worker_gpus(workers: int, gpus: int) -> list[str | None]:
