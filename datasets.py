@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -82,9 +83,22 @@ class HyperParameters:
         if (self.number_of_iterations is None) == (self.number_of_epochs is None):
             raise UserError("set exactly one of number_of_iterations and number_of_epochs "
                             "(the other to None)")
-        for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size",
+                     "chunk_embedding_size", "number_of_iterations", "number_of_epochs",
+                     "chunk_size", "evaluation_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1, not {value}")
+        for name in ("target_hidden_layers", "hnet_hidden_layers"):
+            if any(size < 1 for size in getattr(self, name)):
+                raise UserError(f"{name} are layer sizes of at least 1, not "
+                                f"{list(getattr(self, name))}")
+        if not 0 < self.learning_rate < math.inf:
+            raise UserError(f"learning_rate must be a positive number, not {self.learning_rate}")
+        for name in ("beta", "lam"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise UserError(f"{name} must be a number of at least 0, not "
+                                f"{getattr(self, name)}")
 
 
 CHOICES = {"target_network": ("MLP", "ResNet-20", "ZenkeNet", "ZenkeNet-tiny"),
@@ -458,15 +472,29 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
         download(lambda: MNIST(root, train=True, download=True), f"MNIST is not in {raw}",
                  f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
                  "`python main.py --demo`, which works offline")
-    arrays = []
-    for train in (True, False):
-        try:
-            data = MNIST(root, train=train, download=False)
-        except Exception as error:  # a truncated or foreign file fails deep in the parser
-            raise UserError(f"an MNIST file in {raw} is unreadable ({type(error).__name__}: "
-                            f"{error}); delete {raw} to download it again") from None
-        arrays += [data.data, data.targets]
-    return tuple(arrays)
+    arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]
+    for images, labels, name in ((*arrays[:2], MNIST_FILES[0]), (*arrays[2:], MNIST_FILES[2])):
+        if images.shape[1:] != (28, 28) or len(images) != len(labels):
+            raise UserError(f"{raw / name} holds {tuple(images.shape)} images for "
+                            f"{len(labels)} labels, not N 28x28 images; replace it (delete "
+                            f"{raw} to download MNIST again)")
+    return arrays[0], arrays[1].long(), arrays[2], arrays[3].long()
+
+
+def read_idx(path: Path, dims: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions, or a UserError
+    naming the file: a truncated or foreign file fails deep inside the parser otherwise."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    try:
+        array = read_sn3_pascalvincent_tensor(str(path), strict=False)
+        if array.dtype != torch.uint8 or array.dim() != dims:
+            raise ValueError(f"{array.dim()}-d {array.dtype}, not {dims}-d uint8")
+    except Exception as error:
+        raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
+                        f"{error}); replace it (delete {path.parent} to download MNIST "
+                        "again)") from None
+    return array
 
 
 @functools.cache
@@ -509,8 +537,10 @@ def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
             with open(folder / name, "rb") as f:
                 batch = pickle.load(f, encoding="latin1")
             images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)),
-                       np.asarray(batch["fine_labels"], dtype=np.int64)]
+            labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+            if len(images) != len(labels) or labels.min() < 0 or labels.max() > 99:
+                raise ValueError("images and labels do not match")
+            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels]
         except Exception as error:  # truncated or foreign pickle
             raise UserError(f"{folder / name} is unreadable ({type(error).__name__}); delete "
                             f"{folder} to download it again") from None
@@ -536,11 +566,7 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
     folder = Path(root) / "tiny-imagenet-200"
     cache = folder / "uint8_cache"
     if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
-        try:
-            return tuple(np.load(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
-        except Exception as error:
-            raise UserError(f"the image cache {cache} is unreadable ({type(error).__name__}); "
-                            "delete it to decode the JPEGs again") from None
+        return tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
     if not (folder / "wnids.txt").exists():
         from torchvision.datasets.utils import download_and_extract_archive
 
@@ -555,6 +581,18 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
             np.save(f, array)
         os.replace(cache / f"{name}.npy.tmp", cache / f"{name}.npy")
     return arrays
+
+
+def read_cached(path: Path) -> np.ndarray:
+    """One array of the Tiny ImageNet cache, or a UserError naming the file."""
+    try:
+        array = np.load(path)
+        if array.shape[1:] not in ((), (64, 64, 3)):
+            raise ValueError(f"shape {array.shape}")
+    except Exception as error:
+        raise UserError(f"the image cache file {path} is unreadable ({type(error).__name__}); "
+                        f"delete {path.parent} to decode the JPEGs again") from None
+    return array
 
 
 def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
@@ -718,46 +756,109 @@ def augmentation_workers() -> int:
     return max(1, min(8, torch.get_num_threads() // 2))
 
 
-class AugmentCollate:
-    """DataLoader collate: augment each image ([H, W, C] uint8) and stack the batch.
+class AugmentedImages(torch.utils.data.Dataset):
+    """Training images augmented one by one, a batch per item, in DataLoader workers.
 
-    A module-level class, not a closure, so that worker processes started with
-    spawn or forkserver (macOS, Python 3.14's default) can unpickle it.
+    An item is a key (seed, indices): the images at `indices`, each augmented
+    ([C, H, W] uint8 in and out) with torch's generator seeded with `seed`, and
+    their labels. A batch therefore comes out the same whichever worker makes it
+    and however many there are, and a task resumed in the middle of an epoch
+    gets the batches it would have got. A module-level class, so that workers
+    started with spawn or forkserver (macOS, Python 3.14's default) unpickle it.
     """
 
-    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor]):
-        self.augment = augment  # [C, H, W] uint8 -> [C, H, W] uint8
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 augment: Callable[[torch.Tensor], torch.Tensor]):
+        self.images, self.labels, self.augment = images, labels, augment  # [N, H, W, C] uint8
 
-    def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, H, W, C] uint8, labels [B] from (image, label) pairs."""
-        images = torch.stack([self.augment(image.permute(2, 0, 1)).permute(1, 2, 0)
-                              for image, _ in samples])
-        return images, torch.stack([label for _, label in samples])
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, H, W, C] uint8 and labels [B] of one batch."""
+        seed, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            images = torch.stack([self.augment(self.images[i].permute(2, 0, 1)).permute(1, 2, 0)
+                                  for i in index.tolist()])
+        return images, self.labels[index]
 
 
-def training_batches(task: Task, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class _EpochKeys(torch.utils.data.Sampler):
+    """The AugmentedImages keys of the rest of the current epoch (set by TrainingBatches)."""
+
+    def __init__(self):
+        self.keys: list[tuple[int, torch.Tensor]] = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class TrainingBatches:
     """Endless training batches (network input, labels), a new random order every epoch.
 
-    Batch-wise transforms run on the task's device. A task with an
-    `image_augment` gets its images augmented one by one in DataLoader worker
-    processes on the CPU, ahead of the training loop, so the loop (and a GPU)
-    does not wait for per-image Python work.
+    Each epoch's order is a torch.randperm on the task's device, from torch's
+    global generator; batch-wise transforms (crop, flip) run on the device. A
+    task with an `image_augment` gets its images augmented one by one in
+    DataLoader worker processes on the CPU, ahead of the training loop, so the
+    loop (and a GPU) does not wait for per-image Python work; those batches are
+    seeded from one number drawn when the epoch starts (see AugmentedImages).
+
+    `state_dict()` is the position in the current epoch; a TrainingBatches
+    given it continues there, and with torch's generators restored as they were
+    it yields exactly the batches the original would have.
     """
-    device = task.train_y.device
-    if task.image_augment is None:
-        while True:
-            for index in torch.split(torch.randperm(len(task.train_y), device=device),
-                                     batch_size):
-                yield task.transform(task.train_x[index], True), task.train_y[index]
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(task.train_x.cpu(), task.train_y.cpu()),
-        batch_size=batch_size, shuffle=True, collate_fn=AugmentCollate(task.image_augment),
-        num_workers=augmentation_workers(), persistent_workers=True,
-        pin_memory=device.type == "cuda")
-    while True:
-        for images, labels in loader:
-            yield (task.transform(images.to(device, non_blocking=True), True),
-                   labels.to(device, non_blocking=True))
+
+    def __init__(self, task: Task, batch_size: int, state: dict | None = None):
+        self.task, self.batch_size = task, batch_size
+        self.device = task.train_y.device
+        if len(task.train_y) == 0:  # load_tasks refuses such a task; this guards every caller
+            raise RuntimeError("TrainingBatches: the task has no training samples")
+        self.order, self.position, self.epoch_seed = None, 0, 0  # position: batches done
+        if state is not None:
+            self.order = state["order"].to(self.device)
+            self.position, self.epoch_seed = state["position"], state["epoch_seed"]
+        self.loader = None
+        if task.image_augment is not None:
+            self.keys = _EpochKeys()
+            self.loader = torch.utils.data.DataLoader(
+                AugmentedImages(task.train_x.cpu(), task.train_y.cpu(), task.image_augment),
+                sampler=self.keys, batch_size=None, num_workers=augmentation_workers(),
+                persistent_workers=True, pin_memory=self.device.type == "cuda",
+                # its own generator: starting the workers must not draw from torch's
+                generator=torch.Generator())
+            self.loaded = None
+
+    def state_dict(self) -> dict:
+        """Where the current epoch stands: its order, the batches done, its augmentation seed."""
+        return {"order": None if self.order is None else self.order.cpu(),
+                "position": self.position, "epoch_seed": self.epoch_seed}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = len(self.task.train_y)
+        if self.order is None or self.position * self.batch_size >= size:
+            self.order, self.position = torch.randperm(size, device=self.device), 0
+            if self.loader is not None:
+                self.epoch_seed = int(torch.randint(0, 2**62, ()))
+                self.loaded = None
+        index = self.order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+        self.position += 1
+        if self.loader is None:
+            return self.task.transform(self.task.train_x[index], True), self.task.train_y[index]
+        if self.loaded is None:  # the workers start on the rest of this epoch
+            starts = range((self.position - 1) * self.batch_size, size, self.batch_size)
+            self.keys.keys = [(self.epoch_seed + start // self.batch_size,
+                               self.order[start:start + self.batch_size].cpu()) for start in starts]
+            self.loaded = iter(self.loader)
+        images, labels = next(self.loaded)
+        return (self.task.transform(images.to(self.device, non_blocking=True), True),
+                labels.to(self.device, non_blocking=True))
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ accuracy (percent) on task j after training task t, NaN for j > t.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from datasets import UserError  # noqa: E402
 
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy"]
 
@@ -76,10 +79,22 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 
 
 def write_atomically(path: Path, write) -> None:
-    """Call write(temporary path), then rename: a crash leaves the old file or the new one."""
+    """Call write(temporary path), then rename: a crash leaves the old file or the new one.
+
+    A write that fails (no space left, no permission, a file where a folder
+    should be) removes its temporary file, keeps the old file, and is a
+    one-line UserError naming the path.
+    """
     temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise UserError(f"cannot write {path}{kept}: {error.strerror or error}; free some space "
+                        "or choose another --results_dir") from None
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -148,17 +163,25 @@ MACHINE_COLUMNS = ("threads",)
 
 
 def run_summary(run_dir: Path) -> dict | None:
-    """One summary row for a run folder: its configuration and metrics (None: no results)."""
+    """One summary row for a run folder: its configuration and metrics (None: no results).
+
+    A run that failed (failed.txt) has its error in `failed`, and metrics only
+    for the tasks it finished before.
+    """
     config_path, accuracy_path = run_dir / "config.json", run_dir / "accuracies.csv"
-    if not (config_path.exists() and accuracy_path.exists()):
+    failed = run_dir / "failed.txt"
+    if not (config_path.exists() and (accuracy_path.exists() or failed.exists())):
         return None
     config = json.loads(config_path.read_text())
+    error = {"failed": failed.read_text().strip()} if failed.exists() else {}
+    if not accuracy_path.exists():
+        return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
     matrix = accuracy_matrix(pd.read_csv(accuracy_path))
     t = len(matrix)
     row = {"run": run_dir.name, **config, "finished": (run_dir / "final_weights.pt").exists(),
            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
-           "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix)}
+           "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix), **error}
     if (run_dir / "transfer.csv").exists():
         transfer = pd.read_csv(run_dir / "transfer.csv").iloc[:t]
         row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
@@ -187,9 +210,12 @@ def summarize_experiment(experiment_dir: Path) -> str:
     write_csv(table, experiment_dir / "summary.csv")
     groups = configuration_groups(table)
     text = seeds_table(groups, title=experiment_dir.name)
-    unfinished = table.loc[~table["finished"], "run"].tolist()
+    failed = table["failed"].notna() if "failed" in table else pd.Series(False, table.index)
+    unfinished = table.loc[~table["finished"] & ~failed, "run"].tolist()
     if unfinished:
         text += f"\nUnfinished runs (not in the table): {', '.join(unfinished)}\n"
+    for run, error in zip(table.loc[failed, "run"], table.loc[failed].get("failed", [])):
+        text += f"\nFailed run (not in the table): {run}: {error}\n"
     write_text(text, experiment_dir / "summary.md")
     plot_experiment(groups, experiment_dir, table)
     return text
@@ -203,7 +229,7 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
     """
     finished = table[table["finished"]]
     settings = [c for c in table.columns
-                if c not in [*METRICS, *MACHINE_COLUMNS, "run", "seed", "finished",
+                if c not in [*METRICS, *MACHINE_COLUMNS, "run", "seed", "finished", "failed",
                              "trained_tasks"]]
     varying = [c for c in settings if table[c].map(str).nunique() > 1]
     if finished.empty:

@@ -1,7 +1,6 @@
 """Devices without a GPU: the CUDA calls a run makes, checked with mocks of torch.cuda."""
 
 import os
-import queue
 
 import pytest
 import torch
@@ -87,9 +86,7 @@ def test_pool_workers_get_the_parents_visible_gpus(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert runs.worker_gpus(2, 2) == ["0", "1"]
     assert runs.worker_gpus(2, 0) == [None, None]
-    ids = queue.Queue()
-    ids.put("MIG-0a2b")
-    runs._start_worker(ids)  # monkeypatch restores the variable afterwards
+    runs.pin_gpu("MIG-0a2b")  # monkeypatch restores the variable afterwards
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "MIG-0a2b"
 
 

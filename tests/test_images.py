@@ -209,7 +209,7 @@ def test_per_image_augmentation_runs_in_workers_and_follows_the_seed(cifar_root)
 
     def first_batches(seed):
         torch.manual_seed(seed)
-        batches = datasets.training_batches(task, 32)
+        batches = datasets.TrainingBatches(task, 32)
         return [next(batches) for _ in range(3)]
 
     one, again, other = first_batches(0), first_batches(0), first_batches(1)
@@ -272,21 +272,21 @@ def test_batch_norm_makes_no_host_sync(monkeypatch):
     assert list(model.state_dict()) == keys
 
 
-def test_augmentation_collate_is_picklable_and_runs_in_spawned_workers(cifar_root, monkeypatch):
-    """Workers started by spawn or forkserver (macOS, Python 3.14) unpickle the collate."""
+def test_augmented_images_are_picklable_and_run_in_spawned_workers(cifar_root, monkeypatch):
+    """Workers started by spawn or forkserver (macOS, Python 3.14) unpickle the dataset."""
     import functools
     import pickle
 
-    collate = datasets.AugmentCollate(datasets.FECAM_AUGMENT)
-    assert isinstance(pickle.loads(pickle.dumps(collate)), datasets.AugmentCollate)
     config = config_for("CIFAR100_FeCAM_setup", 6, validation_size=2)
     task = datasets.load_tasks("CIFAR100_FeCAM_setup", 6, config, seed=1, root=cifar_root,
                                device=CPU)[0]
+    images = datasets.AugmentedImages(task.train_x, task.train_y, datasets.FECAM_AUGMENT)
+    copy = pickle.loads(pickle.dumps(images))
+    key = (7, torch.tensor([3, 1, 4]))
+    assert torch.equal(copy[key][0], images[key][0])  # the batch follows its key's seed
     monkeypatch.setattr(torch.utils.data, "DataLoader", functools.partial(
         torch.utils.data.DataLoader, multiprocessing_context="spawn"))
-    batches = datasets.training_batches(task, 8)
-    x, y = next(batches)
-    batches.close()
+    x, y = next(datasets.TrainingBatches(task, 8))
     assert x.shape == (8, 32 * 32 * 3) and x.dtype == torch.float32 and y.shape == (8,)
 
 

@@ -20,10 +20,10 @@ def run(mnist_root, results, *extra):
 def interrupt_at_task(monkeypatch, stop_task):
     real = runs.train_with_progress
 
-    def train(model, task, task_id, config, *, seed):
+    def train(model, task, task_id, config, **options):
         if task_id == stop_task:
             raise KeyboardInterrupt
-        return real(model, task, task_id, config, seed=seed)
+        return real(model, task, task_id, config, **options)
 
     monkeypatch.setattr(runs, "train_with_progress", train)
 
