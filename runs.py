@@ -14,10 +14,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import importlib.metadata
+import itertools
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import platform
 import random
 import shutil
 import signal
@@ -38,6 +41,7 @@ from tqdm import tqdm
 import datasets
 import evaluation
 import hypermask
+import loggers
 import task_agnostic
 from datasets import HyperParameters, UserError
 
@@ -62,6 +66,9 @@ class Job:
     demo: bool = False
     threads: int | None = None  # CPU threads; None: decided by cpu_threads() in the run
     checkpoint_minutes: float = 10  # a mid-task checkpoint this often; 0: only after tasks
+    logger: tuple[str, ...] = ()  # loggers.LOGGERS to watch the run with (no effect on results)
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
 
 
 def select_device(name: str):
@@ -118,6 +125,27 @@ def cpu_threads(share: int | None = None) -> int:
     return max(1, min(share or available, available))
 
 
+def where_it_runs(device: torch.device) -> dict:
+    """Where a run runs, for its config.json: a result is bit-identical only on the same
+    device, with the same threads and library versions (evaluation.MACHINE_COLUMNS: a rerun
+    elsewhere may change them)."""
+    return {"device": str(device), "device_name": device_name(device),
+            "torch_version": torch.__version__,
+            "hypnettorch_version": importlib.metadata.version("hypnettorch"),
+            "hostname": socket.gethostname()}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name ("NVIDIA H100 80GB HBM3"), else the CPU's model (/proc/cpuinfo)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) once per run."""
     random.seed(seed)
@@ -163,13 +191,14 @@ def run_one(job: Job) -> None:
 def _run(job: Job) -> None:
     config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
                                             job.run_dir)
+    device = select_device(job.device)
     record = {"dataset": dataset, "part": part, "seed": seed,
               "data": datasets.DEMO_LABEL if job.demo else dataset,
-              **dataclasses.asdict(config), "threads": torch.get_num_threads()}
+              **dataclasses.asdict(config), "threads": torch.get_num_threads(),
+              **where_it_runs(device)}
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
         return
-    device = select_device(job.device)
     use_device(device, config.tf32)
     keep_freed_memory()
     set_seed(seed)
@@ -196,46 +225,71 @@ def _run(job: Job) -> None:
 
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
               stop: StopRequest) -> None:
-    """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)."""
+    """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)
+    and showing it to the run's loggers."""
     run_dir = job.run_dir
     label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": job.part, "seed": job.seed}
+    state = starting_state(model, tasks, config, run_dir=run_dir, device=device, keys=keys)
+    checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
+                                  minutes=job.checkpoint_minutes, stop=stop)
+    # the loggers' global step: the run's training iterations before each task
+    offsets = [0, *itertools.accumulate(task_iterations(task, config) for task in tasks)]
+    with loggers.opened(job.logger, run_dir, state=state, offsets=offsets,
+                        wandb_project=job.wandb_project, wandb_entity=job.wandb_entity) as watch:
+
+        def after_step(training: hypermask.TrainingState) -> None:
+            watch.training_rows(training.log)
+            checkpoints(training)
+
+        for task_id in range(state["next_task"], len(tasks)):
+            if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
+                checkpoints.save()  # stopped before the first step: keep what is done
+            stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
+            state["log"] += train_with_progress(
+                model, tasks[task_id], task_id, config, seed=job.seed,
+                resume=state.pop("task_in_progress", None), after_step=after_step)
+            require_finite(model, task_id)
+            last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
+            state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
+                                     "accuracy": accuracy} for j, accuracy in enumerate(last)]
+            if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
+                state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
+                    model, tasks[task_id + 1], task_id, config)
+            state["next_task"] = task_id + 1
+            write_run_tables(run_dir, state)
+            watch.accuracies(task_id, last)
+            checkpoints.save()
+            print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
+                  f"over {len(last)} task(s)")
+        stop.check(f"after the last task in {run_dir / CHECKPOINT}")
+        finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
+                   title=f"{label} part {job.part}", watch=watch)
+
+
+def starting_state(model, tasks: list, config, *, run_dir: Path, device: torch.device,
+                   keys: dict) -> dict:
+    """The run's rows so far and its next task: from its checkpoint (networks and random
+    generators restored), or fresh with b_j of forward transfer."""
     state = load_checkpoint(run_dir / CHECKPOINT, model, device)
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
-        state = {"next_task": 0, "accuracies": [], "log": [], "transfer": [
+        return {"next_task": 0, "accuracies": [], "log": [], "transfer": [
             {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
              "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
-    elif "task_in_progress" in state:
+    if "task_in_progress" in state:
         print(f"  resuming task {state['next_task'] + 1} at iteration "
               f"{state['task_in_progress']['iteration']} from {run_dir / CHECKPOINT}")
     else:
         print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
-    checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
-                                  minutes=job.checkpoint_minutes, stop=stop)
-    for task_id in range(state["next_task"], len(tasks)):
-        if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
-            checkpoints.save()  # stopped before the first step: keep what is done
-        stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
-        state["log"] += train_with_progress(model, tasks[task_id], task_id, config,
-                                            seed=job.seed, resume=state.pop("task_in_progress",
-                                                                            None),
-                                            after_step=checkpoints)
-        require_finite(model, task_id)
-        last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
-        state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
-                                 "accuracy": accuracy} for j, accuracy in enumerate(last)]
-        if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
-            state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
-                model, tasks[task_id + 1], task_id, config)
-        state["next_task"] = task_id + 1
-        write_run_tables(run_dir, state)
-        checkpoints.save()
-        print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
-              f"over {len(last)} task(s)")
-    stop.check(f"after the last task in {run_dir / CHECKPOINT}")
-    finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
-               title=f"{label} part {job.part}")
+    return state
+
+
+def task_iterations(task, config) -> int:
+    """The training iterations of one task: number_of_iterations, or its epochs' batches."""
+    if not config.number_of_epochs:
+        return config.number_of_iterations
+    return config.number_of_epochs * -(-len(task.train_y) // config.batch_size)
 
 
 def require_finite(model, task_id: int) -> None:
@@ -258,8 +312,10 @@ def write_run_tables(run_dir: Path, state: dict) -> None:
         evaluation.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
 
 
-def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -> None:
-    """The end-of-run outputs: heatmap, task-agnostic accuracy, final weights."""
+def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
+               watch: loggers.RunLoggers | None = None) -> None:
+    """The end-of-run outputs: heatmap, task-agnostic accuracy, final metrics to the loggers,
+    final weights."""
     accuracies = pd.read_csv(run_dir / "accuracies.csv")
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                             f"{title}, seed {keys['seed']}: accuracy (%)")
@@ -271,6 +327,8 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -
                                               config.evaluation_batch_size)
         evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                              run_dir / "fecam.csv")
+    if watch is not None:  # before final_weights.pt: a run that resumes logs them again
+        watch.final(evaluation.run_summary(run_dir))
     save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
                      "target": cpu_copy(model.target.state_dict())}, run_dir / "final_weights.pt")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
@@ -463,8 +521,7 @@ def train_with_progress(model, task, task_id: int, config, *, seed: int,
     Args:
         resume, after_step: passed on to hypermask.train_task (after the progress).
     """
-    total = (config.number_of_iterations if not config.number_of_epochs else
-             config.number_of_epochs * -(-len(task.train_y) // config.batch_size))
+    total = task_iterations(task, config)
     label = f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}"
     # tqdm draws on stderr: a bar only where it is seen, never redraws in a log file
     progress = (ProgressBar(label, total) if sys.stderr.isatty()
@@ -548,7 +605,7 @@ def clock_time() -> str:
 def finished(run_dir: Path, record: dict) -> bool:
     """True if run_dir holds this exact run, complete; UserError if it holds another one.
 
-    Keys in RECORD_ONLY (evaluation settings, threads) may differ: an
+    Keys in RECORD_ONLY (evaluation settings, threads, where it runs) may differ: an
     unfinished run resumes with the new values, and says which changed.
     """
     config_path = run_dir / "config.json"
