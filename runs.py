@@ -36,6 +36,8 @@ from datasets import HyperParameters, UserError
 
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
+# config.json keys that describe a run but do not define it: a rerun may change them.
+RECORD_ONLY = ("data_source", "task_sizes")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ def run_one(job: Job) -> None:
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
+    sizes = datasets.task_sizes(tasks)
+    record |= {"data_source": datasets.data_source(dataset, job.path_to_datasets, job.demo),
+               "task_sizes": sizes}
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
@@ -111,7 +116,8 @@ def run_one(job: Job) -> None:
     else:
         print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
     for task_id in range(state["next_task"], len(tasks)):
-        state["log"] += train_with_progress(model, tasks[task_id], task_id, config, seed=seed)
+        state["log"] += [{"task": task_id, **sizes[task_id], **row} for row in
+                         train_with_progress(model, tasks[task_id], task_id, config, seed=seed)]
         last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
         state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
                                  "accuracy": accuracy} for j, accuracy in enumerate(last)]
@@ -216,8 +222,8 @@ def finished(run_dir: Path, record: dict) -> bool:
     config_path = run_dir / "config.json"
     if not config_path.exists():
         return False
-    saved = json.loads(config_path.read_text())
-    as_saved = json.loads(json.dumps(record))
+    saved, as_saved = ({k: v for k, v in json.loads(text).items() if k not in RECORD_ONLY}
+                       for text in (config_path.read_text(), json.dumps(record)))
     if saved != as_saved:
         differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
                                 for k in sorted(set(saved) | set(as_saved))
