@@ -241,6 +241,7 @@ def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_r
     code = main.main([f"--dataset={dataset}", f"--part={part}", f"--path_to_datasets={root}",
                       f"--results_dir={tmp_path}", "--seeds=[1]", "--number_of_tasks=2",
                       "--number_of_epochs=1", "--hnet_hidden_layers=[2]", "--embedding_size=4",
+                      "--batch_size=8",
                       f"--validation_size={validation}", "--device=cpu"])
     assert code == 0
     run = tmp_path / f"{dataset}_part{part}_best" / "seed_1"

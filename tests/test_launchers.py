@@ -17,7 +17,7 @@ import runs
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", "--number_of_iterations=5",
         "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
-        "--device=cpu"]
+        "--batch_size=32", "--device=cpu"]
 
 
 def options(mnist_root, results, *extra):
