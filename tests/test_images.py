@@ -63,7 +63,7 @@ def test_split_cifar100_tasks(cifar_root):
 @pytest.mark.parametrize("part, sizes", [(6, [20] * 5), (7, [20] * 5), (0, [50] + [10] * 5),
                                          (4, [50] + [5] * 10), (2, [40] + [3] * 20)])
 def test_fecam_splits_have_correct_offsets_and_outputs(cifar_root, part, sizes):
-    config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2)
+    config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2, batch_size=8)
     tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", part, config, seed=1, root=cifar_root,
                                 device=CPU)
     _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
@@ -125,7 +125,7 @@ def test_tiny_imagenet_errors(tmp_path, monkeypatch):
 
 
 def test_tiny_imagenet_tasks(tiny_root):
-    config = config_for("TinyImageNet", 1, validation_size=1)
+    config = config_for("TinyImageNet", 1, validation_size=1, batch_size=8)
     tasks = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=tiny_root, device=CPU)
     assert len(tasks) == 40
     order = np.random.RandomState(5).permutation(200)
