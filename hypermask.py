@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from hypnettorch.hnets import ChunkedHMLP, HMLP
 from hypnettorch.mnets import MLP, ResNet, ZenkeNet
 from hypnettorch.mnets.mnet_interface import MainNetInterface
+from hypnettorch.utils.batchnorm_layer import BatchNormLayer
 from hypnettorch.utils.torch_utils import init_params
 from torch import nn
 
@@ -135,8 +136,11 @@ def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: i
                    activation_fn=nn.ReLU(), use_bias=True, verbose=False)
     if name == "ResNet-20":
         # Batch norm always normalises with the batch's own statistics.
-        return ResNet(in_shape=input_shape, num_classes=num_outputs, n=3, k=2,
-                      use_batch_norm=True, bn_track_stats=False, use_bias=True, verbose=False)
+        net = ResNet(in_shape=input_shape, num_classes=num_outputs, n=3, k=2,
+                     use_batch_norm=True, bn_track_stats=False, use_bias=True, verbose=False)
+        for layer in net.batchnorm_layers:
+            layer.__class__ = BatchStatisticsNorm
+        return net
     if name == "ZenkeNet":
         net = ZenkeNet(in_shape=input_shape, num_classes=num_outputs, arch="cifar",
                        dropout_rate=0.25, verbose=False)
@@ -146,6 +150,19 @@ def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: i
     if name == "ZenkeNet-tiny":
         return TinyZenkeNet(num_classes=num_outputs)
     raise ValueError(f"unknown target network {name!r}")
+
+
+class BatchStatisticsNorm(BatchNormLayer):
+    """hypnettorch's batch-norm layer for layers that never store statistics.
+
+    hypnettorch keeps the number of stored statistics in a tensor buffer and
+    tests `num_stats > 1` in every forward: on a GPU, a host synchronisation
+    per layer (19 per ResNet-20 forward). Our layers store none
+    (bn_track_stats=False), so the count is the plain number 0 here; the
+    buffer stays, so state_dict keys and outputs are unchanged.
+    """
+
+    num_stats = 0  # shadows the base class's property, which returns the buffer
 
 
 def maskable_indices(target: nn.Module) -> list[int]:
@@ -234,14 +251,18 @@ def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id
         loss, task_loss, hnet_term (β·R_hnet/max(1,t)), target_term (λ·R_target).
     """
     outputs = model.hnet_outputs(list(range(task_id + 1)) if batched else [task_id])
-    masks = model.masks(outputs[-1], sparsity)
+    # One split (its backward is one concatenation), not two views whose
+    # backward passes each fill a zero tensor of the full [t + 1, n_outputs].
+    previous, current = outputs.split([len(outputs) - 1, 1])
+    masks = model.masks(current[0], sparsity)
     logits = model.target(x, weights=model.masked_weights(masks))
     task_loss = F.cross_entropy(logits[:, :num_classes], y)
     hnet_term = target_term = torch.zeros((), device=x.device)
     if task_id > 0:
-        previous = outputs[:-1] if batched else torch.cat(
-            [model.hnet_outputs([j]) for j in range(task_id)])
-        hnet_reg = (previous - start.hnet_targets).pow(2).sum() / task_id
+        if not batched:
+            previous = torch.cat([model.hnet_outputs([j]) for j in range(task_id)])
+        # Σ_j ‖hnet(e_j) − h*_j‖², the squares and their gradient each in one pass.
+        hnet_reg = F.mse_loss(previous, start.hnet_targets, reduction="sum") / task_id
         drifts = [p - p0 for p, p0 in zip(model.maskable_params, start.start_params)]
         if config.norm_regularizer_masking:
             drifts = [d * m for d, m in zip(drifts, masks)]

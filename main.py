@@ -24,8 +24,9 @@ from datasets import HyperParameters, UserError
 path_to_datasets = "./Data"  # where datasets are downloaded to / read from
 results_dir = "./Results"  # one experiment folder per (dataset, part, best|grid) goes here
 dataset = "PermutedMNIST"  # PermutedMNIST | SplitMNIST | CIFAR100 | TinyImageNet | CIFAR100_FeCAM_setup
-part = 0  # PermutedMNIST 0; SplitMNIST 0 (grids 0-2); CIFAR100 0 ResNet-20, 1 ZenkeNet;
-#          TinyImageNet 0 ResNet-20, 1 ZenkeNet (grids 0-3); CIFAR100_FeCAM_setup 0-7
+part = 0  # PermutedMNIST 0 (10 tasks), 1 (100 tasks); SplitMNIST 0 (grids 0-2);
+#          CIFAR100 0 ResNet-20, 1 ZenkeNet; TinyImageNet 0 ResNet-20, 1 ZenkeNet (grids 0-3);
+#          CIFAR100_FeCAM_setup 0-7
 create_grid_search = False  # False: the best configuration; True: every grid point
 seeds = None  # None: the benchmark's own seeds; or a list such as [1, 2]
 device = "auto"  # "auto" (cuda, then mps, then cpu) | "cuda" | "cuda:1" | "mps" | "cpu"
@@ -39,6 +40,8 @@ slurm_gpus_per_run = 1  # slurm
 slurm_cpus_per_run = 4  # slurm
 slurm_mem_gb = 32  # slurm
 slurm_additional_parameters = {}  # slurm: passed to sbatch, e.g. {"account": "my_lab"}
+# Numerics on a GPU (part of a run's configuration; no effect on a CPU)
+tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
 # ------------------------------------------------------------------------
 
 # The type(s) each variable above accepts on the command line.
@@ -48,7 +51,7 @@ SETTINGS = {
     "demo": (bool,), "status": (bool,), "launcher": (str,),
     "max_parallel_runs": (type(None), int), "slurm_partition": (type(None), str),
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
-    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,),
+    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "tf32": (bool,),
 }
 LAUNCHERS = ("sequential", "local", "slurm")
 
@@ -166,6 +169,7 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                     part: int) -> tuple[Path, list]:
     """The experiment's folder and its runs: every configuration x seed."""
     grid = settings["create_grid_search"]
+    hyperparameters = hyperparameters | {"tf32": settings["tf32"]}
     if settings["demo"]:
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS

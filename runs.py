@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import multiprocessing
 import os
 import random
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -37,7 +40,9 @@ from datasets import HyperParameters, UserError
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
 # config.json keys that describe a run but do not define it: a rerun may change them.
-RECORD_ONLY = ("data_source", "task_sizes")
+RECORD_ONLY = ("evaluation_batch_size", "fecam_evaluation", *evaluation.MACHINE_COLUMNS,
+               "data_source", "task_sizes")
+PROGRESS_SECONDS = 120  # batch logs: a progress line at most this often (and at a task's ends)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Job:
     path_to_datasets: str
     device: str  # "auto", "cpu", "cuda", "cuda:1", "mps"
     demo: bool = False
+    threads: int | None = None  # CPU threads; None: decided by cpu_threads() in the run
 
 
 def select_device(name: str):
@@ -71,6 +77,43 @@ def select_device(name: str):
     return device
 
 
+def use_device(device: torch.device, tf32: bool) -> None:
+    """Make `device` the current one and fix how it computes: deterministic cuDNN, TF32 if asked.
+
+    torch.cuda.set_device makes "cuda" and the pin-memory thread mean the run's
+    GPU, not GPU 0. cuDNN's autotuner (benchmark) picks kernels by timing, so
+    it is off; TF32 (10-bit mantissa matmuls and convolutions on Ampere and
+    later) changes the numbers, so it is on only with tf32=True. CPU maths is
+    unaffected.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    precision = "tf32" if tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
+
+
+def cpu_threads(share: int | None = None) -> int:
+    """A run's CPU thread budget: torch's threads, and half of it for DataLoader workers.
+
+    Args:
+        share: the run's share of the local pool's CPUs, if it runs in the pool.
+    Returns:
+        `share`; else, inside a SLURM job, its cpus-per-task (SLURM_CPUS_PER_TASK:
+        many clusters do not pin a job to its cores); else every CPU this
+        process may run on (its affinity, which taskset and cgroups restrict;
+        not os.cpu_count(), the whole machine). Never more than that affinity.
+    """
+    available = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if share is None and slurm.isdigit():
+        share = int(slurm)
+    return max(1, min(share or available, available))
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) once per run."""
     random.seed(seed)
@@ -78,21 +121,53 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A training step frees and allocates the same large blocks every time (a
+    paper-scale Permuted MNIST step: an 800 MB hypernetwork gradient and
+    [t, n_outputs] temporaries). glibc serves each block over 32 MB with a fresh
+    mmap and unmaps it when freed, so the kernel zero-fills every page again on
+    first touch: about 200,000 page faults, a third of the step on a CPU. With
+    mmap off and no trimming, freed blocks stay in the heap and the next step
+    reuses them. Numbers are unchanged; peak memory grows by at most the
+    largest temporaries. A no-op where the C library has no mallopt (macOS).
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def run_one(job: Job) -> None:
     """Train one configuration with one seed, writing everything into job.run_dir.
 
     After every task the run folder gets its accuracy rows and a checkpoint; a
     rerun continues after the last finished task and gives the same results.
+    The run uses cpu_threads(job.threads) CPU threads, recorded in config.json.
     """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads(job.threads))
+    try:
+        _run(job)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(job: Job) -> None:
     config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
                                             job.run_dir)
     record = {"dataset": dataset, "part": part, "seed": seed,
               "data": datasets.DEMO_LABEL if job.demo else dataset,
-              **dataclasses.asdict(config)}
+              **dataclasses.asdict(config), "threads": torch.get_num_threads()}
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
         return
     device = select_device(job.device)
+    use_device(device, config.tf32)
+    keep_freed_memory()
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
@@ -107,7 +182,7 @@ def run_one(job: Job) -> None:
     (run_dir / FAILED).unlink(missing_ok=True)
     label = f"{dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": part, "seed": seed}
-    state = load_checkpoint(run_dir / CHECKPOINT, model)
+    state = load_checkpoint(run_dir / CHECKPOINT, model, device)
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
         state = {"next_task": 0, "accuracies": [], "log": [], "transfer": [
@@ -126,7 +201,7 @@ def run_one(job: Job) -> None:
                 model, tasks[task_id + 1], task_id, config)
         state["next_task"] = task_id + 1
         write_run_tables(run_dir, state)
-        save_atomically({**state, "model": model.state_dict(), "rng": rng_state()},
+        save_atomically({**state, "model": model.state_dict(), "rng": rng_state(device)},
                         run_dir / CHECKPOINT)
         print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
               f"over {len(last)} task(s)")
@@ -159,78 +234,160 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -
                                               config.evaluation_batch_size)
         evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                              run_dir / "fecam.csv")
-    save_atomically({"hnet": model.hnet.state_dict(), "target": model.target.state_dict()},
-                    run_dir / "final_weights.pt")
+    save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
+                     "target": cpu_copy(model.target.state_dict())}, run_dir / "final_weights.pt")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
-def rng_state() -> dict:
-    """Every random generator's state, as tensors and plain containers (weights_only-safe)."""
+def cpu_copy(state_dict: dict) -> dict:
+    """A state dict with every tensor on the CPU: loadable on a machine without a GPU."""
+    return {name: tensor.cpu() for name, tensor in state_dict.items()}
+
+
+def rng_state(device: torch.device) -> dict:
+    """The random generators' states, as tensors and plain containers (weights_only-safe).
+
+    Of the GPUs, only the run's own: the run is resumed wherever its next
+    job lands, which may see fewer GPUs.
+    """
     name, key, position, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore rng_state's generators; the GPU's into the run's device (skipped on a CPU)."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     name, key, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def load_checkpoint(path: Path, model) -> dict | None:
-    """Restore model and random generators from a run's checkpoint; return its rows."""
+def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
+    """Restore model and random generators from a run's checkpoint; return its rows.
+
+    A checkpoint that cannot be read is a UserError; random generators that
+    cannot be restored are a warning: the networks and rows are good, only
+    bit-identity with an uninterrupted run is lost.
+    """
     if not path.exists():
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint.pop("model"))
-        set_rng_state(checkpoint.pop("rng"))
+        rng = checkpoint.pop("rng")
     except Exception as error:  # truncated zip, foreign pickle, missing keys: all unusable
         raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}); "
                         "delete it to restart this run from its first task") from None
+    try:
+        set_rng_state(rng, device)
+    except Exception as error:  # e.g. a GPU generator state this device cannot take
+        print(f"  warning: the random generators of {path} were not restored "
+              f"({type(error).__name__}: {error}); the run goes on from its checkpoint, "
+              "but will not repeat an uninterrupted run bit for bit")
     return checkpoint
 
 
 def train_with_progress(model, task, task_id: int, config, *, seed: int) -> list[dict]:
-    """hypermask.train_task with a tqdm bar (loss and validation accuracy every 100 steps)."""
+    """hypermask.train_task with its progress shown: a tqdm bar on a terminal, else
+    plain lines (ProgressLines) for the logs of the local pool and SLURM."""
     total = (config.number_of_iterations if not config.number_of_epochs else
              config.number_of_epochs * -(-len(task.train_y) // config.batch_size))
-    bar = tqdm(total=total, desc=f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}",
-               unit="it", leave=False, dynamic_ncols=True, mininterval=1.0)
-    shown = {}
-
-    def progress(iteration: int, row: dict) -> None:
-        bar.update(1)
-        if row and row is not shown.get("row"):
-            shown["row"] = row
-            bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['validation_accuracy']:.1f}%")
-
+    label = f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}"
+    # tqdm draws on stderr: a bar only where it is seen, never redraws in a log file
+    progress = (ProgressBar(label, total) if sys.stderr.isatty()
+                else ProgressLines(label, total))
     try:
         return hypermask.train_task(model, task, task_id, config, progress=progress)
     finally:
-        bar.close()
+        progress.close()
+
+
+class ProgressBar:
+    """A tqdm bar: loss and validation accuracy after each validation."""
+
+    def __init__(self, label: str, total: int):
+        self.bar = tqdm(total=total, desc=label, unit="it", leave=False, dynamic_ncols=True,
+                        mininterval=1.0)
+        self.row = None
+
+    def __call__(self, iteration: int, row: dict) -> None:
+        self.bar.update(1)
+        if row and row is not self.row:
+            self.row = row
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}",
+                                 val=f"{row['validation_accuracy']:.1f}%")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class ProgressLines:
+    """Progress as plain lines for a log: after the first and the last iteration, and
+    otherwise at most every `every_seconds` (the latest validation in each line).
+
+    About 30 lines an hour, however fast the steps: a 10-hour task writes a few
+    kilobytes, where a redrawn bar writes megabytes of carriage returns.
+    """
+
+    def __init__(self, label: str, total: int, every_seconds: float = PROGRESS_SECONDS,
+                 clock=time.monotonic):
+        self.label, self.total, self.every, self.clock = label, total, every_seconds, clock
+        self.started = self.shown = clock()
+
+    def __call__(self, iteration: int, row: dict) -> None:
+        now = self.clock()
+        if iteration in (0, self.total - 1) or now - self.shown >= self.every:
+            self.shown = now
+            rate = (iteration + 1) / max(now - self.started, 1e-9)
+            validation = (f", loss {row['loss']:.4f}, validation accuracy "
+                          f"{row['validation_accuracy']:.2f}% (at iteration {row['iteration']})"
+                          if row else "")
+            print(f"{clock_time()}{self.label}: iteration {iteration + 1}/{self.total}"
+                  f"{validation}, {rate:.2f} it/s", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def clock_time() -> str:
+    """The time of day as a line prefix: "[HH:MM:SS] "."""
+    return time.strftime("[%H:%M:%S] ")
 
 
 def finished(run_dir: Path, record: dict) -> bool:
-    """True if run_dir holds this exact run, complete; UserError if it holds another one."""
+    """True if run_dir holds this exact run, complete; UserError if it holds another one.
+
+    Keys in RECORD_ONLY (evaluation settings, threads) may differ: an
+    unfinished run resumes with the new values, and says which changed.
+    """
     config_path = run_dir / "config.json"
     if not config_path.exists():
         return False
-    saved, as_saved = ({k: v for k, v in json.loads(text).items() if k not in RECORD_ONLY}
-                       for text in (config_path.read_text(), json.dumps(record)))
-    if saved != as_saved:
-        differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
-                                for k in sorted(set(saved) | set(as_saved))
-                                if saved.get(k) != as_saved.get(k))
+    # A field added to HyperParameters since the run began has its default there.
+    added = {f.name: f.default for f in dataclasses.fields(HyperParameters)
+             if f.default is not dataclasses.MISSING}
+    saved = json.loads(json.dumps(added)) | json.loads(config_path.read_text())
+    as_saved = json.loads(json.dumps(record))
+    # The data's description (data_source, task_sizes) joins the record once the
+    # data are loaded, after this check: not yet known is no change.
+    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)
+               and (k in as_saved or k not in RECORD_ONLY)]
+    differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
+                            for k in changed if k not in RECORD_ONLY)
+    if differences:
         raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
                         "use another --results_dir or delete that folder")
-    return (run_dir / "final_weights.pt").exists()
+    done = (run_dir / "final_weights.pt").exists()
+    if changed and not done:
+        print("  resuming with changed settings (used from now on): " + ", ".join(
+            f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed))
+    return done
 
 
 def save_atomically(obj, path: Path) -> None:
@@ -262,22 +419,23 @@ def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
     from their folders, whenever it changes (at most every refresh_seconds).
     """
     gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
-    if gpus:  # a worker sees only its own GPU, as device 0
-        jobs = [dataclasses.replace(job, device="cuda") for job in jobs]
-    cores = os.cpu_count() or 1
-    workers = max_parallel_runs or gpus or max(1, cores // CPU_THREADS_PER_RUN)
+    cpus = cpu_threads()
+    workers = max_parallel_runs or gpus or max(1, cpus // CPU_THREADS_PER_RUN)
+    threads = max(1, cpus // workers)
+    # a worker sees only its own GPU, as device 0
+    jobs = [dataclasses.replace(job, threads=threads, **({"device": "cuda"} if gpus else {}))
+            for job in jobs]
     context = multiprocessing.get_context("spawn")
     gpu_ids = context.Queue()
-    for i in range(workers):
-        gpu_ids.put(i % gpus if gpus else None)
-    threads = max(1, cores // workers)
+    for gpu in worker_gpus(workers, gpus):
+        gpu_ids.put(gpu)
     print(f"local pool: {workers} worker(s), "
           + (f"{gpus} GPU(s)" if gpus else f"{threads} CPU thread(s) each")
           + "; each run's output is in its folder's run.log")
     failures = []
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_start_worker,
-                                                initargs=(gpu_ids, threads)) as pool:
+                                                initargs=(gpu_ids,)) as pool:
         futures = {pool.submit(run_logged, job): job for job in jobs}
         pending, shown = set(futures), ""
         try:
@@ -304,11 +462,24 @@ def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
     return failures
 
 
-def _start_worker(gpu_ids, threads: int) -> None:
+def worker_gpus(workers: int, gpus: int) -> list[str | None]:
+    """Each pool worker's CUDA_VISIBLE_DEVICES: the parent's visible GPUs in turn.
+
+    Entries of the parent's own CUDA_VISIBLE_DEVICES (indices, UUIDs, MIG ids)
+    are passed on as they are, so CUDA_VISIBLE_DEVICES=2,3 runs on GPUs 2 and 3.
+    """
+    if not gpus:
+        return [None] * workers
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([entry.strip() for entry in visible.split(",")] if visible
+           else [str(i) for i in range(gpus)])[:gpus]
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def _start_worker(gpu_ids) -> None:
     gpu = gpu_ids.get()
     if gpu is not None:  # before the worker's first CUDA call
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    torch.set_num_threads(threads)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def run_logged(job: Job) -> str | None:
@@ -400,8 +571,7 @@ def progress_text(jobs: list[Job]) -> str:
     """A line per started, unfinished run and a count of all runs by state."""
     rows = [run_status(job) for job in jobs]
     counts = pd.Series([r["state"].split(" ")[0].rstrip(":") for r in rows]).value_counts()
-    lines = [time.strftime("[%H:%M:%S] ") + ", ".join(f"{n} {state}" for state, n in
-                                                      counts.items())]
+    lines = [clock_time() + ", ".join(f"{n} {state}" for state, n in counts.items())]
     lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
               + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")
               for r in rows if r["state"].startswith("running")]
