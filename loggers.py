@@ -33,7 +33,9 @@ TENSORBOARD_FOLDER = "tensorboard"  # in the run folder: `tensorboard --logdir R
 WANDB_ID = "wandb_id.txt"  # in the run folder: a resumed run continues its W&B run
 FINAL_METRICS = ("ACC", "BWT", "FWT", "forgetting", "task_agnostic_accuracy",
                  "task_identification_accuracy", "fecam_accuracy")
-NOT_CURVES = ("task", "iteration", "seconds")  # training-log columns that are no curve
+# training-log columns that are no curve (the task sizes: the run's saved rows only)
+NOT_CURVES = ("task", "iteration", "seconds", "training_samples", "validation_samples",
+              "test_samples")
 
 
 def check_setting(value) -> tuple[str, ...]:
@@ -115,19 +117,40 @@ def checkpoint_step(state: dict, offsets: list[int]) -> int:
 
 
 class RunLoggers:
-    """The loggers of one run, given its events at their global step (no-ops without any)."""
+    """The loggers of one run, given its events at their global step (no-ops without any).
 
-    def __init__(self, backends: list, offsets: list[int]):
-        self.backends, self.offsets = backends, offsets
+    Opened by `opened` before the run's state is known, started by `start`
+    once it is (the checkpoint loaded), closed when `opened`'s block ends.
+    """
+
+    def __init__(self, names: tuple[str, ...], run_dir: Path, *, wandb_project: str | None,
+                 wandb_entity: str | None):
+        self.names, self.run_dir = names, run_dir
+        self.wandb = {"project": wandb_project, "entity": wandb_entity}
+        self.backends, self.offsets = [], [0]
         self.last_row_step = -1  # of the last training row sent
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        for backend in self.backends:
-            backend.log(step, scalars)
+    def start(self, state: dict, offsets: list[int]) -> None:
+        """Open the loggers where the run stands and log again what its checkpoint holds
+        from each logger's first step on (all of it for a logger that starts now).
 
-    def replay(self, state: dict) -> None:
-        """Log again what the checkpoint holds from each logger's first step on."""
-        for step, scalars in checkpoint_events(state, self.offsets):
+        Args:
+            state: the run's rows, as loaded from its checkpoint (or fresh).
+            offsets: [T + 1] the global step at which each task starts (and the total).
+        """
+        self.offsets = offsets
+        if not self.names:
+            return
+        resumed_at = checkpoint_step(state, offsets)
+        config = json.loads((self.run_dir / "config.json").read_text())
+        for name in self.names:  # again: a pool or SLURM worker may lack what main.py has
+            require(name)
+        if "tensorboard" in self.names:
+            self.backends.append(TensorBoard(self.run_dir, resumed_at, config))
+        if "wandb" in self.names:
+            self.backends.append(WeightsAndBiases(self.run_dir, resumed_at, config,
+                                                  **self.wandb))
+        for step, scalars in checkpoint_events(state, offsets):
             for backend in self.backends:
                 if step >= backend.since:
                     backend.log(step, scalars)
@@ -135,10 +158,14 @@ class RunLoggers:
                 self.last_row_step = step
         self.flush()
 
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for backend in self.backends:
+            backend.log(step, scalars)
+
     def training_rows(self, rows: list[dict]) -> None:
         """Log the rows of a task's training log not logged yet (called after every step)."""
         new = []
-        for row in reversed(rows):
+        for row in reversed(rows if self.backends else []):
             step = self.offsets[row["task"]] + row["iteration"]
             if step <= self.last_row_step:
                 break
@@ -154,9 +181,11 @@ class RunLoggers:
         self.log(self.offsets[task_id + 1], accuracy_scalars(accuracies, len(self.offsets) - 1))
         self.flush()
 
-    def final(self, summary: dict) -> None:
-        """The final metrics (evaluation.run_summary's), at the run's last step."""
-        scalars = final_scalars(summary)
+    def final(self, run_dir: Path) -> None:
+        """The run's final metrics (evaluation.run_summary's), at its last step."""
+        if not self.backends:
+            return
+        scalars = final_scalars(evaluation.run_summary(run_dir))
         self.log(self.offsets[-1], scalars)
         for backend in self.backends:
             backend.summarize(scalars)
@@ -166,37 +195,29 @@ class RunLoggers:
         for backend in self.backends:
             backend.flush()
 
+    def close(self, failed: bool) -> None:
+        for backend in self.backends:
+            backend.close(failed)
+        self.backends = []
+
 
 @contextlib.contextmanager
-def opened(names: tuple[str, ...] | None, run_dir: Path, *, state: dict, offsets: list[int],
-           wandb_project: str | None = None, wandb_entity: str | None = None):
-    """The run's loggers, continuing their earlier curves, closed when the block ends.
+def opened(names: tuple[str, ...] | None, run_dir: Path, *, wandb_project: str | None = None,
+           wandb_entity: str | None = None):
+    """The run's loggers (RunLoggers, to be started), closed when the block ends.
 
     Args:
         names: the loggers (check_setting's tuple); () or None: loggers that do nothing.
         run_dir: the run folder, holding config.json (logged as hyperparameters).
-        state: the run's rows, as loaded from its checkpoint (or fresh).
-        offsets: [T + 1] the global step at which each task starts (and the total).
     """
-    names = names or ()
-    resumed_at = checkpoint_step(state, offsets)
-    config = json.loads((run_dir / "config.json").read_text()) if names else {}
-    backends = []
+    loggers = RunLoggers(tuple(names or ()), run_dir, wandb_project=wandb_project,
+                         wandb_entity=wandb_entity)
     try:
-        if "tensorboard" in names:
-            backends.append(TensorBoard(run_dir, resumed_at, config))
-        if "wandb" in names:
-            backends.append(WeightsAndBiases(run_dir, resumed_at, config, project=wandb_project,
-                                             entity=wandb_entity))
-        loggers = RunLoggers(backends, offsets)
-        loggers.replay(state)
         yield loggers
     except BaseException:
-        for backend in backends:
-            backend.close(failed=True)
+        loggers.close(failed=True)
         raise
-    for backend in backends:
-        backend.close(failed=False)
+    loggers.close(failed=False)
 
 
 class TensorBoard:

@@ -48,7 +48,8 @@ from datasets import HyperParameters, UserError
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
 # config.json keys that describe a run but do not define it: a rerun may change them.
-RECORD_ONLY = ("evaluation_batch_size", "fecam_evaluation", *evaluation.MACHINE_COLUMNS)
+RECORD_ONLY = ("evaluation_batch_size", "fecam_evaluation", *evaluation.MACHINE_COLUMNS,
+               "data_source", "task_sizes")
 PROGRESS_SECONDS = 120  # batch logs: a progress line at most this often (and at a task's ends)
 
 
@@ -131,8 +132,7 @@ def where_it_runs(device: torch.device) -> dict:
     elsewhere may change them)."""
     return {"device": str(device), "device_name": device_name(device),
             "torch_version": torch.__version__,
-            "hypnettorch_version": importlib.metadata.version("hypnettorch"),
-            "hostname": socket.gethostname()}
+            "hypnettorch_version": importlib.metadata.version("hypnettorch")}
 
 
 def device_name(device: torch.device) -> str:
@@ -191,19 +191,20 @@ def run_one(job: Job) -> None:
 def _run(job: Job) -> None:
     config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
                                             job.run_dir)
-    device = select_device(job.device)
     record = {"dataset": dataset, "part": part, "seed": seed,
               "data": datasets.DEMO_LABEL if job.demo else dataset,
-              **dataclasses.asdict(config), "threads": torch.get_num_threads(),
-              **where_it_runs(device)}
+              **dataclasses.asdict(config), "threads": torch.get_num_threads()}
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
         return
+    device = select_device(job.device)
     use_device(device, config.tf32)
     keep_freed_memory()
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
+    record |= {"data_source": datasets.data_source(dataset, job.path_to_datasets, job.demo),
+               "task_sizes": datasets.task_sizes(tasks), **where_it_runs(device)}
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
@@ -214,7 +215,9 @@ def _run(job: Job) -> None:
         evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
         (run_dir / FAILED).unlink(missing_ok=True)
         try:
-            train_run(model, tasks, config, job=job, device=device, stop=stop)
+            with loggers.opened(job.logger, run_dir, wandb_project=job.wandb_project,
+                                wandb_entity=job.wandb_entity) as watch:
+                train_run(model, tasks, config, job=job, device=device, stop=stop, watch=watch)
         except hypermask.Diverged as error:
             message = (f"diverged: {error}; configuration in {run_dir / 'config.json'} "
                        f"(learning_rate={config.learning_rate}, beta={config.beta}, "
@@ -224,65 +227,57 @@ def _run(job: Job) -> None:
 
 
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
-              stop: StopRequest) -> None:
+              stop: StopRequest, watch: loggers.RunLoggers) -> None:
     """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)
     and showing it to the run's loggers."""
     run_dir = job.run_dir
     label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": job.part, "seed": job.seed}
-    state = starting_state(model, tasks, config, run_dir=run_dir, device=device, keys=keys)
-    checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
-                                  minutes=job.checkpoint_minutes, stop=stop)
-    # the loggers' global step: the run's training iterations before each task
-    offsets = [0, *itertools.accumulate(task_iterations(task, config) for task in tasks)]
-    with loggers.opened(job.logger, run_dir, state=state, offsets=offsets,
-                        wandb_project=job.wandb_project, wandb_entity=job.wandb_entity) as watch:
-
-        def after_step(training: hypermask.TrainingState) -> None:
-            watch.training_rows(training.log)
-            checkpoints(training)
-
-        for task_id in range(state["next_task"], len(tasks)):
-            if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
-                checkpoints.save()  # stopped before the first step: keep what is done
-            stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
-            state["log"] += train_with_progress(
-                model, tasks[task_id], task_id, config, seed=job.seed,
-                resume=state.pop("task_in_progress", None), after_step=after_step)
-            require_finite(model, task_id)
-            last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
-            state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
-                                     "accuracy": accuracy} for j, accuracy in enumerate(last)]
-            if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
-                state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
-                    model, tasks[task_id + 1], task_id, config)
-            state["next_task"] = task_id + 1
-            write_run_tables(run_dir, state)
-            watch.accuracies(task_id, last)
-            checkpoints.save()
-            print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
-                  f"over {len(last)} task(s)")
-        stop.check(f"after the last task in {run_dir / CHECKPOINT}")
-        finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
-                   title=f"{label} part {job.part}", watch=watch)
-
-
-def starting_state(model, tasks: list, config, *, run_dir: Path, device: torch.device,
-                   keys: dict) -> dict:
-    """The run's rows so far and its next task: from its checkpoint (networks and random
-    generators restored), or fresh with b_j of forward transfer."""
+    sizes = datasets.task_sizes(tasks)  # [{training_samples, ...}] per task, for the log rows
     state = load_checkpoint(run_dir / CHECKPOINT, model, device)
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
-        return {"next_task": 0, "accuracies": [], "log": [], "transfer": [
+        state = {"next_task": 0, "accuracies": [], "log": [], "transfer": [
             {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
              "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
-    if "task_in_progress" in state:
+    elif "task_in_progress" in state:
         print(f"  resuming task {state['next_task'] + 1} at iteration "
               f"{state['task_in_progress']['iteration']} from {run_dir / CHECKPOINT}")
     else:
         print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
-    return state
+    checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
+                                  minutes=job.checkpoint_minutes, stop=stop)
+    # the loggers' global step: the run's training iterations before each task, and in all
+    watch.start(state, [0, *itertools.accumulate(task_iterations(task, config) for task in tasks)])
+
+    def after_step(training: hypermask.TrainingState) -> None:
+        watch.training_rows(training.log)  # before a checkpoint that may stop the run
+        checkpoints(training)
+
+    for task_id in range(state["next_task"], len(tasks)):
+        if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
+            checkpoints.save()  # stopped before the first step: keep what is done
+        stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
+        rows = train_with_progress(model, tasks[task_id], task_id, config, seed=job.seed,
+                                   resume=state.pop("task_in_progress", None),
+                                   after_step=after_step)
+        state["log"] += [{"task": task_id, **sizes[task_id], **row} for row in rows]
+        require_finite(model, task_id)
+        last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
+        state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
+                                 "accuracy": accuracy} for j, accuracy in enumerate(last)]
+        if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
+            state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
+                model, tasks[task_id + 1], task_id, config)
+        state["next_task"] = task_id + 1
+        write_run_tables(run_dir, state)
+        watch.accuracies(task_id, last)
+        checkpoints.save()
+        print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
+              f"over {len(last)} task(s)")
+    stop.check(f"after the last task in {run_dir / CHECKPOINT}")
+    finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
+               title=f"{label} part {job.part}", watch=watch)
 
 
 def task_iterations(task, config) -> int:
@@ -313,7 +308,7 @@ def write_run_tables(run_dir: Path, state: dict) -> None:
 
 
 def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
-               watch: loggers.RunLoggers | None = None) -> None:
+               watch: loggers.RunLoggers) -> None:
     """The end-of-run outputs: heatmap, task-agnostic accuracy, final metrics to the loggers,
     final weights."""
     accuracies = pd.read_csv(run_dir / "accuracies.csv")
@@ -327,8 +322,7 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
                                               config.evaluation_batch_size)
         evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                              run_dir / "fecam.csv")
-    if watch is not None:  # before final_weights.pt: a run that resumes logs them again
-        watch.final(evaluation.run_summary(run_dir))
+    watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
     save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
                      "target": cpu_copy(model.target.state_dict())}, run_dir / "final_weights.pt")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
@@ -616,7 +610,10 @@ def finished(run_dir: Path, record: dict) -> bool:
              if f.default is not dataclasses.MISSING}
     saved = json.loads(json.dumps(added)) | json.loads(config_path.read_text())
     as_saved = json.loads(json.dumps(record))
-    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)]
+    # The data's description (data_source, task_sizes) joins the record once the
+    # data are loaded, after this check: not yet known is no change.
+    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)
+               and (k in as_saved or k not in RECORD_ONLY)]
     differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
                             for k in changed if k not in RECORD_ONLY)
     if differences:
