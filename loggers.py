@@ -10,11 +10,12 @@ gives the same numbers with or without them.
     python main.py --demo --logger=tensorboard && tensorboard --logdir Results/
     WANDB_MODE=offline python main.py --demo --logger=wandb
 
-A resumed run continues the same curves. Everything logged before the run's
-checkpoint step is kept; TensorBoard hides what the interrupted process logged
-from that step on (purge_step) and the resumed run logs it again from its
-checkpoint, so no step appears twice. W&B cannot take back a logged step: a
-resumed W&B run keeps what the interrupted process logged and goes on after it.
+A resumed run continues the same curves: its checkpoint holds every row
+logged up to it, and what the interrupted process logged after it is trained
+again. TensorBoard's folder is written anew from the checkpoint's rows, so
+every step appears once, with the values of the resumed run. W&B cannot take
+back a logged step: a resumed W&B run keeps what the interrupted process logged
+and goes on after its checkpoint.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class RunLoggers:
         for name in self.names:  # again: a pool or SLURM worker may lack what main.py has
             require(name)
         if "tensorboard" in self.names:
-            self.backends.append(TensorBoard(self.run_dir, resumed_at, config))
+            self.backends.append(TensorBoard(self.run_dir, config))
         if "wandb" in self.names:
             self.backends.append(WeightsAndBiases(self.run_dir, resumed_at, config,
                                                   **self.wandb))
@@ -221,27 +222,33 @@ def opened(names: tuple[str, ...] | None, run_dir: Path, *, wandb_project: str |
 
 
 class TensorBoard:
-    """One TensorBoard run: the events files in <run>/tensorboard/.
+    """One TensorBoard run: the events file in <run>/tensorboard/.
 
-    A resumed run writes into the same folder from its checkpoint step on
-    (`since`), with purge_step: TensorBoard's readers drop what the
-    interrupted process wrote from that step on. Every batch of scalars is
-    flushed at once, so a killed process loses nothing logged before its
-    checkpoint (and TensorBoard shows it without delay).
+    A resumed run replaces the folder's events files with one written from its
+    checkpoint's rows on (`since` 0): some readers drop what an earlier file
+    logged from a restart's step on (purge_step), others keep it (`tensorboard
+    --load_fast=false` shows such steps twice), so a fresh file is the one way
+    every reader shows each step once. purge_step=0 still tells a
+    TensorBoard that watched the folder to forget the earlier file. Every batch
+    of scalars is flushed at once, so TensorBoard shows it without delay.
     """
 
-    def __init__(self, run_dir: Path, resumed_at: int, config: dict):
+    since = 0  # the first step it is given again from the checkpoint: all of them
+
+    def __init__(self, run_dir: Path, config: dict):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
         folder = run_dir / TENSORBOARD_FOLDER
-        self.since = resumed_at if any(folder.glob("events.out.tfevents.*")) else 0
-        self.writer = SummaryWriter(folder, purge_step=self.since)
-        if self.since == 0:  # the hyperparameters, with the metrics they are judged by
-            values = {k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
-                      for k, v in config.items()}
-            for summary in hparams(values, {f"final/{name}": 0 for name in FINAL_METRICS}):
-                self.writer.file_writer.add_summary(summary)
+        earlier = sorted(folder.glob("events.out.tfevents.*"))
+        for path in earlier:  # all of it is in the checkpoint, or trained again
+            path.unlink()
+        self.writer = SummaryWriter(folder, purge_step=0 if earlier else None)
+        # the hyperparameters, with the metrics they are judged by
+        values = {k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+                  for k, v in config.items()}
+        for summary in hparams(values, {f"final/{name}": 0 for name in FINAL_METRICS}):
+            self.writer.file_writer.add_summary(summary)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for tag, value in scalars.items():
