@@ -23,7 +23,7 @@ SCRIPTS = REPO / "tests" / "slurm"
 ITERATIONS = 400  # per task: a few seconds on one thread, long enough to signal mid-task
 TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", f"--number_of_iterations={ITERATIONS}",
         "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
-        "--device=cpu"]
+        "--batch_size=16", "--device=cpu"]
 SLURM = ["--launcher=slurm", "--slurm_cpus_per_run=1", "--slurm_gpus_per_run=0",
          "--slurm_mem_gb=1", "--slurm_time_minutes=30"]
 OUTPUTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")
@@ -36,10 +36,11 @@ def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm_cluster")
     started = subprocess.run([SCRIPTS / "start_cluster.sh", state], capture_output=True,
                              text=True, timeout=1800)
-    if started.returncode != 0:
-        last = (started.stderr.strip().splitlines() or [""])[-1]
-        pytest.skip(f"no SLURM cluster (tests/slurm/start_cluster.sh exit "
-                    f"{started.returncode}: {last})")
+    if started.returncode != 0:  # its own lines say why, apt's or a daemon's last line how
+        lines = started.stderr.strip().splitlines() or ["no output"]
+        why = [line for line in lines if line.startswith("start_cluster:")]
+        pytest.skip(f"no SLURM cluster: tests/slurm/start_cluster.sh exit "
+                    f"{started.returncode}: {'; '.join(dict.fromkeys(why + lines[-1:]))}")
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(state / "slurm.conf")
     try:
@@ -98,7 +99,7 @@ def wait_for(condition, results, what: str):
             tails = "\n".join(f"== {log}\n{log.read_text()[-2000:]}" for log in logs
                               if log.is_file())
             pytest.fail(f"timed out waiting for {what}; queue {squeue()}\n{tails}")
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def states(mnist_root, results, seeds: str, capsys) -> dict:
@@ -145,7 +146,11 @@ def test_an_array_gives_the_sequential_results(cluster, mnist_root, tmp_path, se
     assert any(side_by_side)  # two 1-CPU jobs share the 2-core node
     for seed in (1, 2):
         same_files(run_folder(tmp_path, seed), run_folder(sequential, seed))
-    assert json.loads((run_folder(tmp_path, 1) / "config.json").read_text())["threads"] == 1
+    for seed in (1, 2):  # SLURM_CPUS_PER_TASK, not the node's CPUs (task/none: no pinning)
+        assert json.loads((run_folder(tmp_path, seed) / "config.json").read_text())[
+            "threads"] == 1
+        assert f"seed {seed} task 2/2: iteration {ITERATIONS}/{ITERATIONS}, loss" in (
+            run_folder(tmp_path, seed) / "run.log").read_text()
     logs = [*(tmp_path / "SplitMNIST_part0_best" / "slurm_logs").glob("*_log.*"),
             *(run_folder(tmp_path, s) / "run.log" for s in (1, 2))]
     for log in logs:  # plain lines, no progress-bar redraws

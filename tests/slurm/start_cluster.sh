@@ -9,13 +9,15 @@
 # 1-CPU jobs run side by side, requeue allowed), and starts munged, slurmctld and slurmd
 # with every file they write (key, sockets, state, logs, pid files) under STATE_DIR (a new
 # temporary folder if not given) and on free ports of 127.0.0.1. stop_cluster.sh stops
-# exactly these processes. Exit code 3: the packages cannot be installed; 4: the cluster
-# did not come up (STATE_DIR/log has the daemons' logs).
+# exactly these processes. Needs root. Exit code 3: not root, or the packages cannot be
+# installed; 4: the cluster did not come up (STATE_DIR/log has the daemons' logs). The
+# last line on stderr says why.
 set -euo pipefail
 state=${1:-$(mktemp -d /tmp/hypermask-slurm.XXXXXX)}
 mkdir -p "$state"
 state=$(cd "$state" && pwd)
 say() { echo "start_cluster: $*" >&2; }
+export PATH=$PATH:/usr/sbin:/sbin  # the daemons, for users whose PATH lacks them
 
 install_packages() {
     local missing=()
@@ -24,8 +26,6 @@ install_packages() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing munge and SLURM (missing: ${missing[*]})"
-    [ "$(id -u)" -eq 0 ] || { say "installing needs root; run as root or install" \
-        "munge slurmctld slurmd slurm-client yourself"; return 3; }
     # the packages' own services would start with the system's config: not wanted here
     local policy=/usr/sbin/policy-rc.d added=""
     if [ ! -e "$policy" ]; then
@@ -36,7 +36,10 @@ install_packages() {
         -o DPkg::Lock::Timeout=600 --no-install-recommends munge slurmctld slurmd \
         slurm-client; } >"$state/apt.log" 2>&1 || status=3
     [ -n "$added" ] && rm -f "$policy"
-    [ $status -eq 0 ] || { say "apt-get failed (see $state/apt.log)"; tail -5 "$state/apt.log" >&2; }
+    if [ $status -ne 0 ]; then
+        tail -5 "$state/apt.log" >&2
+        say "apt-get could not install them: $(tail -1 "$state/apt.log") (log: $state/apt.log)"
+    fi
     return $status
 }
 
@@ -78,7 +81,10 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
+MailProg=/bin/true
 SchedulerType=sched/backfill
+# look at pending jobs every 2 s, not every 30-60 s: a requeued job starts again at once
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 JobRequeue=1
@@ -116,12 +122,15 @@ start_daemons() {
     wait_for 60 node_idle || return 4
 }
 
+[ "$(id -u)" -eq 0 ] || { say "needs root (slurmd and slurmctld run as root here)"; exit 3; }
 install_packages || exit $?
 write_config
 if ! start_daemons; then
-    say "the cluster did not come up; logs in $state/log"
     tail -n 5 "$state"/log/*.log >&2 || true
     "$(dirname "$0")/stop_cluster.sh" "$state" || true
+    first_error=$({ grep -h fatal "$state"/log/*.log; grep -h error "$state"/log/*.log; } \
+        2>/dev/null | head -1 || true)
+    say "the cluster did not come up (${first_error:-no error logged}); logs in $state/log"
     exit 4
 fi
 say "one node up ($(sinfo -h -o '%n, %c CPUs, partition %P')); state in $state"
