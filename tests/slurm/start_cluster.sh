@@ -67,8 +67,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire: also how long a requeued job waits before it may start again (default 120 s)
-AuthInfo=socket=$state/munge/munge.socket,cred_expire=10
+# cred_expire: also how long a requeued job waits before it may start again (default
+# 120 s, at least 5)
+AuthInfo=socket=$state/munge/munge.socket,cred_expire=5
 StateSaveLocation=$state/slurmctld
 SlurmdSpoolDir=$state/slurmd
 SlurmctldPidFile=$state/slurmctld.pid
