@@ -1,8 +1,9 @@
 """The SLURM launcher on a real one-node cluster, started by tests/slurm/start_cluster.sh.
 
-Skipped, with the reason, where the cluster cannot be had (no root to install the
-packages, no package registry, daemons that do not come up). Runs use one CPU
-thread each, as the sequential baselines do, so their files must be identical.
+One cluster for the session, stopped at its end, failed tests or not. Skipped, with
+the reason, where the cluster cannot be had (not root, no package registry to install
+the packages from, daemons that do not come up). Runs use one CPU thread each, as the
+sequential baselines do, so their files must be identical.
 """
 
 import json
@@ -27,7 +28,7 @@ TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", f"--number_of_iterations=
 SLURM = ["--launcher=slurm", "--slurm_cpus_per_run=1", "--slurm_gpus_per_run=0",
          "--slurm_mem_gb=1", "--slurm_time_minutes=30"]
 OUTPUTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")
-WAIT_SECONDS = 900  # generous: the machine may be shared; a run here takes seconds alone
+WAIT_SECONDS = 300  # generous: a job here takes under a minute, on a shared machine too
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,7 @@ def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm_cluster")
     started = subprocess.run([SCRIPTS / "start_cluster.sh", state], capture_output=True,
                              text=True, timeout=1800)
-    if started.returncode != 0:  # its own lines say why, apt's or a daemon's last line how
+    if started.returncode != 0:  # its "start_cluster:" lines say why (else its last line)
         lines = started.stderr.strip().splitlines() or ["no output"]
         why = [line for line in lines if line.startswith("start_cluster:")]
         pytest.skip(f"no SLURM cluster: tests/slurm/start_cluster.sh exit "
@@ -121,7 +122,8 @@ def checkpoint_in_task(run: Path, task: int) -> dict | None:
 
 
 def test_an_array_gives_the_sequential_results(cluster, mnist_root, tmp_path, sequential,
-                                               capsys):
+                                               capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # jobs start here, and must import the project all the same
     # held at submission, so that "not started" is seen for certain, then released
     args = options(mnist_root, tmp_path, "--seeds=[1,2]", *SLURM,
                    "--slurm_additional_parameters={'hold': True}")
