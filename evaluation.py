@@ -159,7 +159,7 @@ METRICS = ["mean_accuracy", "std_accuracy", "ACC", "BWT", "FWT", "forgetting",
            "task_agnostic_accuracy", "task_identification_accuracy", "fecam_accuracy"]
 # config.json keys that say how a run was executed, not what it is: summaries
 # do not tell configurations apart by them.
-MACHINE_COLUMNS = ("threads",)
+MACHINE_COLUMNS = ("threads", "cuda_graphs")
 
 
 def run_summary(run_dir: Path) -> dict | None:
