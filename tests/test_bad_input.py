@@ -13,7 +13,7 @@ from conftest import make_cifar100, make_tiny_imagenet
 
 TINY = ["--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
         "--number_of_iterations=4", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
-        "--validation_size=10", "--device=cpu"]
+        "--validation_size=10", "--batch_size=16", "--device=cpu"]
 
 
 @pytest.mark.parametrize("argument, message", [

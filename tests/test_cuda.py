@@ -64,7 +64,7 @@ def test_the_runs_own_gpu_random_state_round_trips():
 
 RUNS = {"SplitMNIST": ["--dataset=SplitMNIST", "--number_of_iterations=30",
                        "--target_hidden_layers=[16]", "--hnet_hidden_layers=[4]",
-                       "--validation_size=10"],
+                       "--validation_size=10", "--batch_size=32"],
         "ResNet-20": ["--dataset=CIFAR100", "--part=0", "--number_of_epochs=2",
                       "--hnet_hidden_layers=[4]", "--validation_size=10", "--batch_size=8"],
         "ZenkeNet": ["--dataset=CIFAR100", "--part=1", "--number_of_epochs=2",

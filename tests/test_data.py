@@ -71,7 +71,8 @@ def test_permuted_mnist_tasks(mnist_root):
 
 
 def test_split_mnist_tasks(mnist_root):
-    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], validation_size=10)
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], validation_size=10,
+                                 batch_size=32)
     tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
     assert len(tasks) == 5
     for task in tasks:

@@ -63,7 +63,7 @@ def test_split_cifar100_tasks(cifar_root):
 @pytest.mark.parametrize("part, sizes", [(6, [20] * 5), (7, [20] * 5), (0, [50] + [10] * 5),
                                          (4, [50] + [5] * 10), (2, [40] + [3] * 20)])
 def test_fecam_splits_have_correct_offsets_and_outputs(cifar_root, part, sizes):
-    config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2)
+    config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2, batch_size=8)
     tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", part, config, seed=1, root=cifar_root,
                                 device=CPU)
     _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
@@ -125,7 +125,7 @@ def test_tiny_imagenet_errors(tmp_path, monkeypatch):
 
 
 def test_tiny_imagenet_tasks(tiny_root):
-    config = config_for("TinyImageNet", 1, validation_size=1)
+    config = config_for("TinyImageNet", 1, validation_size=1, batch_size=8)
     tasks = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=tiny_root, device=CPU)
     assert len(tasks) == 40
     order = np.random.RandomState(5).permutation(200)
@@ -323,6 +323,7 @@ def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_r
     code = main.main([f"--dataset={dataset}", f"--part={part}", f"--path_to_datasets={root}",
                       f"--results_dir={tmp_path}", "--seeds=[1]", "--number_of_tasks=2",
                       "--number_of_epochs=1", "--hnet_hidden_layers=[2]", "--embedding_size=4",
+                      "--batch_size=8",
                       f"--validation_size={validation}", "--device=cpu"])
     assert code == 0
     run = tmp_path / f"{dataset}_part{part}_best" / "seed_1"

@@ -19,7 +19,7 @@ import runs
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", "--number_of_iterations=5",
         "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
-        "--device=cpu"]
+        "--batch_size=32", "--device=cpu"]
 
 
 def options(mnist_root, results, *extra):
@@ -187,7 +187,7 @@ def test_a_terminal_keeps_the_progress_bar(mnist_root, capsys):
             return True
 
     config = dataclasses.replace(datasets.DEMO["SplitMNIST"], number_of_iterations=5,
-                                 validation_size=10)
+                                 validation_size=10, batch_size=32)
     task = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root,
                                device=torch.device("cpu"))[0]
     model = hypermask.build_model(config, (784,), 2)

@@ -19,7 +19,7 @@ import runs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset=SplitMNIST", "--number_of_tasks=3", "--target_hidden_layers=[8]",
-        "--hnet_hidden_layers=[4]", "--validation_size=10", "--device=cpu"]
+        "--hnet_hidden_layers=[4]", "--validation_size=10", "--batch_size=16", "--device=cpu"]
 OUTPUTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")
 
 
@@ -48,10 +48,14 @@ def launch(args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-def wait_for(condition, seconds=300):
+def wait_for(condition, seconds=300, process=None):
+    """Until condition() holds; fails at once if `process` ends first."""
     deadline = time.time() + seconds
     while not condition():
         assert time.time() < deadline, "timed out"
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the run ended first (exit {process.returncode}): "
+                        f"{process.stderr.read()[-2000:]}")
         time.sleep(0.02)
 
 
@@ -77,7 +81,7 @@ def test_a_run_stopped_mid_task_resumes_to_identical_files(mnist_root, tmp_path,
     run = run_folder(tmp_path / "cut", 5)
     process = launch(args)
     wait_for(lambda: (state := checkpoint_in_task(run, 1)) is not None
-             and state["task_in_progress"]["iteration"] >= 20)
+             and state["task_in_progress"]["iteration"] >= 20, process=process)
     process.send_signal(getattr(signal, stop))
     out, err = process.communicate()
     state = torch.load(run / "checkpoint.pt", weights_only=True)

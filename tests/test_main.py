@@ -15,7 +15,7 @@ from datasets import UserError
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--seeds=[1]", "--number_of_tasks=2", "--number_of_iterations=4",
         "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=20",
-        "--device=cpu"]
+        "--batch_size=32", "--device=cpu"]
 
 
 def test_overrides_are_parsed_and_typed():

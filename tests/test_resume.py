@@ -9,7 +9,8 @@ import runs
 
 TINY = ["--dataset=SplitMNIST", "--seeds=[3]", "--number_of_tasks=3",
         "--number_of_iterations=6", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
-        "--validation_size=10", "--device=cpu", "--fecam_evaluation=True"]
+        "--validation_size=10", "--batch_size=32", "--device=cpu",
+        "--fecam_evaluation=True"]
 
 
 def run(mnist_root, results, *extra):
