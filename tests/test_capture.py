@@ -83,7 +83,8 @@ def test_running_out_of_gpu_memory_is_a_clear_error(mnist_root, tmp_path, monkey
     monkeypatch.setattr(runs, "train_with_progress", train)
     options = ["--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
                "--number_of_iterations=3", "--target_hidden_layers=[8]",
-               "--hnet_hidden_layers=[4]", "--validation_size=10", "--device=cpu",
+               "--hnet_hidden_layers=[4]", "--validation_size=10", "--batch_size=16",
+               "--device=cpu",
                f"--path_to_datasets={mnist_root}", f"--results_dir={tmp_path}"]
     assert main.main(options) == 2
     err = capsys.readouterr().err.strip()
