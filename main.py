@@ -43,7 +43,8 @@ slurm_mem_gb = 32  # slurm
 slurm_additional_parameters = {}  # slurm: passed to sbatch, e.g. {"account": "my_lab"}
 # Long runs: a checkpoint after every task, and during a task this often
 checkpoint_minutes = 10  # minutes between mid-task checkpoints (>= 0); 0: after tasks only
-# Numerics on a GPU (part of a run's configuration; no effect on a CPU)
+# On a GPU (no effect on a CPU). tf32 changes the numbers, so it is part of a
+# run's configuration; cuda_graphs gives the same numbers and is not.
 tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
 cuda_graphs = True  # True: replay each task's training step from a CUDA graph; False: eager
 # ------------------------------------------------------------------------
@@ -62,8 +63,9 @@ SETTINGS = {
 }
 LAUNCHERS = ("sequential", "local", "slurm")
 # The smallest value of each numeric setting (checkpoint_minutes 0: after tasks only).
-MINIMUMS = {"max_parallel_runs": 1, "runs_per_gpu": 1, "slurm_time_minutes": 1, "slurm_gpus_per_run": 0,
-            "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1, "checkpoint_minutes": 0}
+MINIMUMS = {"max_parallel_runs": 1, "runs_per_gpu": 1, "slurm_time_minutes": 1,
+            "slurm_gpus_per_run": 0, "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1,
+            "checkpoint_minutes": 0}
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict, dict]:

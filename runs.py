@@ -650,9 +650,10 @@ def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None, *,
     """Run the jobs in a pool of processes, one per run; return one line per failed run.
 
     Each run's process is pinned to one GPU (CUDA_VISIBLE_DEVICES) when there
-    are GPUs, runs_per_gpu of them on each, else to its share of the CPU threads. A run's output goes to its
-    run.log; a run that raises, or whose process dies (killed, out of memory),
-    is reported with its folder and log while the others go on. SIGTERM or
+    are GPUs, runs_per_gpu of them on each, else to its share of the CPU
+    threads. A run's output goes to its run.log; a run that raises, or whose
+    process dies (killed, out of memory), is reported with its folder and log
+    while the others go on. SIGTERM or
     Ctrl-C stops every run at its next step, each saving its state. While runs
     are in flight their progress is printed, read from their folders, whenever
     it changes (at most every refresh_seconds).
