@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -836,10 +837,13 @@ class SlurmRun:
         try:
             return run_logged(job)
         except Preempted as stop:  # state saved; for submitit's time-limit signal, let
-            handler = signal.getsignal(stop.signum)  # its handler requeue the job now
+            print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
+            handler = signal.getsignal(stop.signum)
             if stop.signum == getattr(signal, "SIGUSR2", None) and callable(handler):
-                handler(stop.signum, None)
-            raise
+                handler(stop.signum, None)  # exits
+            # preempted or requeued: SLURM starts the job again by itself; no traceback,
+            # and no result for submitit (it would read as an error)
+            sys.exit(128 + stop.signum)
 
     def checkpoint(self, job: Job):
         import submitit
@@ -866,7 +870,8 @@ def submit_to_slurm(jobs: list[Job], experiment_dir: Path, settings: dict,
             gpus_per_node=settings["slurm_gpus_per_run"],
             cpus_per_task=settings["slurm_cpus_per_run"], mem_gb=settings["slurm_mem_gb"],
             slurm_partition=settings["slurm_partition"],
-            slurm_additional_parameters=settings["slurm_additional_parameters"])
+            slurm_additional_parameters=settings["slurm_additional_parameters"],
+            slurm_setup=[python_path_line()])
     submitted = executor.map_array(SlurmRun(), jobs)
     ids = {str(job.run_dir.name): s.job_id for job, s in zip(jobs, submitted)}
     experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -874,6 +879,13 @@ def submit_to_slurm(jobs: list[Job], experiment_dir: Path, settings: dict,
     print(f"submitted {len(submitted)} run(s): job ids {', '.join(ids.values())} "
           f"(saved in {experiment_dir / 'slurm_jobs.json'})")
     return submitted
+
+
+def python_path_line() -> str:
+    """The job script's line that lets its Python import this project from any folder
+    (the job starts in the folder sbatch was called from, not necessarily this one)."""
+    here = shlex.quote(str(Path(__file__).resolve().parent))
+    return f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}"
 
 
 # ------------------------------------------------------------------------ status
@@ -892,7 +904,9 @@ def run_status(job: Job) -> dict:
     if (run_dir / "final_weights.pt").exists():
         row["state"] = "finished"
     elif (run_dir / FAILED).exists():
-        row["state"] = "failed: " + (run_dir / FAILED).read_text().strip()
+        log = run_dir / "run.log"  # the pool's and SLURM's runs write one
+        row["state"] = "failed: " + (run_dir / FAILED).read_text().strip() + (
+            f" (log: {log})" if log.exists() else "")
     elif (run_dir / "config.json").exists():
         row["state"] = ("running or interrupted " + (
             f"(task {row['tasks_done'] + 1}/{total})" if row["tasks_done"] < total
