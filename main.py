@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import evaluation
+import loggers
 import runs
 from datasets import HyperParameters, UserError
 
@@ -47,6 +48,10 @@ checkpoint_minutes = 10  # minutes between mid-task checkpoints (>= 0); 0: after
 # run's configuration; cuda_graphs gives the same numbers and is not.
 tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
 cuda_graphs = True  # True: replay each task's training step from a CUDA graph; False: eager
+# Watching runs live (loggers.py; no effect on results)
+logger = None  # None | "tensorboard" | "wandb" | ["tensorboard", "wandb"]
+wandb_project = "hypermask"  # wandb: the W&B project
+wandb_entity = None  # wandb: the W&B team or user (None: your default entity)
 # ------------------------------------------------------------------------
 
 # The type(s) each variable above accepts on the command line.
@@ -59,7 +64,8 @@ SETTINGS = {
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
     "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "tf32": (bool,),
     "cuda_graphs": (bool,),
-    "checkpoint_minutes": (int, float),
+    "checkpoint_minutes": (int, float), "logger": (type(None), str, list),
+    "wandb_project": (str,), "wandb_entity": (type(None), str),
 }
 LAUNCHERS = ("sequential", "local", "slurm")
 # The smallest value of each numeric setting (checkpoint_minutes 0: after tasks only).
@@ -112,6 +118,8 @@ def _check_setting(name: str, value):
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {value!r}")
     if name in MINIMUMS and value is not None and not value >= MINIMUMS[name]:
         raise UserError(f"--{name} must be at least {MINIMUMS[name]}, not {value}")
+    if name == "logger":  # a tuple of names, their packages installed
+        return loggers.check_setting(value)
     return value
 
 
@@ -201,7 +209,9 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                                                else f"seed_{seed}"),
                      path_to_datasets=settings["path_to_datasets"], device=settings["device"],
                      demo=settings["demo"], checkpoint_minutes=settings["checkpoint_minutes"],
-                     cuda_graphs=settings["cuda_graphs"])
+                     cuda_graphs=settings["cuda_graphs"], logger=settings["logger"],
+                     wandb_project=settings["wandb_project"],
+                     wandb_entity=settings["wandb_entity"])
             for k, config in enumerate(configs) for seed in seeds_to_run]
     return experiment_dir, jobs
 

@@ -14,10 +14,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import importlib.metadata
+import itertools
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import platform
 import random
 import shlex
 import shutil
@@ -40,6 +43,7 @@ import capture
 import datasets
 import evaluation
 import hypermask
+import loggers
 import task_agnostic
 from datasets import HyperParameters, UserError
 
@@ -66,6 +70,9 @@ class Job:
     threads: int | None = None  # CPU threads; None: decided by cpu_threads() in the run
     checkpoint_minutes: float = 10  # a mid-task checkpoint this often; 0: only after tasks
     cuda_graphs: bool = True  # on a GPU, replay each task's training step from a CUDA graph
+    logger: tuple[str, ...] = ()  # loggers.LOGGERS to watch the run with (no effect on results)
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
 
 
 def select_device(name: str):
@@ -131,6 +138,26 @@ def cpu_threads(share: int | None = None) -> int:
     return max(1, min(share or available, available))
 
 
+def where_it_runs(device: torch.device) -> dict:
+    """Where a run runs, for its config.json: a result is bit-identical only on the same
+    device, with the same threads and library versions (evaluation.MACHINE_COLUMNS: a rerun
+    elsewhere may change them)."""
+    return {"device": str(device), "device_name": device_name(device),
+            "torch_version": torch.__version__,
+            "hypnettorch_version": importlib.metadata.version("hypnettorch")}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name ("NVIDIA H100 80GB HBM3"), else the CPU's model (/proc/cpuinfo)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) once per run."""
     random.seed(seed)
@@ -191,7 +218,7 @@ def _run(job: Job) -> None:
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
     record |= {"data_source": datasets.data_source(dataset, job.path_to_datasets, job.demo),
-               "task_sizes": datasets.task_sizes(tasks)}
+               "task_sizes": datasets.task_sizes(tasks), **where_it_runs(device)}
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
@@ -202,7 +229,9 @@ def _run(job: Job) -> None:
         evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
         (run_dir / FAILED).unlink(missing_ok=True)
         try:
-            train_run(model, tasks, config, job=job, device=device, stop=stop)
+            with loggers.opened(job.logger, run_dir, wandb_project=job.wandb_project,
+                                wandb_entity=job.wandb_entity) as watch:
+                train_run(model, tasks, config, job=job, device=device, stop=stop, watch=watch)
         except hypermask.Diverged as error:
             fail(run_dir, f"diverged: {error}; configuration in {run_dir / 'config.json'} "
                           f"(learning_rate={config.learning_rate}, beta={config.beta}, "
@@ -219,8 +248,9 @@ def fail(run_dir: Path, message: str) -> None:
 
 
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
-              stop: StopRequest) -> None:
-    """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)."""
+              stop: StopRequest, watch: loggers.RunLoggers) -> None:
+    """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)
+    and showing it to the run's loggers."""
     run_dir = job.run_dir
     label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": job.part, "seed": job.seed}
@@ -240,6 +270,13 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
                                   minutes=job.checkpoint_minutes, stop=stop)
     make_step = (capture.graphed_step if device.type == "cuda" and job.cuda_graphs
                  else hypermask.eager_step)
+    # the loggers' global step: the run's training iterations before each task, and in all
+    watch.start(state, [0, *itertools.accumulate(task_iterations(task, config) for task in tasks)])
+
+    def after_step(training: hypermask.TrainingState) -> None:
+        watch.training_rows(training.log)  # before a checkpoint that may stop the run
+        checkpoints(training)
+
     for task_id in range(state["next_task"], len(tasks)):
         if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
             checkpoints.save()  # stopped before the first step: keep what is done
@@ -247,7 +284,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         with out_of_memory_names(f"task {task_id + 1}"):
             rows = train_with_progress(model, tasks[task_id], task_id, config, seed=job.seed,
                                        resume=state.pop("task_in_progress", None),
-                                       after_step=checkpoints, make_step=make_step)
+                                       after_step=after_step, make_step=make_step)
         state["log"] += [{"task": task_id, **sizes[task_id], **row} for row in rows]
         require_finite(model, task_id)
         last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
@@ -258,13 +295,21 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
                 model, tasks[task_id + 1], task_id, config)
         state["next_task"] = task_id + 1
         write_run_tables(run_dir, state)
+        watch.accuracies(task_id, last)
         checkpoints.save()
         print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
               f"over {len(last)} task(s)")
     stop.check(f"after the last task in {run_dir / CHECKPOINT}")
     with out_of_memory_names("the final evaluations (task-agnostic, FeCAM)"):
         finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
-                   title=f"{label} part {job.part}")
+                   title=f"{label} part {job.part}", watch=watch)
+
+
+def task_iterations(task, config) -> int:
+    """The training iterations of one task: number_of_iterations, or its epochs' batches."""
+    if not config.number_of_epochs:
+        return config.number_of_iterations
+    return config.number_of_epochs * -(-len(task.train_y) // config.batch_size)
 
 
 @contextlib.contextmanager
@@ -300,8 +345,10 @@ def write_run_tables(run_dir: Path, state: dict) -> None:
         evaluation.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
 
 
-def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -> None:
-    """The end-of-run outputs: heatmap, task-agnostic accuracy, final weights."""
+def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
+               watch: loggers.RunLoggers) -> None:
+    """The end-of-run outputs: heatmap, task-agnostic accuracy, final metrics to the loggers,
+    final weights."""
     accuracies = pd.read_csv(run_dir / "accuracies.csv")
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                             f"{title}, seed {keys['seed']}: accuracy (%)")
@@ -313,6 +360,7 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -
                                               config.evaluation_batch_size)
         evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                              run_dir / "fecam.csv")
+    watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
     save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
                      "target": cpu_copy(model.target.state_dict())}, run_dir / "final_weights.pt")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
@@ -507,8 +555,7 @@ def train_with_progress(model, task, task_id: int, config, *, seed: int,
         resume, after_step, make_step: passed on to hypermask.train_task (after_step
             after the progress).
     """
-    total = (config.number_of_iterations if not config.number_of_epochs else
-             config.number_of_epochs * -(-len(task.train_y) // config.batch_size))
+    total = task_iterations(task, config)
     label = f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}"
     # tqdm draws on stderr: a bar only where it is seen, never redraws in a log file
     progress = (ProgressBar(label, total) if sys.stderr.isatty()
@@ -592,7 +639,7 @@ def clock_time() -> str:
 def finished(run_dir: Path, record: dict) -> bool:
     """True if run_dir holds this exact run, complete; UserError if it holds another one.
 
-    Keys in RECORD_ONLY (evaluation settings, threads) may differ: an
+    Keys in RECORD_ONLY (evaluation settings, threads, where it runs) may differ: an
     unfinished run resumes with the new values, and says which changed.
     """
     config_path = run_dir / "config.json"
