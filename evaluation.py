@@ -192,8 +192,14 @@ def seeds_table(groups: list, title: str) -> str:
                 row[metric] = f"{runs[metric].mean():.2f} ± {runs[metric].std(ddof=0):.2f}"
         rows.append(row)
     data = groups[0][1]["data"].iloc[0]
+    # runs recorded before the setting existed have no such column: the fixed regime
+    published = str(groups[0][1].get("published_regime", pd.Series([False])).iloc[0]) == "True"
+    regime = ("published: the reference's defects that change numbers are kept "
+              "(published_regime=True)" if published else
+              "fixed: the reference's defects are fixed (published_regime=False)")
     return "\n".join([
         f"# {title}", "",
+        f"Regime: {regime}; see the README, Differences.", "",
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds. "
         "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
         "Chaudhry et al. 2018; task_agnostic_accuracy: task inferred by lowest entropy; "

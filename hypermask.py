@@ -265,10 +265,13 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
     """Train task `task_id`; return the training log (a row per validation).
 
     Validation runs after iterations 0, VALIDATION_EVERY, 2 * VALIDATION_EVERY,
-    ..., after the last one and (epoch-based runs) at each epoch end, always
-    with the target sparsity p (as the reference, whose iteration counter
-    starts at 0). With model_selection "best_val" the networks with the highest
-    validation accuracy are kept.
+    ..., after the last one and (epoch-based runs) at each epoch end (as the
+    reference, whose iteration counter starts at 0), with the target sparsity
+    p. With model_selection "best_val" the networks with the highest
+    validation accuracy are kept. `config.published_regime` keeps two of the
+    reference's defects (SPEC §8, 3 and 5): validation uses this iteration's
+    (ramped) sparsity, and leaves the networks in eval mode, so dropout is off
+    for the rest of the task.
 
     Args:
         progress: called after every iteration with (iteration, last log row).
@@ -296,8 +299,11 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
 
         epoch_end = config.number_of_epochs and (iteration + 1) % per_epoch == 0
         if iteration % VALIDATION_EVERY == 0 or iteration == num_iterations - 1 or epoch_end:
-            accuracy = evaluate(model, task, task_id, config.sparsity, split="val",
-                                batch_size=config.evaluation_batch_size)
+            accuracy = evaluate(model, task, task_id,
+                                sparsity if config.published_regime else config.sparsity,
+                                split="val", batch_size=config.evaluation_batch_size)
+            if config.published_regime:
+                model.eval()
             row = {"task": task_id, "iteration": iteration + 1,
                    **{name: value.item() for name, value in terms.items()},
                    "sparsity": sparsity, "learning_rate": optimizer.param_groups[0]["lr"],
