@@ -14,6 +14,7 @@ import torch
 import datasets
 import hypermask
 import main
+from conftest import make_cifar100
 
 CPU = torch.device("cpu")
 REGIMES = [False, True]
@@ -141,11 +142,18 @@ BEST = [("PermutedMNIST", 0), ("SplitMNIST", 0), ("CIFAR100", 0), ("CIFAR100", 1
     + [("CIFAR100_FeCAM_setup", part) for part in range(8)]
 
 
+@pytest.fixture(scope="module")
+def small_cifar_root(tmp_path_factory):
+    """3 training and 1 test image per class: ResNet-20 is slow on a CPU."""
+    return make_cifar100(tmp_path_factory.mktemp("small_cifar"), per_class_train=3,
+                         per_class_test=1)
+
+
 @pytest.mark.parametrize("dataset, part", BEST)
 def test_every_best_configuration_runs_in_the_published_regime(
-        dataset, part, mnist_root, cifar_root, tiny_root, tmp_path):
+        dataset, part, mnist_root, small_cifar_root, tiny_root, tmp_path):
     root = {"TinyImageNet": tiny_root, "PermutedMNIST": mnist_root,
-            "SplitMNIST": mnist_root}.get(dataset, cifar_root)
+            "SplitMNIST": mnist_root}.get(dataset, small_cifar_root)
     size = ["--number_of_iterations=3"] if "MNIST" in dataset else ["--number_of_epochs=1"]
     validation = {"CIFAR100": 10, "PermutedMNIST": 20, "SplitMNIST": 10}.get(dataset, 1)
     code = main.main([f"--dataset={dataset}", f"--part={part}", f"--path_to_datasets={root}",
@@ -178,3 +186,9 @@ def test_the_regime_names_the_folder_and_is_recorded(mnist_root, tmp_path):
     fixed = tmp_path / "SplitMNIST_part0_best"
     assert json.loads((fixed / "seed_1" / "config.json").read_text())["published_regime"] is False
     assert "Regime: fixed" in (fixed / "summary.md").read_text()
+
+
+def test_the_regime_takes_a_bool():
+    assert main.parse_overrides(["--published_regime"])[0] == {"published_regime": True}
+    with pytest.raises(datasets.UserError, match="--published_regime expects bool, not 'yes'"):
+        main.parse_overrides(["--published_regime=yes"])
