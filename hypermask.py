@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from hypnettorch.hnets import ChunkedHMLP, HMLP
 from hypnettorch.mnets import MLP, ResNet, ZenkeNet
 from hypnettorch.mnets.mnet_interface import MainNetInterface
+from hypnettorch.utils.batchnorm_layer import BatchNormLayer
 from hypnettorch.utils.torch_utils import init_params
 from torch import nn
 
-from datasets import HyperParameters, Task, training_batches
+from datasets import HyperParameters, Task, TrainingBatches
 
 BATCH_NORM_PARAMETERS = ("bn_scale", "bn_shift")
 VALIDATION_EVERY = 100  # iterations
@@ -135,8 +136,11 @@ def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: i
                    activation_fn=nn.ReLU(), use_bias=True, verbose=False)
     if name == "ResNet-20":
         # Batch norm always normalises with the batch's own statistics.
-        return ResNet(in_shape=input_shape, num_classes=num_outputs, n=3, k=2,
-                      use_batch_norm=True, bn_track_stats=False, use_bias=True, verbose=False)
+        net = ResNet(in_shape=input_shape, num_classes=num_outputs, n=3, k=2,
+                     use_batch_norm=True, bn_track_stats=False, use_bias=True, verbose=False)
+        for layer in net.batchnorm_layers:
+            layer.__class__ = BatchStatisticsNorm
+        return net
     if name == "ZenkeNet":
         net = ZenkeNet(in_shape=input_shape, num_classes=num_outputs, arch="cifar",
                        dropout_rate=0.25, verbose=False)
@@ -146,6 +150,19 @@ def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: i
     if name == "ZenkeNet-tiny":
         return TinyZenkeNet(num_classes=num_outputs)
     raise ValueError(f"unknown target network {name!r}")
+
+
+class BatchStatisticsNorm(BatchNormLayer):
+    """hypnettorch's batch-norm layer for layers that never store statistics.
+
+    hypnettorch keeps the number of stored statistics in a tensor buffer and
+    tests `num_stats > 1` in every forward: on a GPU, a host synchronisation
+    per layer (19 per ResNet-20 forward). Our layers store none
+    (bn_track_stats=False), so the count is the plain number 0 here; the
+    buffer stays, so state_dict keys and outputs are unchanged.
+    """
+
+    num_stats = 0  # shadows the base class's property, which returns the buffer
 
 
 def maskable_indices(target: nn.Module) -> list[int]:
@@ -234,14 +251,18 @@ def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id
         loss, task_loss, hnet_term (β·R_hnet/max(1,t)), target_term (λ·R_target).
     """
     outputs = model.hnet_outputs(list(range(task_id + 1)) if batched else [task_id])
-    masks = model.masks(outputs[-1], sparsity)
+    # One split (its backward is one concatenation), not two views whose
+    # backward passes each fill a zero tensor of the full [t + 1, n_outputs].
+    previous, current = outputs.split([len(outputs) - 1, 1])
+    masks = model.masks(current[0], sparsity)
     logits = model.target(x, weights=model.masked_weights(masks))
     task_loss = F.cross_entropy(logits[:, :num_classes], y)
     hnet_term = target_term = torch.zeros((), device=x.device)
     if task_id > 0:
-        previous = outputs[:-1] if batched else torch.cat(
-            [model.hnet_outputs([j]) for j in range(task_id)])
-        hnet_reg = (previous - start.hnet_targets).pow(2).sum() / task_id
+        if not batched:
+            previous = torch.cat([model.hnet_outputs([j]) for j in range(task_id)])
+        # Σ_j ‖hnet(e_j) − h*_j‖², the squares and their gradient each in one pass.
+        hnet_reg = F.mse_loss(previous, start.hnet_targets, reduction="sum") / task_id
         drifts = [p - p0 for p, p0 in zip(model.maskable_params, start.start_params)]
         if config.norm_regularizer_masking:
             drifts = [d * m for d, m in zip(drifts, masks)]
@@ -260,65 +281,135 @@ def make_optimizer(model: HyperMask, config: HyperParameters) -> torch.optim.Opt
     return torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
 
 
-def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParameters, *,
-               progress: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Train task `task_id`; return the training log (a row per validation).
+class Diverged(Exception):
+    """A task's loss became NaN or infinite: the run's weights are no longer numbers."""
 
-    Validation runs after iterations 0, VALIDATION_EVERY, 2 * VALIDATION_EVERY,
-    ..., after the last one and (epoch-based runs) at each epoch end (as the
-    reference, whose iteration counter starts at 0), with the target sparsity
-    p. With model_selection "best_val" the networks with the highest
-    validation accuracy are kept. `config.published_regime` keeps two of the
-    reference's defects (SPEC §8, 3 and 5): validation uses this iteration's
-    (ramped) sparsity, and leaves the networks in eval mode, so dropout is off
-    for the rest of the task.
 
-    Args:
-        progress: called after every iteration with (iteration, last log row).
+@dataclass
+class TrainingState:
+    """A task's training in progress: everything needed to continue it exactly.
+
+    `state_dict()` holds tensors and plain containers only (a weights_only
+    checkpoint); `train_task(..., resume=state_dict)` continues from it, and
+    with the networks and random generators restored as they were, repeats the
+    uninterrupted run bit for bit (on a CPU).
     """
-    per_epoch = math.ceil(len(task.train_y) / config.batch_size)
-    num_iterations = (config.number_of_epochs * per_epoch if config.number_of_epochs
-                      else config.number_of_iterations)
+
+    iteration: int  # iterations done
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    start: TaskStart
+    batches: TrainingBatches
+    log: list[dict]  # a row per validation so far
+    best_accuracy: float = -1.0  # model_selection "best_val": the best validation so far
+    best_state: dict | None = None  # ... and the networks that reached it
+    seconds: float = 0.0  # training time of this task in earlier processes
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "hnet_targets": self.start.hnet_targets, "start_params": self.start.start_params,
+                "batches": self.batches.state_dict(), "log": self.log,
+                "best_accuracy": self.best_accuracy, "best_state": self.best_state,
+                "seconds": self.seconds}
+
+
+def training_state(model: HyperMask, task: Task, task_id: int, config: HyperParameters,
+                   resume: dict | None = None) -> TrainingState:
+    """A task's training state: fresh at the task's start, or `resume` (a state_dict)."""
     optimizer = make_optimizer(model, config)
     scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=math.sqrt(0.1), patience=5, min_lr=5e-7)
         if config.lr_scheduler else None)
-    start = task_start(model, task_id)
-    batches = training_batches(task, config.batch_size)
-    best_accuracy, best_state, log, row = -1.0, None, [], {}
-    started = time.perf_counter()
-    model.train()
-    for iteration in range(num_iterations):
-        x, y = next(batches)
+    if resume is None:
+        return TrainingState(0, optimizer, scheduler, task_start(model, task_id),
+                             TrainingBatches(task, config.batch_size), [])
+    device = task.train_y.device
+    optimizer.load_state_dict(resume["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(resume["scheduler"])
+    targets = resume["hnet_targets"]
+    start = TaskStart(None if targets is None else targets.to(device),
+                      [p.to(device) for p in resume["start_params"]])
+    return TrainingState(resume["iteration"], optimizer, scheduler, start,
+                         TrainingBatches(task, config.batch_size, resume["batches"]),
+                         resume["log"], resume["best_accuracy"], resume["best_state"],
+                         resume["seconds"])
+
+
+def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParameters, *,
+               resume: dict | None = None,
+               after_step: Callable[[TrainingState], None] | None = None) -> list[dict]:
+    """Train task `task_id`; return the training log (a row per validation).
+
+    Validation runs after iterations 0, VALIDATION_EVERY, 2 * VALIDATION_EVERY,
+    ..., after the last one and (epoch-based runs) at each epoch end, with
+    the target sparsity p (as the reference, whose iteration counter
+    starts at 0). With model_selection "best_val" the networks with the highest
+    validation accuracy are kept. A loss that is not finite at a validation
+    raises Diverged, before the networks are used for anything else.
+    `config.published_regime` keeps two of the reference's defects (SPEC §8, 3
+    and 5): validation uses this iteration's (ramped) sparsity, and leaves the
+    networks in eval mode, so dropout is off for the rest of the task.
+
+    Args:
+        resume: a TrainingState.state_dict() of this task, to continue from.
+        after_step: called after every iteration with the training state (the
+            caller shows progress and may save state.state_dict() there).
+    """
+    per_epoch = math.ceil(len(task.train_y) / config.batch_size)
+    num_iterations = (config.number_of_epochs * per_epoch if config.number_of_epochs
+                      else config.number_of_iterations)
+    state = training_state(model, task, task_id, config, resume)
+    started = time.perf_counter() - state.seconds
+    # the published regime: eval mode from the task's first validation on
+    model.train(not (config.published_regime and state.log))
+    for iteration in range(state.iteration, num_iterations):
+        x, y = next(state.batches)
         sparsity = current_sparsity(config, task_id, iteration, num_iterations)
         terms = training_loss(model, x, y, task_id=task_id, num_classes=task.num_classes,
-                              sparsity=sparsity, start=start, config=config)
-        optimizer.zero_grad(set_to_none=True)
+                              sparsity=sparsity, start=state.start, config=config)
+        state.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        optimizer.step()
+        state.optimizer.step()
 
+        state.iteration = iteration + 1
+        state.seconds = time.perf_counter() - started
         epoch_end = config.number_of_epochs and (iteration + 1) % per_epoch == 0
         if iteration % VALIDATION_EVERY == 0 or iteration == num_iterations - 1 or epoch_end:
-            accuracy = evaluate(model, task, task_id,
-                                sparsity if config.published_regime else config.sparsity,
-                                split="val", batch_size=config.evaluation_batch_size)
-            if config.published_regime:
-                model.eval()
-            row = {"task": task_id, "iteration": iteration + 1,
-                   **{name: value.item() for name, value in terms.items()},
-                   "sparsity": sparsity, "learning_rate": optimizer.param_groups[0]["lr"],
-                   "validation_accuracy": accuracy,
-                   "seconds": round(time.perf_counter() - started, 3)}
-            log.append(row)
-            if config.model_selection == "best_val" and accuracy > best_accuracy:
-                best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
-            if scheduler is not None and epoch_end:
-                scheduler.step(accuracy)
-        if progress is not None:
-            progress(iteration, row)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return log
+            validate(model, task, task_id, config, state, terms, sparsity=sparsity,
+                     epoch_end=bool(epoch_end))
+        if after_step is not None:
+            after_step(state)
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return state.log
+
+
+def validate(model: HyperMask, task: Task, task_id: int, config: HyperParameters,
+             state: TrainingState, terms: dict[str, torch.Tensor], *, sparsity: float,
+             epoch_end: bool) -> None:
+    """A validation during training: a log row, the best networks, the plateau scheduler."""
+    row = {"task": task_id, "iteration": state.iteration,
+           **{name: value.item() for name, value in terms.items()}}
+    if not all(math.isfinite(row[name]) for name in terms):
+        last = (f" (last finite loss {state.log[-1]['loss']:.4g} at iteration "
+                f"{state.log[-1]['iteration']})" if state.log else "")
+        raise Diverged(f"task {task_id}, iteration {state.iteration}: the loss is "
+                       f"{row['loss']}{last}")
+    accuracy = evaluate(model, task, task_id,
+                        sparsity if config.published_regime else config.sparsity,
+                        split="val", batch_size=config.evaluation_batch_size)
+    if config.published_regime:
+        model.eval()
+    state.log.append(row | {"sparsity": sparsity,
+                            "learning_rate": state.optimizer.param_groups[0]["lr"],
+                            "validation_accuracy": accuracy,
+                            "seconds": round(state.seconds, 3)})
+    if config.model_selection == "best_val" and accuracy > state.best_accuracy:
+        state.best_accuracy, state.best_state = accuracy, copy.deepcopy(model.state_dict())
+    if state.scheduler is not None and epoch_end:
+        state.scheduler.step(accuracy)
 
 
 @torch.no_grad()

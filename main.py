@@ -24,8 +24,9 @@ from datasets import HyperParameters, UserError
 path_to_datasets = "./Data"  # where datasets are downloaded to / read from
 results_dir = "./Results"  # one experiment folder per (dataset, part, best|grid) goes here
 dataset = "PermutedMNIST"  # PermutedMNIST | SplitMNIST | CIFAR100 | TinyImageNet | CIFAR100_FeCAM_setup
-part = 0  # PermutedMNIST 0; SplitMNIST 0 (grids 0-2); CIFAR100 0 ResNet-20, 1 ZenkeNet;
-#          TinyImageNet 0 ResNet-20, 1 ZenkeNet (grids 0-3); CIFAR100_FeCAM_setup 0-7
+part = 0  # PermutedMNIST 0 (10 tasks), 1 (100 tasks); SplitMNIST 0 (grids 0-2);
+#          CIFAR100 0 ResNet-20, 1 ZenkeNet; TinyImageNet 0 ResNet-20, 1 ZenkeNet (grids 0-3);
+#          CIFAR100_FeCAM_setup 0-7
 create_grid_search = False  # False: the best configuration; True: every grid point
 seeds = None  # None: the benchmark's own seeds; or a list such as [1, 2]
 device = "auto"  # "auto" (cuda, then mps, then cpu) | "cuda" | "cuda:1" | "mps" | "cpu"
@@ -41,6 +42,10 @@ slurm_gpus_per_run = 1  # slurm
 slurm_cpus_per_run = 4  # slurm
 slurm_mem_gb = 32  # slurm
 slurm_additional_parameters = {}  # slurm: passed to sbatch, e.g. {"account": "my_lab"}
+# Long runs: a checkpoint after every task, and during a task this often
+checkpoint_minutes = 10  # minutes between mid-task checkpoints (>= 0); 0: after tasks only
+# Numerics on a GPU (part of a run's configuration; no effect on a CPU)
+tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
 # ------------------------------------------------------------------------
 
 # The type(s) each variable above accepts on the command line.
@@ -50,9 +55,13 @@ SETTINGS = {
     "demo": (bool,), "status": (bool,), "published_regime": (bool,), "launcher": (str,),
     "max_parallel_runs": (type(None), int), "slurm_partition": (type(None), str),
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
-    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,),
+    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "tf32": (bool,),
+    "checkpoint_minutes": (int, float),
 }
 LAUNCHERS = ("sequential", "local", "slurm")
+# The smallest value of each numeric setting (checkpoint_minutes 0: after tasks only).
+MINIMUMS = {"max_parallel_runs": 1, "slurm_time_minutes": 1, "slurm_gpus_per_run": 0,
+            "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1, "checkpoint_minutes": 0}
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
@@ -97,9 +106,10 @@ def _check_setting(name: str, value):
         raise UserError(f"--{name} expects {expected}, not {value!r}")
     if name == "launcher" and value not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {value!r}")
-    if name == "max_parallel_runs" and value is not None and value < 1:
-        raise UserError(f"--max_parallel_runs must be at least 1, not {value}")
+    if name in MINIMUMS and value is not None and not value >= MINIMUMS[name]:
+        raise UserError(f"--{name} must be at least {MINIMUMS[name]}, not {value}")
     return value
+
 
 
 def _check_type(name: str, value, hint):
@@ -143,6 +153,7 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
     if settings["status"]:
         print(f"{experiment_dir}:\n{runs.status_table(jobs)}")
         return experiment_dir
+    runs.make_folder(experiment_dir)
     configurations = len({job.config for job in jobs})
     where = (f"on {runs.select_device(settings['device'])}" if settings["launcher"] == "sequential"
              else f"with the {settings['launcher']} launcher")
@@ -157,7 +168,8 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
         failures = runs.run_in_pool(jobs, settings["max_parallel_runs"])
     else:
         failures = runs.run_sequentially(jobs)
-    if any((job.run_dir / "accuracies.csv").exists() for job in jobs):
+    if any((job.run_dir / name).exists() for job in jobs
+           for name in ("accuracies.csv", runs.FAILED)):
         print(evaluation.summarize_experiment(experiment_dir))
     if failures:
         raise UserError(f"{len(failures)} run(s) failed: " + "; ".join(failures))
@@ -168,7 +180,8 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                     part: int) -> tuple[Path, list]:
     """The experiment's folder and its runs: every configuration x seed."""
     grid = settings["create_grid_search"]
-    hyperparameters = {**hyperparameters, "published_regime": settings["published_regime"]}
+    hyperparameters = hyperparameters | {"tf32": settings["tf32"],
+                                         "published_regime": settings["published_regime"]}
     if settings["demo"]:
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS
@@ -184,7 +197,7 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                      run_dir=experiment_dir / (f"point_{k:03d}_seed_{seed}" if grid
                                                else f"seed_{seed}"),
                      path_to_datasets=settings["path_to_datasets"], device=settings["device"],
-                     demo=settings["demo"])
+                     demo=settings["demo"], checkpoint_minutes=settings["checkpoint_minutes"])
             for k, config in enumerate(configs) for seed in seeds_to_run]
     return experiment_dir, jobs
 
@@ -194,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         settings_overrides, hyperparameters = parse_overrides(argv)
-        settings = {name: globals()[name] for name in SETTINGS} | settings_overrides
+        settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} \
+            | settings_overrides
         started = time.perf_counter()
         folders = run_experiments(settings, hyperparameters)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except runs.Preempted as stop:
+        print(f"{stop}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("\ninterrupted: finished tasks are saved in their run folders; "
               "rerun the same command to run the rest", file=sys.stderr)

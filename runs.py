@@ -10,19 +10,26 @@ SLURM job array through submitit.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import shutil
+import signal
+import socket
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pandas as pd
 import torch
@@ -36,6 +43,10 @@ from datasets import HyperParameters, UserError
 
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
+# config.json keys that describe a run but do not define it: a rerun may change them.
+RECORD_ONLY = ("evaluation_batch_size", "fecam_evaluation", *evaluation.MACHINE_COLUMNS,
+               "data_source", "task_sizes")
+PROGRESS_SECONDS = 120  # batch logs: a progress line at most this often (and at a task's ends)
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class Job:
     path_to_datasets: str
     device: str  # "auto", "cpu", "cuda", "cuda:1", "mps"
     demo: bool = False
+    threads: int | None = None  # CPU threads; None: decided by cpu_threads() in the run
+    checkpoint_minutes: float = 10  # a mid-task checkpoint this often; 0: only after tasks
 
 
 def select_device(name: str):
@@ -69,6 +82,43 @@ def select_device(name: str):
     return device
 
 
+def use_device(device: torch.device, tf32: bool) -> None:
+    """Make `device` the current one and fix how it computes: deterministic cuDNN, TF32 if asked.
+
+    torch.cuda.set_device makes "cuda" and the pin-memory thread mean the run's
+    GPU, not GPU 0. cuDNN's autotuner (benchmark) picks kernels by timing, so
+    it is off; TF32 (10-bit mantissa matmuls and convolutions on Ampere and
+    later) changes the numbers, so it is on only with tf32=True. CPU maths is
+    unaffected.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    precision = "tf32" if tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
+
+
+def cpu_threads(share: int | None = None) -> int:
+    """A run's CPU thread budget: torch's threads, and half of it for DataLoader workers.
+
+    Args:
+        share: the run's share of the local pool's CPUs, if it runs in the pool.
+    Returns:
+        `share`; else, inside a SLURM job, its cpus-per-task (SLURM_CPUS_PER_TASK:
+        many clusters do not pin a job to its cores); else every CPU this
+        process may run on (its affinity, which taskset and cgroups restrict;
+        not os.cpu_count(), the whole machine). Never more than that affinity.
+    """
+    available = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if share is None and slurm.isdigit():
+        share = int(slurm)
+    return max(1, min(share or available, available))
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) once per run."""
     random.seed(seed)
@@ -76,42 +126,106 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A training step frees and allocates the same large blocks every time (a
+    paper-scale Permuted MNIST step: an 800 MB hypernetwork gradient and
+    [t, n_outputs] temporaries). glibc serves each block over 32 MB with a fresh
+    mmap and unmaps it when freed, so the kernel zero-fills every page again on
+    first touch: about 200,000 page faults, a third of the step on a CPU. With
+    mmap off and no trimming, freed blocks stay in the heap and the next step
+    reuses them. Numbers are unchanged; peak memory grows by at most the
+    largest temporaries. A no-op where the C library has no mallopt (macOS).
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def run_one(job: Job) -> None:
     """Train one configuration with one seed, writing everything into job.run_dir.
 
     After every task the run folder gets its accuracy rows and a checkpoint; a
     rerun continues after the last finished task and gives the same results.
+    The run uses cpu_threads(job.threads) CPU threads, recorded in config.json.
     """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads(job.threads))
+    try:
+        _run(job)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(job: Job) -> None:
     config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
                                             job.run_dir)
     record = {"dataset": dataset, "part": part, "seed": seed,
               "data": datasets.DEMO_LABEL if job.demo else dataset,
-              **dataclasses.asdict(config)}
+              **dataclasses.asdict(config), "threads": torch.get_num_threads()}
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
         return
     device = select_device(job.device)
+    use_device(device, config.tf32)
+    keep_freed_memory()
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
+    record |= {"data_source": datasets.data_source(dataset, job.path_to_datasets, job.demo),
+               "task_sizes": datasets.task_sizes(tasks)}
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)  # only now: missing data leave no folder
-    evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
-    (run_dir / FAILED).unlink(missing_ok=True)
-    label = f"{dataset}{' (demo sample)' if job.demo else ''}"
-    keys = {"dataset": label, "part": part, "seed": seed}
-    state = load_checkpoint(run_dir / CHECKPOINT, model)
+    make_folder(run_dir)  # only now: missing data leave no folder
+    with stop_signals() as stop, one_writer(run_dir):
+        if finished(run_dir, record):  # by the process that held the lock before
+            return
+        evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
+        (run_dir / FAILED).unlink(missing_ok=True)
+        try:
+            train_run(model, tasks, config, job=job, device=device, stop=stop)
+        except hypermask.Diverged as error:
+            message = (f"diverged: {error}; configuration in {run_dir / 'config.json'} "
+                       f"(learning_rate={config.learning_rate}, beta={config.beta}, "
+                       f"lam={config.lam}); no accuracy of the diverged task was written")
+            (run_dir / FAILED).write_text(message + "\n")
+            raise RunFailed(message) from None
+
+
+def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
+              stop: StopRequest) -> None:
+    """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)."""
+    run_dir = job.run_dir
+    label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
+    keys = {"dataset": label, "part": job.part, "seed": job.seed}
+    sizes = datasets.task_sizes(tasks)  # [{training_samples, ...}] per task, for the log rows
+    state = load_checkpoint(run_dir / CHECKPOINT, model, device)
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
         state = {"next_task": 0, "accuracies": [], "log": [], "transfer": [
             {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
              "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
+    elif "task_in_progress" in state:
+        print(f"  resuming task {state['next_task'] + 1} at iteration "
+              f"{state['task_in_progress']['iteration']} from {run_dir / CHECKPOINT}")
     else:
         print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
+    checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
+                                  minutes=job.checkpoint_minutes, stop=stop)
     for task_id in range(state["next_task"], len(tasks)):
-        state["log"] += train_with_progress(model, tasks[task_id], task_id, config, seed=seed)
+        if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
+            checkpoints.save()  # stopped before the first step: keep what is done
+        stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
+        rows = train_with_progress(model, tasks[task_id], task_id, config, seed=job.seed,
+                                   resume=state.pop("task_in_progress", None),
+                                   after_step=checkpoints)
+        state["log"] += [{"task": task_id, **sizes[task_id], **row} for row in rows]
+        require_finite(model, task_id)
         last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
         state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
                                  "accuracy": accuracy} for j, accuracy in enumerate(last)]
@@ -120,11 +234,19 @@ def run_one(job: Job) -> None:
                 model, tasks[task_id + 1], task_id, config)
         state["next_task"] = task_id + 1
         write_run_tables(run_dir, state)
-        save_atomically({**state, "model": model.state_dict(), "rng": rng_state()},
-                        run_dir / CHECKPOINT)
+        checkpoints.save()
         print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
               f"over {len(last)} task(s)")
-    finish_run(model, tasks, config, run_dir=run_dir, keys=keys, title=f"{label} part {part}")
+    stop.check(f"after the last task in {run_dir / CHECKPOINT}")
+    finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
+               title=f"{label} part {job.part}")
+
+
+def require_finite(model, task_id: int) -> None:
+    """Diverged if a weight is NaN or infinite (checked once per task: a host sync)."""
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        raise hypermask.Diverged(f"task {task_id}: the networks hold NaN or infinite weights "
+                                 "after training")
 
 
 def evaluate(model, task, task_id: int, config) -> float:
@@ -153,78 +275,308 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str) -
                                               config.evaluation_batch_size)
         evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                              run_dir / "fecam.csv")
-    save_atomically({"hnet": model.hnet.state_dict(), "target": model.target.state_dict()},
-                    run_dir / "final_weights.pt")
+    save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
+                     "target": cpu_copy(model.target.state_dict())}, run_dir / "final_weights.pt")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
-def rng_state() -> dict:
-    """Every random generator's state, as tensors and plain containers (weights_only-safe)."""
+def cpu_copy(state_dict: dict) -> dict:
+    """A state dict with every tensor on the CPU: loadable on a machine without a GPU."""
+    return {name: tensor.cpu() for name, tensor in state_dict.items()}
+
+
+def rng_state(device: torch.device) -> dict:
+    """The random generators' states, as tensors and plain containers (weights_only-safe).
+
+    Of the GPUs, only the run's own: the run is resumed wherever its next
+    job lands, which may see fewer GPUs.
+    """
     name, key, position, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore rng_state's generators; the GPU's into the run's device (skipped on a CPU)."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     name, key, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def load_checkpoint(path: Path, model) -> dict | None:
-    """Restore model and random generators from a run's checkpoint; return its rows."""
+def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
+    """Restore model and random generators from a run's checkpoint; return its rows.
+
+    A checkpoint that cannot be read is a UserError; random generators that
+    cannot be restored are a warning: the networks and rows are good, only
+    bit-identity with an uninterrupted run is lost.
+    """
     if not path.exists():
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint.pop("model"))
-        set_rng_state(checkpoint.pop("rng"))
+        rng = checkpoint.pop("rng")
     except Exception as error:  # truncated zip, foreign pickle, missing keys: all unusable
         raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}); "
                         "delete it to restart this run from its first task") from None
+    try:
+        set_rng_state(rng, device)
+    except Exception as error:  # e.g. a GPU generator state this device cannot take
+        print(f"  warning: the random generators of {path} were not restored "
+              f"({type(error).__name__}: {error}); the run goes on from its checkpoint, "
+              "but will not repeat an uninterrupted run bit for bit")
     return checkpoint
 
 
-def train_with_progress(model, task, task_id: int, config, *, seed: int) -> list[dict]:
-    """hypermask.train_task with a tqdm bar (loss and validation accuracy every 100 steps)."""
+class RunFailed(UserError):
+    """A run that cannot go on (it diverged, say); the launcher goes on with the others."""
+
+
+class Preempted(Exception):
+    """A run stopped on request (SIGTERM, SIGINT, SIGUSR2) after saving its state."""
+
+    def __init__(self, signum: int, saved: str):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}: saved {saved}; rerun the "
+                         "same command to continue from there")
+
+
+class StopRequest:
+    """The stop signal received during a run, if any (set by stop_signals)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def check(self, saved: str) -> None:
+        """Preempted if a stop was asked for; `saved` says what was saved, and where."""
+        if self.signum is not None:
+            raise Preempted(self.signum, saved)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2")
+                     if hasattr(signal, name))  # SIGUSR2: submitit's time-limit warning
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM, SIGINT and SIGUSR2 ask the run to stop at its next step boundary.
+
+    The run then saves a checkpoint and raises Preempted; the handlers that
+    were there before (submitit's among them) are back when the block ends. A
+    second Ctrl-C stops at once (KeyboardInterrupt). Outside the main thread
+    signals cannot be caught, and the request stays empty.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.signum = signum
+        print(f"\n{signal.Signals(signum).name}: the run stops after saving its state at the "
+              "next training step" + (" (Ctrl-C again: stop at once, losing the task in "
+                                      "progress)" if signum == signal.SIGINT else ""),
+              flush=True)
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class TaskCheckpoints:
+    """Saves the run's checkpoint: after each task, and within a task every few minutes or
+    when a stop is asked for (then raising Preempted).
+
+    A mid-task checkpoint holds the task's whole training state (networks,
+    optimiser, scheduler, best networks, log rows, iteration, data order) and
+    every random generator, taken at a step boundary: the rerun continues with
+    the very next step.
+    """
+
+    def __init__(self, path: Path, run_state: dict, model, device: torch.device, *,
+                 minutes: float, stop: StopRequest, clock=time.monotonic):
+        self.path, self.run_state, self.model, self.device = path, run_state, model, device
+        self.seconds, self.stop, self.clock = 60 * minutes, stop, clock
+        self.saved_at = clock()
+
+    def save(self, training: hypermask.TrainingState | None = None) -> None:
+        """The run's state, with the task in progress if `training` is given."""
+        extra = {} if training is None else {"task_in_progress": training.state_dict()}
+        save_atomically({**self.run_state, **extra, "model": self.model.state_dict(),
+                         "rng": rng_state(self.device)}, self.path)
+        self.saved_at = self.clock()
+
+    def __call__(self, training: hypermask.TrainingState) -> None:
+        due = self.seconds > 0 and self.clock() - self.saved_at >= self.seconds
+        if due or self.stop.signum is not None:
+            self.save(training)
+            self.stop.check(f"task {self.run_state['next_task'] + 1} at iteration "
+                            f"{training.iteration} in {self.path}")
+
+
+def make_folder(folder: Path) -> None:
+    """Create a results folder, or a one-line UserError naming the path in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {folder} ({error.strerror}: "
+                        f"{error.filename}); choose another --results_dir") from None
+
+
+@contextlib.contextmanager
+def one_writer(run_dir: Path):
+    """Hold run_dir's lock while training it: a second process is refused at once.
+
+    The lock is an OS file lock (filelock): it dies with its process, so a run
+    killed with SIGKILL leaves nothing that blocks its rerun. running.txt says
+    who holds it.
+    """
+    lock = filelock.FileLock(run_dir / "run.lock")
+    owner = run_dir / "running.txt"
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        holder = owner.read_text().strip() if owner.exists() else "another process"
+        raise UserError(f"{run_dir} is already being trained by {holder}; wait for it to "
+                        "end (python main.py --status) or stop that process") from None
+    try:
+        owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def train_with_progress(model, task, task_id: int, config, *, seed: int,
+                        resume: dict | None = None, after_step=None) -> list[dict]:
+    """hypermask.train_task with its progress shown: a tqdm bar on a terminal, else
+    plain lines (ProgressLines) for the logs of the local pool and SLURM.
+
+    Args:
+        resume, after_step: passed on to hypermask.train_task (after the progress).
+    """
     total = (config.number_of_iterations if not config.number_of_epochs else
              config.number_of_epochs * -(-len(task.train_y) // config.batch_size))
-    bar = tqdm(total=total, desc=f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}",
-               unit="it", leave=False, dynamic_ncols=True, mininterval=1.0)
-    shown = {}
+    label = f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}"
+    # tqdm draws on stderr: a bar only where it is seen, never redraws in a log file
+    progress = (ProgressBar(label, total) if sys.stderr.isatty()
+                else ProgressLines(label, total))
+    if resume is not None:
+        progress.skip(resume["iteration"])
 
-    def progress(iteration: int, row: dict) -> None:
-        bar.update(1)
-        if row and row is not shown.get("row"):
-            shown["row"] = row
-            bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['validation_accuracy']:.1f}%")
+    def step_done(state: hypermask.TrainingState) -> None:
+        progress(state.iteration - 1, state.log[-1] if state.log else {})
+        if after_step is not None:
+            after_step(state)
 
     try:
-        return hypermask.train_task(model, task, task_id, config, progress=progress)
+        return hypermask.train_task(model, task, task_id, config, resume=resume,
+                                    after_step=step_done)
     finally:
-        bar.close()
+        progress.close()
+
+
+class ProgressBar:
+    """A tqdm bar: loss and validation accuracy after each validation."""
+
+    def __init__(self, label: str, total: int):
+        self.bar = tqdm(total=total, desc=label, unit="it", leave=False, dynamic_ncols=True,
+                        mininterval=1.0)
+        self.row = None
+
+    def __call__(self, iteration: int, row: dict) -> None:
+        self.bar.update(1)
+        if row and row is not self.row:
+            self.row = row
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}",
+                                 val=f"{row['validation_accuracy']:.1f}%")
+
+    def skip(self, iterations: int) -> None:
+        """Iterations done before a resume."""
+        self.bar.update(iterations)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class ProgressLines:
+    """Progress as plain lines for a log: after the first and the last iteration, and
+    otherwise at most every `every_seconds` (the latest validation in each line).
+
+    About 30 lines an hour, however fast the steps: a 10-hour task writes a few
+    kilobytes, where a redrawn bar writes megabytes of carriage returns.
+    """
+
+    def __init__(self, label: str, total: int, every_seconds: float = PROGRESS_SECONDS,
+                 clock=time.monotonic):
+        self.label, self.total, self.every, self.clock = label, total, every_seconds, clock
+        self.started = self.shown = clock()
+        self.skipped = 0
+
+    def skip(self, iterations: int) -> None:
+        """Iterations done before a resume (not in the rate)."""
+        self.skipped = iterations
+
+    def __call__(self, iteration: int, row: dict) -> None:
+        now = self.clock()
+        if iteration in (self.skipped, self.total - 1) or now - self.shown >= self.every:
+            self.shown = now
+            rate = (iteration + 1 - self.skipped) / max(now - self.started, 1e-9)
+            validation = (f", loss {row['loss']:.4f}, validation accuracy "
+                          f"{row['validation_accuracy']:.2f}% (at iteration {row['iteration']})"
+                          if row else "")
+            print(f"{clock_time()}{self.label}: iteration {iteration + 1}/{self.total}"
+                  f"{validation}, {rate:.2f} it/s", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def clock_time() -> str:
+    """The time of day as a line prefix: "[HH:MM:SS] "."""
+    return time.strftime("[%H:%M:%S] ")
 
 
 def finished(run_dir: Path, record: dict) -> bool:
-    """True if run_dir holds this exact run, complete; UserError if it holds another one."""
+    """True if run_dir holds this exact run, complete; UserError if it holds another one.
+
+    Keys in RECORD_ONLY (evaluation settings, threads) may differ: an
+    unfinished run resumes with the new values, and says which changed.
+    """
     config_path = run_dir / "config.json"
     if not config_path.exists():
         return False
-    saved = json.loads(config_path.read_text())
+    # A field added to HyperParameters since the run began has its default there.
+    added = {f.name: f.default for f in dataclasses.fields(HyperParameters)
+             if f.default is not dataclasses.MISSING}
+    saved = json.loads(json.dumps(added)) | json.loads(config_path.read_text())
     as_saved = json.loads(json.dumps(record))
-    if saved != as_saved:
-        differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
-                                for k in sorted(set(saved) | set(as_saved))
-                                if saved.get(k) != as_saved.get(k))
+    # The data's description (data_source, task_sizes) joins the record once the
+    # data are loaded, after this check: not yet known is no change.
+    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)
+               and (k in as_saved or k not in RECORD_ONLY)]
+    differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
+                            for k in changed if k not in RECORD_ONLY)
+    if differences:
         raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
                         "use another --results_dir or delete that folder")
-    return (run_dir / "final_weights.pt").exists()
+    done = (run_dir / "final_weights.pt").exists()
+    if changed and not done:
+        print("  resuming with changed settings (used from now on): " + ", ".join(
+            f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed))
+    return done
 
 
 def save_atomically(obj, path: Path) -> None:
@@ -238,85 +590,187 @@ CPU_THREADS_PER_RUN = 2  # the local pool's default share of the cores on a CPU 
 
 
 def run_sequentially(jobs: list[Job]) -> list[str]:
-    """Run the jobs one after another in this process, output on the terminal."""
+    """Run the jobs one after another in this process, output on the terminal.
+
+    A run that fails on its own (RunFailed: it diverged) is reported and the
+    others go on; any other error stops the launch (it would stop them all).
+    """
+    failures = []
     for number, job in enumerate(jobs, 1):
         print(f"[run {number}/{len(jobs)}] {job.run_dir.name}")
-        run_one(job)
-    return []
+        try:
+            run_one(job)
+        except RunFailed as error:
+            failures.append(f"{job.run_dir}: {error}")
+            print(f"FAILED {failures[-1]}", flush=True)
+    return failures
 
 
 def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
                 refresh_seconds: float = 10.0) -> list[str]:
-    """Run the jobs in a pool of spawned processes; return one line per failed run.
+    """Run the jobs in a pool of processes, one per run; return one line per failed run.
 
-    Each worker is pinned to one GPU (CUDA_VISIBLE_DEVICES) when there are
-    GPUs, else to its share of the CPU threads. A run's output goes to its
-    run.log; a run that raises is reported with its folder and log while the
-    others go on. While runs are in flight their progress is printed, read
-    from their folders, whenever it changes (at most every refresh_seconds).
+    Each run's process is pinned to one GPU (CUDA_VISIBLE_DEVICES) when there
+    are GPUs, else to its share of the CPU threads. A run's output goes to its
+    run.log; a run that raises, or whose process dies (killed, out of memory),
+    is reported with its folder and log while the others go on. SIGTERM or
+    Ctrl-C stops every run at its next step, each saving its state. While runs
+    are in flight their progress is printed, read from their folders, whenever
+    it changes (at most every refresh_seconds).
     """
     gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
-    if gpus:  # a worker sees only its own GPU, as device 0
-        jobs = [dataclasses.replace(job, device="cuda") for job in jobs]
-    cores = os.cpu_count() or 1
-    workers = max_parallel_runs or gpus or max(1, cores // CPU_THREADS_PER_RUN)
-    context = multiprocessing.get_context("spawn")
-    gpu_ids = context.Queue()
-    for i in range(workers):
-        gpu_ids.put(i % gpus if gpus else None)
-    threads = max(1, cores // workers)
+    cpus = cpu_threads()
+    workers = max_parallel_runs or gpus or max(1, cpus // CPU_THREADS_PER_RUN)
+    threads = max(1, cpus // workers)
+    # a run sees only its own GPU, as device 0
+    jobs = [dataclasses.replace(job, threads=threads, **({"device": "cuda"} if gpus else {}))
+            for job in jobs]
     print(f"local pool: {workers} worker(s), "
           + (f"{gpus} GPU(s)" if gpus else f"{threads} CPU thread(s) each")
           + "; each run's output is in its folder's run.log")
-    failures = []
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_start_worker,
-                                                initargs=(gpu_ids, threads)) as pool:
-        futures = {pool.submit(run_logged, job): job for job in jobs}
-        pending, shown = set(futures), ""
-        try:
-            while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=refresh_seconds)
-                for future in done:
-                    job = futures[future]
-                    try:
-                        error = future.result()
-                    except concurrent.futures.process.BrokenProcessPool:
-                        error = ("its worker process died (out of memory?); rerun the same "
-                                 "command to resume")
-                    if error:
-                        failures.append(f"{job.run_dir}: {error} "
-                                        f"(log: {job.run_dir / 'run.log'})")
-                        print(f"FAILED {failures[-1]}", flush=True)
-                text = progress_text(jobs)
-                if text != shown:
-                    print(text, flush=True)
-                    shown = text
-        except KeyboardInterrupt:  # do not start the queued runs on the way out
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    pool = Pool(worker_gpus(workers, gpus))
+    failures, shown = [], ""
+    with pool.forwarding_stop_signals():
+        for job in jobs:
+            pool.queue.append(job)
+        while pool.queue or pool.running:
+            pool.start_queued()
+            for job, error in pool.wait(refresh_seconds):
+                failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / 'run.log'})")
+                print(f"FAILED {failures[-1]}", flush=True)
+            text = progress_text(jobs)
+            if text != shown:
+                print(text, flush=True)
+                shown = text
+    if pool.stopped is not None:
+        raise Preempted(pool.stopped, "every run in flight, in its folder")
     return failures
 
 
-def _start_worker(gpu_ids, threads: int) -> None:
-    gpu = gpu_ids.get()
-    if gpu is not None:  # before the worker's first CUDA call
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    torch.set_num_threads(threads)
+class Pool:
+    """Processes running one job each, on slots (a GPU id or None) that they free on exit."""
+
+    def __init__(self, slots: list[str | None]):
+        self.free, self.queue, self.running = list(slots), [], {}  # process -> (job, slot)
+        self.context = multiprocessing.get_context("spawn")
+        self.stopped: int | None = None  # the signal that stopped the pool
+
+    def start_queued(self) -> None:
+        while self.queue and self.free and self.stopped is None:
+            job, slot = self.queue.pop(0), self.free.pop(0)
+            process = self.context.Process(target=_pool_run, args=(job, slot),
+                                           name=f"run {job.run_dir.name}")
+            process.start()
+            self.running[process] = (job, slot)
+
+    def wait(self, seconds: float) -> list[tuple[Job, str]]:
+        """Wait for runs to end (at most `seconds`); return the failed ones with their error."""
+        sentinels = {process.sentinel: process for process in self.running}
+        failed = []
+        for sentinel in multiprocessing.connection.wait(list(sentinels), timeout=seconds):
+            process = sentinels[sentinel]
+            process.join()
+            job, slot = self.running.pop(process)
+            self.free.append(slot)
+            error = exit_error(job, process.exitcode)
+            if error:
+                failed.append((job, error))
+        return failed
+
+    @contextlib.contextmanager
+    def forwarding_stop_signals(self):
+        """SIGTERM and Ctrl-C: no new runs; the runs in flight save their state and stop."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self.stopped = signum
+            self.queue.clear()
+            for process in self.running:  # Ctrl-C reaches them by itself; a kill does not
+                if signum != signal.SIGINT and process.pid:
+                    os.kill(process.pid, signum)
+            print(f"\n{signal.Signals(signum).name}: no new runs; the runs in flight stop "
+                  "after saving their state", flush=True)
+
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS[:2]}
+        try:
+            yield
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+
+def exit_error(job: Job, exitcode: int) -> str | None:
+    """What went wrong with a pool run, from its process's exit code and failed.txt."""
+    if exitcode == 0 or exitcode in STOPPED_EXIT_CODES:
+        return None
+    if exitcode < 0:  # killed by a signal: nothing could write failed.txt
+        name = signal.Signals(-exitcode).name
+        message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
+                                                          else "")
+                   + "; rerun the same command to resume it from its last checkpoint")
+        with contextlib.suppress(OSError):
+            (job.run_dir / FAILED).write_text(message + "\n")
+        return message
+    failed = job.run_dir / FAILED
+    return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
+
+
+STOPPED_EXIT_CODES = (130, 143)  # a run that saved its state and stopped on request
+
+
+def _pool_run(job: Job, gpu: str | None) -> None:
+    """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped."""
+    pin_gpu(gpu)
+    try:
+        error = run_logged(job)
+    except Preempted as stop:
+        sys.exit(128 + stop.signum)
+    sys.exit(1 if error else 0)
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Make `gpu` (an entry of CUDA_VISIBLE_DEVICES) this process's only GPU, before any
+    CUDA call; None: leave the process as it is."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def worker_gpus(workers: int, gpus: int) -> list[str | None]:
+    """Each pool worker's CUDA_VISIBLE_DEVICES: the parent's visible GPUs in turn.
+
+    Entries of the parent's own CUDA_VISIBLE_DEVICES (indices, UUIDs, MIG ids)
+    are passed on as they are, so CUDA_VISIBLE_DEVICES=2,3 runs on GPUs 2 and 3.
+    """
+    if not gpus:
+        return [None] * workers
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([entry.strip() for entry in visible.split(",")] if visible
+           else [str(i) for i in range(gpus)])[:gpus]
+    return [ids[i % len(ids)] for i in range(workers)]
 
 
 def run_logged(job: Job) -> str | None:
-    """run_one with its output appended to run_dir/run.log; the error line, or None."""
-    job.run_dir.mkdir(parents=True, exist_ok=True)
+    """run_one with its output appended to run_dir/run.log; the error line, or None.
+
+    Preempted (a stop on request, state saved) is raised, not reported as a failure.
+    """
+    make_folder(job.run_dir)
     with open(job.run_dir / "run.log", "a") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             run_one(job)
+        except Preempted as stop:
+            print(stop)
+            raise
         except Exception as error:  # reported to the launcher; the other runs go on
             traceback.print_exc()
             message = str(error) if isinstance(error, UserError) else \
                 f"{type(error).__name__}: {error}"
-            (job.run_dir / FAILED).write_text(message + "\n")
+            if not isinstance(error, RunFailed):  # which wrote failed.txt itself
+                with contextlib.suppress(OSError):  # no space left, say: the log has it
+                    (job.run_dir / FAILED).write_text(message + "\n")
             return message
     return None
 
@@ -324,12 +778,20 @@ def run_logged(job: Job) -> str | None:
 class SlurmRun:
     """The job function of the SLURM array: run_one, requeued on preemption or timeout.
 
-    On requeue the run resumes from its per-task checkpoint, so a finished task
-    is never trained again.
+    SLURM signals a job before its time limit (SIGUSR2, asked for by submitit)
+    or when it is preempted or requeued (SIGTERM): the run saves a mid-task
+    checkpoint at its next step and stops, and the requeued job continues from
+    that step.
     """
 
     def __call__(self, job: Job) -> str | None:
-        return run_logged(job)
+        try:
+            return run_logged(job)
+        except Preempted as stop:  # state saved; for submitit's time-limit signal, let
+            handler = signal.getsignal(stop.signum)  # its handler requeue the job now
+            if stop.signum == getattr(signal, "SIGUSR2", None) and callable(handler):
+                handler(stop.signum, None)
+            raise
 
     def checkpoint(self, job: Job):
         import submitit
@@ -394,8 +856,7 @@ def progress_text(jobs: list[Job]) -> str:
     """A line per started, unfinished run and a count of all runs by state."""
     rows = [run_status(job) for job in jobs]
     counts = pd.Series([r["state"].split(" ")[0].rstrip(":") for r in rows]).value_counts()
-    lines = [time.strftime("[%H:%M:%S] ") + ", ".join(f"{n} {state}" for state, n in
-                                                      counts.items())]
+    lines = [clock_time() + ", ".join(f"{n} {state}" for state, n in counts.items())]
     lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
               + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")
               for r in rows if r["state"].startswith("running")]

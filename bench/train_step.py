@@ -7,6 +7,11 @@ tasks. Each measurement runs in its own process so that its peak memory is its
 own. Inputs are random: a step's cost does not depend on the pixels.
 
     python bench/train_step.py [--device=cuda] [--steps=5]
+
+`--benchmark=DATASET:PART` and `--tasks=1,50,100` (task numbers from 1) measure
+other cases instead, with the batched regulariser, e.g. the 100-task Permuted MNIST:
+
+    python bench/train_step.py --benchmark=PermutedMNIST:1 --tasks=1,50,100
 """
 
 import argparse
@@ -51,8 +56,12 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
 
     import datasets
     import hypermask
+    import runs
 
     config = datasets.get_benchmark(dataset, part).best
+    measured = torch.device(device)
+    runs.use_device(measured, config.tf32)  # as a run: its GPU current, cuDNN deterministic
+    runs.keep_freed_memory()  # as a run does
     torch.manual_seed(0)
     inputs, shape, classes = example_batch(dataset, config, device)
     model = hypermask.build_model(config, shape, classes).to(device)
@@ -70,18 +79,68 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
 
     for _ in range(2):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    if measured.type == "cuda":  # on the measured GPU, which need not be the current one
+        torch.cuda.synchronize(measured)
+        torch.cuda.reset_peak_memory_stats(measured)
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
+    if measured.type == "cuda":
+        torch.cuda.synchronize(measured)
+        peak = torch.cuda.max_memory_allocated(measured) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return steps / (time.perf_counter() - started), peak
+
+
+def copy_bandwidth(device: str, gib: float = 1.0, repeats: int = 5) -> float:
+    """Memory bandwidth of a large copy on `device`, in bytes read + written per second."""
+    import torch
+
+    source = torch.ones(int(gib * 2**28), device=device)  # float32
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first copy faults the target's pages in
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.nbytes / best
+
+
+def step_bytes(dataset: str, part: int) -> int:
+    """The memory traffic a training step cannot avoid: 10 x 4 bytes per parameter.
+
+    The forward pass reads every weight, the backward pass reads them again and
+    writes their gradient, Adam reads parameter, gradient and both moments and
+    writes parameter and moments: 10 float32 accesses per parameter, whatever
+    the task (activations and the [t, n_outputs] regulariser terms are extra).
+    """
+    import datasets
+    import hypermask
+
+    config = datasets.get_benchmark(dataset, part).best
+    model = hypermask.build_model(config, (1024,) if dataset == "PermutedMNIST" else (784,), 10)
+    return 10 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def print_bound(results: dict, dataset: str, part: int, device: str) -> None:
+    """The measured steps of one benchmark next to the bound its memory traffic sets."""
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(1) as pool:
+        bandwidth = pool.apply(copy_bandwidth, (device,))
+    traffic = step_bytes(dataset, part)
+    bound = traffic / bandwidth
+    print(f"memory-traffic bound of {dataset} {part}: a step moves at least {traffic / 1e9:.2f} GB "
+          f"(10 x 4 B per parameter); copy bandwidth now {bandwidth / 1e9:.1f} GB/s (bytes read "
+          f"+ written by a 1 GiB copy); bound {bound:.3f} s per step")
+    print(f"{'task':>5}{'s/step':>9}{'bound s':>9}{'ratio':>7}")
+    for (name, number, task_id, batched), rate in results.items():
+        if (name, number) == (dataset, part) and batched:
+            print(f"{task_id + 1:>5}{1 / rate:>9.3f}{bound:>9.3f}{1 / rate / bound:>7.2f}")
 
 
 def run_cases(cases: list, device: str, steps: int) -> dict:
@@ -105,17 +164,43 @@ def run_cases(cases: list, device: str, steps: int) -> dict:
     return results
 
 
+def chosen_cases(parser: argparse.ArgumentParser, benchmark: str | None,
+                 tasks: str | None) -> list | None:
+    """(dataset, part, task_id, batched) for --benchmark and --tasks (None: neither given)."""
+    import datasets
+
+    if benchmark is None and tasks is None:
+        return None
+    dataset, _, part = (benchmark or "PermutedMNIST:0").partition(":")
+    try:
+        number_of_tasks = datasets.get_benchmark(dataset, int(part or 0)).best.number_of_tasks
+        numbers = ([int(t) for t in tasks.split(",")] if tasks else [1, number_of_tasks])
+    except (ValueError, AttributeError, datasets.UserError) as error:
+        parser.error(f"--benchmark=DATASET:PART with a best configuration and --tasks=1,2,... "
+                     f"({error})")
+    if not all(1 <= t <= number_of_tasks for t in numbers):
+        parser.error(f"--tasks: {dataset} part {part or 0} has tasks 1..{number_of_tasks}")
+    return [(dataset, int(part or 0), t - 1, True) for t in numbers]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--benchmark", help="DATASET:PART, e.g. PermutedMNIST:1")
+    parser.add_argument("--tasks", help="task numbers from 1, e.g. 1,50,100")
     args = parser.parse_args()
+    cases = chosen_cases(parser, args.benchmark, args.tasks)
+    if cases is not None:
+        run_cases(cases, args.device, args.steps)
+        return
     cases = [("PermutedMNIST", 0, 0, True), ("PermutedMNIST", 0, 9, True),
              ("PermutedMNIST", 0, 9, False), ("SplitMNIST", 0, 0, True),
              ("SplitMNIST", 0, 4, True), ("SplitMNIST", 0, 4, False)]
     results = run_cases(cases, args.device, args.steps)
     speedup = results["PermutedMNIST", 0, 9, True] / results["PermutedMNIST", 0, 9, False]
     print(f"speedup batched/loop at task 10: {speedup:.2f}")
+    print_bound(results, "PermutedMNIST", 0, args.device)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,16 @@ def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
     root = make_mnist(tmp_path / "copy")
     path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(datasets.UserError, match="unreadable.*delete"):
+    with pytest.raises(datasets.UserError, match=f"^{path} is not a readable MNIST file.*delete"):
+        datasets.load_mnist(root)
+    path.write_bytes(b"<html>404 Not Found</html>")  # a foreign file under the right name
+    with pytest.raises(datasets.UserError, match=f"^{path} is not a readable MNIST file"):
+        datasets.load_mnist(root)
+    labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    make_mnist(tmp_path / "other", n_train=50)
+    labels.write_bytes((tmp_path / "other" / "MNIST" / "raw" / labels.name).read_bytes())
+    path.write_bytes((tmp_path / "other" / "MNIST" / "raw" / path.name).read_bytes())
+    with pytest.raises(datasets.UserError, match="train-images-idx3-ubyte holds .* for 50 labels"):
         datasets.load_mnist(root)
 
 
@@ -63,7 +72,8 @@ def test_permuted_mnist_tasks(mnist_root):
 
 
 def test_split_mnist_tasks(mnist_root):
-    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], validation_size=10)
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], validation_size=10,
+                                 batch_size=32)
     tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
     assert len(tasks) == 5
     for task in tasks:

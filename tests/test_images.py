@@ -63,7 +63,7 @@ def test_split_cifar100_tasks(cifar_root):
 @pytest.mark.parametrize("part, sizes", [(6, [20] * 5), (7, [20] * 5), (0, [50] + [10] * 5),
                                          (4, [50] + [5] * 10), (2, [40] + [3] * 20)])
 def test_fecam_splits_have_correct_offsets_and_outputs(cifar_root, part, sizes):
-    config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2)
+    config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2, batch_size=8)
     tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", part, config, seed=1, root=cifar_root,
                                 device=CPU)
     _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
@@ -125,7 +125,7 @@ def test_tiny_imagenet_errors(tmp_path, monkeypatch):
 
 
 def test_tiny_imagenet_tasks(tiny_root):
-    config = config_for("TinyImageNet", 1, validation_size=1)
+    config = config_for("TinyImageNet", 1, validation_size=1, batch_size=8)
     tasks = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=tiny_root, device=CPU)
     assert len(tasks) == 40
     order = np.random.RandomState(5).permutation(200)
@@ -209,7 +209,7 @@ def test_per_image_augmentation_runs_in_workers_and_follows_the_seed(cifar_root)
 
     def first_batches(seed):
         torch.manual_seed(seed)
-        batches = datasets.training_batches(task, 32)
+        batches = datasets.TrainingBatches(task, 32)
         return [next(batches) for _ in range(3)]
 
     one, again, other = first_batches(0), first_batches(0), first_batches(1)
@@ -234,6 +234,88 @@ def test_autoaugment_fills_uncovered_pixels_with_grey():
     assert (out == 128).all(0).float().mean() > 0.1
 
 
+def test_image_transform_copies_mean_and_std_to_the_device_once(monkeypatch):
+    """A torch.tensor(..., device=cuda) is a blocking host-to-device copy: not per batch."""
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    transform = datasets.image_transform(datasets.FECAM_MEAN, datasets.FECAM_STD, "crop_flip")
+    expected = transform(x, False)
+    created, real = [], torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: created.append(a) or real(*a, **k))
+    for _ in range(3):
+        assert torch.equal(transform(x, False), expected)
+        transform(x, True)
+    assert created == []
+
+
+def test_batch_norm_makes_no_host_sync(monkeypatch):
+    """hypnettorch's `num_stats > 1` on a buffer is a Tensor.__bool__: a host sync on a GPU."""
+    from hypnettorch.utils.batchnorm_layer import BatchNormLayer
+    from torch.overrides import TorchFunctionMode
+
+    class SyncCounter(TorchFunctionMode):  # Python-level reads of a tensor's value
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("__bool__", "item", "__int__", "__float__",
+                                                 "__index__", "tolist"):
+                SyncCounter.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    config = config_for("CIFAR100", 0, hnet_hidden_layers=(2,))
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (32, 32, 3), 10)
+    x, y = torch.rand(4, 32 * 32 * 3), torch.tensor([0, 1, 2, 3])
+    start = hypermask.task_start(model, 1)
+
+    def step():
+        SyncCounter.calls = 0
+        with SyncCounter():
+            terms = hypermask.training_loss(model, x, y, task_id=1, num_classes=10, sparsity=30,
+                                            start=start, config=config)
+            terms["loss"].backward()
+        return SyncCounter.calls, terms["loss"].detach()
+
+    syncs, loss = step()
+    assert syncs == 0
+    keys = list(model.state_dict())
+    for layer in model.target.batchnorm_layers:  # back to hypnettorch's own layer
+        layer.__class__ = BatchNormLayer
+    unpatched_syncs, unpatched_loss = step()
+    assert unpatched_syncs == 19 and torch.equal(loss, unpatched_loss)  # 6n + 1 layers, n = 3
+    assert list(model.state_dict()) == keys
+
+
+def test_augmented_images_are_picklable_and_run_in_spawned_workers(cifar_root, monkeypatch):
+    """Workers started by spawn or forkserver (macOS, Python 3.14) unpickle the dataset."""
+    import functools
+    import pickle
+
+    config = config_for("CIFAR100_FeCAM_setup", 6, validation_size=2)
+    task = datasets.load_tasks("CIFAR100_FeCAM_setup", 6, config, seed=1, root=cifar_root,
+                               device=CPU)[0]
+    images = datasets.AugmentedImages(task.train_x, task.train_y, datasets.FECAM_AUGMENT)
+    copy = pickle.loads(pickle.dumps(images))
+    key = (7, torch.tensor([3, 1, 4]))
+    assert torch.equal(copy[key][0], images[key][0])  # the batch follows its key's seed
+    monkeypatch.setattr(torch.utils.data, "DataLoader", functools.partial(
+        torch.utils.data.DataLoader, multiprocessing_context="spawn"))
+    x, y = next(datasets.TrainingBatches(task, 8))
+    assert x.shape == (8, 32 * 32 * 3) and x.dtype == torch.float32 and y.shape == (8,)
+
+
+def test_augmentation_workers_follow_the_runs_threads_not_the_machine(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    threads = torch.get_num_threads()
+    try:
+        counts = []
+        for budget in (1, 2, 6, 32):
+            torch.set_num_threads(budget)
+            counts.append(datasets.augmentation_workers())
+    finally:
+        torch.set_num_threads(threads)
+    assert counts == [1, 1, 3, 8]
+
+
 def test_random_flip_flips_about_half():
     torch.manual_seed(0)
     x = torch.arange(6.0).view(1, 1, 6).expand(400, 1, 6)
@@ -254,6 +336,7 @@ def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_r
     code = main.main([f"--dataset={dataset}", f"--part={part}", f"--path_to_datasets={root}",
                       f"--results_dir={tmp_path}", "--seeds=[1]", "--number_of_tasks=2",
                       "--number_of_epochs=1", "--hnet_hidden_layers=[2]", "--embedding_size=4",
+                      "--batch_size=8",
                       f"--validation_size={validation}", "--device=cpu"])
     assert code == 0
     run = tmp_path / f"{dataset}_part{part}_best" / "seed_1"

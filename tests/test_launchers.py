@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+import datasets
 import main
 import runs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", "--number_of_iterations=5",
         "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
-        "--device=cpu"]
+        "--batch_size=32", "--device=cpu"]
 
 
 def options(mnist_root, results, *extra):
@@ -30,17 +32,13 @@ def outputs(results, seed):
             ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")}
 
 
-def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys):
-    # Two workers on two cores get one thread each; the same thread count in the
-    # sequential run makes float reductions, hence results, bit-identical.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
-    try:
+def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys, monkeypatch):
+    # Two workers get half the CPUs each; the sequential run given as many (as
+    # taskset would) sums floats in the same order, hence gives identical results.
+    share = max(1, runs.cpu_threads() // 2)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "sched_getaffinity", lambda pid: set(range(share)))
         assert main.main(options(mnist_root, tmp_path / "seq", "--seeds=[1,2]")) == 0
-    finally:
-        torch.set_num_threads(threads)
     assert main.main(options(mnist_root, tmp_path / "pool", "--seeds=[1,2]", "--launcher=local",
                              "--max_parallel_runs=2")) == 0
     out = capsys.readouterr().out
@@ -122,3 +120,78 @@ def test_a_killed_launch_resumes_on_the_second(mnist_root, tmp_path):
                        "--results_dir=" + str(tmp_path / "whole")) for a in args]
     assert main.main(whole) == 0
     assert outputs(tmp_path / "killed", 4) == outputs(tmp_path / "whole", 4)
+
+
+def tiny_jobs(mnist_root, results, *extra):
+    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
+        "results_dir": str(results), "path_to_datasets": str(mnist_root), "seeds": [1]}
+    _, hyperparameters = main.parse_overrides([*TINY, *extra])
+    return main.experiment_jobs(settings | {"device": "cpu"}, hyperparameters,
+                                dataset="SplitMNIST", part=0)[1]
+
+
+def test_a_slurm_job_uses_its_cpus_per_task(mnist_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")  # what SLURM sets inside a job
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # not pinned
+    seen, real = [], runs.train_with_progress
+
+    def train(*args, **kwargs):
+        seen.append((torch.get_num_threads(), datasets.augmentation_workers()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "train_with_progress", train)
+    threads = torch.get_num_threads()
+    job, = tiny_jobs(mnist_root, tmp_path)
+    runs.SlurmRun()(job)
+    assert seen == [(1, 1), (1, 1)]
+    assert json.loads((job.run_dir / "config.json").read_text())["threads"] == 1
+    assert torch.get_num_threads() == threads  # the caller's own setting comes back
+
+
+def test_logs_get_plain_progress_lines_not_a_redrawn_bar(mnist_root, tmp_path):
+    job, = tiny_jobs(mnist_root, tmp_path)
+    assert runs.run_logged(job) is None  # what pool workers and SLURM jobs run
+    log = (job.run_dir / "run.log").read_text()
+    assert "\r" not in log
+    lines = [line for line in log.splitlines() if "it/s" in line]
+    for task in (1, 2):  # the first and the last iteration of each task at least
+        first, last = (next(line for line in lines if f"task {task}/2: iteration {i}/5" in line)
+                       for i in (1, 5))
+        assert "validation accuracy" in first and "(at iteration 1)" in first
+        assert "(at iteration 5)" in last
+
+
+def test_progress_lines_come_every_few_minutes_whatever_the_step_rate(capsys):
+    now = [0.0]
+    progress = runs.ProgressLines("task 1/1", 1000, every_seconds=120, clock=lambda: now[0])
+    row = {"loss": 0.5, "validation_accuracy": 50.0, "iteration": 1}
+    for iteration in range(1000):
+        now[0] += 1.0  # one second per step: a line every 120 steps
+        progress(iteration, row)
+    printed = capsys.readouterr().out.splitlines()
+    numbers = [int(line.split("iteration ")[1].split("/")[0]) for line in printed]
+    assert numbers == [1, 121, 241, 361, 481, 601, 721, 841, 961, 1000]
+    assert printed[1].endswith("task 1/1: iteration 121/1000, loss 0.5000, validation accuracy "
+                               "50.00% (at iteration 1), 1.00 it/s")
+
+
+def test_a_terminal_keeps_the_progress_bar(mnist_root, capsys):
+    import contextlib
+    import dataclasses
+    import io
+
+    import hypermask
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], number_of_iterations=5,
+                                 validation_size=10, batch_size=32)
+    task = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root,
+                               device=torch.device("cpu"))[0]
+    model = hypermask.build_model(config, (784,), 2)
+    terminal = Terminal()
+    with contextlib.redirect_stderr(terminal):
+        runs.train_with_progress(model, task, 0, config, seed=1)
+    assert "\r" in terminal.getvalue() and "it/s" not in capsys.readouterr().out

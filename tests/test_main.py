@@ -15,7 +15,7 @@ from datasets import UserError
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--seeds=[1]", "--number_of_tasks=2", "--number_of_iterations=4",
         "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=20",
-        "--device=cpu"]
+        "--batch_size=32", "--device=cpu"]
 
 
 def test_overrides_are_parsed_and_typed():
@@ -118,6 +118,17 @@ def test_finished_runs_are_kept_and_other_configurations_refused(mnist_root, tmp
                       f"--results_dir={tmp_path}", *TINY, "--beta=0.5"])
     err = capsys.readouterr().err
     assert code == 2 and "another configuration (beta: 0.0005 there, 0.5 now)" in err
+
+
+def test_a_run_from_before_a_new_field_is_still_the_same_run(mnist_root, tmp_path, capsys):
+    """A field added to HyperParameters later (tf32, say) takes its default for old runs."""
+    experiment = run_tiny(mnist_root, tmp_path)
+    config = experiment / "seed_1" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["tf32"]
+    config.write_text(json.dumps(saved))
+    run_tiny(mnist_root, tmp_path)
+    assert "already finished" in capsys.readouterr().out
 
 
 def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monkeypatch):

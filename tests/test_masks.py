@@ -131,3 +131,41 @@ def test_first_task_has_no_regularisers():
                                     config=CONFIG)
     assert terms["hnet_term"] == 0 and terms["target_term"] == 0
     assert torch.allclose(terms["loss"], terms["task_loss"])
+
+
+def loss_as_first_written(model, x, y, *, task_id, num_classes, sparsity, start, config):
+    """The training loss exactly as it was computed before the step was sped up: two views
+    of the hypernetwork outputs and the squared differences through sub/pow/sum."""
+    outputs = model.hnet_outputs(list(range(task_id + 1)))
+    masks = model.masks(outputs[-1], sparsity)
+    logits = model.target(x, weights=model.masked_weights(masks))
+    task_loss = torch.nn.functional.cross_entropy(logits[:, :num_classes], y)
+    hnet_reg = (outputs[:-1] - start.hnet_targets).pow(2).sum() / task_id
+    drifts = [(p - p0) * m for p, p0, m in zip(model.maskable_params, start.start_params, masks)]
+    target_reg = sum(d.abs().sum() for d in drifts)
+    hnet_term = config.beta * hnet_reg / max(1, task_id)
+    target_term = config.lam * target_reg
+    return dict(loss=task_loss + hnet_term + target_term, task_loss=task_loss,
+                hnet_term=hnet_term, target_term=target_term)
+
+
+@pytest.mark.parametrize("sparsity", [0, 30])
+def test_loss_and_gradients_are_bitwise_those_of_the_first_implementation(sparsity):
+    task_id = 3
+    model, _, start = perturbed_model_and_targets(task_id)
+    x, y = torch.randn(16, 7), torch.randint(0, 3, (16,))
+    arguments = dict(task_id=task_id, num_classes=3, sparsity=sparsity, start=start,
+                     config=CONFIG)
+    results = []
+    for loss_function in (hypermask.training_loss, loss_as_first_written):
+        model.zero_grad(set_to_none=True)
+        terms = loss_function(model, x, y, **arguments)
+        terms["loss"].backward()
+        results.append((terms, [p.grad.clone() for p in model.parameters()]))
+    (ours, our_grads), (first, first_grads) = results
+    assert ours["hnet_term"] > 0 and ours["target_term"] > 0
+    for name in ours:
+        assert torch.equal(ours[name], first[name]), name
+    assert len(our_grads) == len(first_grads)
+    for ours_grad, first_grad in zip(our_grads, first_grads):
+        assert torch.equal(ours_grad, first_grad)

@@ -34,7 +34,7 @@ def test_published_regime_leaves_dropout_off_after_the_first_validation(cifar_ro
     model = hypermask.build_model(config, (32, 32, 3), 10)
     modes = []
     hypermask.train_task(model, task, 1, config,
-                         progress=lambda iteration, row: modes.append(model.target.training))
+                         after_step=lambda state: modes.append(model.target.training))
     # validation follows iteration 0: the reference trains the rest of the task in eval mode
     assert modes == ([False] * 3 if published else [True] * 3)
 
@@ -45,7 +45,8 @@ def test_published_regime_validates_the_first_task_at_the_ramped_sparsity(
     """Defect 5: validation during task 0 uses the ramped p, not the target p."""
     config = dataclasses.replace(datasets.DEMO["SplitMNIST"], number_of_iterations=3,
                                  target_hidden_layers=(8,), hnet_hidden_layers=(4,),
-                                 validation_size=10, sparsity=60, published_regime=published)
+                                 validation_size=10, sparsity=60, batch_size=16,
+                                 published_regime=published)
     tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
     model = hypermask.build_model(config, (784,), 2)
     used = []
@@ -89,7 +90,8 @@ def image_index(x: torch.Tensor) -> list[int]:
 def test_published_tiny_imagenet_splits_and_shuffles_alike_for_every_seed(tmp_path, published):
     """The reference resets NumPy's seed to 1 in its Tiny ImageNet handler."""
     root = make_tiny_cache(tmp_path)
-    config = config_for("TinyImageNet", 1, validation_size=1, published_regime=published)
+    config = config_for("TinyImageNet", 1, validation_size=1, batch_size=8,
+                        published_regime=published)
     tasks = {seed: datasets.load_tasks("TinyImageNet", 1, config, seed=seed, root=root,
                                        device=CPU) for seed in (5, 6)}
     # which of its class's three images validates, for every class of every task
@@ -103,7 +105,7 @@ def test_published_tiny_imagenet_splits_and_shuffles_alike_for_every_seed(tmp_pa
 
     def first_batch(seed):
         torch.manual_seed(seed)  # what the run's seed does
-        return image_index(next(datasets.training_batches(stored, 8))[0])
+        return image_index(next(datasets.TrainingBatches(stored, 8))[0])
 
     assert (first_batch(5) == first_batch(6)) == published
 
@@ -125,7 +127,8 @@ def test_published_fecam_slices_overlap_the_first_task():
 @pytest.mark.parametrize("published", REGIMES)
 def test_published_fecam_tasks_have_task_0s_outputs(cifar_root, published):
     """Defects 1-2 in the built tasks: overlapping classes, task 0's output count."""
-    config = config_for("CIFAR100_FeCAM_setup", 0, validation_size=2, published_regime=published)
+    config = config_for("CIFAR100_FeCAM_setup", 0, validation_size=2, batch_size=8,
+                        published_regime=published)
     tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", 0, config, seed=1, root=cifar_root,
                                 device=CPU)
     _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
@@ -160,7 +163,7 @@ def test_every_best_configuration_runs_in_the_published_regime(
                       f"--results_dir={tmp_path}", "--seeds=[1]", "--number_of_tasks=2", *size,
                       "--target_hidden_layers=[8]", "--hnet_hidden_layers=[2]",
                       "--embedding_size=4", f"--validation_size={validation}", "--device=cpu",
-                      "--published_regime=True"])
+                      "--batch_size=4", "--published_regime=True"])
     assert code == 0
     experiment = tmp_path / f"{dataset}_part{part}_best_published"
     assert json.loads((experiment / "seed_1" / "config.json").read_text())["published_regime"]
@@ -182,7 +185,8 @@ def test_the_regime_names_the_folder_and_is_recorded(mnist_root, tmp_path):
     assert main.main([f"--path_to_datasets={mnist_root}", f"--results_dir={tmp_path}",
                       "--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
                       "--number_of_iterations=2", "--target_hidden_layers=[8]",
-                      "--hnet_hidden_layers=[2]", "--validation_size=10", "--device=cpu"]) == 0
+                      "--hnet_hidden_layers=[2]", "--validation_size=10", "--batch_size=16",
+                      "--device=cpu"]) == 0
     fixed = tmp_path / "SplitMNIST_part0_best"
     assert json.loads((fixed / "seed_1" / "config.json").read_text())["published_regime"] is False
     assert "Regime: fixed" in (fixed / "summary.md").read_text()
@@ -192,3 +196,49 @@ def test_the_regime_takes_a_bool():
     assert main.parse_overrides(["--published_regime"])[0] == {"published_regime": True}
     with pytest.raises(datasets.UserError, match="--published_regime expects bool, not 'yes'"):
         main.parse_overrides(["--published_regime=yes"])
+
+
+# ------------------------------------------------------------- resumed in the middle of a task
+
+def test_published_tiny_imagenet_batches_resume_mid_epoch(tmp_path):
+    """The seed-1 batch order continues where it stopped, whatever torch's generator holds."""
+    config = config_for("TinyImageNet", 1, validation_size=1, batch_size=4,
+                        published_regime=True)
+    task = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=make_tiny_cache(tmp_path),
+                               device=CPU)[0]
+    task = dataclasses.replace(task, transform=lambda x, training: x)  # raw pixels
+    batches = datasets.TrainingBatches(task, 4)  # 10 images: 3 batches an epoch
+    for _ in range(4):  # into the second epoch
+        next(batches)
+    saved = batches.state_dict()
+    expected = [image_index(next(batches)[0]) for _ in range(6)]  # to the fourth epoch
+    torch.manual_seed(123)
+    resumed = datasets.TrainingBatches(task, 4, saved)
+    assert [image_index(next(resumed)[0]) for _ in range(6)] == expected
+
+
+def test_a_published_task_resumed_mid_task_trains_as_uninterrupted(cifar_root):
+    """The networks stay in eval mode (no dropout) after a resume past the first validation."""
+    import copy
+
+    config = config_for("CIFAR100", 1, hnet_hidden_layers=(2,), embedding_size=4,
+                        validation_size=10, batch_size=8, number_of_epochs=None,
+                        number_of_iterations=6, published_regime=True)
+    task = datasets.load_tasks("CIFAR100", 1, config, seed=1, root=cifar_root, device=CPU)[0]
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (32, 32, 3), 10)
+    saved = {}
+
+    def save(state):
+        if state.iteration == 3:
+            saved.update(training=copy.deepcopy(state.state_dict()), rng=torch.get_rng_state(),
+                         model=copy.deepcopy(model.state_dict()))
+
+    log = hypermask.train_task(model, task, 0, config, after_step=save)
+    resumed = hypermask.build_model(config, (32, 32, 3), 10)
+    resumed.load_state_dict(saved["model"])
+    torch.set_rng_state(saved["rng"])
+    again = hypermask.train_task(resumed, task, 0, config, resume=saved["training"])
+    assert [row | {"seconds": 0} for row in again] == [row | {"seconds": 0} for row in log]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name

@@ -9,7 +9,8 @@ import runs
 
 TINY = ["--dataset=SplitMNIST", "--seeds=[3]", "--number_of_tasks=3",
         "--number_of_iterations=6", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
-        "--validation_size=10", "--device=cpu", "--fecam_evaluation=True"]
+        "--validation_size=10", "--batch_size=32", "--device=cpu",
+        "--fecam_evaluation=True"]
 
 
 def run(mnist_root, results, *extra):
@@ -20,10 +21,10 @@ def run(mnist_root, results, *extra):
 def interrupt_at_task(monkeypatch, stop_task):
     real = runs.train_with_progress
 
-    def train(model, task, task_id, config, *, seed):
+    def train(model, task, task_id, config, **options):
         if task_id == stop_task:
             raise KeyboardInterrupt
-        return real(model, task, task_id, config, seed=seed)
+        return real(model, task, task_id, config, **options)
 
     monkeypatch.setattr(runs, "train_with_progress", train)
 
@@ -45,6 +46,37 @@ def test_interrupted_run_resumes_to_identical_results(mnist_root, tmp_path, monk
         assert (run_dir / name).read_bytes() == (whole / name).read_bytes(), name
     logs = [pd.read_csv(d / "training_log.csv").drop(columns="seconds") for d in (run_dir, whole)]
     pd.testing.assert_frame_equal(*logs)
+
+
+def test_a_failed_final_evaluation_resumes_with_other_evaluation_settings(
+        mnist_root, tmp_path, monkeypatch, capsys):
+    import json
+
+    import torch
+
+    import task_agnostic
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(task_agnostic, "fecam_evaluation", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        run(mnist_root, tmp_path)
+    run_dir = tmp_path / "SplitMNIST_part0_best" / "seed_3"
+    trained = (run_dir / "accuracies.csv").read_bytes()
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "final_weights.pt").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(runs, "train_with_progress", lambda *a, **k: pytest.fail("retrained"))
+    capsys.readouterr()
+    assert run(mnist_root, tmp_path, "--evaluation_batch_size=7") == 0
+    out = capsys.readouterr().out
+    assert "resuming after task 3" in out and "evaluation_batch_size None -> 7" in out
+    assert (run_dir / "final_weights.pt").exists() and (run_dir / "fecam.csv").exists()
+    assert (run_dir / "accuracies.csv").read_bytes() == trained
+    assert json.loads((run_dir / "config.json").read_text())["evaluation_batch_size"] == 7
+    # what defines the numbers (here TF32 on a GPU) still may not change
+    assert run(mnist_root, tmp_path, "--tf32=True") == 2
+    assert "another configuration (tf32: False there, True now)" in capsys.readouterr().err
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(mnist_root, tmp_path, monkeypatch, capsys):

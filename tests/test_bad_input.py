@@ -1,0 +1,114 @@
+"""Impossible values, damaged data files and unwritable results: one-line errors, nothing lost."""
+
+import errno
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+import main
+import runs
+from conftest import make_cifar100, make_tiny_imagenet
+
+TINY = ["--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
+        "--number_of_iterations=4", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
+        "--validation_size=10", "--batch_size=16", "--device=cpu"]
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("--number_of_iterations=0", "number_of_iterations must be at least 1, not 0"),
+    ("--number_of_iterations=None --number_of_epochs=-2",
+     "number_of_epochs must be at least 1, not -2"),
+    ("--batch_size=0", "batch_size must be at least 1, not 0"),
+    ("--number_of_tasks=-1", "number_of_tasks must be at least 1, not -1"),
+    ("--learning_rate=0", "learning_rate must be a positive number, not 0.0"),
+    ("--learning_rate=-0.001", "learning_rate must be a positive number"),
+    ("--beta=-1", "beta must be a number of at least 0, not -1.0"),
+    ("--target_hidden_layers=[100,0]", "target_hidden_layers are layer sizes of at least 1"),
+    ("--chunk_size=0", "chunk_size must be at least 1, not 0"),
+    ("--evaluation_batch_size=0", "evaluation_batch_size must be at least 1, not 0"),
+    ("--seeds=[]", "--seeds expects None or a list of integers"),
+    ("--part=9", "SplitMNIST has no part 9"),
+    ("--target_network=VGG", "target_network must be one of MLP, ResNet-20"),
+    ("--optimizer=sgd", "optimizer must be one of adam, rmsprop"),
+    ("--launcher=pbs", "--launcher must be one of sequential, local, slurm, not 'pbs'"),
+    ("--max_parallel_runs=0", "--max_parallel_runs must be at least 1, not 0"),
+    ("--slurm_cpus_per_run=0", "--slurm_cpus_per_run must be at least 1, not 0"),
+    ("--slurm_time_minutes=0", "--slurm_time_minutes must be at least 1"),
+    ("--checkpoint_minutes=-5", "--checkpoint_minutes must be at least 0, not -5"),
+])
+def test_impossible_values_are_refused_up_front(argument, message, mnist_root, tmp_path,
+                                                capsys):
+    code = main.main([*TINY, *argument.split(), f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err
+    assert message in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_an_impossible_value_in_mains_block_is_refused(monkeypatch, capsys):
+    monkeypatch.setattr(main, "launcher", "slurmm")  # a typo in the editable block
+    assert main.main([]) == 2
+    assert "--launcher must be one of" in capsys.readouterr().err
+
+
+def test_damaged_cifar100_and_tiny_imagenet_files_are_named(tmp_path):
+    root = make_cifar100(tmp_path / "cifar")
+    train = root / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:2000])  # truncated
+    with pytest.raises(datasets.UserError, match=f"^{train} is unreadable"):
+        datasets.load_cifar100(root)
+    root = make_tiny_imagenet(tmp_path / "tiny", per_class_train=1)
+    datasets.load_tiny_imagenet(root)  # decodes and caches
+    cache = root / "tiny-imagenet-200" / "uint8_cache" / "test_x.npy"
+    cache.write_bytes(cache.read_bytes()[:1000])
+    with pytest.raises(datasets.UserError, match=f"cache file {cache} is unreadable"):
+        datasets.load_tiny_imagenet(root)
+    np.save(cache, np.zeros((3, 32, 32, 3), dtype=np.uint8))  # a foreign array
+    with pytest.raises(datasets.UserError, match=f"cache file {cache} is unreadable"):
+        datasets.load_tiny_imagenet(root)
+
+
+def test_a_results_path_under_a_file_is_a_one_line_error(mnist_root, tmp_path, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    code = main.main([*TINY, f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={blocker / 'inner'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: cannot create the folder ") and "\n" not in err
+    assert str(blocker) in err
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(mnist_root, tmp_path, monkeypatch, capsys):
+    real_save, saves = torch.save, []
+
+    def save(obj, path, *args, **kwargs):  # the second checkpoint runs out of space half-way
+        saves.append(path)
+        if len(saves) == 2:
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    options = [*TINY, f"--path_to_datasets={mnist_root}", f"--results_dir={tmp_path}",
+               "--number_of_tasks=3", "--checkpoint_minutes=0"]
+    assert main.main(options) == 2
+    err = capsys.readouterr().err.strip()
+    checkpoint = tmp_path / "SplitMNIST_part0_best" / "seed_1" / "checkpoint.pt"
+    assert err == (f"error: cannot write {checkpoint} (the previous one is kept): No space left "
+                   "on device; free some space or choose another --results_dir")
+    assert not checkpoint.with_name("checkpoint.pt.tmp").exists()
+    assert torch.load(checkpoint, weights_only=True)["next_task"] == 1  # still the first one
+    monkeypatch.undo()
+    assert main.main(options) == 0  # and the rerun resumes from it
+    assert "resuming after task 1" in capsys.readouterr().out
+
+
+def test_runs_checkpoint_writer_names_the_path(tmp_path):
+    folder = tmp_path / "run"
+    folder.write_text("")
+    with pytest.raises(datasets.UserError, match=f"cannot create the folder {folder}"):
+        runs.make_folder(folder)

@@ -1,0 +1,92 @@
+"""Permuted MNIST with 100 tasks: the benchmark entry, plots and evaluations at that length."""
+
+import dataclasses
+import re
+
+import matplotlib.axes
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+import datasets
+import evaluation
+import main
+
+
+def test_permuted_mnist_part_1_is_part_0_with_100_tasks_and_three_seeds(tmp_path, capsys):
+    part0 = datasets.get_benchmark("PermutedMNIST", 0).best
+    part1 = datasets.get_benchmark("PermutedMNIST", 1)
+    assert part1.best == dataclasses.replace(part0, number_of_tasks=100)
+    assert part1.seeds == (1, 2, 3)
+    assert main.main(["--dataset=PermutedMNIST", "--part=1", "--status",
+                      f"--results_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "PermutedMNIST_part1_best" in out
+    assert re.findall(r"\| (seed_\d) +\| not started", out) == ["seed_1", "seed_2", "seed_3"]
+
+
+def accuracy_matrices(seeds: int, tasks: int) -> np.ndarray:
+    """[seeds, T, T] lower-triangular accuracy matrices with values in 10..100."""
+    rng = np.random.RandomState(0)
+    matrices = rng.uniform(10, 100, size=(seeds, tasks, tasks))
+    matrices[:, np.triu_indices(tasks, 1)[0], np.triu_indices(tasks, 1)[1]] = np.nan
+    return matrices
+
+
+def count_cell_texts(monkeypatch) -> list:
+    """Record every Axes.text call (the heatmap's per-cell numbers)."""
+    calls = []
+    original = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text",
+                        lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    return calls
+
+
+def test_heatmap_of_100_tasks_has_a_bounded_size_and_no_cell_numbers(tmp_path, monkeypatch):
+    texts = count_cell_texts(monkeypatch)
+    evaluation.plot_heatmap(accuracy_matrices(1, 100)[0], tmp_path / "big.png", "100 tasks")
+    width, height = Image.open(tmp_path / "big.png").size
+    assert width <= 1000 and height <= 800
+    assert texts == []
+    evaluation.plot_heatmap(accuracy_matrices(1, 5)[0], tmp_path / "small.png", "5 tasks")
+    assert len(texts) == 15  # every value of a 5-task matrix is printed
+    assert Image.open(tmp_path / "small.png").size == (660, 420)  # as before: 5.5 x 3.5 in
+
+
+def test_per_task_plot_of_100_tasks_has_a_bounded_size_and_thinned_ticks(tmp_path):
+    evaluation.plot_per_task(accuracy_matrices(3, 100), tmp_path / "per_task.png", "100 tasks")
+    width, height = Image.open(tmp_path / "per_task.png").size
+    assert width <= 1200 and height <= 500
+    fig, ax = plt.subplots()
+    evaluation.task_ticks(ax, 100)
+    assert [t.get_text() for t in ax.get_xticklabels()] == \
+        ["1"] + [str(k) for k in range(10, 101, 10)]
+    evaluation.task_ticks(ax, 7)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(k) for k in range(1, 8)]
+    plt.close(fig)
+
+
+def test_grid_plot_wraps_many_hyperparameters_into_rows(tmp_path):
+    names = [f"h{k}" for k in range(6)]
+    runs = pd.DataFrame({**{n: [0.1, 1.0, 0.1, 1.0] for n in names},
+                         "mean_accuracy": [80.0, 90.0, 85.0, 95.0]})
+    evaluation.plot_grid(runs, names, tmp_path / "grid.png", "six hyperparameters")
+    width, height = Image.open(tmp_path / "grid.png").size
+    assert width <= evaluation.GRID_COLUMNS * 3.2 * 120 and height == 2 * 3.2 * 120
+
+
+def test_a_run_past_20_tasks_ends_with_bounded_plots(mnist_root, tmp_path):
+    assert main.main(["--dataset=PermutedMNIST", "--part=1", "--seeds=[1]", "--device=cpu",
+                      "--number_of_tasks=21", "--number_of_iterations=1",
+                      "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
+                      "--validation_size=20", f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={tmp_path}"]) == 0
+    experiment = tmp_path / "PermutedMNIST_part1_best"
+    accuracies = pd.read_csv(experiment / "seed_1" / "accuracies.csv")
+    assert len(accuracies) == 21 * 22 // 2
+    for plot, (max_width, max_height) in (("seed_1/heatmap.png", (1000, 800)),
+                                          ("mean_heatmap.png", (1000, 800)),
+                                          ("per_task_accuracy.png", (1200, 500))):
+        width, height = Image.open(experiment / plot).size
+        assert width <= max_width and height <= max_height, plot

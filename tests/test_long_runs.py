@@ -1,0 +1,260 @@
+"""Long runs: mid-task checkpoints, stop signals, one writer per run, divergence, dead workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import datasets
+import hypermask
+import main
+import runs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset=SplitMNIST", "--number_of_tasks=3", "--target_hidden_layers=[8]",
+        "--hnet_hidden_layers=[4]", "--validation_size=10", "--batch_size=16", "--device=cpu"]
+OUTPUTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")
+
+
+def options(mnist_root, results, *extra):
+    return [f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY, *extra]
+
+
+def run_folder(results, seed):
+    return Path(results) / "SplitMNIST_part0_best" / f"seed_{seed}"
+
+
+def same_results(a: Path, b: Path) -> None:
+    """The files of two run folders are byte for byte the same (the log's times aside)."""
+    for name in OUTPUTS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    logs = [pd.read_csv(d / "training_log.csv").drop(columns="seconds") for d in (a, b)]
+    pd.testing.assert_frame_equal(*logs)
+    weights = [torch.load(d / "final_weights.pt", weights_only=True) for d in (a, b)]
+    for net in ("hnet", "target"):
+        for name, tensor in weights[0][net].items():
+            assert torch.equal(tensor, weights[1][net][name]), name
+
+
+def launch(args, **kwargs):
+    return subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def wait_for(condition, seconds=300, process=None):
+    """Until condition() holds; fails at once if `process` ends first."""
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the run ended first (exit {process.returncode}): "
+                        f"{process.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+
+
+def checkpoint_in_task(run: Path, task: int) -> dict | None:
+    """The checkpoint if it holds a mid-task state of `task` (0-based)."""
+    try:
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+    except Exception:  # absent, or being replaced
+        return None
+    if state["next_task"] == task and "task_in_progress" in state:
+        return state
+    return None
+
+
+# ------------------------------------------------------------------ mid-task checkpoints
+
+
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_a_run_stopped_mid_task_resumes_to_identical_files(mnist_root, tmp_path, stop):
+    # A checkpoint every 6 ms: one after nearly every step.
+    args = options(mnist_root, tmp_path / "cut", "--seeds=[5]", "--number_of_iterations=150",
+                   "--checkpoint_minutes=0.0001")
+    run = run_folder(tmp_path / "cut", 5)
+    process = launch(args)
+    wait_for(lambda: (state := checkpoint_in_task(run, 1)) is not None
+             and state["task_in_progress"]["iteration"] >= 20, process=process)
+    process.send_signal(getattr(signal, stop))
+    out, err = process.communicate()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["next_task"] == 1 and not (run / "final_weights.pt").exists()
+    iteration = state["task_in_progress"]["iteration"]
+    assert 0 < iteration < 150
+    if stop == "SIGTERM":  # saved at the next step boundary, then a message and exit
+        assert process.returncode == 128 + signal.SIGTERM
+        assert (f"stopped by SIGTERM: saved task 2 at iteration {iteration} in "
+                f"{run / 'checkpoint.pt'}; rerun the same command") in err
+    code = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
+                          text=True)
+    assert code.returncode == 0, code.stderr
+    assert f"resuming task 2 at iteration {iteration}" in code.stdout
+    assert main.main(options(mnist_root, tmp_path / "whole", "--seeds=[5]",
+                             "--number_of_iterations=150", "--checkpoint_minutes=0.0001")) == 0
+    same_results(run, run_folder(tmp_path / "whole", 5))
+
+
+def test_training_batches_continue_mid_epoch_from_their_state(cifar_root):
+    """Both kinds of batches: on the device (crop and flip), and FeCAM's DataLoader workers."""
+    for dataset, part in (("CIFAR100", 0), ("CIFAR100_FeCAM_setup", 6)):
+        config = dataclasses_replace(datasets.get_benchmark(dataset, part).best,
+                                     validation_size=1, batch_size=8)
+        task = datasets.load_tasks(dataset, part, config, seed=1, root=cifar_root,
+                                   device=torch.device("cpu"))[0]
+        torch.manual_seed(0)
+        batches = datasets.TrainingBatches(task, 8)
+        for _ in range(5):  # into the second epoch (6 batches of 8 per epoch)
+            next(batches)
+        saved, rng = batches.state_dict(), torch.get_rng_state()
+        expected = [next(batches) for _ in range(10)]
+        torch.manual_seed(123)  # the generators are restored by the checkpoint
+        torch.set_rng_state(rng)
+        resumed = datasets.TrainingBatches(task, 8, saved)
+        for (x, y), (x_again, y_again) in zip(expected, [next(resumed) for _ in range(10)]):
+            assert torch.equal(x, x_again) and torch.equal(y, y_again), dataset
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def test_checkpoint_minutes_zero_saves_after_tasks_only(mnist_root, tmp_path, monkeypatch):
+    saves = []
+    real = runs.TaskCheckpoints.save
+
+    def save(self, training=None):
+        saves.append(training is not None)
+        real(self, training)
+
+    monkeypatch.setattr(runs.TaskCheckpoints, "save", save)
+    assert main.main(options(mnist_root, tmp_path, "--seeds=[1]", "--number_of_iterations=5",
+                             "--checkpoint_minutes=0")) == 0
+    assert saves == [False, False, False]
+
+
+@pytest.mark.parametrize("value", ["-1", "'often'"])
+def test_impossible_checkpoint_minutes_are_refused(value, capsys):
+    assert main.main([f"--checkpoint_minutes={value}"]) == 2
+    assert "--checkpoint_minutes" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ one writer
+
+
+def test_a_second_launch_of_a_running_run_stops_at_once(mnist_root, tmp_path, capsys):
+    args = options(mnist_root, tmp_path, "--seeds=[2]", "--number_of_iterations=2000",
+                   "--number_of_tasks=1")
+    run = run_folder(tmp_path, 2)
+    first = launch(args, start_new_session=True)
+    try:
+        wait_for(lambda: (run / "running.txt").exists())
+        started = time.time()
+        assert main.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {run} is already being trained by process {first.pid} on ")
+        assert "\n" not in err and time.time() - started < 60
+        assert (run / "running.txt").exists()  # the first run's lock and note are untouched
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # a stale lock: the process is gone
+        first.wait()
+    # the rerun takes the lock the killed process left behind, and finishes
+    assert main.main(args) == 0 and (run / "final_weights.pt").exists()
+    assert not (run / "running.txt").exists()
+
+
+# ------------------------------------------------------------------------ divergence
+
+
+def test_a_diverging_run_fails_alone_and_writes_no_accuracy_from_nan(mnist_root, tmp_path,
+                                                                     monkeypatch, capsys):
+    real = hypermask.training_loss
+
+    def loss(model, x, y, **kwargs):  # seed 1's second task blows up at its 3rd step
+        terms = real(model, x, y, **kwargs)
+        loss.calls += kwargs["task_id"] == 1
+        if runs_seed[0] == 1 and loss.calls >= 3:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    runs_seed = [None]
+    real_run = runs.run_one
+
+    def run_one(job):
+        runs_seed[0], loss.calls = job.seed, 0
+        real_run(job)
+
+    monkeypatch.setattr(hypermask, "training_loss", loss)
+    monkeypatch.setattr(runs, "run_one", run_one)
+    code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--number_of_iterations=5"))
+    captured = capsys.readouterr()
+    assert code == 2
+    failed = run_folder(tmp_path, 1)
+    assert (f"1 run(s) failed: {failed}: diverged: task 1, iteration 5: the loss is nan "
+            "(last finite loss") in captured.err
+    assert "learning_rate=" in captured.err and str(failed / "config.json") in captured.err
+    assert (failed / "failed.txt").read_text().startswith("diverged: task 1, iteration 5")
+    accuracies = pd.read_csv(failed / "accuracies.csv")
+    assert accuracies["trained_task"].max() == 0  # nothing from the diverged task
+    assert (run_folder(tmp_path, 2) / "final_weights.pt").exists()
+    summary = pd.read_csv(tmp_path / "SplitMNIST_part0_best" / "summary.csv")
+    row = summary.set_index("run").loc["seed_1"]
+    assert row["failed"].startswith("diverged:") and not row["finished"]
+    assert "Failed run (not in the table): seed_1: diverged" in (
+        tmp_path / "SplitMNIST_part0_best" / "summary.md").read_text()
+
+
+def test_a_huge_learning_rate_is_reported_as_divergence(mnist_root, tmp_path, capsys):
+    code = main.main(options(mnist_root, tmp_path, "--seeds=[1]", "--number_of_iterations=30",
+                             "--learning_rate=1e30", "--number_of_tasks=2"))
+    err = capsys.readouterr().err
+    assert code == 2 and "diverged: task 0" in err
+    assert not (run_folder(tmp_path, 1) / "accuracies.csv").exists()
+    row = pd.read_csv(tmp_path / "SplitMNIST_part0_best" / "summary.csv").iloc[0]
+    assert row["failed"].startswith("diverged:")
+
+
+# ------------------------------------------------------------------------ local pool
+
+
+def test_the_pool_survives_a_killed_worker(mnist_root, tmp_path):
+    args = options(mnist_root, tmp_path, "--seeds=[1,2]", "--number_of_iterations=400",
+                   "--launcher=local", "--max_parallel_runs=2")
+    victim = run_folder(tmp_path, 1)
+    process = launch(args)
+    wait_for(lambda: (victim / "running.txt").exists())
+    pid = int((victim / "running.txt").read_text().split()[1])
+    os.kill(pid, signal.SIGKILL)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 2
+    assert f"FAILED {victim}: its process was killed by SIGKILL (out of memory?)" in out
+    assert f"(log: {victim / 'run.log'})" in out
+    assert (run_folder(tmp_path, 2) / "final_weights.pt").exists()
+    assert "SIGKILL" in (victim / "failed.txt").read_text()
+    assert main.main(args) == 0  # the rerun resumes the killed run
+    assert (victim / "final_weights.pt").exists() and not (victim / "failed.txt").exists()
+
+
+def test_a_stop_signal_stops_the_pool_after_its_runs_save(mnist_root, tmp_path):
+    args = options(mnist_root, tmp_path, "--seeds=[1,2,3]", "--number_of_iterations=3000",
+                   "--launcher=local", "--max_parallel_runs=2", "--checkpoint_minutes=0")
+    process = launch(args)
+    wait_for(lambda: all("iteration 1/3000" in log.read_text() if log.exists() else False
+                         for log in (run_folder(tmp_path, s) / "run.log" for s in (1, 2))))
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in err
+    for seed in (1, 2):
+        state = torch.load(run_folder(tmp_path, seed) / "checkpoint.pt", weights_only=True)
+        assert "task_in_progress" in state  # saved at a step, though checkpoint_minutes=0
+        assert not (run_folder(tmp_path, seed) / "failed.txt").exists()
+    assert not run_folder(tmp_path, 3).exists()  # never started

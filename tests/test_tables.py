@@ -1,0 +1,191 @@
+"""The paper's table across experiments and the comparison of two result sets, on hand-made
+run folders whose metrics are computed by hand.
+
+Every run has two tasks: A = [[90, -], [a0, a1]], b = (10, 20), A[0, 1] = p, so
+ACC = (a0 + a1) / 2, BWT = a0 - 90, FWT = p - 20, forgetting = 90 - a0.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import evaluation
+
+
+def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, beta=0.1):
+    """A run folder: config.json, accuracies.csv, transfer.csv (and final_weights.pt)."""
+    folder.mkdir(parents=True)
+    experiment = folder.parent.name.removeprefix("demo_")
+    dataset, _, rest = experiment.partition("_part")
+    seed = int(folder.name.rsplit("_", 1)[1])
+    (folder / "config.json").write_text(json.dumps(
+        {"dataset": dataset, "part": int(rest.split("_")[0]), "seed": seed, "data": dataset,
+         "number_of_tasks": 2, "target_network": "MLP", "target_hidden_layers": [40, 30],
+         "beta": beta}))
+    rows = [(0, 0, 90.0), (1, 0, last_row[0]), (1, 1, last_row[1])]
+    pd.DataFrame([(dataset, 0, seed, *r) for r in rows],
+                 columns=evaluation.ACCURACY_COLUMNS).to_csv(folder / "accuracies.csv",
+                                                             index=False)
+    pd.DataFrame({"task": [0, 1], "random_init_accuracy": [10.0, 20.0],
+                  "previous_network_accuracy": [np.nan, previous]}).to_csv(
+        folder / "transfer.csv", index=False)
+    if finished:
+        (folder / "final_weights.pt").write_bytes(b"")
+
+
+@pytest.fixture
+def results(tmp_path):
+    """Experiments written out of the paper's order, with an unfinished and a failed run."""
+    root = tmp_path / "Results"
+    make_run(root / "demo_PermutedMNIST_part0_best" / "seed_1", last_row=(70.0, 80.0))
+    for name in ("CIFAR100_FeCAM_setup_part6_best", "TinyImageNet_part0_best",
+                 "CIFAR100_part1_best", "CIFAR100_part0_best", "SplitMNIST_part0_best"):
+        make_run(root / name / "seed_1")
+    make_run(root / "SplitMNIST_part1_grid" / "point_000_seed_1")
+    permuted = root / "PermutedMNIST_part0_best"
+    make_run(permuted / "seed_1", last_row=(80.0, 90.0), previous=50.0)  # 85, -10, 30, 10
+    make_run(permuted / "seed_2", last_row=(84.0, 90.0), previous=60.0)  # 87, -6, 40, 6
+    make_run(permuted / "seed_3", last_row=(0.0, 0.0), finished=False)
+    (permuted / "seed_4").mkdir()
+    (permuted / "seed_4" / "failed.txt").write_text("MNIST is not in Data\n")
+    return root
+
+
+def test_results_table_has_a_row_per_best_experiment_in_the_papers_order(results):
+    table, left_out = evaluation.results_table(results)
+    assert table["experiment"].tolist() == [
+        "PermutedMNIST_part0_best", "SplitMNIST_part0_best", "CIFAR100_part0_best",
+        "CIFAR100_part1_best", "TinyImageNet_part0_best", "CIFAR100_FeCAM_setup_part6_best",
+        "demo_PermutedMNIST_part0_best"]
+    assert left_out == ["SplitMNIST_part1_grid"]
+    permuted = table.iloc[0]
+    expected = {"ACC": (86.0, 1.0), "BWT": (-8.0, 2.0), "FWT": (35.0, 5.0),
+                "forgetting": (8.0, 2.0)}
+    for metric, (mean, std) in expected.items():
+        assert permuted[f"{metric}_mean"] == pytest.approx(mean), metric
+        assert permuted[f"{metric}_std"] == pytest.approx(std), metric  # population std
+    assert (permuted["seeds"], permuted["unfinished"], permuted["failed"]) == (2, 1, 1)
+    assert permuted["benchmark"] == "Permuted MNIST" and permuted["tasks"] == 2
+    assert permuted["target_network"] == "MLP 40-30"
+    assert table.iloc[-1]["benchmark"] == "Permuted MNIST (demo sample)"
+    assert table.iloc[-1]["ACC_mean"] == pytest.approx(75.0)
+    assert table.iloc[1][["seeds", "unfinished", "failed"]].tolist() == [1, 0, 0]
+
+
+def test_table_command_writes_markdown_csv_and_booktabs_latex(results, capsys):
+    assert evaluation.main([str(results), "--table"]) == 0
+    markdown = (results / "results_table.md").read_text()
+    assert markdown in capsys.readouterr().out
+    lines = [line for line in markdown.splitlines() if line.startswith("| Permuted MNIST  ")]
+    assert len(lines) == 1
+    cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert cells == ["Permuted MNIST", "0", "2", "MLP 40-30", "86.00 ± 1.00", "-8.00 ± 2.00",
+                     "35.00 ± 5.00", "8.00 ± 2.00", "2", "1 unfinished, 1 failed"]
+    assert "| Permuted MNIST (demo sample) |" in markdown
+    assert "not named like experiments): SplitMNIST_part1_grid" in markdown
+    csv = pd.read_csv(results / "results_table.csv")
+    assert csv.loc[0, "ACC_mean"] == pytest.approx(86.0) and len(csv) == 7
+    latex = (results / "results_table.tex").read_text()
+    assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    assert r"Permuted MNIST & 0 & 2 & MLP 40-30 & 86.00 $\pm$ 1.00 & -8.00 $\pm$ 2.00 &" in latex
+    assert "±" not in latex
+    assert latex.count(r"\\") == 8  # the header and seven rows
+    assert not (results / "PermutedMNIST_part0_best" / "summary.md").exists()
+
+
+def write_pair(tmp_path):
+    """Two result sets: Permuted MNIST in both (B higher by 3 points), one experiment each alone."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    make_run(a / "PermutedMNIST_part0_best" / "seed_1", last_row=(80.0, 90.0))  # ACC 85
+    make_run(a / "PermutedMNIST_part0_best" / "seed_2", last_row=(84.0, 90.0))  # ACC 87
+    make_run(b / "PermutedMNIST_part0_best" / "seed_1", last_row=(80.0, 96.0))  # ACC 88
+    make_run(b / "PermutedMNIST_part0_best" / "seed_2", last_row=(84.0, 96.0))  # ACC 90
+    make_run(a / "SplitMNIST_part0_best" / "seed_1")
+    make_run(b / "CIFAR100_part0_best" / "seed_1")
+    return a, b
+
+
+def comparison_cells(text: str, metric: str) -> list[str]:
+    [line] = [line for line in text.splitlines() if line.startswith("|")
+              and f"| {metric} " in line]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_compare_puts_metrics_side_by_side_with_the_difference_and_the_spread(
+        tmp_path, capsys, monkeypatch):
+    a, b = write_pair(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert evaluation.main(["--compare", str(a), str(b)]) == 0
+    text = (tmp_path / "comparison.md").read_text()  # the default: in the current folder
+    assert text in capsys.readouterr().out
+    # ACC: 86 ± 1 vs 89 ± 1, difference +3 > spread max(1, 1)
+    assert comparison_cells(text, "ACC") == ["PermutedMNIST_part0_best", "ACC", "2/2",
+                                             "86.00 ± 1.00", "89.00 ± 1.00", "+3.00", "1.00",
+                                             "yes"]
+    # BWT depends only on a0 and A[0, 0]: equal in both
+    assert comparison_cells(text, "BWT")[3:] == ["-8.00 ± 2.00", "-8.00 ± 2.00", "+0.00",
+                                                 "2.00", "no"]
+    assert "Only in A: SplitMNIST_part0_best" in text
+    assert "Only in B: CIFAR100_part0_best" in text
+    assert "Configurations differ" not in text
+
+
+def test_compare_rows_with_one_run_each_have_no_spread_and_name_changed_settings(tmp_path):
+    make_run(tmp_path / "A" / "SplitMNIST_part0_best" / "seed_1", beta=0.1)
+    make_run(tmp_path / "B" / "SplitMNIST_part0_best" / "seed_1", last_row=(60.0, 90.0),
+             beta=0.5)
+    text = evaluation.compare(tmp_path / "A", tmp_path / "B")
+    assert comparison_cells(text, "ACC")[2:] == ["1/1", "85.00 ± 0.00", "75.00 ± 0.00",
+                                                 "-10.00", "0.00", "n/a"]
+    assert "Configurations differ in SplitMNIST_part0_best: beta" in text
+
+
+def test_compare_matches_grid_searches_point_by_point(tmp_path):
+    for side, accuracy in (("A", 80.0), ("B", 90.0)):
+        grid = tmp_path / side / "SplitMNIST_part1_grid"
+        make_run(grid / "point_000_seed_1", last_row=(accuracy, accuracy))
+        make_run(grid / "point_001_seed_1", last_row=(50.0, 50.0))
+    text = evaluation.compare(tmp_path / "A", tmp_path / "B")
+    acc = [line for line in text.splitlines() if "| ACC " in line]
+    assert len(acc) == 2
+    assert "SplitMNIST_part1_grid point_000" in acc[0] and "+10.00" in acc[0]
+    assert "SplitMNIST_part1_grid point_001" in acc[1] and "+0.00" in acc[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give either RESULTS_DIR or --compare DIR_A DIR_B"),
+    (["a", "b"], "unrecognized arguments: b"),
+    (["--compare", "a"], "expected 2 arguments"),
+    (["x", "--compare", "a", "b"], "give either RESULTS_DIR or --compare"),
+    (["--compare", "a", "b", "--table"], "--table goes with RESULTS_DIR"),
+    (["a", "--output=c.md"], "--output goes with --compare"),
+])
+def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
+    assert evaluation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "usage:" in err
+    assert err.count("\n") == 1
+
+
+def test_compare_and_table_refuse_folders_without_results(tmp_path, capsys):
+    make_run(tmp_path / "A" / "SplitMNIST_part0_best" / "seed_1")
+    (tmp_path / "empty").mkdir()
+    assert evaluation.main(["--compare", str(tmp_path / "A"), str(tmp_path / "empty")]) == 2
+    assert evaluation.main([str(tmp_path / "missing"), "--table"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("error: no results") for line in err)
+    make_run(tmp_path / "grids" / "SplitMNIST_part1_grid" / "point_000_seed_1")
+    assert evaluation.main([str(tmp_path / "grids"), "--table"]) == 2
+    assert "no best-configuration experiment" in capsys.readouterr().err
+    assert not (tmp_path / "grids" / "results_table.md").exists()
+    assert evaluation.main(["--compare", str(tmp_path / "A"), str(tmp_path / "A"),
+                            f"--output={tmp_path / 'no' / 'such' / 'c.md'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_benchmark_names_follow_the_datasets_of_the_repository():
+    import datasets
+
+    assert list(evaluation.BENCHMARK_NAMES) == list(datasets.DATASETS)
