@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import pickle
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -580,6 +581,14 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
                             f"{len(labels)} labels, not N 28x28 images; replace it (delete "
                             f"{raw} to download MNIST again)")
     return arrays[0], arrays[1].long(), arrays[2], arrays[3].long()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file, MNIST's format (a big-endian header, then bytes)."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 + array.ndim)  # type 0x08: unsigned byte
+    path.write_bytes(header + b"".join(struct.pack(">I", n) for n in array.shape)
+                     + array.tobytes())
 
 
 def read_idx(path: Path, dims: int) -> torch.Tensor:

@@ -159,7 +159,7 @@ METRICS = ["mean_accuracy", "std_accuracy", "ACC", "BWT", "FWT", "forgetting",
            "task_agnostic_accuracy", "task_identification_accuracy", "fecam_accuracy"]
 # config.json keys that say how a run was executed, not what it is: summaries
 # do not tell configurations apart by them.
-MACHINE_COLUMNS = ("threads",)
+MACHINE_COLUMNS = ("threads", "cuda_graphs")
 # What a run read, from its config.json: described in summary.md, not a setting.
 DATA_COLUMNS = ("data_source", "data_size")
 

@@ -77,7 +77,8 @@ class HyperMask(nn.Module):
         return self.target(x, weights=self.task_weights(task_id, sparsity))
 
 
-def semi_binary_masks(hnet_output: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+def semi_binary_masks(hnet_output: list[torch.Tensor],
+                      sparsity: float | torch.Tensor) -> list[torch.Tensor]:
     """The semi-binary mask of SPEC §2, one tensor per target tensor.
 
     m_l = r_l where r_l >= the p-th percentile of r_l, else 0, with
@@ -86,13 +87,18 @@ def semi_binary_masks(hnet_output: list[torch.Tensor], sparsity: float) -> list[
 
     Args:
         hnet_output: raw hypernetwork outputs h_l, shaped like the target tensors.
-        sparsity: p, the percentage of each tensor's entries removed (0..100).
+        sparsity: p, the percentage of each tensor's entries removed (0..100); a
+            0-dim float64 tensor for a captured step (no branch on its value, no
+            host sync), which gives the very same masks as the Python number.
     """
     masks = []
+    prune = isinstance(sparsity, torch.Tensor) or sparsity > 0
     for l, h in enumerate(hnet_output):
         r = torch.tanh(h).abs()
-        if sparsity > 0 and l < len(hnet_output) - 1:
-            threshold = torch.quantile(r.flatten(), sparsity / 100)  # linear interpolation
+        if prune and l < len(hnet_output) - 1:
+            q = sparsity / 100  # rounded to r's precision once, as quantile does a number
+            q = q.to(r.dtype) if isinstance(q, torch.Tensor) else q
+            threshold = torch.quantile(r.flatten(), q)  # linear interpolation
             r = torch.where(r >= threshold, r, torch.zeros_like(r))
         masks.append(r)
     return masks
@@ -273,12 +279,40 @@ def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id
     return dict(loss=loss, task_loss=task_loss, hnet_term=hnet_term, target_term=target_term)
 
 
-def make_optimizer(model: HyperMask, config: HyperParameters) -> torch.optim.Optimizer:
-    """A fresh optimiser over hypernetwork and target parameters (one per task)."""
+def make_optimizer(model: HyperMask, config: HyperParameters, *,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """A fresh optimiser over hypernetwork and target parameters (one per task).
+
+    Args:
+        capturable: its step may be captured in a CUDA graph (CUDA only).
+    """
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(model.parameters(), lr=config.learning_rate)
+        return torch.optim.RMSprop(model.parameters(), lr=config.learning_rate,
+                                   capturable=capturable)
     # The fused kernel is the same algorithm, several times faster on CPU and GPU.
-    return torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True,
+                            capturable=capturable)
+
+
+def eager_step(model: HyperMask, optimizer: torch.optim.Optimizer, start: TaskStart, *,
+               task_id: int, num_classes: int,
+               config: HyperParameters) -> Callable[..., dict[str, torch.Tensor]]:
+    """One training step of task `task_id`: step(x, y, sparsity) -> training_loss's terms.
+
+    The loss on the batch, its gradients, and the optimiser's update. A step
+    maker with this signature (capture.graphed_step) may replay the same work
+    from a CUDA graph.
+    """
+    def step(x: torch.Tensor, y: torch.Tensor,
+             sparsity: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = training_loss(model, x, y, task_id=task_id, num_classes=num_classes,
+                              sparsity=sparsity, start=start, config=config)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        return terms
+
+    return step
 
 
 class Diverged(Exception):
@@ -315,9 +349,9 @@ class TrainingState:
 
 
 def training_state(model: HyperMask, task: Task, task_id: int, config: HyperParameters,
-                   resume: dict | None = None) -> TrainingState:
+                   resume: dict | None = None, *, capturable: bool = False) -> TrainingState:
     """A task's training state: fresh at the task's start, or `resume` (a state_dict)."""
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, capturable=capturable)
     scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=math.sqrt(0.1), patience=5, min_lr=5e-7)
         if config.lr_scheduler else None)
@@ -339,7 +373,8 @@ def training_state(model: HyperMask, task: Task, task_id: int, config: HyperPara
 
 def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParameters, *,
                resume: dict | None = None,
-               after_step: Callable[[TrainingState], None] | None = None) -> list[dict]:
+               after_step: Callable[[TrainingState], None] | None = None,
+               make_step: Callable = eager_step) -> list[dict]:
     """Train task `task_id`; return the training log (a row per validation).
 
     Validation runs after iterations 0, VALIDATION_EVERY, 2 * VALIDATION_EVERY,
@@ -356,22 +391,23 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
         resume: a TrainingState.state_dict() of this task, to continue from.
         after_step: called after every iteration with the training state (the
             caller shows progress and may save state.state_dict() there).
+        make_step: eager_step, or a maker of the same step replayed from a CUDA
+            graph (capture.graphed_step).
     """
     per_epoch = math.ceil(len(task.train_y) / config.batch_size)
     num_iterations = (config.number_of_epochs * per_epoch if config.number_of_epochs
                       else config.number_of_iterations)
-    state = training_state(model, task, task_id, config, resume)
+    state = training_state(model, task, task_id, config, resume,
+                           capturable=make_step is not eager_step)
+    step = make_step(model, state.optimizer, state.start, task_id=task_id,
+                     num_classes=task.num_classes, config=config)
     started = time.perf_counter() - state.seconds
     # the published regime: eval mode from the task's first validation on
     model.train(not (config.published_regime and state.log))
     for iteration in range(state.iteration, num_iterations):
         x, y = next(state.batches)
         sparsity = current_sparsity(config, task_id, iteration, num_iterations)
-        terms = training_loss(model, x, y, task_id=task_id, num_classes=task.num_classes,
-                              sparsity=sparsity, start=state.start, config=config)
-        state.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        state.optimizer.step()
+        terms = step(x, y, sparsity)
 
         state.iteration = iteration + 1
         state.seconds = time.perf_counter() - started

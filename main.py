@@ -35,7 +35,8 @@ status = False  # True: print the state of the selected experiment's runs, run n
 # Regime: the reference's defects that change numbers, fixed or kept (README, Differences)
 published_regime = False  # False: fixed; True: kept, to reproduce the published numbers
 launcher = "sequential"  # "sequential" | "local" (a process pool) | "slurm" (a job array)
-max_parallel_runs = None  # local: None = one per visible GPU, else cores // 2 on a CPU
+max_parallel_runs = None  # local: None = runs_per_gpu per visible GPU, else cores // 2 on a CPU
+runs_per_gpu = 1  # local: runs sharing each GPU (small runs leave a GPU mostly idle)
 slurm_partition = None  # slurm: the partition (None: the cluster's default)
 slurm_time_minutes = 24 * 60  # slurm: time limit per run; a requeued run resumes
 slurm_gpus_per_run = 1  # slurm
@@ -44,8 +45,10 @@ slurm_mem_gb = 32  # slurm
 slurm_additional_parameters = {}  # slurm: passed to sbatch, e.g. {"account": "my_lab"}
 # Long runs: a checkpoint after every task, and during a task this often
 checkpoint_minutes = 10  # minutes between mid-task checkpoints (>= 0); 0: after tasks only
-# Numerics on a GPU (part of a run's configuration; no effect on a CPU)
+# On a GPU (no effect on a CPU). tf32 changes the numbers, so it is part of a
+# run's configuration; cuda_graphs gives the same numbers and is not.
 tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
+cuda_graphs = True  # True: replay each task's training step from a CUDA graph; False: eager
 # ------------------------------------------------------------------------
 
 # The type(s) each variable above accepts on the command line.
@@ -53,15 +56,18 @@ SETTINGS = {
     "path_to_datasets": (str,), "results_dir": (str,), "dataset": (str,), "part": (int,),
     "create_grid_search": (bool,), "seeds": (type(None), list), "device": (str,),
     "demo": (bool,), "status": (bool,), "published_regime": (bool,), "launcher": (str,),
-    "max_parallel_runs": (type(None), int), "slurm_partition": (type(None), str),
+    "max_parallel_runs": (type(None), int), "runs_per_gpu": (int,),
+    "slurm_partition": (type(None), str),
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
     "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "tf32": (bool,),
+    "cuda_graphs": (bool,),
     "checkpoint_minutes": (int, float),
 }
 LAUNCHERS = ("sequential", "local", "slurm")
 # The smallest value of each numeric setting (checkpoint_minutes 0: after tasks only).
-MINIMUMS = {"max_parallel_runs": 1, "slurm_time_minutes": 1, "slurm_gpus_per_run": 0,
-            "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1, "checkpoint_minutes": 0}
+MINIMUMS = {"max_parallel_runs": 1, "runs_per_gpu": 1, "slurm_time_minutes": 1,
+            "slurm_gpus_per_run": 0, "slurm_cpus_per_run": 1, "slurm_mem_gb": 0.1,
+            "checkpoint_minutes": 0}
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
@@ -165,7 +171,8 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
               f"done, `python evaluation.py {experiment_dir}` writes the summary")
         return experiment_dir
     if settings["launcher"] == "local":
-        failures = runs.run_in_pool(jobs, settings["max_parallel_runs"])
+        failures = runs.run_in_pool(jobs, settings["max_parallel_runs"],
+                                    runs_per_gpu=settings["runs_per_gpu"])
     else:
         failures = runs.run_sequentially(jobs)
     if any((job.run_dir / name).exists() for job in jobs
@@ -197,7 +204,8 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                      run_dir=experiment_dir / (f"point_{k:03d}_seed_{seed}" if grid
                                                else f"seed_{seed}"),
                      path_to_datasets=settings["path_to_datasets"], device=settings["device"],
-                     demo=settings["demo"], checkpoint_minutes=settings["checkpoint_minutes"])
+                     demo=settings["demo"], checkpoint_minutes=settings["checkpoint_minutes"],
+                     cuda_graphs=settings["cuda_graphs"])
             for k, config in enumerate(configs) for seed in seeds_to_run]
     return experiment_dir, jobs
 

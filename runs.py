@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+import capture
 import datasets
 import evaluation
 import hypermask
@@ -63,6 +64,7 @@ class Job:
     demo: bool = False
     threads: int | None = None  # CPU threads; None: decided by cpu_threads() in the run
     checkpoint_minutes: float = 10  # a mid-task checkpoint this often; 0: only after tasks
+    cuda_graphs: bool = True  # on a GPU, replay each task's training step from a CUDA graph
 
 
 def select_device(name: str):
@@ -80,6 +82,15 @@ def select_device(name: str):
         raise UserError(f"device {name!r} is not usable here ({str(error).splitlines()[0]}); "
                         "use --device=auto or --device=cpu") from None
     return device
+
+
+def describe_device(device: torch.device) -> str:
+    """The device and what it is: "cuda:0 (NVIDIA H100 80GB HBM3; CUDA_VISIBLE_DEVICES=3)"."""
+    if device.type == "cuda":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return (f"{device} ({torch.cuda.get_device_name(device)}"
+                + (f"; CUDA_VISIBLE_DEVICES={visible})" if visible else ")"))
+    return f"{device} ({torch.get_num_threads()} CPU thread(s))"
 
 
 def use_device(device: torch.device, tf32: bool) -> None:
@@ -166,12 +177,14 @@ def _run(job: Job) -> None:
                                             job.run_dir)
     record = {"dataset": dataset, "part": part, "seed": seed,
               "data": datasets.DEMO_LABEL if job.demo else dataset,
-              **dataclasses.asdict(config), "threads": torch.get_num_threads()}
+              **dataclasses.asdict(config), "threads": torch.get_num_threads(),
+              "cuda_graphs": job.cuda_graphs}
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
         return
     device = select_device(job.device)
     use_device(device, config.tf32)
+    print(f"  device: {describe_device(device)}")
     keep_freed_memory()
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
@@ -190,11 +203,18 @@ def _run(job: Job) -> None:
         try:
             train_run(model, tasks, config, job=job, device=device, stop=stop)
         except hypermask.Diverged as error:
-            message = (f"diverged: {error}; configuration in {run_dir / 'config.json'} "
-                       f"(learning_rate={config.learning_rate}, beta={config.beta}, "
-                       f"lam={config.lam}); no accuracy of the diverged task was written")
-            (run_dir / FAILED).write_text(message + "\n")
-            raise RunFailed(message) from None
+            fail(run_dir, f"diverged: {error}; configuration in {run_dir / 'config.json'} "
+                          f"(learning_rate={config.learning_rate}, beta={config.beta}, "
+                          f"lam={config.lam}); no accuracy of the diverged task was written")
+        except RunFailed as error:
+            fail(run_dir, str(error))
+
+
+def fail(run_dir: Path, message: str) -> None:
+    """Record a run's failure in its failed.txt and raise RunFailed for the launcher."""
+    with contextlib.suppress(OSError):  # no space left, say: the message still goes out
+        (run_dir / FAILED).write_text(message + "\n")
+    raise RunFailed(message)
 
 
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
@@ -217,13 +237,16 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
     checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
                                   minutes=job.checkpoint_minutes, stop=stop)
+    make_step = (capture.graphed_step if device.type == "cuda" and job.cuda_graphs
+                 else hypermask.eager_step)
     for task_id in range(state["next_task"], len(tasks)):
         if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
             checkpoints.save()  # stopped before the first step: keep what is done
         stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
-        rows = train_with_progress(model, tasks[task_id], task_id, config, seed=job.seed,
-                                   resume=state.pop("task_in_progress", None),
-                                   after_step=checkpoints)
+        with out_of_memory_names(f"task {task_id + 1}"):
+            rows = train_with_progress(model, tasks[task_id], task_id, config, seed=job.seed,
+                                       resume=state.pop("task_in_progress", None),
+                                       after_step=checkpoints, make_step=make_step)
         state["log"] += [{"task": task_id, **sizes[task_id], **row} for row in rows]
         require_finite(model, task_id)
         last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
@@ -238,8 +261,22 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
               f"over {len(last)} task(s)")
     stop.check(f"after the last task in {run_dir / CHECKPOINT}")
-    finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
-               title=f"{label} part {job.part}")
+    with out_of_memory_names("the final evaluations (task-agnostic, FeCAM)"):
+        finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
+                   title=f"{label} part {job.part}")
+
+
+@contextlib.contextmanager
+def out_of_memory_names(where: str):
+    """A GPU out-of-memory error becomes RunFailed: where it happened and what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        detail = str(error).splitlines()[0] if str(error) else "out of memory"
+        raise RunFailed(f"ran out of GPU memory in {where} ({detail}); rerun the same command "
+                        "to resume from the last checkpoint with a smaller "
+                        "evaluation_batch_size (evaluations), runs_per_gpu (runs sharing "
+                        "a GPU) or batch_size, or on a GPU with more memory") from None
 
 
 def require_finite(model, task_id: int) -> None:
@@ -460,12 +497,14 @@ def one_writer(run_dir: Path):
 
 
 def train_with_progress(model, task, task_id: int, config, *, seed: int,
-                        resume: dict | None = None, after_step=None) -> list[dict]:
+                        resume: dict | None = None, after_step=None,
+                        make_step=hypermask.eager_step) -> list[dict]:
     """hypermask.train_task with its progress shown: a tqdm bar on a terminal, else
     plain lines (ProgressLines) for the logs of the local pool and SLURM.
 
     Args:
-        resume, after_step: passed on to hypermask.train_task (after the progress).
+        resume, after_step, make_step: passed on to hypermask.train_task (after_step
+            after the progress).
     """
     total = (config.number_of_iterations if not config.number_of_epochs else
              config.number_of_epochs * -(-len(task.train_y) // config.batch_size))
@@ -483,7 +522,7 @@ def train_with_progress(model, task, task_id: int, config, *, seed: int,
 
     try:
         return hypermask.train_task(model, task, task_id, config, resume=resume,
-                                    after_step=step_done)
+                                    after_step=step_done, make_step=make_step)
     finally:
         progress.close()
 
@@ -606,27 +645,29 @@ def run_sequentially(jobs: list[Job]) -> list[str]:
     return failures
 
 
-def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
-                refresh_seconds: float = 10.0) -> list[str]:
+def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None, *,
+                runs_per_gpu: int = 1, refresh_seconds: float = 10.0) -> list[str]:
     """Run the jobs in a pool of processes, one per run; return one line per failed run.
 
     Each run's process is pinned to one GPU (CUDA_VISIBLE_DEVICES) when there
-    are GPUs, else to its share of the CPU threads. A run's output goes to its
-    run.log; a run that raises, or whose process dies (killed, out of memory),
-    is reported with its folder and log while the others go on. SIGTERM or
+    are GPUs, runs_per_gpu of them on each, else to its share of the CPU
+    threads. A run's output goes to its run.log; a run that raises, or whose
+    process dies (killed, out of memory), is reported with its folder and log
+    while the others go on. SIGTERM or
     Ctrl-C stops every run at its next step, each saving its state. While runs
     are in flight their progress is printed, read from their folders, whenever
     it changes (at most every refresh_seconds).
     """
     gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
     cpus = cpu_threads()
-    workers = max_parallel_runs or gpus or max(1, cpus // CPU_THREADS_PER_RUN)
+    workers = pool_workers(max_parallel_runs, gpus=gpus, runs_per_gpu=runs_per_gpu, cpus=cpus)
     threads = max(1, cpus // workers)
     # a run sees only its own GPU, as device 0
     jobs = [dataclasses.replace(job, threads=threads, **({"device": "cuda"} if gpus else {}))
             for job in jobs]
     print(f"local pool: {workers} worker(s), "
-          + (f"{gpus} GPU(s)" if gpus else f"{threads} CPU thread(s) each")
+          + (f"{gpus} GPU(s), {workers / gpus:g} run(s) on each" if gpus
+             else f"{threads} CPU thread(s) each")
           + "; each run's output is in its folder's run.log")
     pool = Pool(worker_gpus(workers, gpus))
     failures, shown = [], ""
@@ -645,6 +686,13 @@ def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None,
     if pool.stopped is not None:
         raise Preempted(pool.stopped, "every run in flight, in its folder")
     return failures
+
+
+def pool_workers(max_parallel_runs: int | None, *, gpus: int, runs_per_gpu: int,
+                 cpus: int) -> int:
+    """How many runs the local pool runs at once: max_parallel_runs if set, else
+    runs_per_gpu on each GPU, else one per CPU_THREADS_PER_RUN CPUs."""
+    return max_parallel_runs or gpus * runs_per_gpu or max(1, cpus // CPU_THREADS_PER_RUN)
 
 
 class Pool:

@@ -50,10 +50,16 @@ def example_batch(dataset: str, config, device: str):
 
 
 def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
-            steps: int) -> tuple:
-    """Training steps per second (transform of the batch included) and peak memory (MiB)."""
+            steps: int, captured: bool = False) -> tuple:
+    """Training steps per second (transform of the batch included) and peak memory (MiB).
+
+    The step is a run's (hypermask.eager_step; with `captured`, replayed from a
+    CUDA graph by capture.graphed_step); with batched=False, the output
+    regulariser loops over earlier tasks instead.
+    """
     import torch
 
+    import capture
     import datasets
     import hypermask
     import runs
@@ -65,19 +71,23 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
     torch.manual_seed(0)
     inputs, shape, classes = example_batch(dataset, config, device)
     model = hypermask.build_model(config, shape, classes).to(device)
-    optimizer = hypermask.make_optimizer(model, config)
+    optimizer = hypermask.make_optimizer(model, config, capturable=captured)
     start = hypermask.task_start(model, task_id)
     y = torch.randint(0, classes, (config.batch_size,), device=device)
+    run_step = (capture.graphed_step if captured else hypermask.eager_step)(
+        model, optimizer, start, task_id=task_id, num_classes=classes, config=config)
 
     def step():
+        if batched:
+            return run_step(inputs(), y, config.sparsity)
         terms = hypermask.training_loss(model, inputs(), y, task_id=task_id, num_classes=classes,
                                         sparsity=config.sparsity, start=start, config=config,
-                                        batched=batched)
+                                        batched=False)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
 
-    for _ in range(2):
+    for _ in range(2 + (capture.WARMUP_STEPS + 1 if captured else 0)):
         step()
     if measured.type == "cuda":  # on the measured GPU, which need not be the current one
         torch.cuda.synchronize(measured)
@@ -137,14 +147,20 @@ def print_bound(results: dict, dataset: str, part: int, device: str) -> None:
     print(f"memory-traffic bound of {dataset} {part}: a step moves at least {traffic / 1e9:.2f} GB "
           f"(10 x 4 B per parameter); copy bandwidth now {bandwidth / 1e9:.1f} GB/s (bytes read "
           f"+ written by a 1 GiB copy); bound {bound:.3f} s per step")
-    print(f"{'task':>5}{'s/step':>9}{'bound s':>9}{'ratio':>7}")
-    for (name, number, task_id, batched), rate in results.items():
-        if (name, number) == (dataset, part) and batched:
-            print(f"{task_id + 1:>5}{1 / rate:>9.3f}{bound:>9.3f}{1 / rate / bound:>7.2f}")
+    print(f"{'task':>5}  {'step':<10}{'s/step':>9}{'bound s':>9}{'ratio':>7}")
+    for (name, number, task_id, kind), rate in results.items():
+        if (name, number) == (dataset, part) and kind:
+            step = "captured" if kind == "captured" else "eager"
+            print(f"{task_id + 1:>5}  {step:<10}{1 / rate:>9.3f}{bound:>9.3f}"
+                  f"{1 / rate / bound:>7.2f}")
 
 
 def run_cases(cases: list, device: str, steps: int) -> dict:
-    """Measure each (dataset, part, task_id, batched) in its own process; print a table."""
+    """Measure each (dataset, part, task_id, batched) in its own process; print a table.
+
+    On a GPU, a second table sets each batched case's eager step against the
+    same step replayed from a CUDA graph (what runs use by default there).
+    """
     import torch
 
     name = (torch.cuda.get_device_name(device) if device.startswith("cuda")
@@ -152,16 +168,40 @@ def run_cases(cases: list, device: str, steps: int) -> dict:
     print(f"device: {device} ({name}); torch {torch.__version__}; {steps} timed steps")
     memory = "peak GPU MiB" if device.startswith("cuda") else "peak RSS MiB"
     print(f"{'benchmark':<24}{'task':>5}  {'regulariser':<12}{'steps/s':>9}{memory:>15}")
-    spawn = multiprocessing.get_context("spawn")
     results = {}
     for dataset, part, task_id, batched in cases:
-        with spawn.Pool(1) as pool:
-            rate, peak = pool.apply(measure, (dataset, part, task_id, batched, device, steps))
+        rate, peak = in_own_process(dataset, part, task_id, batched, device, steps)
         results[dataset, part, task_id, batched] = rate
         label = f"{dataset} {part}"
         kind = "batched" if batched else "loop"
         print(f"{label:<24}{task_id + 1:>5}  {kind:<12}{rate:>9.2f}{peak:>15.0f}", flush=True)
+    if device.startswith("cuda"):
+        print(f"CUDA graphs: {'benchmark':<24}{'task':>5}{'eager/s':>10}{'captured/s':>12}"
+              f"{'speedup':>9}{memory:>15}")
+        for (dataset, part, task_id, batched), eager in list(results.items()):
+            if batched:
+                rate, peak = in_own_process(dataset, part, task_id, True, device, steps, True)
+                results[dataset, part, task_id, "captured"] = rate
+                print(f"{'':<13}{dataset + ' ' + str(part):<24}{task_id + 1:>5}{eager:>10.2f}"
+                      f"{rate:>12.2f}{rate / eager:>9.2f}{peak:>15.0f}", flush=True)
     return results
+
+
+def in_own_process(*arguments) -> tuple:
+    """measure(*arguments) with a peak memory of its own: on a CPU in a fresh process
+    (peak RSS); on a GPU in this one (its peak-memory counter is reset per case), which
+    saves the seconds a process takes to start CUDA."""
+    device = arguments[4]
+    if device.startswith("cuda"):
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        return measure(*arguments)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, arguments)
 
 
 def chosen_cases(parser: argparse.ArgumentParser, benchmark: str | None,

@@ -1,17 +1,11 @@
 """Shared fixtures: small MNIST files in torchvision's on-disk layout."""
 
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write an uint8 array in the IDX format MNIST ships in (big-endian header)."""
-    magic = 0x0800 + array.ndim  # type 0x08 = unsigned byte
-    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+from datasets import write_idx
 
 
 def make_mnist(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0) -> Path:

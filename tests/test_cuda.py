@@ -88,3 +88,124 @@ def test_a_gpu_run_repeats_bit_for_bit_and_saves_cpu_weights(network, mnist_root
         pd.testing.assert_frame_equal(first, second, check_exact=True)
     weights = torch.load(run_dir / "final_weights.pt", weights_only=True)  # no map_location
     assert all(t.device.type == "cpu" for part in weights.values() for t in part.values())
+
+
+# ------------------------------------------------------------------ captured steps
+
+def train_one_task(make_step, *, sparsity=30, epochs=3, lower_lr_at=None):
+    """A ZenkeNet task trained with a step maker: (terms per step, final parameters).
+
+    120 training images in batches of 16: every epoch ends on a smaller (8)
+    batch; the first task ramps the sparsity; `lower_lr_at` lowers the learning
+    rate after that step, as the plateau scheduler does.
+    """
+    config = dataclasses.replace(datasets.get_benchmark("CIFAR100", 1).best,
+                                 hnet_hidden_layers=(8,), sparsity=sparsity, batch_size=16,
+                                 number_of_epochs=epochs)
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (32, 32, 3), 10).to(GPU)
+    optimizer = hypermask.make_optimizer(model, config, capturable=make_step is not
+                                         hypermask.eager_step)
+    start = hypermask.task_start(model, 0)
+    step = make_step(model, optimizer, start, task_id=0, num_classes=10, config=config)
+    generator = torch.Generator(device=GPU).manual_seed(1)
+    images = torch.rand(120, 32 * 32 * 3, device=GPU, generator=generator)
+    labels = torch.randint(0, 10, (120,), device=GPU, generator=generator)
+    losses, total = [], epochs * 8
+    for i in range(total):
+        index = torch.arange(16 * (i % 8), min(120, 16 * (i % 8) + 16), device=GPU)
+        terms = step(images[index], labels[index],
+                     hypermask.current_sparsity(config, 0, i, total))
+        losses.append(terms["loss"].detach().clone())
+        if i == lower_lr_at:
+            optimizer.param_groups[0]["lr"] *= 0.1
+    return torch.stack(losses), [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("sparsity", [0, 30])
+def test_a_captured_step_trains_exactly_as_the_eager_one(sparsity):
+    import capture
+
+    eager = train_one_task(hypermask.eager_step, sparsity=sparsity, lower_lr_at=11)
+    graphed = train_one_task(capture.graphed_step, sparsity=sparsity, lower_lr_at=11)
+    assert torch.equal(eager[0], graphed[0])
+    assert all(torch.equal(a, b) for a, b in zip(eager[1], graphed[1]))
+
+
+def test_a_captured_step_is_one_graph_replay_without_host_syncs():
+    import capture
+
+    config = dataclasses.replace(datasets.get_benchmark("SplitMNIST", 0).best,
+                                 target_hidden_layers=(64,), hnet_hidden_layers=(8,))
+    model = hypermask.build_model(config, (784,), 2).to(GPU)
+    optimizer = hypermask.make_optimizer(model, config, capturable=True)
+    step = capture.graphed_step(model, optimizer, hypermask.task_start(model, 1), task_id=1,
+                                num_classes=2, config=config)
+    x, y = torch.rand(128, 784, device=GPU), torch.randint(0, 2, (128,), device=GPU)
+    for _ in range(capture.WARMUP_STEPS + 1):
+        step(x, y, 30.0)
+    assert step.graph is not None
+    assert host_syncs(lambda: step(x, y, 30.0)) == []
+
+
+def test_loss_masks_and_gradients_on_the_gpu_equal_the_cpus():
+    """Same weights, same batch: CUDA (fp32, no TF32) against the CPU, relative 1e-4."""
+    config = dataclasses.replace(datasets.get_benchmark("CIFAR100", 0).best,
+                                 hnet_hidden_layers=(8,), sparsity=30)
+    torch.manual_seed(0)
+    cpu_model = hypermask.build_model(config, (32, 32, 3), 10)
+    gpu_model = hypermask.build_model(config, (32, 32, 3), 10).to(GPU)
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    x, y = torch.rand(16, 32 * 32 * 3), torch.randint(0, 10, (16,))
+    results = []
+    for model, device in ((cpu_model, "cpu"), (gpu_model, GPU)):
+        runs.use_device(torch.device(device), tf32=False)
+        start = hypermask.task_start(model, 1)
+        terms = hypermask.training_loss(model, x.to(device), y.to(device), task_id=1,
+                                        num_classes=10, sparsity=30, start=start,
+                                        config=config)
+        masks = model.masks(model.hnet_outputs([1])[0], 30)
+        terms["loss"].backward()
+        results.append(([t.detach().cpu() for t in terms.values()],
+                        [m.detach().cpu() for m in masks],
+                        [p.grad.cpu() for p in model.parameters() if p.grad is not None]))
+    for cpu, gpu in zip(*results):
+        for a, b in zip(cpu, gpu):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_gpu_run_stopped_mid_task_resumes_to_the_same_results(mnist_root, tmp_path,
+                                                                 monkeypatch):
+    import os
+    import signal
+
+    options = [*RUNS["SplitMNIST"], "--number_of_iterations=60", "--seeds=[1]",
+               "--number_of_tasks=2", "--device=cuda", f"--path_to_datasets={mnist_root}"]
+    assert main.main([*options, f"--results_dir={tmp_path / 'whole'}"]) == 0
+    real = runs.TaskCheckpoints.__call__
+
+    def stop_in_task_2(self, training):
+        if self.run_state["next_task"] == 1 and training.iteration == 25:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(self, training)
+
+    monkeypatch.setattr(runs.TaskCheckpoints, "__call__", stop_in_task_2)
+    cut = [*options, f"--results_dir={tmp_path / 'cut'}"]
+    assert main.main(cut) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    assert main.main(cut) == 0
+    for name in ("accuracies.csv", "transfer.csv", "task_agnostic.csv"):
+        a, b = (next((tmp_path / d).glob("*/seed_1")) / name for d in ("whole", "cut"))
+        assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_the_local_pool_puts_several_runs_on_one_gpu(mnist_root, tmp_path, capsys):
+    assert main.main([*RUNS["SplitMNIST"], "--seeds=[1,2,3]", "--number_of_tasks=2",
+                      "--launcher=local", "--runs_per_gpu=3", f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    gpus = torch.cuda.device_count()
+    assert f"local pool: {3 * gpus} worker(s), {gpus} GPU(s), 3 run(s) on each" in out
+    for seed in (1, 2, 3):
+        log = (next(tmp_path.glob("*")) / f"seed_{seed}" / "run.log").read_text()
+        assert "device: cuda" in log

@@ -1,0 +1,98 @@
+"""What makes a step capturable, checked on the CPU; the capture itself is in test_cuda.py."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import datasets
+import hypermask
+import main
+import runs
+
+
+def test_a_sparsity_tensor_gives_the_very_masks_of_the_number():
+    """A captured step feeds the ramping sparsity as a float64 tensor: same bits."""
+    torch.manual_seed(0)
+    outputs = [torch.randn(300, 7), torch.randn(50), torch.randn(10, 3)]
+    ramp = [30 * (i + 1) / 2000 for i in range(0, 2000, 97)] + [0.0, 12.0, 50.0, 99.5]
+    for sparsity in ramp:
+        expected = hypermask.semi_binary_masks(outputs, sparsity)
+        got = hypermask.semi_binary_masks(outputs, torch.tensor(sparsity, dtype=torch.float64))
+        assert all(torch.equal(a, b) for a, b in zip(expected, got)), sparsity
+
+
+class HostReads(TorchFunctionMode):
+    """Counts reads of a tensor's value into Python: each is a host sync on a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("__bool__", "item", "__int__", "__float__",
+                                             "__index__", "tolist"):
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dataset, part, shape, classes", [
+    ("SplitMNIST", 0, (784,), 2), ("CIFAR100", 0, (32, 32, 3), 10),
+    ("CIFAR100", 1, (32, 32, 3), 10), ("TinyImageNet", 1, (64, 64, 3), 5)])
+def test_a_training_step_never_reads_a_tensor_into_python(dataset, part, shape, classes):
+    """The whole step (loss, backward, Adam) with a tensor sparsity: capturable as a graph."""
+    config = dataclasses.replace(datasets.get_benchmark(dataset, part).best,
+                                 hnet_hidden_layers=(3,), sparsity=30, batch_size=4)
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, shape, classes)
+    optimizer = hypermask.make_optimizer(model, config)
+    start = hypermask.task_start(model, 1)
+    step = hypermask.eager_step(model, optimizer, start, task_id=1, num_classes=classes,
+                                config=config)
+    x, y = torch.rand(4, torch.Size(shape).numel()), torch.arange(4) % classes
+    step(x, y, 30.0)  # Adam's state is created on the first step
+    with HostReads() as counter:
+        step(x, y, torch.tensor(15.0, dtype=torch.float64))
+    assert counter.reads == []
+
+
+def test_pool_size_with_several_runs_per_gpu(monkeypatch):
+    assert runs.pool_workers(None, gpus=2, runs_per_gpu=5, cpus=16) == 10
+    assert runs.pool_workers(3, gpus=2, runs_per_gpu=5, cpus=16) == 3
+    assert runs.pool_workers(None, gpus=0, runs_per_gpu=5, cpus=16) == 8
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = runs.worker_gpus(10, 2)
+    assert slots.count("0") == slots.count("1") == 5
+
+
+def test_runs_per_gpu_is_a_checked_setting(capsys):
+    assert main.main(["--runs_per_gpu=0"]) == 2
+    assert "--runs_per_gpu must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_running_out_of_gpu_memory_is_a_clear_error(mnist_root, tmp_path, monkeypatch, capsys):
+    real = runs.train_with_progress
+
+    def train(model, task, task_id, config, **options):
+        if task_id == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
+                                         "(GPU 0; 79.1 GiB total capacity)\nmore detail")
+        return real(model, task, task_id, config, **options)
+
+    monkeypatch.setattr(runs, "train_with_progress", train)
+    options = ["--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
+               "--number_of_iterations=3", "--target_hidden_layers=[8]",
+               "--hnet_hidden_layers=[4]", "--validation_size=10", "--batch_size=16",
+               "--device=cpu",
+               f"--path_to_datasets={mnist_root}", f"--results_dir={tmp_path}"]
+    assert main.main(options) == 2
+    err = capsys.readouterr().err.strip()
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    assert err.startswith(f"error: 1 run(s) failed: {run}: ran out of GPU memory in task 2 "
+                          "(CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "evaluation_batch_size" in err and "runs_per_gpu" in err and "\n" not in err
+    assert (run / "failed.txt").read_text().startswith("ran out of GPU memory in task 2")
+    monkeypatch.undo()
+    assert main.main(options) == 0  # resumes after task 1
+    assert "resuming after task 1" in capsys.readouterr().out
