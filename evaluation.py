@@ -270,8 +270,13 @@ def seeds_table(groups: list, title: str) -> str:
     data = first["data"]
     if isinstance(first.get("data_source"), str):  # runs before task sizes were recorded: NaN
         data += f", read from {first['data_source']}: {first['data_size']}"
+    # runs recorded before the setting existed have no such column: the fixed regime
+    regime = ("published: the reference's defects that change numbers are kept "
+              "(published_regime=True)" if str(first.get("published_regime")) == "True" else
+              "fixed: the reference's defects are fixed (published_regime=False)")
     return "\n".join([
         f"# {title}", "",
+        f"Regime: {regime}; see the README, Differences.", "",
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds. "
         "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
         "Chaudhry et al. 2018; task_agnostic_accuracy: task inferred by lowest entropy; "

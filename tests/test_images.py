@@ -221,6 +221,19 @@ def test_per_image_augmentation_runs_in_workers_and_follows_the_seed(cifar_root)
     assert sum(tuple(v.tolist()) in plain for v in x) < 16  # most images were changed
 
 
+def test_autoaugment_fills_uncovered_pixels_with_grey():
+    """FeCAM's CIFAR-10 policy fills with (128, 128, 128); torchvision's default is black."""
+    import copy
+
+    autoaugment = copy.deepcopy(datasets.FECAM_AUGMENT.transforms[-1])
+    autoaugment._policies = [(("Rotate", 1.0, 9), ("TranslateY", 1.0, 9))]  # force geometry
+    torch.manual_seed(0)
+    white = torch.full((3, 32, 32), 255, dtype=torch.uint8)
+    out = autoaugment(white)
+    assert set(out.unique().tolist()) == {128, 255}  # nearest interpolation: fill or image
+    assert (out == 128).all(0).float().mean() > 0.1
+
+
 def test_image_transform_copies_mean_and_std_to_the_device_once(monkeypatch):
     """A torch.tensor(..., device=cuda) is a blocking host-to-device copy: not per batch."""
     x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)

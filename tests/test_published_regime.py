@@ -1,0 +1,244 @@
+"""`published_regime`: the reference's defects that change numbers, kept on request (SPEC §8).
+
+Each test runs both regimes and fails if the switch does nothing.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import datasets
+import hypermask
+import main
+from conftest import make_cifar100
+
+CPU = torch.device("cpu")
+REGIMES = [False, True]
+
+
+def config_for(dataset, part, **changes):
+    return dataclasses.replace(datasets.get_benchmark(dataset, part).best, **changes)
+
+
+@pytest.mark.parametrize("published", REGIMES)
+def test_published_regime_leaves_dropout_off_after_the_first_validation(cifar_root, published):
+    """Defect 3: the reference's validation switches to eval mode and never back."""
+    config = config_for("CIFAR100", 1, hnet_hidden_layers=(2,), embedding_size=4,
+                        validation_size=10, number_of_epochs=None, number_of_iterations=3,
+                        published_regime=published)
+    task = datasets.load_tasks("CIFAR100", 1, config, seed=1, root=cifar_root, device=CPU)[1]
+    model = hypermask.build_model(config, (32, 32, 3), 10)
+    modes = []
+    hypermask.train_task(model, task, 1, config,
+                         after_step=lambda state: modes.append(model.target.training))
+    # validation follows iteration 0: the reference trains the rest of the task in eval mode
+    assert modes == ([False] * 3 if published else [True] * 3)
+
+
+@pytest.mark.parametrize("published", REGIMES)
+def test_published_regime_validates_the_first_task_at_the_ramped_sparsity(
+        mnist_root, published, monkeypatch):
+    """Defect 5: validation during task 0 uses the ramped p, not the target p."""
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], number_of_iterations=3,
+                                 target_hidden_layers=(8,), hnet_hidden_layers=(4,),
+                                 validation_size=10, sparsity=60, batch_size=16,
+                                 published_regime=published)
+    tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
+    model = hypermask.build_model(config, (784,), 2)
+    used = []
+    evaluate = hypermask.evaluate
+
+    def spy(model, task, task_id, sparsity, **kwargs):
+        used.append((task_id, sparsity))
+        return evaluate(model, task, task_id, sparsity, **kwargs)
+
+    monkeypatch.setattr(hypermask, "evaluate", spy)
+    for task_id in (0, 1):
+        hypermask.train_task(model, tasks[task_id], task_id, config)
+    # validation after iterations 0 and 2 (the last) of each task
+    first = [20.0, 60.0] if published else [60.0, 60.0]
+    assert [task_id for task_id, _ in used] == [0, 0, 1, 1]
+    assert [sparsity for _, sparsity in used] == pytest.approx(first + [60.0, 60.0])
+
+
+def make_tiny_cache(root):
+    """A Tiny ImageNet uint8 cache in which every training image says its own index.
+
+    Pixel [0, 0] holds (index % 256, index // 256, 0); 3 training images per
+    class, stored class by class, so image i is class i // 3, position i % 3.
+    """
+    cache = root / "tiny-imagenet-200" / "uint8_cache"
+    cache.mkdir(parents=True)
+    train_x = np.zeros((600, 64, 64, 3), dtype=np.uint8)
+    train_x[:, 0, 0, 0], train_x[:, 0, 0, 1] = np.arange(600) % 256, np.arange(600) // 256
+    arrays = {"train_x": train_x, "train_y": np.repeat(np.arange(200), 3),
+              "test_x": np.zeros((200, 64, 64, 3), dtype=np.uint8), "test_y": np.arange(200)}
+    for name, array in arrays.items():
+        np.save(cache / f"{name}.npy", array)
+    return root
+
+
+def image_index(x: torch.Tensor) -> list[int]:
+    return (x[:, 0, 0, 0].long() + 256 * x[:, 0, 0, 1].long()).tolist()
+
+
+@pytest.mark.parametrize("published", REGIMES)
+def test_published_tiny_imagenet_splits_and_shuffles_alike_for_every_seed(tmp_path, published):
+    """The reference resets NumPy's seed to 1 in its Tiny ImageNet handler."""
+    root = make_tiny_cache(tmp_path)
+    config = config_for("TinyImageNet", 1, validation_size=1, batch_size=8,
+                        published_regime=published)
+    tasks = {seed: datasets.load_tasks("TinyImageNet", 1, config, seed=seed, root=root,
+                                       device=CPU) for seed in (5, 6)}
+    # which of its class's three images validates, for every class of every task
+    positions = {seed: [i % 3 for task in tasks[seed] for i in image_index(task.val_x)]
+                 for seed in (5, 6)}
+    classes = {seed: [i // 3 for i in image_index(tasks[seed][0].val_x)] for seed in (5, 6)}
+    assert classes[5] != classes[6]  # the class order follows the seed in both regimes
+    assert (positions[5] == positions[6]) == published
+
+    stored = dataclasses.replace(tasks[5][0], transform=lambda x, training: x)  # raw pixels
+
+    def first_batch(seed):
+        torch.manual_seed(seed)  # what the run's seed does
+        return image_index(next(datasets.TrainingBatches(stored, 8))[0])
+
+    assert (first_batch(5) == first_batch(6)) == published
+
+
+def test_published_fecam_slices_overlap_the_first_task():
+    """Defect 1: task i starts at i * (its class count); 5 tasks stay right."""
+    order = datasets.FECAM_CLASS_ORDER
+    six = datasets.fecam_classes(6, published_regime=True)
+    assert six == [order[:50]] + [order[10 * i:10 * i + 10] for i in range(1, 6)]
+    assert datasets.fecam_classes(11, True)[10] == order[50:55]
+    twenty_one = datasets.fecam_classes(21, True)
+    assert twenty_one[13] == order[39:42] and twenty_one[20] == order[60:63]
+    assert datasets.fecam_classes(5, True) == datasets.fecam_classes(5) \
+        == [order[20 * i:20 * i + 20] for i in range(5)]
+    fixed = datasets.fecam_classes(6)
+    assert fixed[1] == order[50:60] and sum(fixed, []) == order  # no overlap when fixed
+
+
+@pytest.mark.parametrize("published", REGIMES)
+def test_published_fecam_tasks_have_task_0s_outputs(cifar_root, published):
+    """Defects 1-2 in the built tasks: overlapping classes, task 0's output count."""
+    config = config_for("CIFAR100_FeCAM_setup", 0, validation_size=2, batch_size=8,
+                        published_regime=published)
+    tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", 0, config, seed=1, root=cifar_root,
+                                device=CPU)
+    _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
+    second = datasets.FECAM_CLASS_ORDER[10:20] if published else datasets.FECAM_CLASS_ORDER[50:60]
+    assert torch.equal(tasks[1].test_x, torch.from_numpy(test_x[np.isin(test_y, second)]))
+    assert [t.num_classes for t in tasks] == ([50] * 6 if published else [50] + [10] * 5)
+    assert set(tasks[1].train_y.tolist()) == set(range(10))  # labels stay the task's own
+
+
+# ------------------------------------------------- every benchmark, published, end to end
+
+BEST = [("PermutedMNIST", 0), ("SplitMNIST", 0), ("CIFAR100", 0), ("CIFAR100", 1),
+        ("TinyImageNet", 0), ("TinyImageNet", 1)] \
+    + [("CIFAR100_FeCAM_setup", part) for part in range(8)]
+
+
+@pytest.fixture(scope="module")
+def small_cifar_root(tmp_path_factory):
+    """3 training and 1 test image per class: ResNet-20 is slow on a CPU."""
+    return make_cifar100(tmp_path_factory.mktemp("small_cifar"), per_class_train=3,
+                         per_class_test=1)
+
+
+@pytest.mark.parametrize("dataset, part", BEST)
+def test_every_best_configuration_runs_in_the_published_regime(
+        dataset, part, mnist_root, small_cifar_root, tiny_root, tmp_path):
+    root = {"TinyImageNet": tiny_root, "PermutedMNIST": mnist_root,
+            "SplitMNIST": mnist_root}.get(dataset, small_cifar_root)
+    size = ["--number_of_iterations=3"] if "MNIST" in dataset else ["--number_of_epochs=1"]
+    validation = {"CIFAR100": 10, "PermutedMNIST": 20, "SplitMNIST": 10}.get(dataset, 1)
+    code = main.main([f"--dataset={dataset}", f"--part={part}", f"--path_to_datasets={root}",
+                      f"--results_dir={tmp_path}", "--seeds=[1]", "--number_of_tasks=2", *size,
+                      "--target_hidden_layers=[8]", "--hnet_hidden_layers=[2]",
+                      "--embedding_size=4", f"--validation_size={validation}", "--device=cpu",
+                      "--batch_size=4", "--published_regime=True"])
+    assert code == 0
+    experiment = tmp_path / f"{dataset}_part{part}_best_published"
+    assert json.loads((experiment / "seed_1" / "config.json").read_text())["published_regime"]
+    assert "Regime: published" in (experiment / "summary.md").read_text()
+    accuracies = pd.read_csv(experiment / "seed_1" / "accuracies.csv")
+    assert len(accuracies) == 3 and accuracies["accuracy"].between(0, 100).all()
+    if dataset == "CIFAR100_FeCAM_setup":
+        assert pd.read_csv(experiment / "seed_1" / "fecam.csv")["accuracy"].between(0, 100).all()
+
+
+def test_the_regime_names_the_folder_and_is_recorded(mnist_root, tmp_path):
+    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
+        "results_dir": str(tmp_path)}
+    for published in REGIMES:
+        folder, jobs = main.experiment_jobs(settings | {"published_regime": published}, {},
+                                            dataset="SplitMNIST", part=0)
+        assert folder.name == "SplitMNIST_part0_best" + ("_published" if published else "")
+        assert jobs and all(job.config.published_regime is published for job in jobs)
+    assert main.main([f"--path_to_datasets={mnist_root}", f"--results_dir={tmp_path}",
+                      "--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
+                      "--number_of_iterations=2", "--target_hidden_layers=[8]",
+                      "--hnet_hidden_layers=[2]", "--validation_size=10", "--batch_size=16",
+                      "--device=cpu"]) == 0
+    fixed = tmp_path / "SplitMNIST_part0_best"
+    assert json.loads((fixed / "seed_1" / "config.json").read_text())["published_regime"] is False
+    assert "Regime: fixed" in (fixed / "summary.md").read_text()
+
+
+def test_the_regime_takes_a_bool():
+    assert main.parse_overrides(["--published_regime"])[0] == {"published_regime": True}
+    with pytest.raises(datasets.UserError, match="--published_regime expects bool, not 'yes'"):
+        main.parse_overrides(["--published_regime=yes"])
+
+
+# ------------------------------------------------------------- resumed in the middle of a task
+
+def test_published_tiny_imagenet_batches_resume_mid_epoch(tmp_path):
+    """The seed-1 batch order continues where it stopped, whatever torch's generator holds."""
+    config = config_for("TinyImageNet", 1, validation_size=1, batch_size=4,
+                        published_regime=True)
+    task = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=make_tiny_cache(tmp_path),
+                               device=CPU)[0]
+    task = dataclasses.replace(task, transform=lambda x, training: x)  # raw pixels
+    batches = datasets.TrainingBatches(task, 4)  # 10 images: 3 batches an epoch
+    for _ in range(4):  # into the second epoch
+        next(batches)
+    saved = batches.state_dict()
+    expected = [image_index(next(batches)[0]) for _ in range(6)]  # to the fourth epoch
+    torch.manual_seed(123)
+    resumed = datasets.TrainingBatches(task, 4, saved)
+    assert [image_index(next(resumed)[0]) for _ in range(6)] == expected
+
+
+def test_a_published_task_resumed_mid_task_trains_as_uninterrupted(cifar_root):
+    """The networks stay in eval mode (no dropout) after a resume past the first validation."""
+    import copy
+
+    config = config_for("CIFAR100", 1, hnet_hidden_layers=(2,), embedding_size=4,
+                        validation_size=10, batch_size=8, number_of_epochs=None,
+                        number_of_iterations=6, published_regime=True)
+    task = datasets.load_tasks("CIFAR100", 1, config, seed=1, root=cifar_root, device=CPU)[0]
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (32, 32, 3), 10)
+    saved = {}
+
+    def save(state):
+        if state.iteration == 3:
+            saved.update(training=copy.deepcopy(state.state_dict()), rng=torch.get_rng_state(),
+                         model=copy.deepcopy(model.state_dict()))
+
+    log = hypermask.train_task(model, task, 0, config, after_step=save)
+    resumed = hypermask.build_model(config, (32, 32, 3), 10)
+    resumed.load_state_dict(saved["model"])
+    torch.set_rng_state(saved["rng"])
+    again = hypermask.train_task(resumed, task, 0, config, resume=saved["training"])
+    assert [row | {"seconds": 0} for row in again] == [row | {"seconds": 0} for row in log]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
