@@ -78,7 +78,8 @@ def profile(dataset: str, part: int, task_id: int, device: str, steps: int, top:
     total = sum(seconds.values()) / steps
     lines = [f"{dataset} {part}, task {task_id + 1}: {total:.3f} s per step (profiled), "
              f"{faults:,.0f} page faults per step ({faults * 4 / 1024:,.0f} MiB touched fresh)"]
-    lines += [f"  {phase:<10}{seconds[phase] / steps:>8.3f} s  {seconds[phase] / steps / total:>5.0%}"
+    per_step = {phase: seconds[phase] / steps for phase in PHASES}
+    lines += [f"  {phase:<10}{per_step[phase]:>8.3f} s  {per_step[phase] / total:>5.0%}"
               for phase in PHASES]
     key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     events = sorted(profiler.key_averages(group_by_input_shape=True),
