@@ -60,9 +60,10 @@ def test_a_failed_final_evaluation_resumes_with_other_evaluation_settings(
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(task_agnostic, "fecam_evaluation", out_of_memory)
-    with pytest.raises(torch.OutOfMemoryError):
-        run(mnist_root, tmp_path)
+    assert run(mnist_root, tmp_path) == 2  # a run failure with one line, not a traceback
     run_dir = tmp_path / "SplitMNIST_part0_best" / "seed_3"
+    assert "ran out of GPU memory in the final evaluations" in capsys.readouterr().err
+    assert (run_dir / "failed.txt").exists()
     trained = (run_dir / "accuracies.csv").read_bytes()
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "final_weights.pt").exists()
     monkeypatch.undo()
@@ -72,6 +73,7 @@ def test_a_failed_final_evaluation_resumes_with_other_evaluation_settings(
     out = capsys.readouterr().out
     assert "resuming after task 3" in out and "evaluation_batch_size None -> 7" in out
     assert (run_dir / "final_weights.pt").exists() and (run_dir / "fecam.csv").exists()
+    assert not (run_dir / "failed.txt").exists()
     assert (run_dir / "accuracies.csv").read_bytes() == trained
     assert json.loads((run_dir / "config.json").read_text())["evaluation_batch_size"] == 7
     # what defines the numbers (here TF32 on a GPU) still may not change
