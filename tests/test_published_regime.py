@@ -142,7 +142,9 @@ def test_published_fecam_tasks_have_task_0s_outputs(cifar_root, published):
 
 BEST = [("PermutedMNIST", 0), ("PermutedMNIST", 1), ("SplitMNIST", 0), ("CIFAR100", 0),
         ("CIFAR100", 1), ("TinyImageNet", 0), ("TinyImageNet", 1)] \
-    + [("CIFAR100_FeCAM_setup", part) for part in range(8)]
+    + [("CIFAR100_FeCAM_setup", part) for part in (0, 7)]  # overlapping slices; 5 tasks, ZenkeNet
+# (the other FeCAM parts differ only in their split, pinned by the tests above; end to end
+# each costs minutes on a CPU)
 
 
 @pytest.fixture(scope="module")
