@@ -146,12 +146,12 @@ def print_bound(results: dict, dataset: str, part: int, device: str) -> None:
     bound = traffic / bandwidth
     print(f"memory-traffic bound of {dataset} {part}: a step moves at least {traffic / 1e9:.2f} GB "
           f"(10 x 4 B per parameter); copy bandwidth now {bandwidth / 1e9:.1f} GB/s (bytes read "
-          f"+ written by a 1 GiB copy); bound {bound:.3f} s per step")
-    print(f"{'task':>5}  {'step':<10}{'s/step':>9}{'bound s':>9}{'ratio':>7}")
+          f"+ written by a 1 GiB copy); bound {bound * 1e3:.2f} ms per step")
+    print(f"{'task':>5}  {'step':<10}{'ms/step':>9}{'bound ms':>10}{'ratio':>7}")
     for (name, number, task_id, kind), rate in results.items():
         if (name, number) == (dataset, part) and kind:
             step = "captured" if kind == "captured" else "eager"
-            print(f"{task_id + 1:>5}  {step:<10}{1 / rate:>9.3f}{bound:>9.3f}"
+            print(f"{task_id + 1:>5}  {step:<10}{1e3 / rate:>9.2f}{bound * 1e3:>10.2f}"
                   f"{1 / rate / bound:>7.2f}")
 
 
