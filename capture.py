@@ -33,9 +33,9 @@ class GraphedStep:
     """step(x, y, sparsity) of hypermask.eager_step, replayed from a CUDA graph.
 
     The first WARMUP_STEPS calls of a task run eagerly on a side stream (they
-    are real training steps); the next one records the graph and replays it.
-    The graph is recorded again when the learning rate changed; a batch of
-    another shape (an epoch's last) runs eagerly.
+    are real training steps); the next full batch records the graph and replays
+    it. The graph is recorded again when the learning rate changed; a smaller
+    batch (an epoch's last) runs eagerly.
     """
 
     def __init__(self, model, optimizer, start, *, task_id: int, num_classes: int, config):
@@ -43,6 +43,8 @@ class GraphedStep:
         self.eager = hypermask.eager_step(model, optimizer, start, task_id=task_id,
                                           num_classes=num_classes, config=config)
         self.prunes = config.sparsity > 0  # else masks never look at the sparsity
+        self.batch_size = config.batch_size  # the graph's; never recorded on a smaller batch
+        self.stream = None  # the warm-up's side stream
         self.graph = self.x = self.y = self.terms = self.lr = None
         self.sparsity = None
         self.done = 0
@@ -51,7 +53,7 @@ class GraphedStep:
         if self.done < WARMUP_STEPS:
             self.done += 1
             return self.side_stream(lambda: self.eager(x, y, sparsity))
-        if self.x is not None and (x.shape != self.x.shape or y.shape != self.y.shape):
+        if len(x) != self.batch_size:
             return self.eager(x, y, sparsity)  # an epoch's last, smaller batch
         if self.graph is None or self.optimizer.param_groups[0]["lr"] != self.lr:
             self.record(x, y)
@@ -73,11 +75,11 @@ class GraphedStep:
             self.terms = self.eager(self.x, self.y, self.sparsity if self.prunes else 0.0)
 
     def side_stream(self, work: Callable):
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        self.stream = self.stream or torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
             result = work()
-        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.current_stream().wait_stream(self.stream)
         return result
 
 

@@ -310,7 +310,9 @@ def eager_step(model: HyperMask, optimizer: torch.optim.Optimizer, start: TaskSt
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
-        return terms
+        # values only: a loss kept with its autograd graph would keep the step's graph
+        # (and its AccumulateGrad nodes, tied to the stream that made them) alive
+        return {name: value.detach() for name, value in terms.items()}
 
     return step
 
@@ -359,7 +361,11 @@ def training_state(model: HyperMask, task: Task, task_id: int, config: HyperPara
         return TrainingState(0, optimizer, scheduler, task_start(model, task_id),
                              TrainingBatches(task, config.batch_size), [])
     device = task.train_y.device
-    optimizer.load_state_dict(resume["optimizer"])
+    # the saved groups carry `capturable` too: this step's kind decides it (a run stopped
+    # with eager steps may resume captured on a GPU, and the other way round)
+    saved = resume["optimizer"]
+    optimizer.load_state_dict({**saved, "param_groups": [
+        {**group, "capturable": capturable} for group in saved["param_groups"]]})
     if scheduler is not None:
         scheduler.load_state_dict(resume["scheduler"])
     targets = resume["hnet_targets"]
@@ -369,6 +375,13 @@ def training_state(model: HyperMask, task: Task, task_id: int, config: HyperPara
                          TrainingBatches(task, config.batch_size, resume["batches"]),
                          resume["log"], resume["best_accuracy"], resume["best_state"],
                          resume["seconds"])
+
+
+def task_iterations(task: Task, config: HyperParameters) -> int:
+    """The training iterations of one task: number_of_iterations, or its epochs' batches."""
+    if not config.number_of_epochs:
+        return config.number_of_iterations
+    return config.number_of_epochs * math.ceil(len(task.train_y) / config.batch_size)
 
 
 def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParameters, *,
@@ -395,8 +408,7 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
             graph (capture.graphed_step).
     """
     per_epoch = math.ceil(len(task.train_y) / config.batch_size)
-    num_iterations = (config.number_of_epochs * per_epoch if config.number_of_epochs
-                      else config.number_of_iterations)
+    num_iterations = task_iterations(task, config)
     state = training_state(model, task, task_id, config, resume,
                            capturable=make_step is not eager_step)
     step = make_step(model, state.optimizer, state.start, task_id=task_id,
@@ -431,7 +443,7 @@ def validate(model: HyperMask, task: Task, task_id: int, config: HyperParameters
     if not all(math.isfinite(row[name]) for name in terms):
         last = (f" (last finite loss {state.log[-1]['loss']:.4g} at iteration "
                 f"{state.log[-1]['iteration']})" if state.log else "")
-        raise Diverged(f"task {task_id}, iteration {state.iteration}: the loss is "
+        raise Diverged(f"task {task_id + 1}, iteration {state.iteration}: the loss is "
                        f"{row['loss']}{last}")
     accuracy = evaluate(model, task, task_id,
                         sparsity if config.published_regime else config.sparsity,

@@ -271,7 +271,8 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     make_step = (capture.graphed_step if device.type == "cuda" and job.cuda_graphs
                  else hypermask.eager_step)
     # the loggers' global step: the run's training iterations before each task, and in all
-    watch.start(state, [0, *itertools.accumulate(task_iterations(task, config) for task in tasks)])
+    watch.start(state, [0, *itertools.accumulate(hypermask.task_iterations(task, config)
+                                                 for task in tasks)])
 
     def after_step(training: hypermask.TrainingState) -> None:
         watch.training_rows(training.log)  # before a checkpoint that may stop the run
@@ -303,13 +304,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     with out_of_memory_names("the final evaluations (task-agnostic, FeCAM)"):
         finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
                    title=f"{label} part {job.part}", watch=watch)
-
-
-def task_iterations(task, config) -> int:
-    """The training iterations of one task: number_of_iterations, or its epochs' batches."""
-    if not config.number_of_epochs:
-        return config.number_of_iterations
-    return config.number_of_epochs * -(-len(task.train_y) // config.batch_size)
+    stop.check(f"the finished run in {run_dir}")  # a stop during the final evaluations
 
 
 @contextlib.contextmanager
@@ -328,7 +323,7 @@ def out_of_memory_names(where: str):
 def require_finite(model, task_id: int) -> None:
     """Diverged if a weight is NaN or infinite (checked once per task: a host sync)."""
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-        raise hypermask.Diverged(f"task {task_id}: the networks hold NaN or infinite weights "
+        raise hypermask.Diverged(f"task {task_id + 1}: the networks hold NaN or infinite weights "
                                  "after training")
 
 
@@ -422,6 +417,10 @@ def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
 
 class RunFailed(UserError):
     """A run that cannot go on (it diverged, say); the launcher goes on with the others."""
+
+
+class AlreadyRunning(UserError):
+    """The run folder is being trained by another process (its lock is held)."""
 
 
 class Preempted(Exception):
@@ -534,7 +533,7 @@ def one_writer(run_dir: Path):
         lock.acquire(timeout=0)
     except filelock.Timeout:
         holder = owner.read_text().strip() if owner.exists() else "another process"
-        raise UserError(f"{run_dir} is already being trained by {holder}; wait for it to "
+        raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
                         "end (python main.py --status) or stop that process") from None
     try:
         owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
@@ -555,7 +554,7 @@ def train_with_progress(model, task, task_id: int, config, *, seed: int,
         resume, after_step, make_step: passed on to hypermask.train_task (after_step
             after the progress).
     """
-    total = task_iterations(task, config)
+    total = hypermask.task_iterations(task, config)
     label = f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}"
     # tqdm draws on stderr: a bar only where it is seen, never redraws in a log file
     progress = (ProgressBar(label, total) if sys.stderr.isatty()
@@ -768,7 +767,7 @@ class Pool:
             process.join()
             job, slot = self.running.pop(process)
             self.free.append(slot)
-            error = exit_error(job, process.exitcode)
+            error = exit_error(job, process.exitcode, stopping=self.stopped is not None)
             if error:
                 failed.append((job, error))
         return failed
@@ -797,10 +796,18 @@ class Pool:
                 signal.signal(signum, old)
 
 
-def exit_error(job: Job, exitcode: int) -> str | None:
-    """What went wrong with a pool run, from its process's exit code and failed.txt."""
-    if exitcode == 0 or exitcode in STOPPED_EXIT_CODES:
+def exit_error(job: Job, exitcode: int, stopping: bool = False) -> str | None:
+    """What went wrong with a pool run, from its process's exit code and failed.txt.
+
+    With `stopping` (the pool was asked to stop), a run killed by the stop signal it was
+    sent is stopped, not failed: it had not installed its handlers yet (still loading).
+    """
+    if exitcode == 0 or exitcode in STOPPED_EXIT_CODES or (stopping and -exitcode in
+                                                          STOP_SIGNALS):
         return None
+    if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
+        return (f"it is already being trained by another process (see "
+                f"{job.run_dir / 'running.txt'}); wait for it to end (python main.py --status)")
     if exitcode < 0:  # killed by a signal: nothing could write failed.txt
         name = signal.Signals(-exitcode).name
         message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
@@ -813,16 +820,20 @@ def exit_error(job: Job, exitcode: int) -> str | None:
     return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
 
 
-STOPPED_EXIT_CODES = (130, 143)  # a run that saved its state and stopped on request
+STOPPED_EXIT_CODES = tuple(128 + signum for signum in STOP_SIGNALS)  # saved, stopped on request
+ALREADY_RUNNING = 3  # a pool run refused: another process trains its folder
 
 
 def _pool_run(job: Job, gpu: str | None) -> None:
-    """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped."""
+    """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped,
+    ALREADY_RUNNING if another process trains its folder."""
     pin_gpu(gpu)
     try:
         error = run_logged(job)
     except Preempted as stop:
         sys.exit(128 + stop.signum)
+    except AlreadyRunning:
+        sys.exit(ALREADY_RUNNING)
     sys.exit(1 if error else 0)
 
 
@@ -850,14 +861,15 @@ def worker_gpus(workers: int, gpus: int) -> list[str | None]:
 def run_logged(job: Job) -> str | None:
     """run_one with its output appended to run_dir/run.log; the error line, or None.
 
-    Preempted (a stop on request, state saved) is raised, not reported as a failure.
+    Preempted (a stop on request, state saved) and AlreadyRunning (another process
+    trains this folder) are raised, not reported as failures of this run.
     """
     make_folder(job.run_dir)
     with open(job.run_dir / "run.log", "a") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             run_one(job)
-        except Preempted as stop:
+        except (Preempted, AlreadyRunning) as stop:
             print(stop)
             raise
         except Exception as error:  # reported to the launcher; the other runs go on
@@ -883,6 +895,8 @@ class SlurmRun:
     def __call__(self, job: Job) -> str | None:
         try:
             return run_logged(job)
+        except AlreadyRunning as error:  # no failed.txt: the folder is another's live run
+            return str(error)
         except Preempted as stop:  # state saved; for submitit's time-limit signal, let
             print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
             handler = signal.getsignal(stop.signum)

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own start/stop lines: off
 
-from train_step import example_batch  # noqa: E402  (bench/ is on sys.path when run)
+from train_step import step_setup  # noqa: E402  (bench/ is on sys.path when run)
 
 PHASES = ("loss", "backward", "optimizer")
 
@@ -31,19 +31,11 @@ def profile(dataset: str, part: int, task_id: int, device: str, steps: int, top:
     import torch
     from torch.profiler import ProfilerActivity, record_function
 
-    import datasets
     import hypermask
-    import runs
 
-    config = datasets.get_benchmark(dataset, part).best
-    runs.use_device(torch.device(device), config.tf32)
-    runs.keep_freed_memory()  # as a run does
-    torch.manual_seed(0)
-    inputs, shape, classes = example_batch(dataset, config, device)
-    model = hypermask.build_model(config, shape, classes).to(device)
-    optimizer = hypermask.make_optimizer(model, config)
-    start = hypermask.task_start(model, task_id)
-    y = torch.randint(0, classes, (config.batch_size,), device=device)
+    run = step_setup(dataset, part, task_id, device)
+    config, model, optimizer, start, inputs, y, classes = (
+        run.config, run.model, run.optimizer, run.start, run.inputs, run.y, run.classes)
     seconds = dict.fromkeys(PHASES, 0.0)
 
     def timed(phase: str, work) -> None:

@@ -49,6 +49,35 @@ def example_batch(dataset: str, config, device: str):
     return (lambda: transform(images, True)), shape, classes
 
 
+def step_setup(dataset: str, part: int, task_id: int, device: str, captured: bool = False):
+    """What a run holds at task `task_id` of a best configuration, set up as a run does
+    (device settings, freed memory kept, seeded networks): a random batch instead of data.
+
+    Returns:
+        a namespace: config, model, optimizer, start, inputs (a function giving a fresh
+        network-input batch), y (labels), classes.
+    """
+    import types
+
+    import torch
+
+    import datasets
+    import hypermask
+    import runs
+
+    config = datasets.get_benchmark(dataset, part).best
+    runs.use_device(torch.device(device), config.tf32)  # its GPU current, cuDNN deterministic
+    runs.keep_freed_memory()
+    torch.manual_seed(0)
+    inputs, shape, classes = example_batch(dataset, config, device)
+    model = hypermask.build_model(config, shape, classes).to(device)
+    return types.SimpleNamespace(
+        config=config, model=model, inputs=inputs, classes=classes,
+        optimizer=hypermask.make_optimizer(model, config, capturable=captured),
+        start=hypermask.task_start(model, task_id),
+        y=torch.randint(0, classes, (config.batch_size,), device=device))
+
+
 def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
             steps: int, captured: bool = False) -> tuple:
     """Training steps per second (transform of the batch included) and peak memory (MiB).
@@ -60,20 +89,12 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
     import torch
 
     import capture
-    import datasets
     import hypermask
-    import runs
 
-    config = datasets.get_benchmark(dataset, part).best
     measured = torch.device(device)
-    runs.use_device(measured, config.tf32)  # as a run: its GPU current, cuDNN deterministic
-    runs.keep_freed_memory()  # as a run does
-    torch.manual_seed(0)
-    inputs, shape, classes = example_batch(dataset, config, device)
-    model = hypermask.build_model(config, shape, classes).to(device)
-    optimizer = hypermask.make_optimizer(model, config, capturable=captured)
-    start = hypermask.task_start(model, task_id)
-    y = torch.randint(0, classes, (config.batch_size,), device=device)
+    run = step_setup(dataset, part, task_id, device, captured)
+    config, model, optimizer, start, inputs, y, classes = (
+        run.config, run.model, run.optimizer, run.start, run.inputs, run.y, run.classes)
     run_step = (capture.graphed_step if captured else hypermask.eager_step)(
         model, optimizer, start, task_id=task_id, num_classes=classes, config=config)
 

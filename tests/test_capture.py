@@ -96,3 +96,25 @@ def test_running_out_of_gpu_memory_is_a_clear_error(mnist_root, tmp_path, monkey
     monkeypatch.undo()
     assert main.main(options) == 0  # resumes after task 1
     assert "resuming after task 1" in capsys.readouterr().out
+
+
+def test_a_run_resumes_with_the_other_kind_of_step():
+    """A checkpoint of eager steps resumes captured on a GPU, and the other way round:
+    the optimiser's `capturable` follows the resuming step, not the saved state."""
+    config = dataclasses.replace(datasets.get_benchmark("SplitMNIST", 0).best,
+                                 target_hidden_layers=(8,), hnet_hidden_layers=(4,),
+                                 optimizer="rmsprop")
+    model = hypermask.build_model(config, (784,), 2)
+    x, y = torch.rand(64, 784), torch.randint(0, 2, (64,))
+    task = datasets.Task(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=2,
+                         transform=lambda batch, training: batch, input_shape=(784,))
+    state = hypermask.training_state(model, task, 0, config)
+    next(state.batches)  # a task in progress
+    saved = state.state_dict()
+    saved["optimizer"]["param_groups"][0]["capturable"] = True  # as a captured run saves it
+    resumed = hypermask.training_state(model, task, 0, config, saved, capturable=False)
+    assert [group["capturable"] for group in resumed.optimizer.param_groups] == [False]
+    step = hypermask.eager_step(model, resumed.optimizer, resumed.start, task_id=0,
+                                num_classes=2, config=config)
+    terms = step(task.train_x[:16], task.train_y[:16], 0.0)  # a capturable step fails on a CPU
+    assert terms["loss"].grad_fn is None  # values only: the step's graph is not kept alive

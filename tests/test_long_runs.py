@@ -163,6 +163,10 @@ def test_a_second_launch_of_a_running_run_stops_at_once(mnist_root, tmp_path, ca
         assert err.startswith(f"error: {run} is already being trained by process {first.pid} on ")
         assert "\n" not in err and time.time() - started < 60
         assert (run / "running.txt").exists()  # the first run's lock and note are untouched
+        # the same from the local pool: refused, and no failed.txt in the live run's folder
+        assert main.main([*args, "--launcher=local"]) == 2
+        assert "already being trained" in capsys.readouterr().out
+        assert not (run / "failed.txt").exists()
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # a stale lock: the process is gone
         first.wait()
@@ -198,10 +202,10 @@ def test_a_diverging_run_fails_alone_and_writes_no_accuracy_from_nan(mnist_root,
     captured = capsys.readouterr()
     assert code == 2
     failed = run_folder(tmp_path, 1)
-    assert (f"1 run(s) failed: {failed}: diverged: task 1, iteration 5: the loss is nan "
+    assert (f"1 run(s) failed: {failed}: diverged: task 2, iteration 5: the loss is nan "
             "(last finite loss") in captured.err
     assert "learning_rate=" in captured.err and str(failed / "config.json") in captured.err
-    assert (failed / "failed.txt").read_text().startswith("diverged: task 1, iteration 5")
+    assert (failed / "failed.txt").read_text().startswith("diverged: task 2, iteration 5")
     accuracies = pd.read_csv(failed / "accuracies.csv")
     assert accuracies["trained_task"].max() == 0  # nothing from the diverged task
     assert (run_folder(tmp_path, 2) / "final_weights.pt").exists()
@@ -216,7 +220,7 @@ def test_a_huge_learning_rate_is_reported_as_divergence(mnist_root, tmp_path, ca
     code = main.main(options(mnist_root, tmp_path, "--seeds=[1]", "--number_of_iterations=30",
                              "--learning_rate=1e30", "--number_of_tasks=2"))
     err = capsys.readouterr().err
-    assert code == 2 and "diverged: task 0" in err
+    assert code == 2 and "diverged: task 1" in err
     assert not (run_folder(tmp_path, 1) / "accuracies.csv").exists()
     row = pd.read_csv(tmp_path / "SplitMNIST_part0_best" / "summary.csv").iloc[0]
     assert row["failed"].startswith("diverged:")
@@ -258,3 +262,29 @@ def test_a_stop_signal_stops_the_pool_after_its_runs_save(mnist_root, tmp_path):
         assert "task_in_progress" in state  # saved at a step, though checkpoint_minutes=0
         assert not (run_folder(tmp_path, seed) / "failed.txt").exists()
     assert not run_folder(tmp_path, 3).exists()  # never started
+
+
+def test_a_stop_during_the_final_evaluations_stops_before_the_next_run(mnist_root, tmp_path,
+                                                                      monkeypatch, capsys):
+    real = runs.finish_run
+
+    def stopped_while_evaluating(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler only asks for a stop
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "finish_run", stopped_while_evaluating)
+    code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--number_of_iterations=5",
+                             "--number_of_tasks=2"))
+    assert code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM: saved the finished run in" in capsys.readouterr().err
+    assert (run_folder(tmp_path, 1) / "final_weights.pt").exists()  # its evaluations done
+    assert not run_folder(tmp_path, 2).exists()  # and the next run never started
+
+
+def test_exit_codes_of_stopped_pool_runs():
+    job = runs.Job(None, "SplitMNIST", 0, 1, Path("/nonexistent"), "", "cpu")
+    for signum in runs.STOP_SIGNALS:  # a run that saved and stopped exits 128 + signal
+        assert runs.exit_error(job, 128 + signum) is None
+    # killed by the stop signal the pool forwarded before the run's handlers were set up
+    assert runs.exit_error(job, -signal.SIGTERM, stopping=True) is None
+    assert "killed by SIGTERM" in runs.exit_error(job, -signal.SIGTERM)  # not asked to stop
