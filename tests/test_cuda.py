@@ -190,8 +190,11 @@ def test_loss_masks_and_gradients_on_the_gpu_equal_the_cpus():
     assert (gpu_all - cpu_all).norm() <= 1e-2 * cpu_all.norm()
 
 
+@pytest.mark.parametrize("stopped_eager", [False, True])
 def test_a_gpu_run_stopped_mid_task_resumes_to_the_same_results(mnist_root, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, stopped_eager):
+    """Also when the stopped run took eager steps (--cuda_graphs=False) and the rerun
+    replays captured ones: the same arithmetic, so the same files."""
     import os
     import signal
 
@@ -207,7 +210,8 @@ def test_a_gpu_run_stopped_mid_task_resumes_to_the_same_results(mnist_root, tmp_
 
     monkeypatch.setattr(runs.TaskCheckpoints, "__call__", stop_in_task_2)
     cut = [*options, f"--results_dir={tmp_path / 'cut'}"]
-    assert main.main(cut) == 128 + signal.SIGTERM
+    assert main.main([*cut, *(["--cuda_graphs=False"] if stopped_eager else [])]) == \
+        128 + signal.SIGTERM
     monkeypatch.undo()
     assert main.main(cut) == 0
     for name in ("accuracies.csv", "transfer.csv", "task_agnostic.csv"):
