@@ -242,9 +242,15 @@ def _run(job: Job) -> None:
 
 def fail(run_dir: Path, message: str) -> None:
     """Record a run's failure in its failed.txt and raise RunFailed for the launcher."""
-    with contextlib.suppress(OSError):  # no space left, say: the message still goes out
-        (run_dir / FAILED).write_text(message + "\n")
+    write_failed(run_dir, message)
     raise RunFailed(message)
+
+
+def write_failed(run_dir: Path, message: str) -> None:
+    """The run's failed.txt; if it cannot be written (no space left, say), the message
+    still goes out through the launcher and the log."""
+    with contextlib.suppress(OSError):
+        (run_dir / FAILED).write_text(message + "\n")
 
 
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
@@ -813,8 +819,7 @@ def exit_error(job: Job, exitcode: int, stopping: bool = False) -> str | None:
         message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
                                                           else "")
                    + "; rerun the same command to resume it from its last checkpoint")
-        with contextlib.suppress(OSError):
-            (job.run_dir / FAILED).write_text(message + "\n")
+        write_failed(job.run_dir, message)
         return message
     failed = job.run_dir / FAILED
     return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
@@ -877,8 +882,7 @@ def run_logged(job: Job) -> str | None:
             message = str(error) if isinstance(error, UserError) else \
                 f"{type(error).__name__}: {error}"
             if not isinstance(error, RunFailed):  # which wrote failed.txt itself
-                with contextlib.suppress(OSError):  # no space left, say: the log has it
-                    (job.run_dir / FAILED).write_text(message + "\n")
+                write_failed(job.run_dir, message)
             return message
     return None
 
