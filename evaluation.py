@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from datasets import UserError  # noqa: E402
+from datasets import UserError, recorded_defaults  # noqa: E402
 
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy"]
 
@@ -81,9 +82,9 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 def write_atomically(path: Path, write) -> None:
     """Call write(temporary path), then rename: a crash leaves the old file or the new one.
 
-    A write that fails (no space left, no permission, a file where a folder
-    should be) removes its temporary file, keeps the old file, and is a
-    one-line UserError naming the path.
+    A write that fails (no space left, no permission, a folder where the file
+    should be) removes its temporary file, keeps the old file if there is one,
+    and is a one-line UserError naming the path and the OS error.
     """
     temporary = path.with_name(path.name + ".tmp")
     try:
@@ -92,9 +93,9 @@ def write_atomically(path: Path, write) -> None:
     except OSError as error:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
-        kept = " (the previous one is kept)" if path.exists() else ""
-        raise UserError(f"cannot write {path}{kept}: {error.strerror or error}; free some space "
-                        "or choose another --results_dir") from None
+        kept = " (the previous one is kept)" if path.is_file() else ""
+        hint = "; free some space" if error.errno == errno.ENOSPC else ""
+        raise UserError(f"cannot write {path}{kept}: {error.strerror or error}{hint}") from None
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -163,22 +164,25 @@ MACHINE_COLUMNS = ("threads", "cuda_graphs", "device", "device_name", "torch_ver
                    "hypnettorch_version")
 # What a run read, from its config.json: described in summary.md, not a setting.
 DATA_COLUMNS = ("data_source", "data_size")
+# Settings a resumed run may change without becoming another run (runs.RECORD_ONLY):
+# summaries do not tell configurations apart by them either.
+EVALUATION_SETTINGS = ("evaluation_batch_size", "fecam_evaluation")
 
 
 def run_summary(run_dir: Path) -> dict | None:
-    """One summary row for a run folder: its configuration and metrics (None: no results).
+    """One summary row for a run folder: its configuration and metrics (None: no config.json).
 
     A run that failed (failed.txt) has its error in `failed`, and metrics only
-    for the tasks it finished before.
+    for the tasks it finished before. A hyperparameter added since the run
+    began has its default (datasets.recorded_defaults), as when it resumes.
     """
     config_path, accuracy_path = run_dir / "config.json", run_dir / "accuracies.csv"
-    failed = run_dir / "failed.txt"
-    if not (config_path.exists() and (accuracy_path.exists() or failed.exists())):
+    error = failure(run_dir)
+    if not config_path.exists():
         return None
-    config = json.loads(config_path.read_text())
+    config = recorded_defaults() | json.loads(config_path.read_text())
     if "task_sizes" in config:
         config["data_size"] = data_size(config.pop("task_sizes"))
-    error = {"failed": failed.read_text().strip()} if failed.exists() else {}
     if not accuracy_path.exists():
         return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
     matrix = accuracy_matrix(pd.read_csv(accuracy_path))
@@ -200,6 +204,12 @@ def run_summary(run_dir: Path) -> dict | None:
     return row
 
 
+def failure(run_dir: Path) -> dict:
+    """{"failed": the error in failed.txt} for a run that raised, else {}."""
+    failed = run_dir / "failed.txt"
+    return {"failed": failed.read_text().strip()} if failed.exists() else {}
+
+
 def data_size(task_sizes: list[dict]) -> str:
     """'5 tasks of 800 training, 200 validation and 1,902–2,115 test images'."""
     def span(key: str) -> str:
@@ -217,11 +227,10 @@ def summarize_experiment(experiment_dir: Path) -> str:
         summary.md's text: configurations ranked by mean final accuracy.
     """
     experiment_dir = Path(experiment_dir)
-    runs = [row for d in sorted(experiment_dir.iterdir()) if d.is_dir()
-            if (row := run_summary(d)) is not None]
-    if not runs:
+    table = experiment_runs(experiment_dir)
+    if table.empty:
         raise FileNotFoundError(f"no runs in {experiment_dir}")
-    table = pd.DataFrame(runs)
+    table = table.drop(columns=["configuration", "state"])
     write_csv(table, experiment_dir / "summary.csv")
     groups = configuration_groups(table)
     text = seeds_table(groups, title=experiment_dir.name)
@@ -243,12 +252,12 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
         (the hyperparameters that vary across the experiment, the runs) pairs.
     """
     finished = table[table["finished"]]
-    settings = [c for c in table.columns
-                if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, "run", "seed", "finished",
-                             "failed", "trained_tasks"]]
-    varying = [c for c in settings if table[c].map(str).nunique() > 1]
     if finished.empty:
         return []
+    settings = [c for c in table.columns
+                if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, *EVALUATION_SETTINGS,
+                             "run", "seed", "finished", "failed", "trained_tasks"]]
+    varying = [c for c in settings if finished[c].map(str).nunique() > 1]
     key = finished[settings].map(str).agg("|".join, axis=1)
     groups = [({c: runs[c].iloc[0] for c in varying}, runs)
               for _, runs in finished.groupby(key, sort=False)]
@@ -383,9 +392,9 @@ EXPERIMENT_FOLDER = re.compile(
 RUN_FILES = ("config.json", "accuracies.csv", "failed.txt")  # any of them makes a run folder
 
 
-def experiment_folders(root: Path, markers: tuple[str, ...] = ("accuracies.csv",)) -> list[Path]:
-    """Every experiment folder at or below root: the parents of run folders holding a marker."""
-    return sorted({p.parent.parent for name in markers for p in Path(root).rglob(name)})
+def experiment_folders(root: Path) -> list[Path]:
+    """Every experiment folder at or below root: the parents of run folders (RUN_FILES)."""
+    return sorted({p.parent.parent for name in RUN_FILES for p in Path(root).rglob(name)})
 
 
 def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
@@ -402,7 +411,7 @@ def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
     for folder in sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir()):
         if not any((folder / name).exists() for name in RUN_FILES):
             continue
-        row = run_summary(folder) or {"run": folder.name, "finished": False}
+        row = run_summary(folder) or {"run": folder.name, "finished": False, **failure(folder)}
         state = ("finished" if row["finished"] else
                  "failed" if (folder / "failed.txt").exists() else "unfinished")
         configuration = re.sub(r"_?seed_\d+$", "", folder.name)
@@ -457,7 +466,7 @@ def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
     names of the experiment folders left out.
     """
     rows, left_out = [], []
-    for folder in sorted(experiment_folders(root, RUN_FILES), key=lambda f: paper_order(f.name)):
+    for folder in sorted(experiment_folders(root), key=lambda f: paper_order(f.name)):
         match = EXPERIMENT_FOLDER.fullmatch(folder.name)
         if match is None or match["kind"] != "best":
             left_out.append(folder.name)
@@ -520,7 +529,7 @@ COMPARED_METRICS = METRICS[2:]  # ACC, BWT, FWT, forgetting, the task-agnostic o
 def configurations_below(root: Path) -> dict[tuple[str, str], pd.DataFrame]:
     """Every experiment's runs below root by (experiment folder name, configuration)."""
     found = {}
-    for folder in experiment_folders(root, RUN_FILES):
+    for folder in experiment_folders(root):
         runs = experiment_runs(folder)
         for configuration, group in runs.groupby("configuration", sort=False):
             found[folder.name, configuration] = group
@@ -639,11 +648,19 @@ def main(argv: list[str]) -> int:
         args = parse_arguments(argv)
     except SystemExit as stop:  # argparse has printed its one line
         return stop.code
+    try:
+        return run_command(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """What main does once the arguments are parsed (bad input: UserError or status 2)."""
     roots = [Path(d) for d in (args.compare or [args.results_dir])]
-    markers = RUN_FILES if args.compare or args.table else ("accuracies.csv",)
     for root in roots:
-        if not (root.is_dir() and experiment_folders(root, markers)):
-            print(f"error: no results (run folders with {' or '.join(markers)}) under {root}",
+        if not (root.is_dir() and experiment_folders(root)):
+            print(f"error: no results (run folders with {' or '.join(RUN_FILES)}) under {root}",
                   file=sys.stderr)
             return 2
     if args.compare:

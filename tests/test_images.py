@@ -124,6 +124,34 @@ def test_tiny_imagenet_errors(tmp_path, monkeypatch):
         datasets.load_tiny_imagenet(root)
 
 
+def test_an_incompletely_unpacked_tiny_imagenet_is_refused_and_not_cached(tmp_path, monkeypatch):
+    root = make_tiny_imagenet(tmp_path, per_class_train=1)
+    folder = root / "tiny-imagenet-200"
+    cache = folder / "uint8_cache"
+    images = folder / "train" / sorted((folder / "wnids.txt").read_text().split())[7] / "images"
+    jpeg = next(images.glob("*.JPEG"))
+    saved = jpeg.read_bytes()
+    jpeg.unlink()
+    with pytest.raises(datasets.UserError, match=f"{images} holds no JPEG images; unpack "
+                                                 "tiny-imagenet-200.zip in .* again"):
+        datasets.load_tiny_imagenet(root)
+    assert not cache.exists()
+    jpeg.write_bytes(saved)  # the archive unpacked again
+    val = folder / "val" / "images" / "val_3.JPEG"
+    val.unlink()
+    with pytest.raises(datasets.UserError, match=f"{val} is missing; unpack"):
+        datasets.load_tiny_imagenet(root)
+    assert not cache.exists()
+    make_tiny_imagenet(tmp_path / "again", per_class_train=1)
+    val.write_bytes((tmp_path / "again" / "tiny-imagenet-200" / "val" / "images"
+                     / "val_3.JPEG").read_bytes())
+    train_y = datasets.load_tiny_imagenet(root)[1]
+    assert np.bincount(train_y).tolist() == [1] * 200
+    np.save(cache / "train_y.npy", np.where(train_y == 7, 8, train_y))  # decoded before the check
+    with pytest.raises(datasets.UserError, match=f"the image cache {cache} lacks whole classes"):
+        datasets.load_tiny_imagenet(root)
+
+
 def test_tiny_imagenet_tasks(tiny_root):
     config = config_for("TinyImageNet", 1, validation_size=1, batch_size=8)
     tasks = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=tiny_root, device=CPU)

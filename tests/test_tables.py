@@ -14,8 +14,10 @@ import pytest
 import evaluation
 
 
-def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, beta=0.1):
-    """A run folder: config.json, accuracies.csv, transfer.csv (and final_weights.pt)."""
+def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, beta=0.1,
+             **config):
+    """A run folder: config.json (plus `config`), accuracies.csv, transfer.csv (and
+    final_weights.pt)."""
     folder.mkdir(parents=True)
     experiment = folder.parent.name.removeprefix("demo_")
     dataset, _, rest = experiment.partition("_part")
@@ -23,7 +25,7 @@ def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, bet
     (folder / "config.json").write_text(json.dumps(
         {"dataset": dataset, "part": int(rest.split("_")[0]), "seed": seed, "data": dataset,
          "number_of_tasks": 2, "target_network": "MLP", "target_hidden_layers": [40, 30],
-         "beta": beta}))
+         "beta": beta, **config}))
     rows = [(0, 0, 90.0), (1, 0, last_row[0]), (1, 1, last_row[1])]
     pd.DataFrame([(dataset, 0, seed, *r) for r in rows],
                  columns=evaluation.ACCURACY_COLUMNS).to_csv(folder / "accuracies.csv",
@@ -189,3 +191,43 @@ def test_benchmark_names_follow_the_datasets_of_the_repository():
     import datasets
 
     assert list(evaluation.BENCHMARK_NAMES) == list(datasets.DATASETS)
+
+
+def test_seeds_recorded_before_a_new_setting_or_with_record_only_changes_are_one_configuration(
+        tmp_path):
+    """A run from before published_regime existed is the same run (runs.finished)."""
+    experiment = tmp_path / "A" / "SplitMNIST_part0_best"
+    make_run(experiment / "seed_1")  # no published_regime in its config.json
+    make_run(experiment / "seed_2", last_row=(84.0, 90.0), published_regime=False,
+             evaluation_batch_size=1000, fecam_evaluation=True, threads=4)
+    text = evaluation.summarize_experiment(experiment)
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    assert len(rows) == 1 and "86.00 ± 1.00" in rows[0]  # both seeds, in one row
+    assert not (experiment / "grid.png").exists()
+    for side, config in (("old", {}), ("new", {"published_regime": False})):
+        make_run(tmp_path / side / "SplitMNIST_part0_best" / "seed_1", **config)
+    assert "Configurations differ" not in evaluation.compare(tmp_path / "old", tmp_path / "new")
+
+
+def test_summaries_cover_experiments_whose_runs_all_failed_before_their_first_task(
+        tmp_path, capsys):
+    experiment = tmp_path / "SplitMNIST_part0_best"
+    make_run(experiment / "seed_1")
+    (experiment / "seed_1" / "accuracies.csv").unlink()
+    (experiment / "seed_1" / "final_weights.pt").unlink()
+    (experiment / "seed_1" / "failed.txt").write_text("diverged: loss is NaN\n")
+    (experiment / "seed_2").mkdir()  # killed before config.json was written
+    (experiment / "seed_2" / "failed.txt").write_text("its process was killed by SIGKILL\n")
+    assert evaluation.main([str(tmp_path)]) == 0
+    summary = (experiment / "summary.md").read_text()
+    assert summary in capsys.readouterr().out and "No finished runs yet." in summary
+    assert "Failed run (not in the table): seed_1: diverged: loss is NaN" in summary
+    assert "Failed run (not in the table): seed_2: its process was killed by SIGKILL" in summary
+
+
+def test_a_file_that_cannot_be_written_is_one_line_naming_it_and_the_os_error(results, capsys):
+    (results / "results_table.md").mkdir()
+    assert evaluation.main([str(results), "--table"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {results / 'results_table.md'}: Is a directory\n"
+    assert not (results / "results_table.md.tmp").exists()
