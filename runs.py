@@ -50,7 +50,7 @@ from datasets import HyperParameters, UserError
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
 # config.json keys that describe a run but do not define it: a rerun may change them.
-RECORD_ONLY = ("evaluation_batch_size", "fecam_evaluation", *evaluation.MACHINE_COLUMNS,
+RECORD_ONLY = (*evaluation.EVALUATION_SETTINGS, *evaluation.MACHINE_COLUMNS,
                "data_source", "task_sizes")
 PROGRESS_SECONDS = 120  # batch logs: a progress line at most this often (and at a task's ends)
 
@@ -651,9 +651,7 @@ def finished(run_dir: Path, record: dict) -> bool:
     if not config_path.exists():
         return False
     # A field added to HyperParameters since the run began has its default there.
-    added = {f.name: f.default for f in dataclasses.fields(HyperParameters)
-             if f.default is not dataclasses.MISSING}
-    saved = json.loads(json.dumps(added)) | json.loads(config_path.read_text())
+    saved = datasets.recorded_defaults() | json.loads(config_path.read_text())
     as_saved = json.loads(json.dumps(record))
     # The data's description (data_source, task_sizes) joins the record once the
     # data are loaded, after this check: not yet known is no change.

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -211,6 +212,9 @@ def test_a_resumed_run_continues_its_curves_without_duplicated_steps(
     run_dir = run_folder(tmp_path / "cut")
     cut = [step for step, _ in scalars(run_dir)["train/loss"]]
     assert cut == [1, 6, 11, 12, 13, 18]  # 18: after the checkpoint, logged, to be redone
+    # W&B names an offline run's folder to the second (offline-run-YYYYmmdd_HHMMSS-<id>): a
+    # resume within the same second would write into the interrupted run's folder
+    time.sleep(1.1)
     assert run(mnist_root, tmp_path / "cut", both) == 0
     whole = run_folder(tmp_path / "whole")
     assert (run_dir / "accuracies.csv").read_bytes() == (whole / "accuracies.csv").read_bytes()
