@@ -177,9 +177,9 @@ def run_summary(run_dir: Path) -> dict | None:
     began has its default (datasets.recorded_defaults), as when it resumes.
     """
     config_path, accuracy_path = run_dir / "config.json", run_dir / "accuracies.csv"
-    error = failure(run_dir)
     if not config_path.exists():
         return None
+    error = failure(run_dir)
     config = recorded_defaults() | json.loads(config_path.read_text())
     if "task_sizes" in config:
         config["data_size"] = data_size(config.pop("task_sizes"))
