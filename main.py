@@ -19,7 +19,8 @@ import datasets
 import evaluation
 import loggers
 import runs
-from datasets import HyperParameters, UserError
+from datasets import HyperParameters
+from errors import UserError
 
 # ------------------------------------------------------------ edit these
 path_to_datasets = "./Data"  # where datasets are downloaded to / read from

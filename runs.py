@@ -40,12 +40,14 @@ import torch
 from tqdm import tqdm
 
 import capture
+import data_files
 import datasets
 import evaluation
 import hypermask
 import loggers
 import task_agnostic
-from datasets import HyperParameters, UserError
+from datasets import HyperParameters
+from errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
@@ -217,7 +219,7 @@ def _run(job: Job) -> None:
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
-    record |= {"data_source": datasets.data_source(dataset, job.path_to_datasets, job.demo),
+    record |= {"data_source": data_files.data_source(dataset, job.path_to_datasets, job.demo),
                "task_sizes": datasets.task_sizes(tasks), **where_it_runs(device)}
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from datasets import Task
+from batches import Task
 from hypermask import HyperMask, evaluation_mode
 
 # ----------------------------------------------------------------------- entropy

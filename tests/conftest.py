@@ -1,11 +1,18 @@
 """Shared fixtures: small MNIST files in torchvision's on-disk layout."""
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from datasets import write_idx
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file, MNIST's format (a big-endian header, then bytes)."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 + array.ndim)  # type 0x08: unsigned byte
+    path.write_bytes(header + b"".join(struct.pack(">I", n) for n in array.shape)
+                     + array.tobytes())
 
 
 def make_mnist(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0) -> Path:

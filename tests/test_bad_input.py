@@ -5,11 +5,12 @@ import errno
 import numpy as np
 import pytest
 import torch
+from conftest import make_cifar100, make_tiny_imagenet
 
-import datasets
+import data_files
+import errors
 import main
 import runs
-from conftest import make_cifar100, make_tiny_imagenet
 
 TINY = ["--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
         "--number_of_iterations=4", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
@@ -58,17 +59,17 @@ def test_damaged_cifar100_and_tiny_imagenet_files_are_named(tmp_path):
     root = make_cifar100(tmp_path / "cifar")
     train = root / "cifar-100-python" / "train"
     train.write_bytes(train.read_bytes()[:2000])  # truncated
-    with pytest.raises(datasets.UserError, match=f"^{train} is unreadable"):
-        datasets.load_cifar100(root)
+    with pytest.raises(errors.UserError, match=f"^{train} is unreadable"):
+        data_files.load_cifar100(root)
     root = make_tiny_imagenet(tmp_path / "tiny", per_class_train=1)
-    datasets.load_tiny_imagenet(root)  # decodes and caches
+    data_files.load_tiny_imagenet(root)  # decodes and caches
     cache = root / "tiny-imagenet-200" / "uint8_cache" / "test_x.npy"
     cache.write_bytes(cache.read_bytes()[:1000])
-    with pytest.raises(datasets.UserError, match=f"cache file {cache} is unreadable"):
-        datasets.load_tiny_imagenet(root)
+    with pytest.raises(errors.UserError, match=f"cache file {cache} is unreadable"):
+        data_files.load_tiny_imagenet(root)
     np.save(cache, np.zeros((3, 32, 32, 3), dtype=np.uint8))  # a foreign array
-    with pytest.raises(datasets.UserError, match=f"cache file {cache} is unreadable"):
-        datasets.load_tiny_imagenet(root)
+    with pytest.raises(errors.UserError, match=f"cache file {cache} is unreadable"):
+        data_files.load_tiny_imagenet(root)
 
 
 def test_a_results_path_under_a_file_is_a_one_line_error(mnist_root, tmp_path, capsys):
@@ -110,5 +111,5 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(mnist_root, tmp_path, monkey
 def test_runs_checkpoint_writer_names_the_path(tmp_path):
     folder = tmp_path / "run"
     folder.write_text("")
-    with pytest.raises(datasets.UserError, match=f"cannot create the folder {folder}"):
+    with pytest.raises(errors.UserError, match=f"cannot create the folder {folder}"):
         runs.make_folder(folder)

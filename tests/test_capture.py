@@ -10,6 +10,7 @@ import datasets
 import hypermask
 import main
 import runs
+from batches import Task
 
 
 def test_a_sparsity_tensor_gives_the_very_masks_of_the_number():
@@ -106,7 +107,7 @@ def test_a_run_resumes_with_the_other_kind_of_step():
                                  optimizer="rmsprop")
     model = hypermask.build_model(config, (784,), 2)
     x, y = torch.rand(64, 784), torch.randint(0, 2, (64,))
-    task = datasets.Task(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=2,
+    task = Task(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=2,
                          transform=lambda batch, training: batch, input_shape=(784,))
     state = hypermask.training_state(model, task, 0, config)
     next(state.batches)  # a task in progress

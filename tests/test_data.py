@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+import data_files
 import datasets
+import errors
 
 CPU = torch.device("cpu")
 
 
 def test_load_mnist_reads_idx_files(mnist_root):
-    train_x, train_y, test_x, test_y = datasets.load_mnist(mnist_root)
+    train_x, train_y, test_x, test_y = data_files.load_mnist(mnist_root)
     assert train_x.shape == (400, 28, 28) and train_x.dtype == torch.uint8
     assert test_x.shape == (100, 28, 28)
     assert train_y.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
@@ -25,8 +27,8 @@ def test_missing_mnist_says_where_to_put_it(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(tv, "download_and_extract_archive", offline)
-    with pytest.raises(datasets.UserError, match=r"MNIST.*raw.*--demo"):
-        datasets.load_mnist(tmp_path)
+    with pytest.raises(errors.UserError, match=r"MNIST.*raw.*--demo"):
+        data_files.load_mnist(tmp_path)
 
 
 def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
@@ -35,17 +37,17 @@ def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
     root = make_mnist(tmp_path / "copy")
     path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(datasets.UserError, match=f"^{path} is not a readable MNIST file.*delete"):
-        datasets.load_mnist(root)
+    with pytest.raises(errors.UserError, match=f"^{path} is not a readable MNIST file.*delete"):
+        data_files.load_mnist(root)
     path.write_bytes(b"<html>404 Not Found</html>")  # a foreign file under the right name
-    with pytest.raises(datasets.UserError, match=f"^{path} is not a readable MNIST file"):
-        datasets.load_mnist(root)
+    with pytest.raises(errors.UserError, match=f"^{path} is not a readable MNIST file"):
+        data_files.load_mnist(root)
     labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     make_mnist(tmp_path / "other", n_train=50)
     labels.write_bytes((tmp_path / "other" / "MNIST" / "raw" / labels.name).read_bytes())
     path.write_bytes((tmp_path / "other" / "MNIST" / "raw" / path.name).read_bytes())
-    with pytest.raises(datasets.UserError, match="train-images-idx3-ubyte holds .* for 50 labels"):
-        datasets.load_mnist(root)
+    with pytest.raises(errors.UserError, match="train-images-idx3-ubyte holds .* for 50 labels"):
+        data_files.load_mnist(root)
 
 
 def test_permuted_mnist_tasks(mnist_root):
@@ -57,7 +59,7 @@ def test_permuted_mnist_tasks(mnist_root):
     assert first.train_x.shape == (350, 1024) and first.val_x.shape == (50, 1024)
     assert first.num_classes == 10
     # every task, the first included, is a permutation of the zero-padded image
-    _, _, images, _ = datasets.load_mnist(mnist_root)
+    _, _, images, _ = data_files.load_mnist(mnist_root)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2)).flatten(1)
     for task in tasks:
         assert not torch.equal(task.test_x, padded)
@@ -81,7 +83,7 @@ def test_split_mnist_tasks(mnist_root):
         assert set(task.train_y.tolist()) == {0, 1} and set(task.test_y.tolist()) == {0, 1}
         assert len(task.val_y) == 10 and len(task.train_y) == 80 - 10
     # task 3 holds digits 6 and 7: its images carry those digits' stripes
-    _, _, images, labels = datasets.load_mnist(mnist_root)
+    _, _, images, labels = data_files.load_mnist(mnist_root)
     assert torch.equal(tasks[3].test_x, images[(labels == 6) | (labels == 7)])
     x = tasks[0].transform(tasks[0].test_x, False)
     assert x.shape == (20, 784)
@@ -104,11 +106,11 @@ def test_random_crop_shifts_each_image_within_the_padding():
 
 
 def test_unknown_and_unavailable_benchmarks():
-    with pytest.raises(datasets.UserError, match="unknown dataset 'MNIST'.*PermutedMNIST"):
+    with pytest.raises(errors.UserError, match="unknown dataset 'MNIST'.*PermutedMNIST"):
         datasets.get_benchmark("MNIST", 0)
-    with pytest.raises(datasets.UserError, match=r"no part 8.*\[0, 1, 2, 3, 4, 5, 6, 7\]"):
+    with pytest.raises(errors.UserError, match=r"no part 8.*\[0, 1, 2, 3, 4, 5, 6, 7\]"):
         datasets.get_benchmark("CIFAR100_FeCAM_setup", 8)
-    with pytest.raises(datasets.UserError, match=r"no part 3.*\[0, 1, 2\]"):
+    with pytest.raises(errors.UserError, match=r"no part 3.*\[0, 1, 2\]"):
         datasets.get_benchmark("SplitMNIST", 3)
 
 
@@ -122,7 +124,7 @@ def test_grid_is_the_cartesian_product_and_overrides_fix_a_field():
     assert len(fixed) == 4 and {p.beta for p in fixed} == {0.1}
     best = datasets.configurations(benchmark, False, {"number_of_iterations": 7})
     assert len(best) == 1 and best[0].number_of_iterations == 7 and best[0].beta == 5e-4
-    with pytest.raises(datasets.UserError, match="grid search"):
+    with pytest.raises(errors.UserError, match="grid search"):
         datasets.configurations(datasets.get_benchmark("SplitMNIST", 1), False)
 
 
@@ -189,7 +191,7 @@ def test_permuted_mnist_draws_its_permutations_like_the_authors(mnist_root):
     config = dataclasses.replace(datasets.DEMO["PermutedMNIST"], number_of_tasks=2,
                                  validation_size=50)
     tasks = datasets.load_tasks("PermutedMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
-    _, _, images, _ = datasets.load_mnist(mnist_root)
+    _, _, images, _ = data_files.load_mnist(mnist_root)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2)).flatten(1)
     first = np.random.RandomState(1).permutation(1024)
     assert first[:8].tolist() == [830, 795, 495, 822, 859, 104, 27, 986]

@@ -6,11 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_cifar100, make_tiny_imagenet
 
+import data_files
 import datasets
+import errors
 import hypermask
 import main
-from conftest import make_cifar100, make_tiny_imagenet
+from batches import AugmentedImages, TrainingBatches, augmentation_workers
 
 CPU = torch.device("cpu")
 
@@ -23,7 +26,7 @@ def config_for(dataset, part, **changes):
 
 
 def test_cifar100_is_read_from_torchvisions_pickles(cifar_root):
-    train_x, train_y, test_x, test_y = datasets.load_cifar100(cifar_root)
+    train_x, train_y, test_x, test_y = data_files.load_cifar100(cifar_root)
     assert train_x.shape == (600, 32, 32, 3) and train_x.dtype == np.uint8
     assert test_x.shape == (200, 32, 32, 3)
     assert sorted(set(train_y.tolist())) == list(range(100))
@@ -39,18 +42,18 @@ def test_missing_and_corrupt_cifar100(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv, "download_and_extract_archive",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(datasets.UserError, match="CIFAR-100 is not in .*cifar-100-python"):
-        datasets.load_cifar100(tmp_path)
+    with pytest.raises(errors.UserError, match="CIFAR-100 is not in .*cifar-100-python"):
+        data_files.load_cifar100(tmp_path)
     root = make_cifar100(tmp_path / "broken")
     (root / "cifar-100-python" / "test").write_bytes(b"not a pickle")
-    with pytest.raises(datasets.UserError, match="test is unreadable.*delete"):
-        datasets.load_cifar100(root)
+    with pytest.raises(errors.UserError, match="test is unreadable.*delete"):
+        data_files.load_cifar100(root)
 
 
 def test_split_cifar100_tasks(cifar_root):
     config = config_for("CIFAR100", 0, validation_size=10)
     tasks = datasets.load_tasks("CIFAR100", 0, config, seed=1, root=cifar_root, device=CPU)
-    _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
+    _, _, test_x, test_y = data_files.load_cifar100(cifar_root)
     assert len(tasks) == 10
     for t, task in enumerate(tasks):
         expected = (test_y >= 10 * t) & (test_y < 10 * t + 10)
@@ -66,7 +69,7 @@ def test_fecam_splits_have_correct_offsets_and_outputs(cifar_root, part, sizes):
     config = config_for("CIFAR100_FeCAM_setup", part, validation_size=2, batch_size=8)
     tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", part, config, seed=1, root=cifar_root,
                                 device=CPU)
-    _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
+    _, _, test_x, test_y = data_files.load_cifar100(cifar_root)
     assert [t.num_classes for t in tasks] == sizes
     seen, start = [], 0
     for task, size in zip(tasks, sizes):
@@ -92,7 +95,7 @@ def test_fecam_validation_split_depends_on_the_seed(cifar_root):
 
 def test_tiny_imagenet_is_decoded_once_and_cached(tmp_path, monkeypatch):
     root = make_tiny_imagenet(tmp_path, per_class_train=2)
-    train_x, train_y, test_x, test_y = datasets.load_tiny_imagenet(root)
+    train_x, train_y, test_x, test_y = data_files.load_tiny_imagenet(root)
     assert train_x.shape == (400, 64, 64, 3) and test_x.shape == (200, 64, 64, 3)
     assert train_y.tolist()[:4] == [0, 0, 1, 1]  # sorted wnids, files sorted
     assert test_y.tolist() == list(range(200))
@@ -105,8 +108,8 @@ def test_tiny_imagenet_is_decoded_once_and_cached(tmp_path, monkeypatch):
     def no_jpeg(path):
         raise AssertionError(f"read {path}")
 
-    monkeypatch.setattr(datasets, "_decode_jpeg", no_jpeg)
-    again = datasets.load_tiny_imagenet(root)
+    monkeypatch.setattr(data_files, "_decode_jpeg", no_jpeg)
+    again = data_files.load_tiny_imagenet(root)
     assert all(np.array_equal(a, b) for a, b in zip(again, (train_x, train_y, test_x, test_y)))
 
 
@@ -115,13 +118,13 @@ def test_tiny_imagenet_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv, "download_and_extract_archive",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(datasets.UserError, match="unpack tiny-imagenet-200.zip"):
-        datasets.load_tiny_imagenet(tmp_path)
+    with pytest.raises(errors.UserError, match="unpack tiny-imagenet-200.zip"):
+        data_files.load_tiny_imagenet(tmp_path)
     root = make_tiny_imagenet(tmp_path / "bad", per_class_train=1)
     jpeg = next((root / "tiny-imagenet-200" / "train").rglob("*.JPEG"))
     jpeg.write_bytes(b"broken")
-    with pytest.raises(datasets.UserError, match=f"{jpeg.name} is not a readable JPEG"):
-        datasets.load_tiny_imagenet(root)
+    with pytest.raises(errors.UserError, match=f"{jpeg.name} is not a readable JPEG"):
+        data_files.load_tiny_imagenet(root)
 
 
 def test_an_incompletely_unpacked_tiny_imagenet_is_refused_and_not_cached(tmp_path, monkeypatch):
@@ -132,24 +135,24 @@ def test_an_incompletely_unpacked_tiny_imagenet_is_refused_and_not_cached(tmp_pa
     jpeg = next(images.glob("*.JPEG"))
     saved = jpeg.read_bytes()
     jpeg.unlink()
-    with pytest.raises(datasets.UserError, match=f"{images} holds no JPEG images; unpack "
+    with pytest.raises(errors.UserError, match=f"{images} holds no JPEG images; unpack "
                                                  "tiny-imagenet-200.zip in .* again"):
-        datasets.load_tiny_imagenet(root)
+        data_files.load_tiny_imagenet(root)
     assert not cache.exists()
     jpeg.write_bytes(saved)  # the archive unpacked again
     val = folder / "val" / "images" / "val_3.JPEG"
     val.unlink()
-    with pytest.raises(datasets.UserError, match=f"{val} is missing; unpack"):
-        datasets.load_tiny_imagenet(root)
+    with pytest.raises(errors.UserError, match=f"{val} is missing; unpack"):
+        data_files.load_tiny_imagenet(root)
     assert not cache.exists()
     make_tiny_imagenet(tmp_path / "again", per_class_train=1)
     val.write_bytes((tmp_path / "again" / "tiny-imagenet-200" / "val" / "images"
                      / "val_3.JPEG").read_bytes())
-    train_y = datasets.load_tiny_imagenet(root)[1]
+    train_y = data_files.load_tiny_imagenet(root)[1]
     assert np.bincount(train_y).tolist() == [1] * 200
     np.save(cache / "train_y.npy", np.where(train_y == 7, 8, train_y))  # decoded before the check
-    with pytest.raises(datasets.UserError, match=f"the image cache {cache} lacks whole classes"):
-        datasets.load_tiny_imagenet(root)
+    with pytest.raises(errors.UserError, match=f"the image cache {cache} lacks whole classes"):
+        data_files.load_tiny_imagenet(root)
 
 
 def test_tiny_imagenet_tasks(tiny_root):
@@ -157,7 +160,7 @@ def test_tiny_imagenet_tasks(tiny_root):
     tasks = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=tiny_root, device=CPU)
     assert len(tasks) == 40
     order = np.random.RandomState(5).permutation(200)
-    _, _, test_x, test_y = datasets.load_tiny_imagenet(tiny_root)
+    _, _, test_x, test_y = data_files.load_tiny_imagenet(tiny_root)
     for t in (0, 17, 39):
         classes = sorted(order[5 * t:5 * t + 5])  # labels follow the sorted class ids
         task = tasks[t]
@@ -237,7 +240,7 @@ def test_per_image_augmentation_runs_in_workers_and_follows_the_seed(cifar_root)
 
     def first_batches(seed):
         torch.manual_seed(seed)
-        batches = datasets.TrainingBatches(task, 32)
+        batches = TrainingBatches(task, 32)
         return [next(batches) for _ in range(3)]
 
     one, again, other = first_batches(0), first_batches(0), first_batches(1)
@@ -321,13 +324,13 @@ def test_augmented_images_are_picklable_and_run_in_spawned_workers(cifar_root, m
     config = config_for("CIFAR100_FeCAM_setup", 6, validation_size=2)
     task = datasets.load_tasks("CIFAR100_FeCAM_setup", 6, config, seed=1, root=cifar_root,
                                device=CPU)[0]
-    images = datasets.AugmentedImages(task.train_x, task.train_y, datasets.FECAM_AUGMENT)
+    images = AugmentedImages(task.train_x, task.train_y, datasets.FECAM_AUGMENT)
     copy = pickle.loads(pickle.dumps(images))
     key = (7, torch.tensor([3, 1, 4]))
     assert torch.equal(copy[key][0], images[key][0])  # the batch follows its key's seed
     monkeypatch.setattr(torch.utils.data, "DataLoader", functools.partial(
         torch.utils.data.DataLoader, multiprocessing_context="spawn"))
-    x, y = next(datasets.TrainingBatches(task, 8))
+    x, y = next(TrainingBatches(task, 8))
     assert x.shape == (8, 32 * 32 * 3) and x.dtype == torch.float32 and y.shape == (8,)
 
 
@@ -338,7 +341,7 @@ def test_augmentation_workers_follow_the_runs_threads_not_the_machine(monkeypatc
         counts = []
         for budget in (1, 2, 6, 32):
             torch.set_num_threads(budget)
-            counts.append(datasets.augmentation_workers())
+            counts.append(augmentation_workers())
     finally:
         torch.set_num_threads(threads)
     assert counts == [1, 1, 3, 8]

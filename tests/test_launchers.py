@@ -15,6 +15,7 @@ import torch
 import datasets
 import main
 import runs
+from batches import augmentation_workers
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", "--number_of_iterations=5",
@@ -136,7 +137,7 @@ def test_a_slurm_job_uses_its_cpus_per_task(mnist_root, tmp_path, monkeypatch):
     seen, real = [], runs.train_with_progress
 
     def train(*args, **kwargs):
-        seen.append((torch.get_num_threads(), datasets.augmentation_workers()))
+        seen.append((torch.get_num_threads(), augmentation_workers()))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runs, "train_with_progress", train)

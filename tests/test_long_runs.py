@@ -16,6 +16,7 @@ import datasets
 import hypermask
 import main
 import runs
+from batches import TrainingBatches
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset=SplitMNIST", "--number_of_tasks=3", "--target_hidden_layers=[8]",
@@ -109,14 +110,14 @@ def test_training_batches_continue_mid_epoch_from_their_state(cifar_root):
         task = datasets.load_tasks(dataset, part, config, seed=1, root=cifar_root,
                                    device=torch.device("cpu"))[0]
         torch.manual_seed(0)
-        batches = datasets.TrainingBatches(task, 8)
+        batches = TrainingBatches(task, 8)
         for _ in range(5):  # into the second epoch (6 batches of 8 per epoch)
             next(batches)
         saved, rng = batches.state_dict(), torch.get_rng_state()
         expected = [next(batches) for _ in range(10)]
         torch.manual_seed(123)  # the generators are restored by the checkpoint
         torch.set_rng_state(rng)
-        resumed = datasets.TrainingBatches(task, 8, saved)
+        resumed = TrainingBatches(task, 8, saved)
         for (x, y), (x_again, y_again) in zip(expected, [next(resumed) for _ in range(10)]):
             assert torch.equal(x, x_again) and torch.equal(y, y_again), dataset
 

@@ -10,7 +10,7 @@ import pytest
 
 import evaluation
 import main
-from datasets import UserError
+from errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--seeds=[1]", "--number_of_tasks=2", "--number_of_iterations=4",

@@ -10,11 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_cifar100
 
+import data_files
 import datasets
+import errors
 import hypermask
 import main
-from conftest import make_cifar100
+from batches import TrainingBatches
 
 CPU = torch.device("cpu")
 REGIMES = [False, True]
@@ -105,7 +108,7 @@ def test_published_tiny_imagenet_splits_and_shuffles_alike_for_every_seed(tmp_pa
 
     def first_batch(seed):
         torch.manual_seed(seed)  # what the run's seed does
-        return image_index(next(datasets.TrainingBatches(stored, 8))[0])
+        return image_index(next(TrainingBatches(stored, 8))[0])
 
     assert (first_batch(5) == first_batch(6)) == published
 
@@ -131,7 +134,7 @@ def test_published_fecam_tasks_have_task_0s_outputs(cifar_root, published):
                         published_regime=published)
     tasks = datasets.load_tasks("CIFAR100_FeCAM_setup", 0, config, seed=1, root=cifar_root,
                                 device=CPU)
-    _, _, test_x, test_y = datasets.load_cifar100(cifar_root)
+    _, _, test_x, test_y = data_files.load_cifar100(cifar_root)
     second = datasets.FECAM_CLASS_ORDER[10:20] if published else datasets.FECAM_CLASS_ORDER[50:60]
     assert torch.equal(tasks[1].test_x, torch.from_numpy(test_x[np.isin(test_y, second)]))
     assert [t.num_classes for t in tasks] == ([50] * 6 if published else [50] + [10] * 5)
@@ -196,7 +199,7 @@ def test_the_regime_names_the_folder_and_is_recorded(mnist_root, tmp_path):
 
 def test_the_regime_takes_a_bool():
     assert main.parse_overrides(["--published_regime"])[0] == {"published_regime": True}
-    with pytest.raises(datasets.UserError, match="--published_regime expects bool, not 'yes'"):
+    with pytest.raises(errors.UserError, match="--published_regime expects bool, not 'yes'"):
         main.parse_overrides(["--published_regime=yes"])
 
 
@@ -209,13 +212,13 @@ def test_published_tiny_imagenet_batches_resume_mid_epoch(tmp_path):
     task = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=make_tiny_cache(tmp_path),
                                device=CPU)[0]
     task = dataclasses.replace(task, transform=lambda x, training: x)  # raw pixels
-    batches = datasets.TrainingBatches(task, 4)  # 10 images: 3 batches an epoch
+    batches = TrainingBatches(task, 4)  # 10 images: 3 batches an epoch
     for _ in range(4):  # into the second epoch
         next(batches)
     saved = batches.state_dict()
     expected = [image_index(next(batches)[0]) for _ in range(6)]  # to the fourth epoch
     torch.manual_seed(123)
-    resumed = datasets.TrainingBatches(task, 4, saved)
+    resumed = TrainingBatches(task, 4, saved)
     assert [image_index(next(resumed)[0]) for _ in range(6)] == expected
 
 

@@ -8,6 +8,7 @@ import torch
 import datasets
 import hypermask
 import task_agnostic
+from batches import Task
 
 
 def test_lowest_entropy_task_wins_and_gives_the_class():
@@ -76,7 +77,7 @@ def test_fecam_and_entropy_on_a_synthetic_two_task_setup():
         labels = torch.arange(2).repeat(60)
         x = torch.randn(120, 8) * 0.3
         x[torch.arange(120), offset + labels] += 3.0  # class c of this task: axis offset + c
-        return datasets.Task(train_x=x[:80], train_y=labels[:80], val_x=x[80:90],
+        return Task(train_x=x[:80], train_y=labels[:80], val_x=x[80:90],
                              val_y=labels[80:90], test_x=x[90:], test_y=labels[90:],
                              num_classes=2, transform=lambda b, training: b, input_shape=(8,))
 

