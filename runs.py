@@ -1,11 +1,10 @@
-"""Running experiments: one run (a configuration and a seed) and many.
+"""One run: a configuration and a seed, trained task after task into its own folder.
 
 A run writes only into its own folder: config.json first, then after every
 task its tables and a checkpoint, at the end its plots, task-agnostic
 evaluations and final weights. Rerunning a run resumes after its last finished
-task. Launchers run the runs of an experiment one after another, in a local
-pool of processes (one per GPU, or a share of the CPU cores each), or as a
-SLURM job array through submitit.
+task, or mid-task from its latest checkpoint; a stop signal saves first. The
+launchers (launchers.py) decide where and when each run runs.
 """
 
 from __future__ import annotations
@@ -17,19 +16,14 @@ import dataclasses
 import importlib.metadata
 import itertools
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
 import platform
 import random
-import shlex
-import shutil
 import signal
 import socket
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +44,84 @@ from datasets import HyperParameters
 from errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
-FAILED = "failed.txt"  # the error of a run that raised, written by the pool's workers
+
+
 # config.json keys that describe a run but do not define it: a rerun may change them.
 RECORD_ONLY = (*evaluation.EVALUATION_SETTINGS, *evaluation.MACHINE_COLUMNS,
                "data_source", "task_sizes")
+
+
 PROGRESS_SECONDS = 120  # batch logs: a progress line at most this often (and at a task's ends)
+
+
+# -------------------------------------------------------------- stopping
+
+
+class RunFailed(UserError):
+    """A run that cannot go on (it diverged, say); the launcher goes on with the others."""
+
+
+class AlreadyRunning(UserError):
+    """The run folder is being trained by another process (its lock is held)."""
+
+
+class Preempted(Exception):
+    """A run stopped on request (SIGTERM, SIGINT, SIGUSR2) after saving its state."""
+
+    def __init__(self, signum: int, saved: str):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}: saved {saved}; rerun the "
+                         "same command to continue from there")
+
+
+class StopRequest:
+    """The stop signal received during a run, if any (set by stop_signals)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def check(self, saved: str) -> None:
+        """Preempted if a stop was asked for; `saved` says what was saved, and where."""
+        if self.signum is not None:
+            raise Preempted(self.signum, saved)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2")
+                     if hasattr(signal, name))  # SIGUSR2: submitit's time-limit warning
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM, SIGINT and SIGUSR2 ask the run to stop at its next step boundary.
+
+    The run then saves a checkpoint and raises Preempted; the handlers that
+    were there before (submitit's among them) are back when the block ends. A
+    second Ctrl-C stops at once (KeyboardInterrupt). Outside the main thread
+    signals cannot be caught, and the request stays empty.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.signum = signum
+        print(f"\n{signal.Signals(signum).name}: the run stops after saving its state at the "
+              "next training step" + (" (Ctrl-C again: stop at once, losing the task in "
+                                      "progress)" if signum == signal.SIGINT else ""),
+              flush=True)
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+# --------------------------------------------------------------- one run
 
 
 @dataclass(frozen=True)
@@ -75,6 +142,9 @@ class Job:
     logger: tuple[str, ...] = ()  # loggers.LOGGERS to watch the run with (no effect on results)
     wandb_project: str | None = None
     wandb_entity: str | None = None
+
+
+# ----------------------------------------------------------- the machine
 
 
 def select_device(name: str):
@@ -167,7 +237,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def keep_freed_memory() -> None:
+def keep_freed_memory(keep: bool = True) -> None:
     """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
 
     A training step frees and allocates the same large blocks every time (a
@@ -178,68 +248,109 @@ def keep_freed_memory() -> None:
     mmap off and no trimming, freed blocks stay in the heap and the next step
     reuses them. Numbers are unchanged; peak memory grows by at most the
     largest temporaries. A no-op where the C library has no mallopt (macOS).
+    keep=False puts glibc's defaults back (65,536 mmaps, trimming above 128 KiB).
     """
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if not hasattr(libc, "mallopt"):
         return
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_mmap_max, 0 if keep else 65536)
+    libc.mallopt(m_trim_threshold, 2**31 - 1 if keep else 128 * 1024)
 
 
-def run_one(job: Job) -> None:
-    """Train one configuration with one seed, writing everything into job.run_dir.
-
-    After every task the run folder gets its accuracy rows and a checkpoint; a
-    rerun continues after the last finished task and gives the same results.
-    The run uses cpu_threads(job.threads) CPU threads, recorded in config.json.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(cpu_threads(job.threads))
+@contextlib.contextmanager
+def process_settings(threads: int):
+    """Inside the block torch uses `threads` CPU threads; after it, every process-wide
+    setting a run changes is as it was (threads, cuDNN and matmul precision flags of
+    use_device) or at its default (glibc's, see keep_freed_memory), so that runs in one
+    process (tests, the sequential launcher) do not change one another."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (torch.get_num_threads(), cudnn.deterministic, cudnn.benchmark,
+             matmul.fp32_precision, cudnn.conv.fp32_precision)
+    torch.set_num_threads(threads)
     try:
-        _run(job)
+        yield
     finally:
-        torch.set_num_threads(previous)
+        keep_freed_memory(False)
+        (threads, cudnn.deterministic, cudnn.benchmark, matmul.fp32_precision,
+         cudnn.conv.fp32_precision) = saved
+        torch.set_num_threads(threads)
 
 
-def _run(job: Job) -> None:
-    config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
-                                            job.run_dir)
-    record = {"dataset": dataset, "part": part, "seed": seed,
-              "data": datasets.DEMO_LABEL if job.demo else dataset,
-              **dataclasses.asdict(config), "threads": torch.get_num_threads(),
-              "cuda_graphs": job.cuda_graphs}
-    if finished(run_dir, record):
-        print(f"  already finished: {run_dir} (delete it to run again)")
-        return
-    device = select_device(job.device)
-    use_device(device, config.tf32)
-    print(f"  device: {describe_device(device)}")
-    keep_freed_memory()
-    set_seed(seed)
-    tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
-                                device=device, demo=job.demo)
-    record |= {"data_source": data_files.data_source(dataset, job.path_to_datasets, job.demo),
-               "task_sizes": datasets.task_sizes(tasks), **where_it_runs(device)}
-    # One output layer shared by all tasks, as wide as the widest task needs.
-    model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
-    model.to(device)
-    make_folder(run_dir)  # only now: missing data leave no folder
-    with stop_signals() as stop, one_writer(run_dir):
-        if finished(run_dir, record):  # by the process that held the lock before
-            return
-        evaluation.write_text(json.dumps(record, indent=2), run_dir / "config.json")
-        (run_dir / FAILED).unlink(missing_ok=True)
-        try:
-            with loggers.opened(job.logger, run_dir, wandb_project=job.wandb_project,
-                                wandb_entity=job.wandb_entity) as watch:
-                train_run(model, tasks, config, job=job, device=device, stop=stop, watch=watch)
-        except hypermask.Diverged as error:
-            fail(run_dir, f"diverged: {error}; configuration in {run_dir / 'config.json'} "
-                          f"(learning_rate={config.learning_rate}, beta={config.beta}, "
-                          f"lam={config.lam}); no accuracy of the diverged task was written")
-        except RunFailed as error:
-            fail(run_dir, str(error))
+# -------------------------------------------------------- the run folder
+
+
+def make_folder(folder: Path) -> None:
+    """Create a results folder, or a one-line UserError naming the path in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {folder} ({error.strerror}: "
+                        f"{error.filename}); choose another --results_dir") from None
+
+
+@contextlib.contextmanager
+def one_writer(run_dir: Path):
+    """Hold run_dir's lock while training it: a second process is refused at once.
+
+    The lock is an OS file lock (filelock): it dies with its process, so a run
+    killed with SIGKILL leaves nothing that blocks its rerun. running.txt says
+    who holds it.
+    """
+    lock = filelock.FileLock(run_dir / "run.lock")
+    owner = run_dir / "running.txt"
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        holder = owner.read_text().strip() if owner.exists() else "another process"
+        raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
+                        "end (python main.py --status) or stop that process") from None
+    try:
+        owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def changed_settings(run_dir: Path, record: dict) -> list[str]:
+    """The settings this run's record changes in run_dir's config.json, as "name old -> new".
+
+    Only keys in RECORD_ONLY (evaluation settings, threads, where it runs) may
+    differ: a run resumes with their new values. Any other difference means the
+    folder holds another run: a UserError.
+    """
+    config_path = run_dir / evaluation.CONFIG
+    if not config_path.exists():
+        return []
+    # A field added to HyperParameters since the run began has its default there.
+    saved = datasets.recorded_defaults() | json.loads(config_path.read_text())
+    as_saved = json.loads(json.dumps(record))
+    # The data's description (data_source, task_sizes) joins the record once the
+    # data are loaded, after this check: not yet known is no change.
+    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)
+               and (k in as_saved or k not in RECORD_ONLY)]
+    differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
+                            for k in changed if k not in RECORD_ONLY)
+    if differences:
+        raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
+                        "use another --results_dir or delete that folder")
+    return [f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed]
+
+
+def finished(run_dir: Path, record: dict) -> bool:
+    """True if run_dir holds this exact run, complete; UserError if it holds another one
+    (changed_settings). Prints nothing."""
+    changed_settings(run_dir, record)
+    return evaluation.run_state(run_dir) == "finished"
+
+
+def write_failed(run_dir: Path, message: str) -> None:
+    """The run's failed.txt; if it cannot be written (no space left, say), the message
+    still goes out through the launcher and the log."""
+    with contextlib.suppress(OSError):
+        (run_dir / evaluation.FAILED).write_text(message + "\n")
 
 
 def fail(run_dir: Path, message: str) -> None:
@@ -248,11 +359,249 @@ def fail(run_dir: Path, message: str) -> None:
     raise RunFailed(message)
 
 
-def write_failed(run_dir: Path, message: str) -> None:
-    """The run's failed.txt; if it cannot be written (no space left, say), the message
-    still goes out through the launcher and the log."""
-    with contextlib.suppress(OSError):
-        (run_dir / FAILED).write_text(message + "\n")
+# ----------------------------------------------------------- checkpoints
+
+
+def cpu_copy(state_dict: dict) -> dict:
+    """A state dict with every tensor on the CPU: loadable on a machine without a GPU."""
+    return {name: tensor.cpu() for name, tensor in state_dict.items()}
+
+
+def rng_state(device: torch.device) -> dict:
+    """The random generators' states, as tensors and plain containers (weights_only-safe).
+
+    Of the GPUs, only the run's own: the run is resumed wherever its next
+    job lands, which may see fewer GPUs.
+    """
+    name, key, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore rng_state's generators; the GPU's into the run's device (skipped on a CPU)."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_atomically(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: never a half-written file."""
+    evaluation.write_atomically(path, lambda temporary: torch.save(obj, temporary))
+
+
+def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
+    """Restore model and random generators from a run's checkpoint; return its rows.
+
+    A checkpoint that cannot be read is a UserError; random generators that
+    cannot be restored are a warning: the networks and rows are good, only
+    bit-identity with an uninterrupted run is lost.
+    """
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint.pop("model"))
+        rng = checkpoint.pop("rng")
+    except Exception as error:  # truncated zip, foreign pickle, missing keys: all unusable
+        raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}); "
+                        "delete it to restart this run from its first task") from None
+    try:
+        set_rng_state(rng, device)
+    except Exception as error:  # e.g. a GPU generator state this device cannot take
+        print(f"  warning: the random generators of {path} were not restored "
+              f"({type(error).__name__}: {error}); the run goes on from its checkpoint, "
+              "but will not repeat an uninterrupted run bit for bit")
+    return checkpoint
+
+
+class TaskCheckpoints:
+    """Saves the run's checkpoint: after each task, and within a task every few minutes or
+    when a stop is asked for (then raising Preempted).
+
+    A mid-task checkpoint holds the task's whole training state (networks,
+    optimiser, scheduler, best networks, log rows, iteration, data order) and
+    every random generator, taken at a step boundary: the rerun continues with
+    the very next step.
+    """
+
+    def __init__(self, path: Path, run_state: dict, model, device: torch.device, *,
+                 minutes: float, stop: StopRequest, clock=time.monotonic):
+        self.path, self.run_state, self.model, self.device = path, run_state, model, device
+        self.seconds, self.stop, self.clock = 60 * minutes, stop, clock
+        self.saved_at = clock()
+
+    def save(self, training: hypermask.TrainingState | None = None) -> None:
+        """The run's state, with the task in progress if `training` is given."""
+        extra = {} if training is None else {"task_in_progress": training.state_dict()}
+        save_atomically({**self.run_state, **extra, "model": self.model.state_dict(),
+                         "rng": rng_state(self.device)}, self.path)
+        self.saved_at = self.clock()
+
+    def __call__(self, training: hypermask.TrainingState) -> None:
+        due = self.seconds > 0 and self.clock() - self.saved_at >= self.seconds
+        if due or self.stop.signum is not None:
+            self.save(training)
+            self.stop.check(f"task {self.run_state['next_task'] + 1} at iteration "
+                            f"{training.iteration} in {self.path}")
+
+
+# -------------------------------------------------------------- progress
+
+
+def clock_time() -> str:
+    """The time of day as a line prefix: "[HH:MM:SS] "."""
+    return time.strftime("[%H:%M:%S] ")
+
+
+class ProgressBar:
+    """A tqdm bar: loss and validation accuracy after each validation."""
+
+    def __init__(self, label: str, total: int):
+        self.bar = tqdm(total=total, desc=label, unit="it", leave=False, dynamic_ncols=True,
+                        mininterval=1.0)
+        self.row = None
+
+    def __call__(self, iteration: int, row: dict) -> None:
+        self.bar.update(1)
+        if row and row is not self.row:
+            self.row = row
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}",
+                                 val=f"{row['validation_accuracy']:.1f}%")
+
+    def skip(self, iterations: int) -> None:
+        """Iterations done before a resume."""
+        self.bar.update(iterations)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class ProgressLines:
+    """Progress as plain lines for a log: after the first and the last iteration, and
+    otherwise at most every `every_seconds` (the latest validation in each line).
+
+    About 30 lines an hour, however fast the steps: a 10-hour task writes a few
+    kilobytes, where a redrawn bar writes megabytes of carriage returns.
+    """
+
+    def __init__(self, label: str, total: int, every_seconds: float = PROGRESS_SECONDS,
+                 clock=time.monotonic):
+        self.label, self.total, self.every, self.clock = label, total, every_seconds, clock
+        self.started = self.shown = clock()
+        self.skipped = 0
+
+    def skip(self, iterations: int) -> None:
+        """Iterations done before a resume (not in the rate)."""
+        self.skipped = iterations
+
+    def __call__(self, iteration: int, row: dict) -> None:
+        now = self.clock()
+        if iteration in (self.skipped, self.total - 1) or now - self.shown >= self.every:
+            self.shown = now
+            rate = (iteration + 1 - self.skipped) / max(now - self.started, 1e-9)
+            validation = (f", loss {row['loss']:.4f}, validation accuracy "
+                          f"{row['validation_accuracy']:.2f}% (at iteration {row['iteration']})"
+                          if row else "")
+            print(f"{clock_time()}{self.label}: iteration {iteration + 1}/{self.total}"
+                  f"{validation}, {rate:.2f} it/s", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def train_with_progress(model, task, task_id: int, config, *, seed: int,
+                        resume: dict | None = None, after_step=None,
+                        make_step=hypermask.eager_step) -> list[dict]:
+    """hypermask.train_task with its progress shown: a tqdm bar on a terminal, else
+    plain lines (ProgressLines) for the logs of the local pool and SLURM.
+
+    Args:
+        resume, after_step, make_step: passed on to hypermask.train_task (after_step
+            after the progress).
+    """
+    total = hypermask.task_iterations(task, config)
+    label = f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}"
+    # tqdm draws on stderr: a bar only where it is seen, never redraws in a log file
+    progress = (ProgressBar(label, total) if sys.stderr.isatty()
+                else ProgressLines(label, total))
+    if resume is not None:
+        progress.skip(resume["iteration"])
+
+    def step_done(state: hypermask.TrainingState) -> None:
+        progress(state.iteration - 1, state.log[-1] if state.log else {})
+        if after_step is not None:
+            after_step(state)
+
+    try:
+        return hypermask.train_task(model, task, task_id, config, resume=resume,
+                                    after_step=step_done, make_step=make_step)
+    finally:
+        progress.close()
+
+
+# -------------------------------------------------------- training a run
+
+
+@contextlib.contextmanager
+def out_of_memory_names(where: str):
+    """A GPU out-of-memory error becomes RunFailed: where it happened and what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        detail = str(error).splitlines()[0] if str(error) else "out of memory"
+        raise RunFailed(f"ran out of GPU memory in {where} ({detail}); rerun the same command "
+                        "to resume from the last checkpoint with a smaller "
+                        "evaluation_batch_size (evaluations), runs_per_gpu (runs sharing "
+                        "a GPU) or batch_size, or on a GPU with more memory") from None
+
+
+def require_finite(model, task_id: int) -> None:
+    """Diverged if a weight is NaN or infinite (checked once per task: a host sync)."""
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        raise hypermask.Diverged(f"task {task_id + 1}: the networks hold NaN or infinite weights "
+                                 "after training")
+
+
+def evaluate(model, task, task_id: int, config) -> float:
+    """Test accuracy of `task` under task `task_id`'s mask at the configured sparsity."""
+    return hypermask.evaluate(model, task, task_id, config.sparsity,
+                              batch_size=config.evaluation_batch_size)
+
+
+def write_run_tables(run_dir: Path, state: dict) -> None:
+    """accuracies.csv, training_log.csv and transfer.csv from the run's rows so far."""
+    for name in ("accuracies", "log", "transfer"):
+        filename = {"log": "training_log"}.get(name, name)
+        evaluation.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
+
+
+def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
+               watch: loggers.RunLoggers) -> None:
+    """The end-of-run outputs: heatmap, task-agnostic accuracy, final metrics to the loggers,
+    final weights."""
+    accuracies = pd.read_csv(run_dir / evaluation.ACCURACIES)
+    evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
+                            f"{title}, seed {keys['seed']}: accuracy (%)")
+    rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity)
+    evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                         run_dir / "task_agnostic.csv")
+    if config.fecam_evaluation:
+        rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
+                                              config.evaluation_batch_size)
+        evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                             run_dir / "fecam.csv")
+    watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
+    save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
+                     "target": cpu_copy(model.target.state_dict())},
+                    run_dir / evaluation.FINAL_WEIGHTS)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
@@ -315,681 +664,54 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     stop.check(f"the finished run in {run_dir}")  # a stop during the final evaluations
 
 
-@contextlib.contextmanager
-def out_of_memory_names(where: str):
-    """A GPU out-of-memory error becomes RunFailed: where it happened and what to change."""
-    try:
-        yield
-    except torch.OutOfMemoryError as error:
-        detail = str(error).splitlines()[0] if str(error) else "out of memory"
-        raise RunFailed(f"ran out of GPU memory in {where} ({detail}); rerun the same command "
-                        "to resume from the last checkpoint with a smaller "
-                        "evaluation_batch_size (evaluations), runs_per_gpu (runs sharing "
-                        "a GPU) or batch_size, or on a GPU with more memory") from None
-
-
-def require_finite(model, task_id: int) -> None:
-    """Diverged if a weight is NaN or infinite (checked once per task: a host sync)."""
-    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-        raise hypermask.Diverged(f"task {task_id + 1}: the networks hold NaN or infinite weights "
-                                 "after training")
-
-
-def evaluate(model, task, task_id: int, config) -> float:
-    """Test accuracy of `task` under task `task_id`'s mask at the configured sparsity."""
-    return hypermask.evaluate(model, task, task_id, config.sparsity,
-                              batch_size=config.evaluation_batch_size)
-
-
-def write_run_tables(run_dir: Path, state: dict) -> None:
-    """accuracies.csv, training_log.csv and transfer.csv from the run's rows so far."""
-    for name in ("accuracies", "log", "transfer"):
-        filename = {"log": "training_log"}.get(name, name)
-        evaluation.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
-
-
-def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
-               watch: loggers.RunLoggers) -> None:
-    """The end-of-run outputs: heatmap, task-agnostic accuracy, final metrics to the loggers,
-    final weights."""
-    accuracies = pd.read_csv(run_dir / "accuracies.csv")
-    evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
-                            f"{title}, seed {keys['seed']}: accuracy (%)")
-    rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity)
-    evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                         run_dir / "task_agnostic.csv")
-    if config.fecam_evaluation:
-        rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
-                                              config.evaluation_batch_size)
-        evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                             run_dir / "fecam.csv")
-    watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
-    save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
-                     "target": cpu_copy(model.target.state_dict())}, run_dir / "final_weights.pt")
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
-
-
-def cpu_copy(state_dict: dict) -> dict:
-    """A state dict with every tensor on the CPU: loadable on a machine without a GPU."""
-    return {name: tensor.cpu() for name, tensor in state_dict.items()}
-
-
-def rng_state(device: torch.device) -> dict:
-    """The random generators' states, as tensors and plain containers (weights_only-safe).
-
-    Of the GPUs, only the run's own: the run is resumed wherever its next
-    job lands, which may see fewer GPUs.
-    """
-    name, key, position, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, gauss]}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    """Restore rng_state's generators; the GPU's into the run's device (skipped on a CPU)."""
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    name, key, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
-    """Restore model and random generators from a run's checkpoint; return its rows.
-
-    A checkpoint that cannot be read is a UserError; random generators that
-    cannot be restored are a warning: the networks and rows are good, only
-    bit-identity with an uninterrupted run is lost.
-    """
-    if not path.exists():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint.pop("model"))
-        rng = checkpoint.pop("rng")
-    except Exception as error:  # truncated zip, foreign pickle, missing keys: all unusable
-        raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}); "
-                        "delete it to restart this run from its first task") from None
-    try:
-        set_rng_state(rng, device)
-    except Exception as error:  # e.g. a GPU generator state this device cannot take
-        print(f"  warning: the random generators of {path} were not restored "
-              f"({type(error).__name__}: {error}); the run goes on from its checkpoint, "
-              "but will not repeat an uninterrupted run bit for bit")
-    return checkpoint
-
-
-class RunFailed(UserError):
-    """A run that cannot go on (it diverged, say); the launcher goes on with the others."""
-
-
-class AlreadyRunning(UserError):
-    """The run folder is being trained by another process (its lock is held)."""
-
-
-class Preempted(Exception):
-    """A run stopped on request (SIGTERM, SIGINT, SIGUSR2) after saving its state."""
-
-    def __init__(self, signum: int, saved: str):
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}: saved {saved}; rerun the "
-                         "same command to continue from there")
-
-
-class StopRequest:
-    """The stop signal received during a run, if any (set by stop_signals)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def check(self, saved: str) -> None:
-        """Preempted if a stop was asked for; `saved` says what was saved, and where."""
-        if self.signum is not None:
-            raise Preempted(self.signum, saved)
-
-
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2")
-                     if hasattr(signal, name))  # SIGUSR2: submitit's time-limit warning
-
-
-@contextlib.contextmanager
-def stop_signals():
-    """SIGTERM, SIGINT and SIGUSR2 ask the run to stop at its next step boundary.
-
-    The run then saves a checkpoint and raises Preempted; the handlers that
-    were there before (submitit's among them) are back when the block ends. A
-    second Ctrl-C stops at once (KeyboardInterrupt). Outside the main thread
-    signals cannot be caught, and the request stays empty.
-    """
-    request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request
+def _run(job: Job) -> None:
+    config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
+                                            job.run_dir)
+    record = {"dataset": dataset, "part": part, "seed": seed,
+              "data": datasets.DEMO_LABEL if job.demo else dataset,
+              **dataclasses.asdict(config), "threads": torch.get_num_threads(),
+              "cuda_graphs": job.cuda_graphs}
+    if finished(run_dir, record):
+        print(f"  already finished: {run_dir} (delete it to run again)")
         return
-
-    def handler(signum, frame):
-        if request.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        request.signum = signum
-        print(f"\n{signal.Signals(signum).name}: the run stops after saving its state at the "
-              "next training step" + (" (Ctrl-C again: stop at once, losing the task in "
-                                      "progress)" if signum == signal.SIGINT else ""),
-              flush=True)
-
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-    try:
-        yield request
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-class TaskCheckpoints:
-    """Saves the run's checkpoint: after each task, and within a task every few minutes or
-    when a stop is asked for (then raising Preempted).
-
-    A mid-task checkpoint holds the task's whole training state (networks,
-    optimiser, scheduler, best networks, log rows, iteration, data order) and
-    every random generator, taken at a step boundary: the rerun continues with
-    the very next step.
-    """
-
-    def __init__(self, path: Path, run_state: dict, model, device: torch.device, *,
-                 minutes: float, stop: StopRequest, clock=time.monotonic):
-        self.path, self.run_state, self.model, self.device = path, run_state, model, device
-        self.seconds, self.stop, self.clock = 60 * minutes, stop, clock
-        self.saved_at = clock()
-
-    def save(self, training: hypermask.TrainingState | None = None) -> None:
-        """The run's state, with the task in progress if `training` is given."""
-        extra = {} if training is None else {"task_in_progress": training.state_dict()}
-        save_atomically({**self.run_state, **extra, "model": self.model.state_dict(),
-                         "rng": rng_state(self.device)}, self.path)
-        self.saved_at = self.clock()
-
-    def __call__(self, training: hypermask.TrainingState) -> None:
-        due = self.seconds > 0 and self.clock() - self.saved_at >= self.seconds
-        if due or self.stop.signum is not None:
-            self.save(training)
-            self.stop.check(f"task {self.run_state['next_task'] + 1} at iteration "
-                            f"{training.iteration} in {self.path}")
-
-
-def make_folder(folder: Path) -> None:
-    """Create a results folder, or a one-line UserError naming the path in the way."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the folder {folder} ({error.strerror}: "
-                        f"{error.filename}); choose another --results_dir") from None
-
-
-@contextlib.contextmanager
-def one_writer(run_dir: Path):
-    """Hold run_dir's lock while training it: a second process is refused at once.
-
-    The lock is an OS file lock (filelock): it dies with its process, so a run
-    killed with SIGKILL leaves nothing that blocks its rerun. running.txt says
-    who holds it.
-    """
-    lock = filelock.FileLock(run_dir / "run.lock")
-    owner = run_dir / "running.txt"
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        holder = owner.read_text().strip() if owner.exists() else "another process"
-        raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
-                        "end (python main.py --status) or stop that process") from None
-    try:
-        owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
-                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        yield
-    finally:
-        owner.unlink(missing_ok=True)
-        lock.release()
-
-
-def train_with_progress(model, task, task_id: int, config, *, seed: int,
-                        resume: dict | None = None, after_step=None,
-                        make_step=hypermask.eager_step) -> list[dict]:
-    """hypermask.train_task with its progress shown: a tqdm bar on a terminal, else
-    plain lines (ProgressLines) for the logs of the local pool and SLURM.
-
-    Args:
-        resume, after_step, make_step: passed on to hypermask.train_task (after_step
-            after the progress).
-    """
-    total = hypermask.task_iterations(task, config)
-    label = f"  seed {seed} task {task_id + 1}/{config.number_of_tasks}"
-    # tqdm draws on stderr: a bar only where it is seen, never redraws in a log file
-    progress = (ProgressBar(label, total) if sys.stderr.isatty()
-                else ProgressLines(label, total))
-    if resume is not None:
-        progress.skip(resume["iteration"])
-
-    def step_done(state: hypermask.TrainingState) -> None:
-        progress(state.iteration - 1, state.log[-1] if state.log else {})
-        if after_step is not None:
-            after_step(state)
-
-    try:
-        return hypermask.train_task(model, task, task_id, config, resume=resume,
-                                    after_step=step_done, make_step=make_step)
-    finally:
-        progress.close()
-
-
-class ProgressBar:
-    """A tqdm bar: loss and validation accuracy after each validation."""
-
-    def __init__(self, label: str, total: int):
-        self.bar = tqdm(total=total, desc=label, unit="it", leave=False, dynamic_ncols=True,
-                        mininterval=1.0)
-        self.row = None
-
-    def __call__(self, iteration: int, row: dict) -> None:
-        self.bar.update(1)
-        if row and row is not self.row:
-            self.row = row
-            self.bar.set_postfix(loss=f"{row['loss']:.3f}",
-                                 val=f"{row['validation_accuracy']:.1f}%")
-
-    def skip(self, iterations: int) -> None:
-        """Iterations done before a resume."""
-        self.bar.update(iterations)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-class ProgressLines:
-    """Progress as plain lines for a log: after the first and the last iteration, and
-    otherwise at most every `every_seconds` (the latest validation in each line).
-
-    About 30 lines an hour, however fast the steps: a 10-hour task writes a few
-    kilobytes, where a redrawn bar writes megabytes of carriage returns.
-    """
-
-    def __init__(self, label: str, total: int, every_seconds: float = PROGRESS_SECONDS,
-                 clock=time.monotonic):
-        self.label, self.total, self.every, self.clock = label, total, every_seconds, clock
-        self.started = self.shown = clock()
-        self.skipped = 0
-
-    def skip(self, iterations: int) -> None:
-        """Iterations done before a resume (not in the rate)."""
-        self.skipped = iterations
-
-    def __call__(self, iteration: int, row: dict) -> None:
-        now = self.clock()
-        if iteration in (self.skipped, self.total - 1) or now - self.shown >= self.every:
-            self.shown = now
-            rate = (iteration + 1 - self.skipped) / max(now - self.started, 1e-9)
-            validation = (f", loss {row['loss']:.4f}, validation accuracy "
-                          f"{row['validation_accuracy']:.2f}% (at iteration {row['iteration']})"
-                          if row else "")
-            print(f"{clock_time()}{self.label}: iteration {iteration + 1}/{self.total}"
-                  f"{validation}, {rate:.2f} it/s", flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-def clock_time() -> str:
-    """The time of day as a line prefix: "[HH:MM:SS] "."""
-    return time.strftime("[%H:%M:%S] ")
-
-
-def finished(run_dir: Path, record: dict) -> bool:
-    """True if run_dir holds this exact run, complete; UserError if it holds another one.
-
-    Keys in RECORD_ONLY (evaluation settings, threads, where it runs) may differ: an
-    unfinished run resumes with the new values, and says which changed.
-    """
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        return False
-    # A field added to HyperParameters since the run began has its default there.
-    saved = datasets.recorded_defaults() | json.loads(config_path.read_text())
-    as_saved = json.loads(json.dumps(record))
-    # The data's description (data_source, task_sizes) joins the record once the
-    # data are loaded, after this check: not yet known is no change.
-    changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)
-               and (k in as_saved or k not in RECORD_ONLY)]
-    differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
-                            for k in changed if k not in RECORD_ONLY)
-    if differences:
-        raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
-                        "use another --results_dir or delete that folder")
-    done = (run_dir / "final_weights.pt").exists()
-    if changed and not done:
-        print("  resuming with changed settings (used from now on): " + ", ".join(
-            f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed))
-    return done
-
-
-def save_atomically(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: never a half-written file."""
-    evaluation.write_atomically(path, lambda temporary: torch.save(obj, temporary))
-
-
-# ---------------------------------------------------------------------- launchers
-
-CPU_THREADS_PER_RUN = 2  # the local pool's default share of the cores on a CPU machine
-
-
-def run_sequentially(jobs: list[Job]) -> list[str]:
-    """Run the jobs one after another in this process, output on the terminal.
-
-    A run that fails on its own (RunFailed: it diverged) is reported and the
-    others go on; any other error stops the launch (it would stop them all).
-    """
-    failures = []
-    for number, job in enumerate(jobs, 1):
-        print(f"[run {number}/{len(jobs)}] {job.run_dir.name}")
-        try:
-            run_one(job)
-        except RunFailed as error:
-            failures.append(f"{job.run_dir}: {error}")
-            print(f"FAILED {failures[-1]}", flush=True)
-    return failures
-
-
-def run_in_pool(jobs: list[Job], max_parallel_runs: int | None = None, *,
-                runs_per_gpu: int = 1, refresh_seconds: float = 10.0) -> list[str]:
-    """Run the jobs in a pool of processes, one per run; return one line per failed run.
-
-    Each run's process is pinned to one GPU (CUDA_VISIBLE_DEVICES) when there
-    are GPUs, runs_per_gpu of them on each, else to its share of the CPU
-    threads. A run's output goes to its run.log; a run that raises, or whose
-    process dies (killed, out of memory), is reported with its folder and log
-    while the others go on. SIGTERM or
-    Ctrl-C stops every run at its next step, each saving its state. While runs
-    are in flight their progress is printed, read from their folders, whenever
-    it changes (at most every refresh_seconds).
-    """
-    gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
-    cpus = cpu_threads()
-    workers = pool_workers(max_parallel_runs, gpus=gpus, runs_per_gpu=runs_per_gpu, cpus=cpus)
-    threads = max(1, cpus // workers)
-    # a run sees only its own GPU, as device 0
-    jobs = [dataclasses.replace(job, threads=threads, **({"device": "cuda"} if gpus else {}))
-            for job in jobs]
-    print(f"local pool: {workers} worker(s), "
-          + (f"{gpus} GPU(s), {workers / gpus:g} run(s) on each" if gpus
-             else f"{threads} CPU thread(s) each")
-          + "; each run's output is in its folder's run.log")
-    pool = Pool(worker_gpus(workers, gpus))
-    failures, shown = [], ""
-    with pool.forwarding_stop_signals():
-        for job in jobs:
-            pool.queue.append(job)
-        while pool.queue or pool.running:
-            pool.start_queued()
-            for job, error in pool.wait(refresh_seconds):
-                failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / 'run.log'})")
-                print(f"FAILED {failures[-1]}", flush=True)
-            text = progress_text(jobs)
-            if text != shown:
-                print(text, flush=True)
-                shown = text
-    if pool.stopped is not None:
-        raise Preempted(pool.stopped, "every run in flight, in its folder")
-    return failures
-
-
-def pool_workers(max_parallel_runs: int | None, *, gpus: int, runs_per_gpu: int,
-                 cpus: int) -> int:
-    """How many runs the local pool runs at once: max_parallel_runs if set, else
-    runs_per_gpu on each GPU, else one per CPU_THREADS_PER_RUN CPUs."""
-    return max_parallel_runs or gpus * runs_per_gpu or max(1, cpus // CPU_THREADS_PER_RUN)
-
-
-class Pool:
-    """Processes running one job each, on slots (a GPU id or None) that they free on exit."""
-
-    def __init__(self, slots: list[str | None]):
-        self.free, self.queue, self.running = list(slots), [], {}  # process -> (job, slot)
-        self.context = multiprocessing.get_context("spawn")
-        self.stopped: int | None = None  # the signal that stopped the pool
-
-    def start_queued(self) -> None:
-        while self.queue and self.free and self.stopped is None:
-            job, slot = self.queue.pop(0), self.free.pop(0)
-            process = self.context.Process(target=_pool_run, args=(job, slot),
-                                           name=f"run {job.run_dir.name}")
-            process.start()
-            self.running[process] = (job, slot)
-
-    def wait(self, seconds: float) -> list[tuple[Job, str]]:
-        """Wait for runs to end (at most `seconds`); return the failed ones with their error."""
-        sentinels = {process.sentinel: process for process in self.running}
-        failed = []
-        for sentinel in multiprocessing.connection.wait(list(sentinels), timeout=seconds):
-            process = sentinels[sentinel]
-            process.join()
-            job, slot = self.running.pop(process)
-            self.free.append(slot)
-            error = exit_error(job, process.exitcode, stopping=self.stopped is not None)
-            if error:
-                failed.append((job, error))
-        return failed
-
-    @contextlib.contextmanager
-    def forwarding_stop_signals(self):
-        """SIGTERM and Ctrl-C: no new runs; the runs in flight save their state and stop."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
+    device = select_device(job.device)
+    use_device(device, config.tf32)
+    print(f"  device: {describe_device(device)}")
+    keep_freed_memory()
+    set_seed(seed)
+    tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
+                                device=device, demo=job.demo)
+    record |= {"data_source": data_files.data_source(dataset, job.path_to_datasets, job.demo),
+               "task_sizes": datasets.task_sizes(tasks), **where_it_runs(device)}
+    # One output layer shared by all tasks, as wide as the widest task needs.
+    model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
+    model.to(device)
+    make_folder(run_dir)  # only now: missing data leave no folder
+    with stop_signals() as stop, one_writer(run_dir):
+        if finished(run_dir, record):  # by the process that held the lock before
             return
-
-        def handler(signum, frame):
-            self.stopped = signum
-            self.queue.clear()
-            for process in self.running:  # Ctrl-C reaches them by itself; a kill does not
-                if signum != signal.SIGINT and process.pid:
-                    os.kill(process.pid, signum)
-            print(f"\n{signal.Signals(signum).name}: no new runs; the runs in flight stop "
-                  "after saving their state", flush=True)
-
-        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS[:2]}
+        if changes := changed_settings(run_dir, record):
+            print("  resuming with changed settings (used from now on): " + ", ".join(changes))
+        evaluation.write_text(json.dumps(record, indent=2), run_dir / evaluation.CONFIG)
+        (run_dir / evaluation.FAILED).unlink(missing_ok=True)
         try:
-            yield
-        finally:
-            for signum, old in previous.items():
-                signal.signal(signum, old)
+            with loggers.opened(job.logger, run_dir, wandb_project=job.wandb_project,
+                                wandb_entity=job.wandb_entity) as watch:
+                train_run(model, tasks, config, job=job, device=device, stop=stop, watch=watch)
+        except hypermask.Diverged as error:
+            fail(run_dir, f"diverged: {error}; configuration in {run_dir / 'config.json'} "
+                          f"(learning_rate={config.learning_rate}, beta={config.beta}, "
+                          f"lam={config.lam}); no accuracy of the diverged task was written")
+        except RunFailed as error:
+            fail(run_dir, str(error))
 
 
-def exit_error(job: Job, exitcode: int, stopping: bool = False) -> str | None:
-    """What went wrong with a pool run, from its process's exit code and failed.txt.
+def run_one(job: Job) -> None:
+    """Train one configuration with one seed, writing everything into job.run_dir.
 
-    With `stopping` (the pool was asked to stop), a run killed by the stop signal it was
-    sent is stopped, not failed: it had not installed its handlers yet (still loading).
+    After every task the run folder gets its accuracy rows and a checkpoint; a
+    rerun continues after the last finished task and gives the same results.
+    The run uses cpu_threads(job.threads) CPU threads, recorded in config.json.
     """
-    if exitcode == 0 or exitcode in STOPPED_EXIT_CODES or (stopping and -exitcode in
-                                                          STOP_SIGNALS):
-        return None
-    if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
-        return (f"it is already being trained by another process (see "
-                f"{job.run_dir / 'running.txt'}); wait for it to end (python main.py --status)")
-    if exitcode < 0:  # killed by a signal: nothing could write failed.txt
-        name = signal.Signals(-exitcode).name
-        message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
-                                                          else "")
-                   + "; rerun the same command to resume it from its last checkpoint")
-        write_failed(job.run_dir, message)
-        return message
-    failed = job.run_dir / FAILED
-    return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
-
-
-STOPPED_EXIT_CODES = tuple(128 + signum for signum in STOP_SIGNALS)  # saved, stopped on request
-ALREADY_RUNNING = 3  # a pool run refused: another process trains its folder
-
-
-def _pool_run(job: Job, gpu: str | None) -> None:
-    """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped,
-    ALREADY_RUNNING if another process trains its folder."""
-    pin_gpu(gpu)
-    try:
-        error = run_logged(job)
-    except Preempted as stop:
-        sys.exit(128 + stop.signum)
-    except AlreadyRunning:
-        sys.exit(ALREADY_RUNNING)
-    sys.exit(1 if error else 0)
-
-
-def pin_gpu(gpu: str | None) -> None:
-    """Make `gpu` (an entry of CUDA_VISIBLE_DEVICES) this process's only GPU, before any
-    CUDA call; None: leave the process as it is."""
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-
-
-def worker_gpus(workers: int, gpus: int) -> list[str | None]:
-    """Each pool worker's CUDA_VISIBLE_DEVICES: the parent's visible GPUs in turn.
-
-    Entries of the parent's own CUDA_VISIBLE_DEVICES (indices, UUIDs, MIG ids)
-    are passed on as they are, so CUDA_VISIBLE_DEVICES=2,3 runs on GPUs 2 and 3.
-    """
-    if not gpus:
-        return [None] * workers
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = ([entry.strip() for entry in visible.split(",")] if visible
-           else [str(i) for i in range(gpus)])[:gpus]
-    return [ids[i % len(ids)] for i in range(workers)]
-
-
-def run_logged(job: Job) -> str | None:
-    """run_one with its output appended to run_dir/run.log; the error line, or None.
-
-    Preempted (a stop on request, state saved) and AlreadyRunning (another process
-    trains this folder) are raised, not reported as failures of this run.
-    """
-    make_folder(job.run_dir)
-    with open(job.run_dir / "run.log", "a") as log, \
-            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            run_one(job)
-        except (Preempted, AlreadyRunning) as stop:
-            print(stop)
-            raise
-        except Exception as error:  # reported to the launcher; the other runs go on
-            traceback.print_exc()
-            message = str(error) if isinstance(error, UserError) else \
-                f"{type(error).__name__}: {error}"
-            if not isinstance(error, RunFailed):  # which wrote failed.txt itself
-                write_failed(job.run_dir, message)
-            return message
-    return None
-
-
-class SlurmRun:
-    """The job function of the SLURM array: run_one, requeued on preemption or timeout.
-
-    SLURM signals a job before its time limit (SIGUSR2, asked for by submitit)
-    or when it is preempted or requeued (SIGTERM): the run saves a mid-task
-    checkpoint at its next step and stops, and the requeued job continues from
-    that step.
-    """
-
-    def __call__(self, job: Job) -> str | None:
-        try:
-            return run_logged(job)
-        except AlreadyRunning as error:  # no failed.txt: the folder is another's live run
-            return str(error)
-        except Preempted as stop:  # state saved; for submitit's time-limit signal, let
-            print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
-            handler = signal.getsignal(stop.signum)
-            if stop.signum == getattr(signal, "SIGUSR2", None) and callable(handler):
-                handler(stop.signum, None)  # exits
-            # preempted or requeued: SLURM starts the job again by itself; no traceback,
-            # and no result for submitit (it would read as an error)
-            sys.exit(128 + stop.signum)
-
-    def checkpoint(self, job: Job):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, job)
-
-
-def submit_to_slurm(jobs: list[Job], experiment_dir: Path, settings: dict,
-                    executor=None) -> list:
-    """Submit the jobs as one SLURM job array (submitit); return submitit's jobs.
-
-    Logs go to experiment_dir/slurm_logs, job ids to experiment_dir/slurm_jobs.json.
-    `executor` replaces the SLURM executor (tests use submitit's local ones).
-    """
-    import submitit
-
-    if executor is None:
-        if shutil.which("sbatch") is None:
-            raise UserError("launcher='slurm' needs SLURM, and sbatch is not on this machine; "
-                            "use launcher='local' or 'sequential'")
-        executor = submitit.AutoExecutor(folder=experiment_dir / "slurm_logs", cluster="slurm")
-        executor.update_parameters(
-            name=experiment_dir.name, timeout_min=settings["slurm_time_minutes"],
-            gpus_per_node=settings["slurm_gpus_per_run"],
-            cpus_per_task=settings["slurm_cpus_per_run"], mem_gb=settings["slurm_mem_gb"],
-            slurm_partition=settings["slurm_partition"],
-            slurm_additional_parameters=settings["slurm_additional_parameters"],
-            slurm_setup=[python_path_line()])
-    submitted = executor.map_array(SlurmRun(), jobs)
-    ids = {str(job.run_dir.name): s.job_id for job, s in zip(jobs, submitted)}
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    evaluation.write_text(json.dumps(ids, indent=2), experiment_dir / "slurm_jobs.json")
-    print(f"submitted {len(submitted)} run(s): job ids {', '.join(ids.values())} "
-          f"(saved in {experiment_dir / 'slurm_jobs.json'})")
-    return submitted
-
-
-def python_path_line() -> str:
-    """The job script's line that lets its Python import this project from any folder
-    (the job starts in the folder sbatch was called from, not necessarily this one)."""
-    here = shlex.quote(str(Path(__file__).resolve().parent))
-    return f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}"
-
-
-# ------------------------------------------------------------------------ status
-
-
-def run_status(job: Job) -> dict:
-    """A run's state, read from its folder: not started, running/interrupted, failed, finished."""
-    run_dir, total = job.run_dir, job.config.number_of_tasks
-    row = {"run": run_dir.name, "state": "not started", "tasks_done": 0,
-           "mean_accuracy": float("nan")}
-    if (run_dir / "accuracies.csv").exists():
-        accuracies = pd.read_csv(run_dir / "accuracies.csv")
-        last = accuracies[accuracies["trained_task"] == accuracies["trained_task"].max()]
-        row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
-                "mean_accuracy": round(float(last["accuracy"].mean()), 2)}
-    if (run_dir / "final_weights.pt").exists():
-        row["state"] = "finished"
-    elif (run_dir / FAILED).exists():
-        log = run_dir / "run.log"  # the pool's and SLURM's runs write one
-        row["state"] = "failed: " + (run_dir / FAILED).read_text().strip() + (
-            f" (log: {log})" if log.exists() else "")
-    elif (run_dir / "config.json").exists():
-        row["state"] = ("running or interrupted " + (
-            f"(task {row['tasks_done'] + 1}/{total})" if row["tasks_done"] < total
-            else "(final evaluations)"))
-    return row
-
-
-def progress_text(jobs: list[Job]) -> str:
-    """A line per started, unfinished run and a count of all runs by state."""
-    rows = [run_status(job) for job in jobs]
-    counts = pd.Series([r["state"].split(" ")[0].rstrip(":") for r in rows]).value_counts()
-    lines = [clock_time() + ", ".join(f"{n} {state}" for state, n in counts.items())]
-    lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
-              + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")
-              for r in rows if r["state"].startswith("running")]
-    return "\n".join(lines)
-
-
-def status_table(jobs: list[Job]) -> str:
-    """Every run of an experiment and its state, as a markdown table."""
-    return pd.DataFrame([run_status(job) for job in jobs]).to_markdown(index=False)
+    with process_settings(cpu_threads(job.threads)):
+        _run(job)

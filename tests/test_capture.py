@@ -8,6 +8,7 @@ from torch.overrides import TorchFunctionMode
 
 import datasets
 import hypermask
+import launchers
 import main
 import runs
 from batches import Task
@@ -59,11 +60,11 @@ def test_a_training_step_never_reads_a_tensor_into_python(dataset, part, shape, 
 
 
 def test_pool_size_with_several_runs_per_gpu(monkeypatch):
-    assert runs.pool_workers(None, gpus=2, runs_per_gpu=5, cpus=16) == 10
-    assert runs.pool_workers(3, gpus=2, runs_per_gpu=5, cpus=16) == 3
-    assert runs.pool_workers(None, gpus=0, runs_per_gpu=5, cpus=16) == 8
+    assert launchers.pool_workers(None, gpus=2, runs_per_gpu=5, cpus=16) == 10
+    assert launchers.pool_workers(3, gpus=2, runs_per_gpu=5, cpus=16) == 3
+    assert launchers.pool_workers(None, gpus=0, runs_per_gpu=5, cpus=16) == 8
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    slots = runs.worker_gpus(10, 2)
+    slots = launchers.worker_gpus(10, 2)
     assert slots.count("0") == slots.count("1") == 5
 
 

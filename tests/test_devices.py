@@ -7,6 +7,7 @@ import torch
 
 import datasets
 import hypermask
+import launchers
 import runs
 
 GPU1 = torch.device("cuda", 1)
@@ -80,13 +81,13 @@ def test_a_random_state_that_cannot_be_restored_is_a_warning_not_corruption(
 
 def test_pool_workers_get_the_parents_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert runs.worker_gpus(3, 2) == ["2", "3", "2"]
+    assert launchers.worker_gpus(3, 2) == ["2", "3", "2"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-6f1e, MIG-0a2b")
-    assert runs.worker_gpus(2, 2) == ["GPU-6f1e", "MIG-0a2b"]
+    assert launchers.worker_gpus(2, 2) == ["GPU-6f1e", "MIG-0a2b"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert runs.worker_gpus(2, 2) == ["0", "1"]
-    assert runs.worker_gpus(2, 0) == [None, None]
-    runs.pin_gpu("MIG-0a2b")  # monkeypatch restores the variable afterwards
+    assert launchers.worker_gpus(2, 2) == ["0", "1"]
+    assert launchers.worker_gpus(2, 0) == [None, None]
+    launchers.pin_gpu("MIG-0a2b")  # monkeypatch restores the variable afterwards
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "MIG-0a2b"
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import datasets
+import launchers
 import main
 import runs
 from batches import augmentation_workers
@@ -83,14 +84,14 @@ def test_submitit_executors_run_the_job_function(mnist_root, tmp_path, executor)
         submitit.LocalExecutor(folder)
     if executor == "local":
         chosen.update_parameters(timeout_min=10)
-    submitted = runs.submit_to_slurm(jobs, experiment, settings, executor=chosen)
+    submitted = launchers.submit_to_slurm(jobs, experiment, settings, executor=chosen)
     assert [job.result() for job in submitted] == [None, None]
     ids = json.loads((experiment / "slurm_jobs.json").read_text())
     assert set(ids) == {"seed_1", "seed_2"}
     for job in jobs:
         assert (job.run_dir / "final_weights.pt").exists()
     # requeueing (preemption, time limit) resubmits the same job, which resumes
-    delayed = runs.SlurmRun().checkpoint(jobs[0])
+    delayed = launchers.SlurmRun().checkpoint(jobs[0])
     assert delayed.args == (jobs[0],)
 
 
@@ -143,7 +144,7 @@ def test_a_slurm_job_uses_its_cpus_per_task(mnist_root, tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "train_with_progress", train)
     threads = torch.get_num_threads()
     job, = tiny_jobs(mnist_root, tmp_path)
-    runs.SlurmRun()(job)
+    launchers.SlurmRun()(job)
     assert seen == [(1, 1), (1, 1)]
     assert json.loads((job.run_dir / "config.json").read_text())["threads"] == 1
     assert torch.get_num_threads() == threads  # the caller's own setting comes back
@@ -151,7 +152,7 @@ def test_a_slurm_job_uses_its_cpus_per_task(mnist_root, tmp_path, monkeypatch):
 
 def test_logs_get_plain_progress_lines_not_a_redrawn_bar(mnist_root, tmp_path):
     job, = tiny_jobs(mnist_root, tmp_path)
-    assert runs.run_logged(job) is None  # what pool workers and SLURM jobs run
+    assert launchers.run_logged(job) is None  # what pool workers and SLURM jobs run
     log = (job.run_dir / "run.log").read_text()
     assert "\r" not in log
     lines = [line for line in log.splitlines() if "it/s" in line]

@@ -14,6 +14,7 @@ import torch
 
 import datasets
 import hypermask
+import launchers
 import main
 import runs
 from batches import TrainingBatches
@@ -285,7 +286,7 @@ def test_a_stop_during_the_final_evaluations_stops_before_the_next_run(mnist_roo
 def test_exit_codes_of_stopped_pool_runs():
     job = runs.Job(None, "SplitMNIST", 0, 1, Path("/nonexistent"), "", "cpu")
     for signum in runs.STOP_SIGNALS:  # a run that saved and stopped exits 128 + signal
-        assert runs.exit_error(job, 128 + signum) is None
+        assert launchers.exit_error(job, 128 + signum) is None
     # killed by the stop signal the pool forwarded before the run's handlers were set up
-    assert runs.exit_error(job, -signal.SIGTERM, stopping=True) is None
-    assert "killed by SIGTERM" in runs.exit_error(job, -signal.SIGTERM)  # not asked to stop
+    assert launchers.exit_error(job, -signal.SIGTERM, stopping=True) is None
+    assert "killed by SIGTERM" in launchers.exit_error(job, -signal.SIGTERM)  # not asked to stop

@@ -1,13 +1,16 @@
 """The semi-binary mask, the masked network and the regularisers (SPEC §2-3)."""
 
 import dataclasses
+import json
 
+import pandas as pd
 import pytest
 import torch
 from hypnettorch.utils.hnet_regularizer import calc_fix_target_reg, get_current_targets
 
 import datasets
 import hypermask
+import main
 
 CONFIG = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(6,),
                              hnet_hidden_layers=(5,), embedding_size=4, number_of_tasks=4)
@@ -169,3 +172,24 @@ def test_loss_and_gradients_are_bitwise_those_of_the_first_implementation(sparsi
     assert len(our_grads) == len(first_grads)
     for ours_grad, first_grad in zip(our_grads, first_grads):
         assert torch.equal(ours_grad, first_grad)
+
+
+def test_a_chunked_hypernetwork_masks_and_learns(mnist_root, tmp_path):
+    """chunk_size: a ChunkedHMLP gives masks shaped like the target's tensors and trains."""
+    from hypnettorch.hnets import ChunkedHMLP
+
+    config = dataclasses.replace(CONFIG, chunk_size=7, chunk_embedding_size=3)
+    model = hypermask.build_model(config, (784,), 2)
+    assert isinstance(model.hnet, ChunkedHMLP)
+    masks = model.masks(model.hnet_outputs([0])[0], 30)
+    assert [m.shape for m in masks] == [p.shape for p in model.maskable_params]
+    assert main.main([f"--path_to_datasets={mnist_root}", f"--results_dir={tmp_path}",
+                      "--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
+                      "--number_of_iterations=150", "--target_hidden_layers=[20]",
+                      "--hnet_hidden_layers=[10]", "--chunk_size=500", "--validation_size=10",
+                      "--batch_size=32", "--device=cpu"]) == 0
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    assert json.loads((run / "config.json").read_text())["chunk_size"] == 500
+    accuracies = pd.read_csv(run / "accuracies.csv")
+    learnt = accuracies.query("trained_task == evaluated_task")["accuracy"]  # just after each
+    assert len(learnt) == 2 and (learnt > 75).all()  # chance is 50 %

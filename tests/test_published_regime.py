@@ -183,7 +183,7 @@ def test_the_regime_names_the_folder_and_is_recorded(mnist_root, tmp_path):
     settings = {name: getattr(main, name) for name in main.SETTINGS} | {
         "results_dir": str(tmp_path)}
     for published in REGIMES:
-        folder, jobs = main.experiment_jobs(settings | {"published_regime": published}, {},
+        folder, jobs = main.experiment_jobs(settings, {"published_regime": published},
                                             dataset="SplitMNIST", part=0)
         assert folder.name == "SplitMNIST_part0_best" + ("_published" if published else "")
         assert jobs and all(job.config.published_regime is published for job in jobs)
@@ -198,9 +198,16 @@ def test_the_regime_names_the_folder_and_is_recorded(mnist_root, tmp_path):
 
 
 def test_the_regime_takes_a_bool():
-    assert main.parse_overrides(["--published_regime"])[0] == {"published_regime": True}
+    assert main.parse_overrides(["--published_regime"])[1] == {"published_regime": True}
     with pytest.raises(errors.UserError, match="--published_regime expects bool, not 'yes'"):
         main.parse_overrides(["--published_regime=yes"])
+    with pytest.raises(errors.UserError, match="--published_regime expects bool, not 'yes'"):
+        main._check_setting("hyperparameters", {"published_regime": "yes"})
+
+
+def test_the_hyperparameters_setting_names_unknown_fields(capsys):
+    assert main.main(["--hyperparameters={'published_regim': True}"]) == 2
+    assert "unknown field(s) 'published_regim'; fields: number_of_tasks" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- resumed in the middle of a task

@@ -1,0 +1,358 @@
+"""Launchers: the runs of an experiment one after another, in a local pool, or on SLURM.
+
+Every run (grid point x seed) is independent and writes only into its own folder
+(runs.run_one); a launcher decides where and when each one runs, reports the
+ones that fail while the others go on, and shows progress read from the run
+folders. `status_table` is `python main.py --status`.
+
+    python main.py --launcher=local             # a process per GPU (or per 2 CPU cores)
+    python main.py --launcher=slurm --slurm_partition=gpu   # a SLURM job array (submitit)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import evaluation
+import runs
+from errors import UserError
+
+
+CPU_THREADS_PER_RUN = 2  # the local pool's default share of the cores on a CPU machine
+# a pool run's exit codes: saved and stopped on request; refused, another process trains
+# its folder
+STOPPED_EXIT_CODES = tuple(128 + signum for signum in runs.STOP_SIGNALS)
+ALREADY_RUNNING = 3
+
+
+# ------------------------------------------------------------ sequential
+
+
+def run_logged(job: runs.Job) -> str | None:
+    """runs.run_one with its output appended to run_dir/run.log; the error line, or None.
+
+    runs.Preempted (a stop on request, state saved) and runs.AlreadyRunning (another process
+    trains this folder) are raised, not reported as failures of this run.
+    """
+    runs.make_folder(job.run_dir)
+    with open(job.run_dir / "run.log", "a") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            runs.run_one(job)
+        except (runs.Preempted, runs.AlreadyRunning) as stop:
+            print(stop)
+            raise
+        except Exception as error:  # reported to the launcher; the other runs go on
+            traceback.print_exc()
+            message = str(error) if isinstance(error, UserError) else \
+                f"{type(error).__name__}: {error}"
+            if not isinstance(error, runs.RunFailed):  # which wrote failed.txt itself
+                runs.write_failed(job.run_dir, message)
+            return message
+    return None
+
+
+def run_sequentially(jobs: list[runs.Job]) -> list[str]:
+    """Run the jobs one after another in this process, output on the terminal.
+
+    A run that fails on its own (runs.RunFailed: it diverged) is reported and the
+    others go on; any other error stops the launch (it would stop them all).
+    """
+    failures = []
+    for number, job in enumerate(jobs, 1):
+        print(f"[run {number}/{len(jobs)}] {job.run_dir.name}")
+        try:
+            runs.run_one(job)
+        except runs.RunFailed as error:
+            failures.append(f"{job.run_dir}: {error}")
+            print(f"FAILED {failures[-1]}", flush=True)
+    return failures
+
+
+# ------------------------------------------------------------ local pool
+
+
+def pool_workers(max_parallel_runs: int | None, *, gpus: int, runs_per_gpu: int,
+                 cpus: int) -> int:
+    """How many runs the local pool runs at once: max_parallel_runs if set, else
+    runs_per_gpu on each GPU, else one per CPU_THREADS_PER_RUN CPUs."""
+    return max_parallel_runs or gpus * runs_per_gpu or max(1, cpus // CPU_THREADS_PER_RUN)
+
+
+def worker_gpus(workers: int, gpus: int) -> list[str | None]:
+    """Each pool worker's CUDA_VISIBLE_DEVICES: the parent's visible GPUs in turn.
+
+    Entries of the parent's own CUDA_VISIBLE_DEVICES (indices, UUIDs, MIG ids)
+    are passed on as they are, so CUDA_VISIBLE_DEVICES=2,3 runs on GPUs 2 and 3.
+    """
+    if not gpus:
+        return [None] * workers
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([entry.strip() for entry in visible.split(",")] if visible
+           else [str(i) for i in range(gpus)])[:gpus]
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Make `gpu` (an entry of CUDA_VISIBLE_DEVICES) this process's only GPU, before any
+    CUDA call; None: leave the process as it is."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | None:
+    """What went wrong with a pool run, from its process's exit code and failed.txt.
+
+    With `stopping` (the pool was asked to stop), a run killed by the stop signal it was
+    sent is stopped, not failed: it had not installed its handlers yet (still loading).
+    """
+    if exitcode == 0 or exitcode in STOPPED_EXIT_CODES or (stopping and -exitcode in
+                                                          runs.STOP_SIGNALS):
+        return None
+    if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
+        return (f"it is already being trained by another process (see "
+                f"{job.run_dir / 'running.txt'}); wait for it to end (python main.py --status)")
+    if exitcode < 0:  # killed by a signal: nothing could write failed.txt
+        name = signal.Signals(-exitcode).name
+        message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
+                                                          else "")
+                   + "; rerun the same command to resume it from its last checkpoint")
+        runs.write_failed(job.run_dir, message)
+        return message
+    failed = job.run_dir / evaluation.FAILED
+    return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
+
+
+def _pool_run(job: runs.Job, gpu: str | None) -> None:
+    """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped,
+    ALREADY_RUNNING if another process trains its folder."""
+    pin_gpu(gpu)
+    try:
+        error = run_logged(job)
+    except runs.Preempted as stop:
+        sys.exit(128 + stop.signum)
+    except runs.AlreadyRunning:
+        sys.exit(ALREADY_RUNNING)
+    sys.exit(1 if error else 0)
+
+
+class Pool:
+    """Processes running one job each, on slots (a GPU id or None) that they free on exit."""
+
+    def __init__(self, slots: list[str | None]):
+        self.free, self.queue, self.running = list(slots), [], {}  # process -> (job, slot)
+        self.context = multiprocessing.get_context("spawn")
+        self.stopped: int | None = None  # the signal that stopped the pool
+
+    def start_queued(self) -> None:
+        while self.queue and self.free and self.stopped is None:
+            job, slot = self.queue.pop(0), self.free.pop(0)
+            process = self.context.Process(target=_pool_run, args=(job, slot),
+                                           name=f"run {job.run_dir.name}")
+            process.start()
+            self.running[process] = (job, slot)
+
+    def wait(self, seconds: float) -> list[tuple[runs.Job, str]]:
+        """Wait for runs to end (at most `seconds`); return the failed ones with their error."""
+        sentinels = {process.sentinel: process for process in self.running}
+        failed = []
+        for sentinel in multiprocessing.connection.wait(list(sentinels), timeout=seconds):
+            process = sentinels[sentinel]
+            process.join()
+            job, slot = self.running.pop(process)
+            self.free.append(slot)
+            error = exit_error(job, process.exitcode, stopping=self.stopped is not None)
+            if error:
+                failed.append((job, error))
+        return failed
+
+    @contextlib.contextmanager
+    def forwarding_stop_signals(self):
+        """SIGTERM and Ctrl-C: no new runs; the runs in flight save their state and stop."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self.stopped = signum
+            self.queue.clear()
+            for process in self.running:  # Ctrl-C reaches them by itself; a kill does not
+                if signum != signal.SIGINT and process.pid:
+                    os.kill(process.pid, signum)
+            print(f"\n{signal.Signals(signum).name}: no new runs; the runs in flight stop "
+                  "after saving their state", flush=True)
+
+        previous = {signum: signal.signal(signum, handler) for signum in runs.STOP_SIGNALS[:2]}
+        try:
+            yield
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+
+def run_in_pool(jobs: list[runs.Job], max_parallel_runs: int | None = None, *,
+                runs_per_gpu: int = 1, refresh_seconds: float = 10.0) -> list[str]:
+    """Run the jobs in a pool of processes, one per run; return one line per failed run.
+
+    Each run's process is pinned to one GPU (CUDA_VISIBLE_DEVICES) when there
+    are GPUs, runs_per_gpu of them on each, else to its share of the CPU
+    threads. A run's output goes to its run.log; a run that raises, or whose
+    process dies (killed, out of memory), is reported with its folder and log
+    while the others go on. SIGTERM or
+    Ctrl-C stops every run at its next step, each saving its state. While runs
+    are in flight their progress is printed, read from their folders, whenever
+    it changes (at most every refresh_seconds).
+    """
+    gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
+    cpus = runs.cpu_threads()
+    workers = pool_workers(max_parallel_runs, gpus=gpus, runs_per_gpu=runs_per_gpu, cpus=cpus)
+    threads = max(1, cpus // workers)
+    # a run sees only its own GPU, as device 0
+    jobs = [dataclasses.replace(job, threads=threads, **({"device": "cuda"} if gpus else {}))
+            for job in jobs]
+    print(f"local pool: {workers} worker(s), "
+          + (f"{gpus} GPU(s), {workers / gpus:g} run(s) on each" if gpus
+             else f"{threads} CPU thread(s) each")
+          + "; each run's output is in its folder's run.log")
+    pool = Pool(worker_gpus(workers, gpus))
+    failures, shown = [], ""
+    with pool.forwarding_stop_signals():
+        for job in jobs:
+            pool.queue.append(job)
+        while pool.queue or pool.running:
+            pool.start_queued()
+            for job, error in pool.wait(refresh_seconds):
+                failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / 'run.log'})")
+                print(f"FAILED {failures[-1]}", flush=True)
+            text = progress_text(jobs)
+            if text != shown:
+                print(text, flush=True)
+                shown = text
+    if pool.stopped is not None:
+        raise runs.Preempted(pool.stopped, "every run in flight, in its folder")
+    return failures
+
+
+# ----------------------------------------------------------------- SLURM
+
+
+class SlurmRun:
+    """The job function of the SLURM array: runs.run_one, requeued on preemption or timeout.
+
+    SLURM signals a job before its time limit (SIGUSR2, asked for by submitit)
+    or when it is preempted or requeued (SIGTERM): the run saves a mid-task
+    checkpoint at its next step and stops, and the requeued job continues from
+    that step.
+    """
+
+    def __call__(self, job: runs.Job) -> str | None:
+        try:
+            return run_logged(job)
+        except runs.AlreadyRunning as error:  # no failed.txt: the folder is another's live run
+            return str(error)
+        except runs.Preempted as stop:  # state saved; for submitit's time-limit signal, let
+            print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
+            handler = signal.getsignal(stop.signum)
+            if stop.signum == getattr(signal, "SIGUSR2", None) and callable(handler):
+                handler(stop.signum, None)  # exits
+            # preempted or requeued: SLURM starts the job again by itself; no traceback,
+            # and no result for submitit (it would read as an error)
+            sys.exit(128 + stop.signum)
+
+    def checkpoint(self, job: runs.Job):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, job)
+
+
+def python_path_line() -> str:
+    """The job script's line that lets its Python import this project from any folder
+    (the job starts in the folder sbatch was called from, not necessarily this one)."""
+    here = shlex.quote(str(Path(__file__).resolve().parent))
+    return f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}"
+
+
+def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
+                    executor=None) -> list:
+    """Submit the jobs as one SLURM job array (submitit); return submitit's jobs.
+
+    Logs go to experiment_dir/slurm_logs, job ids to experiment_dir/slurm_jobs.json.
+    `executor` replaces the SLURM executor (tests use submitit's local ones).
+    """
+    import submitit
+
+    if executor is None:
+        if shutil.which("sbatch") is None:
+            raise UserError("launcher='slurm' needs SLURM, and sbatch is not on this machine; "
+                            "use launcher='local' or 'sequential'")
+        executor = submitit.AutoExecutor(folder=experiment_dir / "slurm_logs", cluster="slurm")
+        executor.update_parameters(
+            name=experiment_dir.name, timeout_min=settings["slurm_time_minutes"],
+            gpus_per_node=settings["slurm_gpus_per_run"],
+            cpus_per_task=settings["slurm_cpus_per_run"], mem_gb=settings["slurm_mem_gb"],
+            slurm_partition=settings["slurm_partition"],
+            slurm_additional_parameters=settings["slurm_additional_parameters"],
+            slurm_setup=[python_path_line()])
+    submitted = executor.map_array(SlurmRun(), jobs)
+    ids = {str(job.run_dir.name): s.job_id for job, s in zip(jobs, submitted)}
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    evaluation.write_text(json.dumps(ids, indent=2), experiment_dir / "slurm_jobs.json")
+    print(f"submitted {len(submitted)} run(s): job ids {', '.join(ids.values())} "
+          f"(saved in {experiment_dir / 'slurm_jobs.json'})")
+    return submitted
+
+
+# ---------------------------------------------------------------- status
+
+
+def run_status(job: runs.Job) -> dict:
+    """A run's state from its folder (evaluation.run_state) with its progress: not started,
+    running or interrupted (and at which task), failed (and why), finished."""
+    run_dir, total = job.run_dir, job.config.number_of_tasks
+    row = {"run": run_dir.name, "state": evaluation.run_state(run_dir), "tasks_done": 0,
+           "mean_accuracy": float("nan")}
+    if (run_dir / evaluation.ACCURACIES).exists():
+        accuracies = pd.read_csv(run_dir / evaluation.ACCURACIES)
+        last = accuracies[accuracies["trained_task"] == accuracies["trained_task"].max()]
+        row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
+                "mean_accuracy": round(float(last["accuracy"].mean()), 2)}
+    if row["state"] == "failed":
+        log = run_dir / "run.log"  # the pool's and SLURM's runs write one
+        row["state"] = "failed: " + evaluation.failure(run_dir)["failed"] + (
+            f" (log: {log})" if log.exists() else "")
+    elif row["state"] == "unfinished":
+        row["state"] = ("running or interrupted " + (
+            f"(task {row['tasks_done'] + 1}/{total})" if row["tasks_done"] < total
+            else "(final evaluations)"))
+    return row
+
+
+def progress_text(jobs: list[runs.Job]) -> str:
+    """A line per started, unfinished run and a count of all runs by state."""
+    rows = [run_status(job) for job in jobs]
+    counts = pd.Series([r["state"].split(" ")[0].rstrip(":") for r in rows]).value_counts()
+    lines = [runs.clock_time() + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
+              + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")
+              for r in rows if r["state"].startswith("running")]
+    return "\n".join(lines)
+
+
+def status_table(jobs: list[runs.Job]) -> str:
+    """Every run of an experiment and its state, as a markdown table."""
+    return pd.DataFrame([run_status(job) for job in jobs]).to_markdown(index=False)
