@@ -30,16 +30,22 @@ def make_mnist(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0)
     return root
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="also run the tests marked slow and slurm (.ci/run does)")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` are skipped, not failed, on a machine without a GPU."""
+    """Tests marked `slow` or `slurm` run only with --full; tests marked `cuda` are skipped,
+    not failed, on a machine without a GPU."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    full = config.getoption("--full")
     for item in items:
-        if item.get_closest_marker("cuda"):
-            item.add_marker(skip)
+        if not full and (item.get_closest_marker("slow") or item.get_closest_marker("slurm")):
+            item.add_marker(pytest.mark.skip(reason="slow or slurm: run with --full"))
+        elif item.get_closest_marker("cuda") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 @pytest.fixture(scope="session")

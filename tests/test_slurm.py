@@ -19,6 +19,8 @@ import torch
 
 import main
 
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "slurm"
 ITERATIONS = 400  # per task: a few seconds on one thread, long enough to signal mid-task
