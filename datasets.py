@@ -28,6 +28,12 @@ from data_files import load_cifar100, load_mnist, load_mnist_sample, load_tiny_i
 from errors import UserError
 
 
+# The allowed values of HyperParameters' string fields.
+CHOICES = {"target_network": ("MLP", "ResNet-20", "ZenkeNet", "ZenkeNet-tiny"),
+           "optimizer": ("adam", "rmsprop"),
+           "model_selection": ("last", "best_val")}
+
+
 @dataclass(frozen=True)
 class HyperParameters:
     """Everything that defines one training run, apart from the seed."""
@@ -113,11 +119,6 @@ def recorded_defaults() -> dict:
     """
     return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(HyperParameters)
                                   if f.default is not dataclasses.MISSING}))
-
-
-CHOICES = {"target_network": ("MLP", "ResNet-20", "ZenkeNet", "ZenkeNet-tiny"),
-           "optimizer": ("adam", "rmsprop"),
-           "model_selection": ("last", "best_val")}
 
 
 @dataclass(frozen=True)
