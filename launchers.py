@@ -74,9 +74,9 @@ class RunLog(io.TextIOBase):
             self.file.flush()
 
     def close(self) -> None:
+        super().close()  # flushes
         with contextlib.suppress(OSError):
             self.file.close()
-        super().close()
 
 
 def run_logged(job: runs.Job) -> str | None:

@@ -460,14 +460,17 @@ def checkpoint_bytes(model, config, training_samples: int) -> int:
     """An upper estimate of the run's largest checkpoint, in bytes: one saved mid-task in
     its last task (TaskCheckpoints).
 
-    It holds the networks (every tensor of model.state_dict()), the optimiser's state
-    (Adam: two moments per trainable parameter; RMSprop: one), the best networks once
-    more under model_selection="best_val", the task's reference points (θ^start, the
-    masked target tensors, and h*_j for the T-1 earlier tasks: T x n_outputs values),
-    the epoch's sample order (an int64 per training sample), and CHECKPOINT_ALLOWANCE
-    for the log rows, the random generators' states and the file's framing.
+    It holds the networks (model.state_dict(), whose tensors hypnettorch lists under
+    several names: torch.save writes each once), the optimiser's state (Adam: two
+    moments per trainable parameter; RMSprop: one), the best networks once more under
+    model_selection="best_val", the task's reference points (θ^start, the masked target
+    tensors, and h*_j for the T-1 earlier tasks: T x n_outputs values), the epoch's
+    sample order (an int64 per training sample), and CHECKPOINT_ALLOWANCE for the log
+    rows, the random generators' states and the file's framing.
     """
-    networks = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in model.state_dict().values()}
+    networks = sum(storages.values())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters()
                     if p.requires_grad)
     moments = 1 if config.optimizer == "rmsprop" else 2
