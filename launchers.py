@@ -208,10 +208,10 @@ class Pool:
         self.free, self.queue, self.running = list(slots), [], {}  # process -> (job, slot)
         self.context = multiprocessing.get_context("spawn")
         self.stopped: int | None = None  # the signal that stopped the pool
-        self.disk_stopped = False  # a run stopped for a full or read-only disk
+        self.disk_stopped = False  # a run stopped by a full or read-only disk (no new runs)
 
     def start_queued(self) -> None:
-        while self.queue and self.free and self.stopped is None and not self.disk_stopped:
+        while self.queue and self.free and self.stopped is None:
             job, slot = self.queue.pop(0), self.free.pop(0)
             process = self.context.Process(target=_pool_run, args=(job, slot),
                                            name=f"run {job.run_dir.name}")
