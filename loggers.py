@@ -264,9 +264,9 @@ class TensorBoard:
         """A write that fails (a full disk) is files.WriteFailed, naming the events file."""
         try:
             yield
-        except OSError as error:
-            raise files.WriteFailed(Path(error.filename or self.folder), error,
-                                    kept=False) from None
+        except OSError as error:  # gfile names its files in bytes
+            where = os.fsdecode(error.filename) if error.filename else self.folder
+            raise files.WriteFailed(Path(where), error, kept=False) from None
 
     def writer_thread_error(self, args) -> None:
         """threading.excepthook while the writer is open: TensorBoard writes from a thread

@@ -303,6 +303,37 @@ def test_torchs_runtime_error_on_a_full_file_system_is_a_full_disk(mnist_root, t
     same_results(run, undisturbed)
 
 
+def test_a_full_disk_under_tensorboard_is_one_line_too(mnist_root, tmp_path, monkeypatch,
+                                                      capsys, undisturbed):
+    """TensorBoard writes its events from a thread of its own: the failure comes back to
+    the run as one line, without the thread's traceback."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.compat.tensorflow_stub.io import gfile
+
+    class FullAfter:  # the io module, as gfile sees it: its 20th append finds the disk full
+        appends = 0
+
+        def open(self, filename, mode, **kwargs):
+            FullAfter.appends += mode.startswith("a")
+            if FullAfter.appends >= 20:
+                raise OSError(errno.ENOSPC, "No space left on device", filename)
+            return io.open(filename, mode, **kwargs)
+
+    monkeypatch.setattr(gfile, "io", FullAfter())
+    args = options(mnist_root, tmp_path, "--seeds=[5]", "--logger=tensorboard")
+    code = main.main(args)
+    captured = capsys.readouterr()
+    run = run_folder(tmp_path)
+    assert code == 2 and "Traceback" not in captured.err + captured.out
+    line, = captured.err.strip().splitlines()
+    assert line.startswith(f"error: the disk is full: cannot write {run / 'tensorboard'}")
+    assert "then rerun the same command: " + resumes_at(run) in line
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert main.main(args) == 0
+    same_results(run, undisturbed)
+
+
 def test_a_failed_summary_says_the_runs_are_saved(mnist_root, tmp_path, monkeypatch, capsys):
     fail_writes(monkeypatch, "summary.md", 1)
     code = main.main(options(mnist_root, tmp_path, "--seeds=[5]", "--number_of_tasks=1",
