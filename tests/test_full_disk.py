@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -320,11 +321,13 @@ def test_a_full_disk_under_tensorboard_is_one_line_too(mnist_root, tmp_path, mon
             return io.open(filename, mode, **kwargs)
 
     monkeypatch.setattr(gfile, "io", FullAfter())
+    unhandled = []  # what a thread raised and nothing handled (its traceback is printed)
+    monkeypatch.setattr(threading, "excepthook", lambda args: unhandled.append(args.exc_type))
     args = options(mnist_root, tmp_path, "--seeds=[5]", "--logger=tensorboard")
     code = main.main(args)
     captured = capsys.readouterr()
     run = run_folder(tmp_path)
-    assert code == 2 and "Traceback" not in captured.err + captured.out
+    assert code == 2 and "Traceback" not in captured.err + captured.out and unhandled == []
     line, = captured.err.strip().splitlines()
     assert line.startswith(f"error: the disk is full: cannot write {run / 'tensorboard'}")
     assert "then rerun the same command: " + resumes_at(run) in line
