@@ -94,8 +94,9 @@ def run_logged(job: runs.Job) -> str | None:
         except (runs.Preempted, runs.AlreadyRunning) as stop:
             print(stop)
             raise
-        except files.WriteFailed as error:
+        except files.WriteFailed as error:  # failed.txt, if it fits (the lock's, say)
             print(error)
+            runs.write_failed(job.run_dir, str(error))
             if error.shared:
                 raise
             return str(error)
@@ -195,7 +196,7 @@ def _pool_run(job: runs.Job, gpu: str | None) -> None:
         sys.exit(128 + stop.signum)
     except runs.AlreadyRunning:
         sys.exit(ALREADY_RUNNING)
-    except files.WriteFailed as failed:  # run.log or the run's lock, if not failed.txt
+    except files.WriteFailed as failed:  # from run.log itself too
         runs.write_failed(job.run_dir, str(failed))
         sys.exit(DISK_STOPPED if failed.shared else 1)
     sys.exit(1 if error else 0)

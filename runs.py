@@ -3,8 +3,11 @@
 A run writes only into its own folder: config.json first, then after every
 task its tables and a checkpoint, at the end its plots, task-agnostic
 evaluations and final weights. Rerunning a run resumes after its last finished
-task, or mid-task from its latest checkpoint; a stop signal saves first. The
-launchers (launchers.py) decide where and when each run runs.
+task, or mid-task from its latest checkpoint; a stop signal saves first. A write
+that fails for a full disk, an exceeded quota or a read-only folder stops the run
+with one line saying where the rerun continues (files.py: every write goes there,
+whole or not at all). The launchers (launchers.py) decide where and when each run
+runs.
 """
 
 from __future__ import annotations
@@ -440,7 +443,7 @@ class TaskCheckpoints:
         """The run's state, with the task in progress if `training` is given."""
         extra = {} if training is None else {"task_in_progress": training.state_dict()}
         files.save({**self.run_state, **extra, "model": self.model.state_dict(),
-                         "rng": rng_state(self.device)}, self.path)
+                    "rng": rng_state(self.device)}, self.path)
         self.saved_at = self.clock()
 
     def __call__(self, training: hypermask.TrainingState) -> None:
