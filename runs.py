@@ -286,10 +286,13 @@ def process_settings(threads: int):
 
 
 def make_folder(folder: Path) -> None:
-    """Create a results folder, or a one-line UserError naming the path in the way."""
+    """Create a results folder, or a one-line UserError naming the path in the way (a
+    files.WriteFailed for a full disk, an exceeded quota, a read-only folder)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        if error.errno in files.CAUSES:
+            raise files.WriteFailed(folder, error, kept=False) from None
         raise UserError(f"cannot create the folder {folder} ({error.strerror}: "
                         f"{error.filename}); choose another --results_dir") from None
 

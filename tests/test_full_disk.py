@@ -174,6 +174,16 @@ def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch
     assert str(advised).endswith(", then rerun it") and advised.shared == shared
 
 
+def test_a_folder_that_cannot_be_made_for_lack_of_space_says_so(tmp_path, monkeypatch):
+    def mkdir(self, *args, **kwargs):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(files.WriteFailed, match=f"^the disk quota is exceeded: cannot write "
+                                                f"{tmp_path / 'results'} \\(Disk quota"):
+        runs.make_folder(tmp_path / "results")
+
+
 def test_torch_saves_short_write_is_found_through_the_file_object(tmp_path, monkeypatch):
     """torch.save raises RuntimeError on a short write; the OSError its write raised is the
     cause reported, though the file system (as seen here) has room to spare."""
