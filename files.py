@@ -196,7 +196,7 @@ def remove_temporaries(folder: Path) -> list[str]:
     removed = []
     for path in sorted(Path(folder).glob("*" + TEMPORARY)):
         if path.is_file():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # left in place, it is still never read
                 path.unlink()
                 removed.append(path.name)
     return removed
