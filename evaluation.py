@@ -11,10 +11,7 @@ accuracy (percent) on task j after training task t, NaN for j > t.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -28,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from datasets import recorded_defaults  # noqa: E402
 from errors import UserError  # noqa: E402
+from files import save_figure, write_csv, write_text  # noqa: E402  (every write goes there)
 
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy"]
 
@@ -78,33 +76,6 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- files
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call write(temporary path), then rename: a crash leaves the old file or the new one.
-
-    A write that fails (no space left, no permission, a folder where the file
-    should be) removes its temporary file, keeps the old file if there is one,
-    and is a one-line UserError naming the path and the OS error.
-    """
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        kept = " (the previous one is kept)" if path.is_file() else ""
-        hint = "; free some space" if error.errno == errno.ENOSPC else ""
-        raise UserError(f"cannot write {path}{kept}: {error.strerror or error}{hint}") from None
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    write_atomically(path, lambda temporary: frame.to_csv(temporary, index=False))
-
-
-def write_text(text: str, path: Path) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 # The files that tell a run folder's state. run_state is the one place that reads them:
@@ -170,7 +141,7 @@ def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -367,7 +338,7 @@ def plot_per_task(matrices: np.ndarray, path: Path, name: str) -> None:
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -395,7 +366,7 @@ def plot_grid(runs: pd.DataFrame, hyperparameters: list[str], path: Path, title:
         row[0].set_ylabel("final mean accuracy (%)")
     fig.suptitle(f"{title}: each dot a run, bar the mean", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

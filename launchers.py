@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -29,6 +30,7 @@ import pandas as pd
 import torch
 
 import evaluation
+import files
 import runs
 from errors import UserError
 
@@ -38,25 +40,66 @@ CPU_THREADS_PER_RUN = 2  # the local pool's default share of the cores on a CPU 
 # its folder
 STOPPED_EXIT_CODES = tuple(128 + signum for signum in runs.STOP_SIGNALS)
 ALREADY_RUNNING = 3
+DISK_STOPPED = 4  # a write failed: the disk is full, over quota or read-only (its failed.txt)
 
 
 # ------------------------------------------------------------ sequential
 
 
+class RunLog(io.TextIOBase):
+    """run.log, appended to; what cannot be written (the disk is full) is left out.
+
+    A full disk must not stop a run from a print in the middle of a step: the
+    run's next write of its own files says it in one line (files.WriteFailed),
+    and the log goes on once there is space again.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        try:
+            self.file = open(path, "a")
+        except OSError as error:
+            raise files.WriteFailed(path, error, kept=path.exists()) from None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError):
+            self.file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.flush()
+
+    def close(self) -> None:
+        super().close()  # flushes
+        with contextlib.suppress(OSError):
+            self.file.close()
+
+
 def run_logged(job: runs.Job) -> str | None:
     """runs.run_one with its output appended to run_dir/run.log; the error line, or None.
 
-    runs.Preempted (a stop on request, state saved) and runs.AlreadyRunning (another process
-    trains this folder) are raised, not reported as failures of this run.
+    runs.Preempted (a stop on request, state saved), runs.AlreadyRunning (another process
+    trains this folder) and a full or read-only disk (files.WriteFailed.shared: the other
+    runs write there too) are raised, not reported as failures of this run alone.
     """
     runs.make_folder(job.run_dir)
-    with open(job.run_dir / "run.log", "a") as log, \
+    with RunLog(job.run_dir / "run.log") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             runs.run_one(job)
         except (runs.Preempted, runs.AlreadyRunning) as stop:
             print(stop)
             raise
+        except files.WriteFailed as error:  # failed.txt, if it fits (the lock's, say)
+            print(error)
+            runs.write_failed(job.run_dir, str(error))
+            if error.shared:
+                raise
+            return str(error)
         except Exception as error:  # reported to the launcher; the other runs go on
             traceback.print_exc()
             message = str(error) if isinstance(error, UserError) else \
@@ -127,6 +170,11 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
     if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
         return (f"it is already being trained by another process (see "
                 f"{job.run_dir / 'running.txt'}); wait for it to end (python main.py --status)")
+    failed = job.run_dir / evaluation.FAILED
+    if exitcode == DISK_STOPPED and not failed.exists():  # no room even for failed.txt
+        return (f"{files.STOPPED[0]} or read-only: a write into {job.run_dir} failed and "
+                f"{failed.name} could not be written either; make space there, then rerun the "
+                "same command to continue the run from its last checkpoint")
     if exitcode < 0:  # killed by a signal: nothing could write failed.txt
         name = signal.Signals(-exitcode).name
         message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
@@ -134,13 +182,13 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
                    + "; rerun the same command to resume it from its last checkpoint")
         runs.write_failed(job.run_dir, message)
         return message
-    failed = job.run_dir / evaluation.FAILED
     return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
 
 
 def _pool_run(job: runs.Job, gpu: str | None) -> None:
     """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped,
-    ALREADY_RUNNING if another process trains its folder."""
+    ALREADY_RUNNING if another process trains its folder, DISK_STOPPED if its disk is full
+    or read-only (files.WriteFailed.shared)."""
     pin_gpu(gpu)
     try:
         error = run_logged(job)
@@ -148,6 +196,9 @@ def _pool_run(job: runs.Job, gpu: str | None) -> None:
         sys.exit(128 + stop.signum)
     except runs.AlreadyRunning:
         sys.exit(ALREADY_RUNNING)
+    except files.WriteFailed as failed:  # from run.log itself too
+        runs.write_failed(job.run_dir, str(failed))
+        sys.exit(DISK_STOPPED if failed.shared else 1)
     sys.exit(1 if error else 0)
 
 
@@ -158,6 +209,7 @@ class Pool:
         self.free, self.queue, self.running = list(slots), [], {}  # process -> (job, slot)
         self.context = multiprocessing.get_context("spawn")
         self.stopped: int | None = None  # the signal that stopped the pool
+        self.disk_stopped = False  # a run stopped by a full or read-only disk (no new runs)
 
     def start_queued(self) -> None:
         while self.queue and self.free and self.stopped is None:
@@ -176,6 +228,7 @@ class Pool:
             process.join()
             job, slot = self.running.pop(process)
             self.free.append(slot)
+            self.disk_stopped |= process.exitcode == DISK_STOPPED
             error = exit_error(job, process.exitcode, stopping=self.stopped is not None)
             if error:
                 failed.append((job, error))
@@ -213,10 +266,12 @@ def run_in_pool(jobs: list[runs.Job], max_parallel_runs: int | None = None, *,
     are GPUs, runs_per_gpu of them on each, else to its share of the CPU
     threads. A run's output goes to its run.log; a run that raises, or whose
     process dies (killed, out of memory), is reported with its folder and log
-    while the others go on. SIGTERM or
-    Ctrl-C stops every run at its next step, each saving its state. While runs
-    are in flight their progress is printed, read from their folders, whenever
-    it changes (at most every refresh_seconds).
+    while the others go on. A run stopped by a full or read-only disk is
+    reported as stopped, and no new run starts (their folders are on that
+    disk), while the runs in flight go on until they end or stop at their next
+    write. SIGTERM or Ctrl-C stops every run at its next step, each saving its
+    state. While runs are in flight their progress is printed, read from their
+    folders, whenever it changes (at most every refresh_seconds).
     """
     gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
     cpus = runs.cpu_threads()
@@ -230,7 +285,7 @@ def run_in_pool(jobs: list[runs.Job], max_parallel_runs: int | None = None, *,
              else f"{threads} CPU thread(s) each")
           + "; each run's output is in its folder's run.log")
     pool = Pool(worker_gpus(workers, gpus))
-    failures, shown = [], ""
+    failures, shown, stopping = [], "", -1
     with pool.forwarding_stop_signals():
         for job in jobs:
             pool.queue.append(job)
@@ -238,7 +293,17 @@ def run_in_pool(jobs: list[runs.Job], max_parallel_runs: int | None = None, *,
             pool.start_queued()
             for job, error in pool.wait(refresh_seconds):
                 failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / 'run.log'})")
-                print(f"FAILED {failures[-1]}", flush=True)
+                disk = error.startswith(files.STOPPED)  # its disk is full or read-only
+                stopping = len(failures) - 1 if disk else stopping
+                print(f"{'STOPPED' if disk else 'FAILED'} {failures[-1]}", flush=True)
+            if pool.disk_stopped and pool.queue:
+                not_started, pool.queue = [job.run_dir.name for job in pool.queue], []
+                failures[stopping] += (f"; {len(not_started)} other run(s) not started, their "
+                                       f"folders being on that disk ({', '.join(not_started)})"
+                                       ": the same command starts them")
+                print(f"no new runs ({len(not_started)} not started): their folders are on the "
+                      "same disk; the runs in flight go on until they end or a write fails",
+                      flush=True)
             text = progress_text(jobs)
             if text != shown:
                 print(text, flush=True)
@@ -264,6 +329,10 @@ class SlurmRun:
         try:
             return run_logged(job)
         except runs.AlreadyRunning as error:  # no failed.txt: the folder is another's live run
+            return str(error)
+        except files.WriteFailed as error:  # the disk is full or read-only: the job's log says
+            runs.write_failed(job.run_dir, str(error))  # it (each job of the array stops so)
+            print(f"error: {error}", file=sys.stderr, flush=True)
             return str(error)
         except runs.Preempted as stop:  # state saved; for submitit's time-limit signal, let
             print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
@@ -311,7 +380,11 @@ def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
     submitted = executor.map_array(SlurmRun(), jobs)
     ids = {str(job.run_dir.name): s.job_id for job, s in zip(jobs, submitted)}
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    evaluation.write_text(json.dumps(ids, indent=2), experiment_dir / "slurm_jobs.json")
+    try:
+        files.write_text(json.dumps(ids, indent=2), experiment_dir / "slurm_jobs.json")
+    except files.WriteFailed as error:
+        raise error.advise(f"note the job ids, submitted all the same: "
+                           f"{', '.join(ids.values())}") from None
     print(f"submitted {len(submitted)} run(s): job ids {', '.join(ids.values())} "
           f"(saved in {experiment_dir / 'slurm_jobs.json'})")
     return submitted
@@ -322,7 +395,8 @@ def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
 
 def run_status(job: runs.Job) -> dict:
     """A run's state from its folder (evaluation.run_state) with its progress: not started,
-    running or interrupted (and at which task), failed (and why), finished."""
+    running or interrupted (and at which task), failed (and why), stopped (its disk is full
+    or read-only: what to do), finished."""
     run_dir, total = job.run_dir, job.config.number_of_tasks
     row = {"run": run_dir.name, "state": evaluation.run_state(run_dir), "tasks_done": 0,
            "mean_accuracy": float("nan")}
@@ -333,8 +407,9 @@ def run_status(job: runs.Job) -> dict:
                 "mean_accuracy": round(float(last["accuracy"].mean()), 2)}
     if row["state"] == "failed":
         log = run_dir / "run.log"  # the pool's and SLURM's runs write one
-        row["state"] = "failed: " + evaluation.failure(run_dir)["failed"] + (
-            f" (log: {log})" if log.exists() else "")
+        error = evaluation.failure(run_dir)["failed"]
+        kind = "stopped" if error.startswith(files.STOPPED) else "failed"  # a full disk: stopped
+        row["state"] = f"{kind}: {error}" + (f" (log: {log})" if log.exists() else "")
     elif row["state"] == "unfinished":
         row["state"] = ("running or interrupted " + (
             f"(task {row['tasks_done'] + 1}/{total})" if row["tasks_done"] < total

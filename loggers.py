@@ -24,9 +24,11 @@ import contextlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 
 import evaluation
+import files
 from errors import UserError
 
 LOGGERS = ("tensorboard", "wandb")  # each the name of the package it needs, too
@@ -239,29 +241,62 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        folder = run_dir / TENSORBOARD_FOLDER
-        earlier = sorted(folder.glob("events.out.tfevents.*"))
+        self.folder = run_dir / TENSORBOARD_FOLDER
+        earlier = sorted(self.folder.glob("events.out.tfevents.*"))
         for path in earlier:  # all of it is in the checkpoint, or trained again
             path.unlink()
-        self.writer = SummaryWriter(folder, purge_step=0 if earlier else None)
-        # the hyperparameters, with the metrics they are judged by
-        values = {k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
-                  for k, v in config.items()}
-        for summary in hparams(values, {f"final/{name}": 0 for name in FINAL_METRICS}):
-            self.writer.file_writer.add_summary(summary)
+        self.thread_errors = threading.excepthook
+        threading.excepthook = self.writer_thread_error
+        try:
+            with self.writes():
+                self.writer = SummaryWriter(self.folder, purge_step=0 if earlier else None)
+                # the hyperparameters, with the metrics they are judged by
+                values = {k: v if v is None or isinstance(v, (bool, int, float, str))
+                          else str(v) for k, v in config.items()}
+                for summary in hparams(values, {f"final/{name}": 0 for name in FINAL_METRICS}):
+                    self.writer.file_writer.add_summary(summary)
+        except BaseException:
+            threading.excepthook = self.thread_errors
+            raise
+
+    @contextlib.contextmanager
+    def writes(self):
+        """A write that fails (a full disk) is files.WriteFailed, naming the events file."""
+        try:
+            yield
+        except OSError as error:  # gfile names its files in bytes
+            where = os.fsdecode(error.filename) if error.filename else self.folder
+            raise files.WriteFailed(Path(where), error, kept=False) from None
+
+    def writer_thread_error(self, args) -> None:
+        """threading.excepthook while the writer is open: TensorBoard writes from a thread
+        of its own, and an OSError there (a full disk) comes back in the run's next log or
+        flush as a WriteFailed; the thread's traceback is not printed too."""
+        if not (issubclass(args.exc_type, OSError)
+                and type(args.thread).__module__.startswith("tensorboard")):
+            self.thread_errors(args)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, step)
+        with self.writes():
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
 
     def summarize(self, scalars: dict[str, float]) -> None:
         pass  # the final scalars are the hyperparameters' metrics
 
     def flush(self) -> None:
-        self.writer.flush()
+        with self.writes():
+            self.writer.flush()
 
     def close(self, failed: bool) -> None:
-        self.writer.close()
+        try:
+            with self.writes():
+                self.writer.close()
+        except files.WriteFailed:
+            if not failed:  # else the run's own error is the one to report
+                raise
+        finally:
+            threading.excepthook = self.thread_errors
 
 
 class WeightsAndBiases:
@@ -293,7 +328,7 @@ class WeightsAndBiases:
             raise UserError(f"W&B could not start the run of {run_dir} ({message}); log in "
                             "with `wandb login`, or set WANDB_MODE=offline") from None
         if not continuing:  # only now: the run exists
-            evaluation.write_text(self.run.id + "\n", id_file)
+            files.write_text(self.run.id + "\n", id_file)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if step >= self.run.step:  # W&B ignores (and warns about) steps before its last

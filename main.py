@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import evaluation
+import files
 import launchers
 import loggers
 import runs
@@ -194,10 +195,16 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
                                     runs_per_gpu=settings["runs_per_gpu"])
     else:
         failures = launchers.run_sequentially(jobs)
+    problems = [f"{len(failures)} run(s) failed: " + "; ".join(failures)] if failures else []
     if any(evaluation.run_state(job.run_dir) != "not started" for job in jobs):
-        print(evaluation.summarize_experiment(experiment_dir))
-    if failures:
-        raise UserError(f"{len(failures)} run(s) failed: " + "; ".join(failures))
+        try:
+            print(evaluation.summarize_experiment(experiment_dir))
+        except files.WriteFailed as error:  # the runs' own files are saved
+            problems.append(str(error.advise(
+                "rerun the same command (finished runs are not run again) or "
+                f"`python evaluation.py {experiment_dir}` for the summary")))
+    if problems:
+        raise UserError("; ".join(problems))
     return experiment_dir
 
 

@@ -3,8 +3,11 @@
 A run writes only into its own folder: config.json first, then after every
 task its tables and a checkpoint, at the end its plots, task-agnostic
 evaluations and final weights. Rerunning a run resumes after its last finished
-task, or mid-task from its latest checkpoint; a stop signal saves first. The
-launchers (launchers.py) decide where and when each run runs.
+task, or mid-task from its latest checkpoint; a stop signal saves first. A write
+that fails for a full disk, an exceeded quota or a read-only folder stops the run
+with one line saying where the rerun continues (files.py: every write goes there,
+whole or not at all). The launchers (launchers.py) decide where and when each run
+runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -37,6 +41,7 @@ import capture
 import data_files
 import datasets
 import evaluation
+import files
 import hypermask
 import loggers
 import task_agnostic
@@ -281,10 +286,13 @@ def process_settings(threads: int):
 
 
 def make_folder(folder: Path) -> None:
-    """Create a results folder, or a one-line UserError naming the path in the way."""
+    """Create a results folder, or a one-line UserError naming the path in the way (a
+    files.WriteFailed for a full disk, an exceeded quota, a read-only folder)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        if error.errno in files.CAUSES:
+            raise files.WriteFailed(folder, error, kept=False) from None
         raise UserError(f"cannot create the folder {folder} ({error.strerror}: "
                         f"{error.filename}); choose another --results_dir") from None
 
@@ -305,9 +313,11 @@ def one_writer(run_dir: Path):
         holder = owner.read_text().strip() if owner.exists() else "another process"
         raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
                         "end (python main.py --status) or stop that process") from None
+    except OSError as error:  # the lock file cannot be created: a read-only folder, say
+        raise files.WriteFailed(run_dir / "run.lock", error, kept=False) from None
     try:
-        owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
-                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        files.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n", owner)
         yield
     finally:
         owner.unlink(missing_ok=True)
@@ -349,8 +359,8 @@ def finished(run_dir: Path, record: dict) -> bool:
 def write_failed(run_dir: Path, message: str) -> None:
     """The run's failed.txt; if it cannot be written (no space left, say), the message
     still goes out through the launcher and the log."""
-    with contextlib.suppress(OSError):
-        (run_dir / evaluation.FAILED).write_text(message + "\n")
+    with contextlib.suppress(files.WriteFailed):
+        files.write_text(message + "\n", run_dir / evaluation.FAILED)
 
 
 def fail(run_dir: Path, message: str) -> None:
@@ -389,11 +399,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def save_atomically(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: never a half-written file."""
-    evaluation.write_atomically(path, lambda temporary: torch.save(obj, temporary))
 
 
 def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
@@ -440,8 +445,8 @@ class TaskCheckpoints:
     def save(self, training: hypermask.TrainingState | None = None) -> None:
         """The run's state, with the task in progress if `training` is given."""
         extra = {} if training is None else {"task_in_progress": training.state_dict()}
-        save_atomically({**self.run_state, **extra, "model": self.model.state_dict(),
-                         "rng": rng_state(self.device)}, self.path)
+        files.save({**self.run_state, **extra, "model": self.model.state_dict(),
+                    "rng": rng_state(self.device)}, self.path)
         self.saved_at = self.clock()
 
     def __call__(self, training: hypermask.TrainingState) -> None:
@@ -450,6 +455,101 @@ class TaskCheckpoints:
             self.save(training)
             self.stop.check(f"task {self.run_state['next_task'] + 1} at iteration "
                             f"{training.iteration} in {self.path}")
+
+
+# ----------------------------------------------- disk space, failed writes
+
+CHECKPOINT_ALLOWANCE = 1 << 20  # bytes a checkpoint holds beyond its tensors (rows, framing)
+
+
+def checkpoint_bytes(model, config, training_samples: int) -> int:
+    """An upper estimate of the run's largest checkpoint, in bytes: one saved mid-task in
+    its last task (TaskCheckpoints).
+
+    It holds the networks (model.state_dict(), whose tensors hypnettorch lists under
+    several names: torch.save writes each once), the optimiser's state (Adam: two
+    moments per trainable parameter; RMSprop: one), the best networks once more under
+    model_selection="best_val", the task's reference points (θ^start, the masked target
+    tensors, and h*_j for the T-1 earlier tasks: T x n_outputs values), the epoch's
+    sample order (an int64 per training sample), and CHECKPOINT_ALLOWANCE for the log
+    rows, the random generators' states and the file's framing.
+    """
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in model.state_dict().values()}
+    networks = sum(storages.values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters()
+                    if p.requires_grad)
+    moments = 1 if config.optimizer == "rmsprop" else 2
+    best = networks if config.model_selection == "best_val" else 0
+    value_bytes = model.maskable_params[0].element_size()
+    references = config.number_of_tasks * sum(model.numels) * value_bytes
+    return (networks + moments * trainable + best + references + 8 * training_samples
+            + CHECKPOINT_ALLOWANCE)
+
+
+def warn(line: str) -> None:
+    """A warning line in the run's output; where that is a log (the local pool, SLURM),
+    on the process's own stderr too, so that the launcher's terminal shows it."""
+    print(line, flush=True)
+    if sys.stdout is not sys.__stdout__ and sys.__stderr__ is not None:
+        print(line, file=sys.__stderr__, flush=True)
+
+
+def warn_about_space(run_dir: Path, model, config, tasks: list) -> None:
+    """One warning line if run_dir's file system has less free space than the run needs at
+    its peak: its checkpoint and the next one while that is written, 2 x
+    checkpoint_bytes, less what its checkpoint takes already (final weights and tables
+    are smaller). Runs writing to the same disk at once need this each."""
+    largest = checkpoint_bytes(model, config, max(len(task.train_y) for task in tasks))
+    path = run_dir / CHECKPOINT
+    needed = 2 * largest - (path.stat().st_size if path.exists() else 0)
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        warn(f"  warning: {files.size_text(free)} free on the disk of {run_dir}, less than "
+             f"the {files.size_text(needed)} this run may need (its checkpoint, up to "
+             f"{files.size_text(largest)}, and the next one while it is written); free "
+             "space now, or the run stops when the disk is full")
+
+
+def resume_point(path: Path, num_tasks: int) -> str:
+    """Where a rerun continues the run, from its checkpoint file at `path` (read lazily)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        return "it starts this run from its first task (no checkpoint was saved yet)"
+    except Exception:  # unreadable: load_checkpoint will say so
+        return f"it continues from the last checkpoint, {path}"
+    done, progress = state["next_task"], state.get("task_in_progress")
+    if progress is not None:
+        where = f"with task {done + 1} at iteration {progress['iteration']}"
+    elif done == num_tasks:
+        where = f"after task {done} of {done}, with the final evaluations"
+    else:
+        where = f"after task {done}" if done else "at the start of task 1"
+    return f"it continues {where}, from {path}"
+
+
+@contextlib.contextmanager
+def failed_writes_stop(run_dir: Path, num_tasks: int):
+    """A failed write (files.WriteFailed) stops the run, with one line that says what to
+    do and where the rerun of the same command continues, kept in failed.txt.
+
+    A full, over-quota or read-only file system (WriteFailed.shared) stops the launch
+    as well: every run writing there would stop. Any other failed write is this run's
+    failure (RunFailed); the launcher goes on with the others.
+    """
+    try:
+        yield
+    except files.WriteFailed as error:
+        if evaluation.run_state(run_dir) == "finished":  # a logger's file after the results
+            raise error.advise("rerun the same command: the run is finished, its results "
+                               "are saved") from None
+        advised = error.advise("rerun the same command: "
+                               + resume_point(run_dir / CHECKPOINT, num_tasks))
+        write_failed(run_dir, str(advised))  # its temporary file, removed, left room for it
+        if advised.shared:
+            raise advised from None
+        raise RunFailed(str(advised)) from None
 
 
 # -------------------------------------------------------------- progress
@@ -579,7 +679,7 @@ def write_run_tables(run_dir: Path, state: dict) -> None:
     """accuracies.csv, training_log.csv and transfer.csv from the run's rows so far."""
     for name in ("accuracies", "log", "transfer"):
         filename = {"log": "training_log"}.get(name, name)
-        evaluation.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
+        files.write_csv(pd.DataFrame(state[name]), run_dir / f"{filename}.csv")
 
 
 def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
@@ -590,17 +690,17 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                             f"{title}, seed {keys['seed']}: accuracy (%)")
     rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity)
-    evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                         run_dir / "task_agnostic.csv")
+    files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                    run_dir / "task_agnostic.csv")
     if config.fecam_evaluation:
         rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
                                               config.evaluation_batch_size)
-        evaluation.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                             run_dir / "fecam.csv")
+        files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
+                        run_dir / "fecam.csv")
     watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
-    save_atomically({"hnet": cpu_copy(model.hnet.state_dict()),
-                     "target": cpu_copy(model.target.state_dict())},
-                    run_dir / evaluation.FINAL_WEIGHTS)
+    files.save({"hnet": cpu_copy(model.hnet.state_dict()),
+                "target": cpu_copy(model.target.state_dict())},
+               run_dir / evaluation.FINAL_WEIGHTS)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
@@ -664,6 +764,19 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     stop.check(f"the finished run in {run_dir}")  # a stop during the final evaluations
 
 
+def begin_in_folder(run_dir: Path, record: dict, model, config, tasks: list) -> None:
+    """What a run does in its folder, under its lock, before training: say which settings
+    changed, remove the temporary files a killed write left, warn if the disk is short
+    of space, write config.json, and forget an earlier failure."""
+    if changes := changed_settings(run_dir, record):
+        print("  resuming with changed settings (used from now on): " + ", ".join(changes))
+    if stale := files.remove_temporaries(run_dir):  # never read, only written anew
+        print(f"  removed {', '.join(stale)}, left by a write that was cut off")
+    warn_about_space(run_dir, model, config, tasks)
+    files.write_text(json.dumps(record, indent=2), run_dir / evaluation.CONFIG)
+    (run_dir / evaluation.FAILED).unlink(missing_ok=True)
+
+
 def _run(job: Job) -> None:
     config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
                                             job.run_dir)
@@ -687,13 +800,11 @@ def _run(job: Job) -> None:
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
     make_folder(run_dir)  # only now: missing data leave no folder
-    with stop_signals() as stop, one_writer(run_dir):
+    with stop_signals() as stop, one_writer(run_dir), \
+            failed_writes_stop(run_dir, config.number_of_tasks):
         if finished(run_dir, record):  # by the process that held the lock before
             return
-        if changes := changed_settings(run_dir, record):
-            print("  resuming with changed settings (used from now on): " + ", ".join(changes))
-        evaluation.write_text(json.dumps(record, indent=2), run_dir / evaluation.CONFIG)
-        (run_dir / evaluation.FAILED).unlink(missing_ok=True)
+        begin_in_folder(run_dir, record, model, config, tasks)
         try:
             with loggers.opened(job.logger, run_dir, wandb_project=job.wandb_project,
                                 wandb_entity=job.wandb_entity) as watch:
