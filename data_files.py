@@ -149,13 +149,46 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
     The first call downloads and unpacks the archive if needed, decodes the
     110,000 JPEGs (grey ones as RGB) and saves them to
     `tiny-imagenet-200/uint8_cache/*.npy`; later calls read only the cache.
-    Class ids index the sorted wnids; the official val/ folder is the test set.
+    The official val/ folder is the test set.
+
+    Class ids number the wnids in the line order of wnids.txt, as the authors'
+    code does (the official file is not sorted; tiny_imagenet_wnids). The
+    cache's labels keep a numbering that does not depend on that order, the
+    index of the wnid among the sorted wnids (every version has written it so),
+    and are renumbered on reading: a cache is read right whichever version
+    wrote it and whatever the order of wnids.txt.
 
     Returns:
         train images [100000, 64, 64, 3], labels [100000], test images
         [10000, 64, 64, 3], labels [10000].
     """
     folder = Path(root) / "tiny-imagenet-200"
+    train_x, train_y, test_x, test_y = cached_or_decoded_tiny_imagenet(folder)
+    wnids = tiny_imagenet_wnids(folder)
+    line_of = {wnid: line for line, wnid in enumerate(wnids)}
+    renumber = np.array([line_of[wnid] for wnid in sorted(wnids)])  # sorted index -> line
+    return train_x, renumber[train_y], test_x, renumber[test_y]
+
+
+def tiny_imagenet_wnids(folder: Path) -> list[str]:
+    """The 200 wnids of tiny-imagenet-200/wnids.txt in its line order: class id i is line i.
+
+    Raises:
+        UserError: the file is missing, or does not list 200 different wnids.
+    """
+    path = Path(folder) / "wnids.txt"
+    again = f"unpack tiny-imagenet-200.zip in {Path(folder).parent} again"
+    if not path.exists():
+        raise UserError(f"{path} is missing; its lines number the classes: {again}")
+    wnids = path.read_text().split()
+    if len(wnids) != 200 or len(set(wnids)) != 200:
+        raise UserError(f"{path} lists {len(set(wnids))} different wnids in {len(wnids)} "
+                        f"lines, not 200; {again}")
+    return wnids
+
+
+def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
+    """load_tiny_imagenet's arrays with the cache's labels: the index among the sorted wnids."""
     cache = folder / "uint8_cache"
     if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
         arrays = tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
@@ -164,6 +197,7 @@ def load_tiny_imagenet(root: str | Path) -> tuple[np.ndarray, ...]:
                             f"incomplete tiny-imagenet-200); delete {cache} to decode the JPEGs "
                             "again")
         return arrays
+    root = folder.parent
     if not (folder / "wnids.txt").exists():
         from torchvision.datasets.utils import download_and_extract_archive
 
@@ -195,7 +229,8 @@ def read_cached(path: Path) -> np.ndarray:
 
 
 def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
-    """Decode the official train/ and val/ layouts of tiny-imagenet-200."""
+    """Decode the official train/ and val/ layouts of tiny-imagenet-200 (labels: the index
+    among the sorted wnids, the cache's numbering)."""
     from tqdm import tqdm
 
     train, test = tiny_imagenet_files(folder)
@@ -217,7 +252,7 @@ def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
             val_annotations.txt but missing: the archive was unpacked in part,
             and a cache of part of the data would stand in for the whole.
     """
-    wnids = sorted((folder / "wnids.txt").read_text().split())
+    wnids = sorted(tiny_imagenet_wnids(folder))  # the cache's numbering (load_tiny_imagenet)
     class_id = {wnid: i for i, wnid in enumerate(wnids)}
     again = f"unpack tiny-imagenet-200.zip in {folder.parent} again"
     train = []

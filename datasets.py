@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from batches import Task
-from data_files import load_cifar100, load_mnist, load_mnist_sample, load_tiny_imagenet
+from data_files import (
+    load_cifar100,
+    load_mnist,
+    load_mnist_sample,
+    load_tiny_imagenet,
+    tiny_imagenet_wnids,
+)
 from errors import UserError
 
 
@@ -82,6 +88,11 @@ class HyperParameters:
     # and batch order drawn with seed 1 for every run seed. Set by main.py's
     # `published_regime`.
     published_regime: bool = False
+    # FeCAM's class statistics also use each task's validation samples, not only its
+    # training split: on in the FeCAM setup, whose authors' FeCAM evaluation rebuilds
+    # the tasks without a validation split (docs/differences.md); off elsewhere, as
+    # theirs. The default is what runs recorded before this field had.
+    fecam_with_validation: bool = True
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -160,6 +171,7 @@ _PERMUTED_MNIST = HyperParameters(
     augmentation=False,
     evaluation_batch_size=None,
     fecam_evaluation=False,
+    fecam_with_validation=False,
 )
 
 _SPLIT_MNIST = dataclasses.replace(
@@ -252,7 +264,7 @@ _TINY_ZENKE = dataclasses.replace(
     sparsity=50)
 _FECAM_RESNET = dataclasses.replace(
     _CIFAR_RESNET, number_of_tasks=5, hnet_hidden_layers=(200,), learning_rate=1e-4,
-    validation_size=50, fecam_evaluation=True)
+    validation_size=50, fecam_evaluation=True, fecam_with_validation=True)
 _FECAM_ZENKE = dataclasses.replace(_FECAM_RESNET, target_network="ZenkeNet", lam=0.01)
 
 _CIFAR_GRID = {"embedding_size": [48], "beta": [0.01, 0.05, 0.1, 1.0], "lam": [0.01, 0.1, 1.0],
@@ -405,6 +417,56 @@ def fecam_classes(number_of_tasks: int, published_regime: bool = False) -> list[
     return [FECAM_CLASS_ORDER[start:start + size] for start, size in zip(starts, sizes)]
 
 
+# Datasets whose tasks held other classes in the runs that recorded no task_classes in their
+# config.json (Tiny ImageNet numbered the sorted wnids and drew from RandomState(seed)).
+CLASSES_REDRAWN = ("TinyImageNet",)
+
+
+def tiny_imagenet_classes(seed: int) -> list[list[int]]:
+    """The class ids of Tiny ImageNet's 40 tasks, drawn as the authors' prepare_tinyimagenet_tasks.
+
+    A permutation of the 200 classes from NumPy's default_rng(seed): task t
+    holds positions 5t..5t+4, its labels 0..4 in the order of the sorted class
+    ids (the authors' handler sorts them). Class ids are wnids.txt's line
+    numbers (data_files.load_tiny_imagenet).
+    """
+    order = np.random.default_rng(seed).permutation(200)
+    return [sorted(order[5 * t:5 * t + 5].tolist()) for t in range(40)]
+
+
+def class_ids(dataset: str, part: int, config: HyperParameters, *, seed: int) -> list[list[int]]:
+    """Each task's classes as the dataset's class ids, in label order (label i: entry i).
+
+    Every task the benchmark has (load_tasks builds the first number_of_tasks):
+    Permuted MNIST's tasks hold the ten digits each, Split MNIST's task t the
+    digits 2t and 2t+1, Split CIFAR-100's task t the classes 10t..10t+9.
+    """
+    if dataset == "PermutedMNIST":
+        return [list(range(10)) for _ in range(config.number_of_tasks)]
+    if dataset == "SplitMNIST":
+        return [[2 * t, 2 * t + 1] for t in range(5)]
+    if dataset == "CIFAR100":
+        return [list(range(10 * t, 10 * t + 10)) for t in range(10)]
+    if dataset == "TinyImageNet":
+        return tiny_imagenet_classes(seed)
+    return fecam_classes(FECAM_PARTS[part][1], config.published_regime)
+
+
+def task_classes(dataset: str, part: int, config: HyperParameters, *, seed: int,
+                 root: str | Path) -> list[list]:
+    """What each of the run's tasks holds, by name, in label order: for config.json and the log.
+
+    Digits for the MNIST benchmarks, CIFAR-100 class indices (fine labels) for
+    Split CIFAR-100 and the FeCAM setup, wnids for Tiny ImageNet (read from
+    `root`'s wnids.txt).
+    """
+    tasks = class_ids(dataset, part, config, seed=seed)[:config.number_of_tasks]
+    if dataset != "TinyImageNet":
+        return tasks
+    wnids = tiny_imagenet_wnids(Path(root) / "tiny-imagenet-200")
+    return [[wnids[c] for c in classes] for classes in tasks]
+
+
 def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
                root: str | Path, device: torch.device, demo: bool = False) -> list[Task]:
     """Build the benchmark's task list on `device`.
@@ -443,11 +505,10 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
         return split_mnist_tasks(*mnist, config=config)
     if demo:
         raise UserError("the demo covers PermutedMNIST and SplitMNIST only")
-    rng = np.random.RandomState(seed)
+    classes = class_ids(dataset, part, config, seed=seed)
+    rng = np.random.RandomState(seed)  # random validation splits (ours: see class_split_tasks)
     if dataset == "TinyImageNet":
         data = [torch.from_numpy(a).to(device) for a in load_tiny_imagenet(root)]
-        order = rng.permutation(200)
-        classes = [sorted(order[5 * t:5 * t + 5]) for t in range(40)]  # labels: sorted ids
         if config.published_regime:  # the reference resets NumPy's seed to 1 in its handler
             rng = np.random.RandomState(1)
         tasks = class_split_tasks(*data, classes=classes, config=config, rng=rng,
@@ -459,12 +520,10 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
         return tasks
     data = [torch.from_numpy(a).to(device) for a in load_cifar100(root)]
     if dataset == "CIFAR100":
-        return class_split_tasks(*data, classes=[range(10 * t, 10 * t + 10) for t in range(10)],
-                                 config=config, rng=None,
+        return class_split_tasks(*data, classes=classes, config=config, rng=None,
                                  transform=image_transform(IMAGENET_MEAN, IMAGENET_STD,
                                                            "crop_flip" if config.augmentation
                                                            else None))
-    classes = fecam_classes(FECAM_PARTS[part][1], config.published_regime)
     tasks = class_split_tasks(*data, classes=classes, config=config, rng=rng,
                               transform=image_transform(FECAM_MEAN, FECAM_STD, None))
     for task in tasks:  # FeCAM's per-image pipeline, in DataLoader workers

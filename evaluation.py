@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from datasets import recorded_defaults  # noqa: E402
+from datasets import CLASSES_REDRAWN, recorded_defaults  # noqa: E402
 from errors import UserError  # noqa: E402
 from files import save_figure, write_csv, write_text  # noqa: E402  (every write goes there)
 
@@ -157,7 +157,11 @@ MACHINE_COLUMNS = ("threads", "cuda_graphs", "device", "device_name", "torch_ver
 DATA_COLUMNS = ("data_source", "data_size")
 # Settings a resumed run may change without becoming another run (runs.RECORD_ONLY):
 # summaries do not tell configurations apart by them either.
-EVALUATION_SETTINGS = ("evaluation_batch_size", "fecam_evaluation")
+EVALUATION_SETTINGS = ("evaluation_batch_size", "fecam_evaluation", "fecam_with_validation")
+# config.json's record of each task's classes (datasets.task_classes): in run_summary's
+# row as JSON text, not a setting (it follows the seed), and not in summary.csv (config.json
+# holds it).
+TASK_CLASSES = "task_classes"
 
 
 def run_summary(run_dir: Path) -> dict | None:
@@ -174,6 +178,8 @@ def run_summary(run_dir: Path) -> dict | None:
     config = recorded_defaults() | json.loads(config_path.read_text())
     if "task_sizes" in config:
         config["data_size"] = data_size(config.pop("task_sizes"))
+    if TASK_CLASSES in config:  # one text a run: comparable, and hashable in a table
+        config[TASK_CLASSES] = json.dumps(config[TASK_CLASSES])
     if not accuracy_path.exists():
         return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
     matrix = accuracy_matrix(pd.read_csv(accuracy_path))
@@ -222,7 +228,7 @@ def summarize_experiment(experiment_dir: Path) -> str:
     if table.empty:
         raise FileNotFoundError(f"no runs in {experiment_dir}")
     table = table.drop(columns=["configuration", "state"])
-    write_csv(table, experiment_dir / "summary.csv")
+    write_csv(table.drop(columns=[TASK_CLASSES], errors="ignore"), experiment_dir / "summary.csv")
     groups = configuration_groups(table)
     text = seeds_table(groups, title=experiment_dir.name)
     failed = table["failed"].notna() if "failed" in table else pd.Series(False, table.index)
@@ -247,7 +253,7 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
         return []
     settings = [c for c in table.columns
                 if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, *EVALUATION_SETTINGS,
-                             "run", "seed", "finished", "failed", "trained_tasks"]]
+                             TASK_CLASSES, "run", "seed", "finished", "failed", "trained_tasks"]]
     varying = [c for c in settings if finished[c].map(str).nunique() > 1]
     key = finished[settings].map(str).agg("|".join, axis=1)
     groups = [({c: runs[c].iloc[0] for c in varying}, runs)
@@ -551,10 +557,35 @@ def compare_runs(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[dict]:
 def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[str]:
     """The recorded settings whose values differ between two sets of runs of one experiment."""
     ignored = set(METRICS) | {"run", "seed", "finished", "trained_tasks", "configuration",
-                              "state"}
+                              "state", TASK_CLASSES}  # compared seed by seed: class_differences
     columns = (set(runs_a.columns) | set(runs_b.columns)) - ignored
     return sorted(c for c in columns
                   if str(first_value(runs_a, c)) != str(first_value(runs_b, c)))
+
+
+def class_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame, label: str) -> list[str]:
+    """Notes on the seeds whose tasks held other classes in A than in B (task_classes).
+
+    Per-seed and per-task numbers of such runs compare different tasks. A side
+    whose runs recorded no classes (from before task_classes) is named where
+    the other side's runs did record them and the dataset's classes have been
+    redrawn since (datasets.CLASSES_REDRAWN).
+    """
+    a, b = ({seed: classes for seed, classes in zip(runs["seed"], runs[TASK_CLASSES])}
+            if TASK_CLASSES in runs else dict.fromkeys(runs["seed"]) for runs in (runs_a, runs_b))
+    seeds = sorted(a.keys() & b.keys())
+    differ = [s for s in seeds if isinstance(a[s], str) and isinstance(b[s], str) and a[s] != b[s]]
+    notes = [(f"Tasks hold other classes in A than in B in {label}, seed(s) "
+              f"{', '.join(map(str, differ))} (config.json task_classes): per-seed and "
+              "per-task numbers compare different tasks")] if differ else []
+    dataset = first_value(runs_a, "dataset")
+    for side, mine, theirs in (("A", a, b), ("B", b, a)):
+        unknown = [s for s in seeds if not isinstance(mine[s], str) and isinstance(theirs[s], str)]
+        if unknown and dataset in CLASSES_REDRAWN:
+            notes.append(f"{side}'s runs of {label} record no task classes (seed(s) "
+                         f"{', '.join(map(str, unknown))}): they began before task_classes was "
+                         f"recorded, when {dataset}'s tasks held other classes")
+    return notes
 
 
 def compare(root_a: Path, root_b: Path) -> str:
@@ -575,6 +606,7 @@ def compare(root_a: Path, root_b: Path) -> str:
         rows += [{"experiment": label, **row} for row in compare_runs(runs_a, runs_b)]
         if differing := configuration_differences(runs_a, runs_b):
             notes.append(f"Configurations differ in {label}: {', '.join(differing)}")
+        notes += class_differences(runs_a, runs_b, label)
     for only, side in ((a.keys() - b.keys(), "A"), (b.keys() - a.keys(), "B")):
         if only:
             notes.append(f"Only in {side}: "

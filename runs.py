@@ -56,6 +56,12 @@ RECORD_ONLY = (*evaluation.EVALUATION_SETTINGS, *evaluation.MACHINE_COLUMNS,
                "data_source", "task_sizes")
 
 
+# config.json keys that follow from the defining ones and the data files (each task's
+# classes: from dataset, part, seed and wnids.txt). A folder from before such a key was
+# recorded lacks it, which is no change; held by both records, a difference is one.
+DERIVED = ("task_classes",)
+
+
 PROGRESS_SECONDS = 120  # batch logs: a progress line at most this often (and at a task's ends)
 
 
@@ -336,17 +342,43 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
         return []
     # A field added to HyperParameters since the run began has its default there.
     saved = datasets.recorded_defaults() | json.loads(config_path.read_text())
+    refuse_redrawn_classes(run_dir, saved)
     as_saved = json.loads(json.dumps(record))
-    # The data's description (data_source, task_sizes) joins the record once the
-    # data are loaded, after this check: not yet known is no change.
+    # The data's description (data_source, task_sizes, task_classes) joins the
+    # record once the data are loaded, after this check: not yet known is no change.
+    # task_classes (DERIVED) is compared only where both records hold it.
     changed = [k for k in sorted(set(saved) | set(as_saved)) if saved.get(k) != as_saved.get(k)
-               and (k in as_saved or k not in RECORD_ONLY)]
-    differences = ", ".join(f"{k}: {saved.get(k)!r} there, {as_saved.get(k)!r} now"
+               and (k in as_saved or k not in RECORD_ONLY)
+               and (k not in DERIVED or (k in saved and k in as_saved))]
+    differences = ", ".join(describe_difference(k, saved.get(k), as_saved.get(k))
                             for k in changed if k not in RECORD_ONLY)
     if differences:
         raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
                         "use another --results_dir or delete that folder")
     return [f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed]
+
+
+def describe_difference(key: str, there, now) -> str:
+    """"key: OLD there, NEW now"; of task_classes, only the first task whose classes differ."""
+    if key == "task_classes" and isinstance(there, list) and isinstance(now, list):
+        task = next(t for t, (a, b) in enumerate(itertools.zip_longest(there, now)) if a != b)
+        key, there, now = (f"the classes of task {task + 1}",
+                           *(c[task] if task < len(c) else None for c in (there, now)))
+    return f"{key}: {there!r} there, {now!r} now"
+
+
+def refuse_redrawn_classes(run_dir: Path, saved: dict) -> None:
+    """A UserError for an unfinished run whose tasks an earlier version filled with other
+    classes (datasets.CLASSES_REDRAWN; its config.json has no task_classes): resuming it
+    would train its later tasks, and test its earlier ones, on classes its networks never
+    learnt. A finished one stays: it is only summarised."""
+    if "task_classes" in saved or saved.get("dataset") not in datasets.CLASSES_REDRAWN:
+        return
+    trained = any((run_dir / name).exists() for name in (CHECKPOINT, evaluation.ACCURACIES))
+    if trained and evaluation.run_state(run_dir) != "finished":
+        raise UserError(f"{run_dir} holds an unfinished {saved['dataset']} run begun by an "
+                        "earlier version, whose tasks held other classes; delete that folder "
+                        "to run it again with the authors' classes, or use another --results_dir")
 
 
 def finished(run_dir: Path, record: dict) -> bool:
@@ -694,7 +726,8 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
                     run_dir / "task_agnostic.csv")
     if config.fecam_evaluation:
         rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
-                                              config.evaluation_batch_size)
+                                              config.evaluation_batch_size,
+                                              with_validation=config.fecam_with_validation)
         files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                         run_dir / "fecam.csv")
     watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
@@ -705,9 +738,10 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
 
 
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
-              stop: StopRequest, watch: loggers.RunLoggers) -> None:
+              stop: StopRequest, watch: loggers.RunLoggers, classes: list[list]) -> None:
     """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)
-    and showing it to the run's loggers."""
+    and showing it to the run's loggers; `classes`: each task's classes, for the log
+    (datasets.task_classes)."""
     run_dir = job.run_dir
     label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": job.part, "seed": job.seed}
@@ -739,6 +773,9 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         if stop.signum is not None and not (run_dir / CHECKPOINT).exists():
             checkpoints.save()  # stopped before the first step: keep what is done
         stop.check(f"the run before task {task_id + 1} in {run_dir / CHECKPOINT}")
+        print(f"  task {task_id + 1}/{len(tasks)}: classes "
+              f"{', '.join(map(str, classes[task_id]))} (labels 0-{len(classes[task_id]) - 1} "
+              "in this order)")
         with out_of_memory_names(f"task {task_id + 1}"):
             rows = train_with_progress(model, tasks[task_id], task_id, config, seed=job.seed,
                                        resume=state.pop("task_in_progress", None),
@@ -795,7 +832,10 @@ def _run(job: Job) -> None:
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                 device=device, demo=job.demo)
     record |= {"data_source": data_files.data_source(dataset, job.path_to_datasets, job.demo),
-               "task_sizes": datasets.task_sizes(tasks), **where_it_runs(device)}
+               "task_sizes": datasets.task_sizes(tasks),
+               "task_classes": datasets.task_classes(dataset, part, config, seed=seed,
+                                                     root=job.path_to_datasets),
+               **where_it_runs(device)}
     # One output layer shared by all tasks, as wide as the widest task needs.
     model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
     model.to(device)
@@ -808,7 +848,8 @@ def _run(job: Job) -> None:
         try:
             with loggers.opened(job.logger, run_dir, wandb_project=job.wandb_project,
                                 wandb_entity=job.wandb_entity) as watch:
-                train_run(model, tasks, config, job=job, device=device, stop=stop, watch=watch)
+                train_run(model, tasks, config, job=job, device=device, stop=stop, watch=watch,
+                          classes=record["task_classes"])
         except hypermask.Diverged as error:
             fail(run_dir, f"diverged: {error}; configuration in {run_dir / 'config.json'} "
                           f"(learning_rate={config.learning_rate}, beta={config.beta}, "

@@ -130,17 +130,19 @@ def task_features(model: HyperMask, task: Task, images: torch.Tensor, weights: l
 
 @torch.no_grad()
 def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
-                     batch_size: int | None = None) -> list[dict]:
+                     batch_size: int | None = None, with_validation: bool = False) -> list[dict]:
     """FeCAM class-incremental accuracy after the last task, over tasks 0..i for every i.
 
-    Each task's classes get statistics from its training and validation
-    samples (not augmented) under its own mask. A test sample is compared, under
-    every task t's mask, with task t's classes; the nearest class over all
-    tasks so far is the prediction.
+    Each task's classes get statistics from its training split (not augmented),
+    as the authors' extract_training_set_from_all_tasks, under its own mask. A
+    test sample is compared, under every task t's mask, with task t's classes;
+    the nearest class over all tasks so far is the prediction.
 
     Args:
         batch_size: None: each set of images through the network as one batch
             (as the reference's test sets); else in chunks.
+        with_validation: the statistics also use the validation samples (the
+            authors' FeCAM setup: HyperParameters.fecam_with_validation).
     Returns:
         one row per i: tasks_seen (i + 1) and accuracy (percent) on the union
         of the test sets of tasks 0..i.
@@ -149,7 +151,9 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
         weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
         statistics = []
         for t, task in enumerate(tasks):
-            x, labels = torch.cat([task.train_x, task.val_x]), torch.cat([task.train_y, task.val_y])
+            x, labels = task.train_x, task.train_y
+            if with_validation:
+                x, labels = torch.cat([x, task.val_x]), torch.cat([labels, task.val_y])
             features = task_features(model, task, x, weights[t], batch_size)
             # the task's own classes (the published regime widens num_classes: SPEC §8, defect 2)
             statistics.append(class_statistics(features, labels, int(labels.max()) + 1))

@@ -97,8 +97,11 @@ def test_tiny_imagenet_is_decoded_once_and_cached(tmp_path, monkeypatch):
     root = make_tiny_imagenet(tmp_path, per_class_train=2)
     train_x, train_y, test_x, test_y = data_files.load_tiny_imagenet(root)
     assert train_x.shape == (400, 64, 64, 3) and test_x.shape == (200, 64, 64, 3)
-    assert train_y.tolist()[:4] == [0, 0, 1, 1]  # sorted wnids, files sorted
-    assert test_y.tolist() == list(range(200))
+    wnids = (root / "tiny-imagenet-200" / "wnids.txt").read_text().split()
+    assert wnids != sorted(wnids)
+    line = [wnids.index(wnid) for wnid in sorted(wnids)]  # class ids: wnids.txt's line order
+    assert train_y.tolist()[:4] == [line[0]] * 2 + [line[1]] * 2  # stored in sorted-wnid order
+    assert test_y.tolist() == line  # val_c.JPEG shows the c-th wnid in sorted order
     even = np.arange(0, 200, 2)
     assert np.abs(test_x[even, 10, 10, 0].astype(int) - even).max() <= 3  # red encodes class
     grey = test_x[1]
@@ -159,7 +162,7 @@ def test_tiny_imagenet_tasks(tiny_root):
     config = config_for("TinyImageNet", 1, validation_size=1, batch_size=8)
     tasks = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=tiny_root, device=CPU)
     assert len(tasks) == 40
-    order = np.random.RandomState(5).permutation(200)
+    order = np.random.default_rng(5).permutation(200)  # the authors' draw
     _, _, test_x, test_y = data_files.load_tiny_imagenet(tiny_root)
     for t in (0, 17, 39):
         classes = sorted(order[5 * t:5 * t + 5])  # labels follow the sorted class ids
