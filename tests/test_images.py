@@ -1,12 +1,14 @@
 """Image benchmarks: files in their real on-disk formats, class splits, networks, runs."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import make_cifar100, make_tiny_imagenet
+from test_task_classes import authors_tiny_imagenet_tasks
 
 import data_files
 import datasets
@@ -364,7 +366,8 @@ IMAGE_BENCHMARKS = [("CIFAR100", 0), ("CIFAR100", 1), ("TinyImageNet", 0), ("Tin
 
 
 @pytest.mark.parametrize("dataset, part", IMAGE_BENCHMARKS)
-def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_root, tmp_path):
+def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_root, tmp_path,
+                                               capsys):
     root = tiny_root if dataset == "TinyImageNet" else cifar_root
     validation = {"CIFAR100": 10, "TinyImageNet": 1}.get(dataset, 1)
     code = main.main([f"--dataset={dataset}", f"--part={part}", f"--path_to_datasets={root}",
@@ -380,6 +383,16 @@ def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_r
     log = pd.read_csv(run / "training_log.csv")
     assert log["learning_rate"].iloc[0] == datasets.get_benchmark(dataset, part).best.learning_rate
     assert (run / "final_weights.pt").exists() and (run / "heatmap.png").exists()
+    classes = json.loads((run / "config.json").read_text())["task_classes"]
+    if dataset == "TinyImageNet":  # wnids, as the authors draw them
+        assert classes == authors_tiny_imagenet_tasks(root / "tiny-imagenet-200", 1)[:2]
+    else:  # CIFAR-100 class indices
+        assert classes == datasets.class_ids(dataset, part, datasets.get_benchmark(
+            dataset, part).best, seed=1)[:2] and all(type(c) is int for c in classes[1])
+    out = capsys.readouterr().out
+    for t, names in enumerate(classes):  # each task's classes when it starts
+        assert f"task {t + 1}/2: classes {', '.join(map(str, names))} (labels 0-" in out
+    assert "task_classes" not in (run.parent / "summary.csv").read_text()
     if dataset == "CIFAR100_FeCAM_setup":
         fecam = pd.read_csv(run / "fecam.csv")
         assert fecam["tasks_seen"].tolist() == [1, 2]

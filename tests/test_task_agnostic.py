@@ -73,15 +73,7 @@ def test_fecam_and_entropy_on_a_synthetic_two_task_setup():
                                  embedding_size=4, sparsity=0, number_of_iterations=150,
                                  augmentation=False)
 
-    def task(offset):
-        labels = torch.arange(2).repeat(60)
-        x = torch.randn(120, 8) * 0.3
-        x[torch.arange(120), offset + labels] += 3.0  # class c of this task: axis offset + c
-        return Task(train_x=x[:80], train_y=labels[:80], val_x=x[80:90],
-                             val_y=labels[80:90], test_x=x[90:], test_y=labels[90:],
-                             num_classes=2, transform=lambda b, training: b, input_shape=(8,))
-
-    tasks = [task(0), task(4)]
+    tasks = [separable_task(0), separable_task(4)]
     model = hypermask.build_model(config, input_shape=(8,), num_outputs=2)
     for t, data in enumerate(tasks):
         hypermask.train_task(model, data, t, config)
@@ -93,3 +85,54 @@ def test_fecam_and_entropy_on_a_synthetic_two_task_setup():
     assert [row["task"] for row in entropy] == [0, 1]
     assert all(0 <= row["accuracy"] <= row["task_identification_accuracy"] <= 100
                for row in entropy)
+
+
+def statistics_spy(monkeypatch) -> list:
+    """Record every call of class_statistics: (number of samples, prototypes, precisions)."""
+    calls, real = [], task_agnostic.class_statistics
+
+    def spy(features, labels, num_classes):
+        prototypes, precisions = real(features, labels, num_classes)
+        calls.append((len(features), prototypes, precisions))
+        return prototypes, precisions
+
+    monkeypatch.setattr(task_agnostic, "class_statistics", spy)
+    return calls
+
+
+def separable_task(offset: int) -> Task:
+    """Two classes on input axes offset and offset + 1 (class c: axis offset + c): 80 training,
+    10 validation and 30 test samples."""
+    labels = torch.arange(2).repeat(60)
+    x = torch.randn(120, 8) * 0.3
+    x[torch.arange(120), offset + labels] += 3.0
+    return Task(train_x=x[:80], train_y=labels[:80], val_x=x[80:90], val_y=labels[80:90],
+                test_x=x[90:], test_y=labels[90:], num_classes=2,
+                transform=lambda b, training: b, input_shape=(8,))
+
+
+def test_fecam_statistics_come_from_the_training_split_only(monkeypatch):
+    """As the authors' extract_training_set_from_all_tasks (train_iterator): validation
+    samples, here replaced by outliers, change nothing unless asked for."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(16,),
+                                 hnet_hidden_layers=(8,), embedding_size=4, sparsity=0)
+    model = hypermask.build_model(config, input_shape=(8,), num_outputs=2)
+    tasks = [separable_task(0), separable_task(4)]
+    outliers = [dataclasses.replace(task, val_x=task.val_x * 50 + 20) for task in tasks]
+    results = {}
+    for name, data, with_validation in (("plain", tasks, False), ("outliers", outliers, False),
+                                        ("with validation", tasks, True),
+                                        ("with outliers", outliers, True)):
+        calls = statistics_spy(monkeypatch)
+        accuracy = task_agnostic.fecam_evaluation(model, data, sparsity=0,
+                                                  with_validation=with_validation)
+        results[name] = (calls, accuracy)
+        monkeypatch.undo()
+    (plain, accuracy), (outlying, outlier_accuracy) = results["plain"], results["outliers"]
+    assert [n for n, _, _ in plain] == [len(task.train_y) for task in tasks]  # 80 each
+    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+               for a, b in zip(plain, outlying)) and accuracy == outlier_accuracy
+    with_validation, with_outliers = results["with validation"][0], results["with outliers"][0]
+    assert [n for n, _, _ in with_validation] == [90, 90]
+    assert not torch.equal(with_validation[0][1], with_outliers[0][1])
