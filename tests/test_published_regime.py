@@ -72,10 +72,12 @@ def make_tiny_cache(root):
     """A Tiny ImageNet uint8 cache in which every training image says its own index.
 
     Pixel [0, 0] holds (index % 256, index // 256, 0); 3 training images per
-    class, stored class by class, so image i is class i // 3, position i % 3.
+    class, stored class by class, so image i is class i // 3, position i % 3
+    (wnids.txt, which numbers the classes, lists them sorted).
     """
     cache = root / "tiny-imagenet-200" / "uint8_cache"
     cache.mkdir(parents=True)
+    (cache.parent / "wnids.txt").write_text("".join(f"n{c:08d}\n" for c in range(200)))
     train_x = np.zeros((600, 64, 64, 3), dtype=np.uint8)
     train_x[:, 0, 0, 0], train_x[:, 0, 0, 1] = np.arange(600) % 256, np.arange(600) // 256
     arrays = {"train_x": train_x, "train_y": np.repeat(np.arange(200), 3),
