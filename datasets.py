@@ -439,7 +439,9 @@ def class_ids(dataset: str, part: int, config: HyperParameters, *, seed: int) ->
 
     Every task the benchmark has (load_tasks builds the first number_of_tasks):
     Permuted MNIST's tasks hold the ten digits each, Split MNIST's task t the
-    digits 2t and 2t+1, Split CIFAR-100's task t the classes 10t..10t+9.
+    digits 2t and 2t+1, Split CIFAR-100's task t the classes 10t..10t+9, Tiny
+    ImageNet's tiny_imagenet_classes(seed), the FeCAM setup's fecam_classes
+    (with the authors' overlapping slices in the published regime).
     """
     if dataset == "PermutedMNIST":
         return [list(range(10)) for _ in range(config.number_of_tasks)]
