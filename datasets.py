@@ -508,7 +508,9 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
     if demo:
         raise UserError("the demo covers PermutedMNIST and SplitMNIST only")
     classes = class_ids(dataset, part, config, seed=seed)
-    rng = np.random.RandomState(seed)  # random validation splits (ours: see class_split_tasks)
+    # Random validation splits are ours: the authors' Tiny ImageNet split permutes files in
+    # glob's order, which depends on the file system (docs/differences.md).
+    rng = np.random.RandomState(seed)
     if dataset == "TinyImageNet":
         data = [torch.from_numpy(a).to(device) for a in load_tiny_imagenet(root)]
         if config.published_regime:  # the reference resets NumPy's seed to 1 in its handler
