@@ -26,7 +26,7 @@ PARTS = {  # (module, function): what it is
     ("runs", "train_with_progress"): "training (validation included)",
     ("runs", "evaluate"): "evaluation after each task (+ transfer)",
     ("task_agnostic", "entropy_evaluation"): "entropy task-agnostic evaluation",
-    ("runs", "save_atomically"): "checkpoints and final weights",
+    ("files", "save"): "checkpoints and final weights",
     ("runs", "write_run_tables"): "CSV tables",
     ("evaluation", "plot_heatmap"): "heatmaps",
     ("evaluation", "summarize_experiment"): "summary and its other plots",

@@ -1,10 +1,67 @@
-"""Shared fixtures: small MNIST files in torchvision's on-disk layout."""
+"""Shared fixtures and helpers: small data files in their real on-disk layouts, tiny runs
+through main.py, and the test tiers (--full)."""
 
+import dataclasses
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
+
+# A tiny Split MNIST run through main.py: seconds on a CPU. A test adds options after these;
+# a later --name=value overrides an earlier one.
+TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", "--number_of_iterations=5",
+        "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
+        "--batch_size=16", "--device=cpu"]
+# A run folder's result files that must be byte for byte the same in equal runs.
+OUTPUTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")
+
+
+def tiny_options(mnist_root, results, *extra) -> list[str]:
+    """main.py's arguments for a TINY run on the test MNIST files, results under `results`."""
+    return [f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY, *extra]
+
+
+def run_folder(results, seed: int, experiment: str = "SplitMNIST_part0_best") -> Path:
+    return Path(results) / experiment / f"seed_{seed}"
+
+
+def config_for(dataset: str, part: int, **changes):
+    """The benchmark's best configuration (a grid-only part: its grid's base), changed."""
+    import datasets
+
+    benchmark = datasets.get_benchmark(dataset, part)
+    return dataclasses.replace(benchmark.best or benchmark.grid_base, **changes)
+
+
+def same_results(a: Path, b: Path, *, weights: bool = True) -> None:
+    """Two run folders hold the same results, byte for byte (the training log's times aside),
+    and, with `weights`, equal final weights."""
+    for name in OUTPUTS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    logs = [pd.read_csv(d / "training_log.csv").drop(columns="seconds") for d in (a, b)]
+    pd.testing.assert_frame_equal(*logs)
+    if weights:
+        final = [torch.load(d / "final_weights.pt", weights_only=True) for d in (a, b)]
+        for net in ("hnet", "target"):
+            for name, tensor in final[0][net].items():
+                assert torch.equal(tensor, final[1][net][name]), name
+
+
+def wait_for(condition, seconds: float = 300, process=None, explain=lambda: "") -> None:
+    """Poll until condition() holds. Fails at once if `process` ends first, and after
+    `seconds` (a guard against a hang, not a measurement) with explain()'s text."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            output = process.stderr.read()[-2000:] if process.stderr else ""
+            pytest.fail(f"the process ended first (exit {process.returncode}): {output}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds} s waiting for {condition}; {explain()}")
+        time.sleep(0.02)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

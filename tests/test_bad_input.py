@@ -2,16 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import make_cifar100, make_tiny_imagenet
+from conftest import make_cifar100, make_tiny_imagenet, tiny_options
 
 import data_files
 import errors
 import main
 import runs
-
-TINY = ["--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
-        "--number_of_iterations=4", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
-        "--validation_size=10", "--batch_size=16", "--device=cpu"]
 
 
 @pytest.mark.parametrize("argument, message", [
@@ -38,8 +34,7 @@ TINY = ["--dataset=SplitMNIST", "--seeds=[1]", "--number_of_tasks=2",
 ])
 def test_impossible_values_are_refused_up_front(argument, message, mnist_root, tmp_path,
                                                 capsys):
-    code = main.main([*TINY, *argument.split(), f"--path_to_datasets={mnist_root}",
-                      f"--results_dir={tmp_path}"])
+    code = main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", *argument.split()))
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err
     assert message in err
@@ -72,8 +67,7 @@ def test_damaged_cifar100_and_tiny_imagenet_files_are_named(tmp_path):
 def test_a_results_path_under_a_file_is_a_one_line_error(mnist_root, tmp_path, capsys):
     blocker = tmp_path / "results"
     blocker.write_text("a file where the results folder should be")
-    code = main.main([*TINY, f"--path_to_datasets={mnist_root}",
-                      f"--results_dir={blocker / 'inner'}"])
+    code = main.main(tiny_options(mnist_root, blocker / "inner", "--seeds=[1]"))
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: cannot create the folder ") and "\n" not in err
     assert str(blocker) in err

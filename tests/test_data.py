@@ -1,5 +1,6 @@
 """Data: MNIST from torchvision's on-disk layout, task construction, augmentation."""
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -187,12 +188,31 @@ def test_only_the_listed_parts_have_grids():
 
 
 def test_permuted_mnist_draws_its_permutations_like_the_authors(mnist_root):
-    """numpy.random.RandomState(seed): the authors' permutations for the same seed."""
-    config = dataclasses.replace(datasets.DEMO["PermutedMNIST"], number_of_tasks=2,
+    """The authors' procedure, written out: they seed NumPy's global generator with the run's
+    seed (set_seed) right before building the tasks, then draw np.random.permutation(1024)
+    once per task, task 0 included. Ours draws from a RandomState of its own."""
+    config = dataclasses.replace(datasets.DEMO["PermutedMNIST"], number_of_tasks=3,
                                  validation_size=50)
-    tasks = datasets.load_tasks("PermutedMNIST", 0, config, seed=1, root=mnist_root, device=CPU)
     _, _, images, _ = data_files.load_mnist(mnist_root)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2)).flatten(1)
-    first = np.random.RandomState(1).permutation(1024)
-    assert first[:8].tolist() == [830, 795, 495, 822, 859, 104, 27, 986]
-    assert torch.equal(tasks[0].test_x, padded[:, first])
+    first_tasks = []
+    for seed in (1, 2):
+        tasks = datasets.load_tasks("PermutedMNIST", 0, config, seed=seed, root=mnist_root,
+                                    device=CPU)
+        with numpy_global_state():
+            np.random.seed(seed)
+            authors = [np.random.permutation(1024) for _ in range(3)]
+        for task, permutation in zip(tasks, authors, strict=True):
+            assert torch.equal(task.test_x, padded[:, permutation])
+        first_tasks.append(tasks[0].test_x)
+    assert not torch.equal(*first_tasks)  # each seed its own tasks
+
+
+@contextlib.contextmanager
+def numpy_global_state():
+    """NumPy's global generator as it was before the block."""
+    state = np.random.get_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(state)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import datasets
+import files
 import hypermask
 import launchers
 import runs
@@ -64,7 +65,7 @@ def test_a_random_state_that_cannot_be_restored_is_a_warning_not_corruption(
     saved = hypermask.build_model(config, (784,), 2)
     path = tmp_path / "checkpoint.pt"
     state = runs.rng_state(torch.device("cpu")) | {"cuda": torch.zeros(16, dtype=torch.uint8)}
-    runs.save_atomically({"next_task": 1, "model": saved.state_dict(), "rng": state}, path)
+    files.save({"next_task": 1, "model": saved.state_dict(), "rng": state}, path)
 
     def fewer_gpus(state, device="cuda"):
         raise RuntimeError("Invalid device index")

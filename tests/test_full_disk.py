@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY, run_folder, same_results, tiny_options
 
 import datasets
 import files
@@ -35,31 +36,13 @@ import runs
 
 REPO = Path(__file__).resolve().parents[1]
 # A checkpoint after every step (1e-9 minutes): a fault lands mid-task at a known write.
-TINY = ["--dataset=SplitMNIST", "--number_of_tasks=3", "--target_hidden_layers=[8]",
-        "--hnet_hidden_layers=[4]", "--validation_size=10", "--batch_size=16", "--device=cpu",
-        "--number_of_iterations=6", "--checkpoint_minutes=1e-9"]
-OUTPUTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")
+LONGER = ["--number_of_tasks=3", "--number_of_iterations=6", "--checkpoint_minutes=1e-9"]
+SMALL = [*TINY, *LONGER]
 TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"
 
 
 def options(mnist_root, results, *extra):
-    return [f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY, *extra]
-
-
-def run_folder(results, seed=5) -> Path:
-    return Path(results) / "SplitMNIST_part0_best" / f"seed_{seed}"
-
-
-def same_results(a: Path, b: Path) -> None:
-    """Two run folders hold the same results, byte for byte (the log's times aside)."""
-    for name in OUTPUTS:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    logs = [pd.read_csv(d / "training_log.csv").drop(columns="seconds") for d in (a, b)]
-    pd.testing.assert_frame_equal(*logs)
-    weights = [torch.load(d / "final_weights.pt", weights_only=True) for d in (a, b)]
-    for net in ("hnet", "target"):
-        for name, tensor in weights[0][net].items():
-            assert torch.equal(tensor, weights[1][net][name]), name
+    return tiny_options(mnist_root, results, *LONGER, *extra)
 
 
 def temporaries(folder: Path) -> list[Path]:
@@ -79,7 +62,7 @@ def undisturbed(mnist_root, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "sched_getaffinity", lambda pid: {0})
         assert main.main(options(mnist_root, results, "--seeds=[5]")) == 0
-    return run_folder(results)
+    return run_folder(results, 5)
 
 
 class FailingFile:
@@ -253,7 +236,7 @@ def test_a_full_disk_during_a_checkpoint_stops_the_run_and_the_rerun_continues_i
     code = main.main(options(mnist_root, tmp_path, "--seeds=[5]"))
     err = capsys.readouterr().err
     assert counter[0] >= 300
-    run = run_folder(tmp_path)
+    run = run_folder(tmp_path, 5)
     check_stopped(code, err, run, "checkpoint.pt", "the disk is full", capsys, mnist_root,
                   tmp_path)
     assert "(No space left on device; the previous one is kept); free space on that disk, " \
@@ -277,7 +260,7 @@ def test_a_full_disk_at_any_write_of_a_run_is_continued_to_the_same_results(
         mnist_root, tmp_path, monkeypatch, capsys, undisturbed, name, fail_at):
     fail_writes(monkeypatch, name, fail_at, errno.EDQUOT)
     code = main.main(options(mnist_root, tmp_path, "--seeds=[5]"))
-    run = run_folder(tmp_path)
+    run = run_folder(tmp_path, 5)
     check_stopped(code, capsys.readouterr().err, run, name, "the disk quota is exceeded",
                   capsys, mnist_root, tmp_path)
     monkeypatch.undo()
@@ -303,7 +286,7 @@ def test_torchs_runtime_error_on_a_full_file_system_is_a_full_disk(mnist_root, t
 
     monkeypatch.setattr(torch, "save", save)
     code = main.main(options(mnist_root, tmp_path, "--seeds=[5]"))
-    run = run_folder(tmp_path)
+    run = run_folder(tmp_path, 5)
     err = capsys.readouterr().err
     check_stopped(code, err, run, "checkpoint.pt", "the disk is full", capsys, mnist_root,
                   tmp_path)
@@ -336,7 +319,7 @@ def test_a_full_disk_under_tensorboard_is_one_line_too(mnist_root, tmp_path, mon
     args = options(mnist_root, tmp_path, "--seeds=[5]", "--logger=tensorboard")
     code = main.main(args)
     captured = capsys.readouterr()
-    run = run_folder(tmp_path)
+    run = run_folder(tmp_path, 5)
     assert code == 2 and "Traceback" not in captured.err + captured.out and unhandled == []
     line, = captured.err.strip().splitlines()
     assert line.startswith(f"error: the disk is full: cannot write {run / 'tensorboard'}")
@@ -358,7 +341,7 @@ def test_a_failed_summary_says_the_runs_are_saved(mnist_root, tmp_path, monkeypa
                    "space left on device); free space on that disk, then rerun the same "
                    "command (finished runs are not run again) or `python evaluation.py "
                    f"{experiment}` for the summary")
-    assert (run_folder(tmp_path) / "final_weights.pt").exists() and temporaries(tmp_path) == []
+    assert (run_folder(tmp_path, 5) / "final_weights.pt").exists() and temporaries(tmp_path) == []
     monkeypatch.undo()
     assert __import__("evaluation").main([str(tmp_path)]) == 0
     assert (experiment / "summary.md").exists()
@@ -384,7 +367,7 @@ def interrupted_run(mnist_root, results, monkeypatch) -> Path:
     with monkeypatch.context() as patch:
         patch.setattr(runs, "train_with_progress", train)
         assert main.main(options(mnist_root, results, "--seeds=[5]")) == 130
-    return run_folder(results)
+    return run_folder(results, 5)
 
 
 def test_stale_temporary_files_are_removed_and_never_read(mnist_root, tmp_path, monkeypatch,
@@ -409,7 +392,7 @@ def test_stale_temporary_files_are_removed_and_never_read(mnist_root, tmp_path, 
 def test_a_kill_during_a_checkpoint_write_leaves_a_temporary_file_the_rerun_removes(
         mnist_root, tmp_path, undisturbed):
     args = options(mnist_root, tmp_path, "--seeds=[5]")
-    run, temporary = run_folder(tmp_path), run_folder(tmp_path) / "checkpoint.pt.tmp"
+    run, temporary = run_folder(tmp_path, 5), run_folder(tmp_path, 5) / "checkpoint.pt.tmp"
     for attempt in range(10):  # until a kill lands while a checkpoint is being written
         process = subprocess.Popen(["taskset", "-c", "0", sys.executable, "main.py", *args],
                                    cwd=REPO, stdout=subprocess.DEVNULL,
@@ -471,9 +454,9 @@ def test_a_short_disk_is_warned_about_before_the_run(mnist_root, tmp_path, monke
                          r"run may need \(its checkpoint, up to (.+), and the next one while it "
                          r"is written\); free space now, or the run stops when the disk is full",
                          warnings[0])
-    assert match and match[1] == str(run_folder(tmp_path))
+    assert match and match[1] == str(run_folder(tmp_path, 5))
     config = dataclasses.replace(datasets.get_benchmark("SplitMNIST", 0).best,
-                                 **main.parse_overrides(TINY)[1] | {"number_of_tasks": 1})
+                                 **main.parse_overrides(SMALL)[1] | {"number_of_tasks": 1})
     tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=5, root=mnist_root,
                                 device=torch.device("cpu"))
     largest = runs.checkpoint_bytes(hypermask.build_model(config, (784,), 2), config,
@@ -517,7 +500,7 @@ def test_the_pool_reports_a_full_disk_and_starts_no_new_run(mnist_root, tmp_path
                    "--max_parallel_runs=1")
     assert main.main(args) == 2
     captured = capsys.readouterr()
-    run = run_folder(tmp_path)
+    run = run_folder(tmp_path, 5)
     assert f"STOPPED {run}: the disk is full: cannot write {run / 'checkpoint.pt'}" \
         in captured.out
     assert "no new runs (2 not started): their folders are on the same disk" in captured.out
@@ -545,14 +528,14 @@ def test_a_slurm_job_stopped_by_a_full_disk_says_so(mnist_root, tmp_path, monkey
     settings = {name: getattr(main, name) for name in main.SETTINGS} | {
         "results_dir": str(tmp_path), "path_to_datasets": str(mnist_root), "seeds": [5],
         "device": "cpu"}
-    _, hyperparameters = main.parse_overrides([*TINY, "--number_of_tasks=1"])
+    _, hyperparameters = main.parse_overrides([*SMALL, "--number_of_tasks=1"])
     experiment, jobs = main.experiment_jobs(settings, hyperparameters, dataset="SplitMNIST",
                                             part=0)
     fail_writes(monkeypatch, "final_weights.pt", 1, errno.EDQUOT)
     submitted = launchers.submit_to_slurm(jobs, experiment, settings,
                                           executor=submitit.DebugExecutor(tmp_path / "logs"))
     result, = [job.result() for job in submitted]
-    run = run_folder(tmp_path)
+    run = run_folder(tmp_path, 5)
     assert result.startswith(f"the disk quota is exceeded: cannot write "
                              f"{run / 'final_weights.pt'} (Disk quota exceeded); free space "
                              "within your quota (or have it raised), then rerun the same "
@@ -629,7 +612,7 @@ def test_a_real_disk_filling_during_a_checkpoint_write(mnist_root, small_disk, m
     monkeypatch.setattr(runs.TaskCheckpoints, "save", save)
     args = options(mnist_root, small_disk, "--seeds=[5]")
     code = main.main(args)
-    run = run_folder(small_disk)
+    run = run_folder(small_disk, 5)
     err = capsys.readouterr().err
     check_stopped(code, err, run, "checkpoint.pt", "the disk is full", capsys, mnist_root,
                   small_disk)

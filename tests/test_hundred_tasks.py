@@ -1,28 +1,37 @@
 """Permuted MNIST with 100 tasks: the benchmark entry, plots and evaluations at that length."""
 
-import dataclasses
 import re
 
 import matplotlib.axes
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 import datasets
 import evaluation
+import hypermask
 import main
 
 
-def test_permuted_mnist_part_1_is_part_0_with_100_tasks_and_three_seeds(tmp_path, capsys):
-    part0 = datasets.get_benchmark("PermutedMNIST", 0).best
-    part1 = datasets.get_benchmark("PermutedMNIST", 1)
-    assert part1.best == dataclasses.replace(part0, number_of_tasks=100)
-    assert part1.seeds == (1, 2, 3)
+def test_permuted_mnist_part_1_runs_100_distinct_tasks_over_three_seeds(mnist_root, tmp_path,
+                                                                          capsys):
+    """Part 1: three runs, each of 100 tasks, each task its own permutation and embedding."""
+    small = {"target_hidden_layers": (8,), "hnet_hidden_layers": (4,), "validation_size": 50}
+    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
+        "results_dir": str(tmp_path)}
+    folder, jobs = main.experiment_jobs(settings, small, dataset="PermutedMNIST", part=1)
+    assert folder.name == "PermutedMNIST_part1_best" and [j.seed for j in jobs] == [1, 2, 3]
+    config = jobs[0].config
+    tasks = datasets.load_tasks("PermutedMNIST", 1, config, seed=1, root=mnist_root,
+                                device=torch.device("cpu"))
+    first_images = {tuple(task.test_x[0].tolist()) for task in tasks}
+    assert len(tasks) == 100 and len(first_images) == 100  # 100 different permutations
+    assert hypermask.build_model(config, tasks[0].input_shape, 10).hnet.num_known_conds == 100
     assert main.main(["--dataset=PermutedMNIST", "--part=1", "--status",
                       f"--results_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "PermutedMNIST_part1_best" in out
     assert re.findall(r"\| (seed_\d) +\| not started", out) == ["seed_1", "seed_2", "seed_3"]
 
 

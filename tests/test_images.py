@@ -1,13 +1,12 @@
 """Image benchmarks: files in their real on-disk formats, class splits, networks, runs."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_cifar100, make_tiny_imagenet
+from conftest import config_for, make_cifar100, make_tiny_imagenet
 from test_task_classes import authors_tiny_imagenet_tasks
 
 import data_files
@@ -18,10 +17,6 @@ import main
 from batches import AugmentedImages, TrainingBatches, augmentation_workers
 
 CPU = torch.device("cpu")
-
-
-def config_for(dataset, part, **changes):
-    return dataclasses.replace(datasets.get_benchmark(dataset, part).best, **changes)
 
 
 # ----------------------------------------------------------------------- CIFAR-100

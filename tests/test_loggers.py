@@ -6,12 +6,12 @@ import importlib.util
 import json
 import struct
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import run_folder, tiny_options
 
 import evaluation
 import hypermask
@@ -19,9 +19,6 @@ import main
 import runs
 
 ITERATIONS = 12
-TINY = ["--dataset=SplitMNIST", "--number_of_tasks=3", f"--number_of_iterations={ITERATIONS}",
-        "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
-        "--batch_size=16", "--device=cpu"]
 TRAINING_TAGS = {f"train/{name}" for name in ("loss", "task_loss", "hnet_term", "target_term",
                                                "sparsity", "learning_rate",
                                                "validation_accuracy")}
@@ -50,12 +47,9 @@ def offline_wandb(tmp_path, monkeypatch):
 
 
 def run(mnist_root, results, *extra, seeds="[3]"):
-    return main.main([f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY,
-                      f"--seeds={seeds}", *extra])
-
-
-def run_folder(results, seed=3) -> Path:
-    return Path(results) / "SplitMNIST_part0_best" / f"seed_{seed}"
+    return main.main(tiny_options(mnist_root, results, "--number_of_tasks=3",
+                                  f"--number_of_iterations={ITERATIONS}", f"--seeds={seeds}",
+                                  *extra))
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -123,7 +117,7 @@ def test_tensorboard_holds_every_row_the_accuracy_matrix_and_final_metrics(mnist
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     assert run(mnist_root, tmp_path, "--logger=tensorboard") == 0
-    run_dir = run_folder(tmp_path)
+    run_dir = run_folder(tmp_path, 3)
     curves = scalars(run_dir)
     accuracy_tags = {f"accuracy/task_0{j}" for j in range(3)} | {"accuracy/mean"}
     assert set(curves) == TRAINING_TAGS | accuracy_tags | {
@@ -153,7 +147,7 @@ def test_wandb_offline_run_is_named_after_the_run_and_grouped_by_experiment(
         mnist_root, tmp_path, offline_wandb):
     assert run(mnist_root, tmp_path / "results", "--logger=wandb",
                "--wandb_project=hypermask-tests", "--wandb_entity=my-lab") == 0
-    run_dir = run_folder(tmp_path / "results")
+    run_dir = run_folder(tmp_path / "results", 3)
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     [records] = offline_runs(offline_wandb, run_id)
     [start] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
@@ -175,7 +169,7 @@ def test_wandb_offline_run_is_named_after_the_run_and_grouped_by_experiment(
 def test_loggers_do_not_change_results(mnist_root, tmp_path, offline_wandb):
     assert run(mnist_root, tmp_path / "without") == 0
     assert run(mnist_root, tmp_path / "with", "--logger=['tensorboard','wandb']") == 0
-    plain, logged = run_folder(tmp_path / "without"), run_folder(tmp_path / "with")
+    plain, logged = run_folder(tmp_path / "without", 3), run_folder(tmp_path / "with", 3)
     for name in RESULTS:
         assert (plain / name).read_bytes() == (logged / name).read_bytes(), name
     logs = [pd.read_csv(d / "training_log.csv").drop(columns="seconds") for d in (plain, logged)]
@@ -209,14 +203,16 @@ def test_a_resumed_run_continues_its_curves_without_duplicated_steps(
     with monkeypatch.context() as patch:
         interrupt_in_task_1(patch, save_at, stop_at=8)
         assert run(mnist_root, tmp_path / "cut", both) == 130
-    run_dir = run_folder(tmp_path / "cut")
+    run_dir = run_folder(tmp_path / "cut", 3)
     cut = [step for step, _ in scalars(run_dir)["train/loss"]]
     assert cut == [1, 6, 11, 12, 13, 18]  # 18: after the checkpoint, logged, to be redone
-    # W&B names an offline run's folder to the second (offline-run-YYYYmmdd_HHMMSS-<id>): a
-    # resume within the same second would write into the interrupted run's folder
-    time.sleep(1.1)
+    # W&B names an offline run's folder to the second (offline-run-YYYYmmdd_HHMMSS-<id>): the
+    # resumed process gets a W&B folder of its own, so that a resume within the same second
+    # cannot write into the interrupted process's folder
+    resumed_wandb = tmp_path / "wandb_resumed"
+    monkeypatch.setenv("WANDB_DIR", str(resumed_wandb))
     assert run(mnist_root, tmp_path / "cut", both) == 0
-    whole = run_folder(tmp_path / "whole")
+    whole = run_folder(tmp_path / "whole", 3)
     assert (run_dir / "accuracies.csv").read_bytes() == (whole / "accuracies.csv").read_bytes()
     resumed, expected = scalars(run_dir), scalars(whole)
     assert set(resumed) == set(expected)
@@ -224,7 +220,8 @@ def test_a_resumed_run_continues_its_curves_without_duplicated_steps(
         same_curve(resumed[tag], curve)
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
-    first, second = offline_runs(offline_wandb, run_id)  # one W&B run, continued
+    (first,), (second,) = (offline_runs(folder, run_id)  # one W&B run, continued
+                           for folder in (offline_wandb, resumed_wandb / "wandb"))
     assert [r.run.run_id for r in second if r.WhichOneof("record_type") == "run"] == [run_id]
     assert max(history(first)) == 18 and max(history(second)) == 3 * ITERATIONS
 
@@ -238,12 +235,12 @@ def test_a_logger_turned_on_when_a_run_resumes_shows_the_whole_run(mnist_root, t
     with monkeypatch.context() as patch:
         interrupt_in_task_1(patch, save_at=4, stop_at=8)
         assert run(mnist_root, tmp_path / "cut") == 130
-    run_dir = run_folder(tmp_path / "cut")
+    run_dir = run_folder(tmp_path / "cut", 3)
     assert not (run_dir / "tensorboard").exists()
     capsys.readouterr()
     assert run(mnist_root, tmp_path / "cut", "--logger=tensorboard") == 0
     assert "resuming task 2 at iteration 4" in capsys.readouterr().out
-    resumed, expected = scalars(run_dir), scalars(run_folder(tmp_path / "whole"))
+    resumed, expected = scalars(run_dir), scalars(run_folder(tmp_path / "whole", 3))
     assert set(resumed) == set(expected)
     for tag, curve in expected.items():
         same_curve(resumed[tag], curve)
@@ -282,7 +279,7 @@ def test_config_records_where_the_run_ran_without_defining_the_run(mnist_root, t
     monkeypatch.setattr(runs, "train_with_progress", stop_at_task_1)
     assert run(mnist_root, tmp_path, seeds="[3,4]") == 130
     monkeypatch.undo()
-    path = run_folder(tmp_path) / "config.json"
+    path = run_folder(tmp_path, 3) / "config.json"
     here = json.loads(path.read_text())
     assert here["device"] == "cpu" and here["device_name"] == runs.device_name(
         torch.device("cpu")) != ""
@@ -300,6 +297,6 @@ def test_config_records_where_the_run_ran_without_defining_the_run(mnist_root, t
     # runs of one configuration on two machines are one row of the summary
     other = run_folder(tmp_path, 4) / "config.json"
     other.write_text(json.dumps(json.loads(other.read_text()) | elsewhere))
-    summary = evaluation.summarize_experiment(run_folder(tmp_path).parent)
+    summary = evaluation.summarize_experiment(run_folder(tmp_path, 3).parent)
     table = [line for line in summary.splitlines() if line.startswith("|")]
     assert len(table) == 3 and table[2].split("|")[1].strip() == "2"  # header, rule, 2 seeds

@@ -2,20 +2,17 @@
 
 import pandas as pd
 import pytest
+from conftest import tiny_options
 
 import evaluation
 import main
 import runs
 
-TINY = ["--dataset=SplitMNIST", "--seeds=[3]", "--number_of_tasks=3",
-        "--number_of_iterations=6", "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]",
-        "--validation_size=10", "--batch_size=32", "--device=cpu",
-        "--fecam_evaluation=True"]
-
 
 def run(mnist_root, results, *extra):
-    return main.main([f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY,
-                      *extra])
+    return main.main(tiny_options(mnist_root, results, "--seeds=[3]", "--number_of_tasks=3",
+                                  "--number_of_iterations=6", "--batch_size=32",
+                                  "--fecam_evaluation=True", *extra))
 
 
 def interrupt_at_task(monkeypatch, stop_task):

@@ -10,26 +10,21 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 import main
+from conftest import run_folder, same_results, tiny_options, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "slurm"
 ITERATIONS = 400  # per task: a few seconds on one thread, long enough to signal mid-task
-TINY = ["--dataset=SplitMNIST", "--number_of_tasks=2", f"--number_of_iterations={ITERATIONS}",
-        "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--validation_size=10",
-        "--batch_size=16", "--device=cpu"]
 SLURM = ["--launcher=slurm", "--slurm_cpus_per_run=1", "--slurm_gpus_per_run=0",
          "--slurm_mem_gb=1", "--slurm_time_minutes=30"]
-OUTPUTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv", "config.json")
 WAIT_SECONDS = 300  # generous: a job here takes under a minute, on a shared machine too
 
 
@@ -57,11 +52,7 @@ def cluster(tmp_path_factory):
 
 
 def options(mnist_root, results, *extra):
-    return [f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY, *extra]
-
-
-def run_folder(results, seed) -> Path:
-    return Path(results) / "SplitMNIST_part0_best" / f"seed_{seed}"
+    return tiny_options(mnist_root, results, f"--number_of_iterations={ITERATIONS}", *extra)
 
 
 def job_ids(results) -> dict:
@@ -78,14 +69,6 @@ def sequential(mnist_root, tmp_path_factory):
     return results
 
 
-def same_files(a: Path, b: Path) -> None:
-    """Two run folders hold the same results, byte for byte (the log's times aside)."""
-    for name in OUTPUTS:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    logs = [pd.read_csv(d / "training_log.csv").drop(columns="seconds") for d in (a, b)]
-    pd.testing.assert_frame_equal(*logs)
-
-
 def squeue() -> dict:
     """Each job (array tasks one by one) in the queue: its state."""
     out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True,
@@ -93,16 +76,15 @@ def squeue() -> dict:
     return dict(line.split() for line in out.splitlines())
 
 
-def wait_for(condition, results, what: str):
-    """Poll `condition` until it holds; on timeout, fail with the queue and the logs."""
-    deadline = time.time() + WAIT_SECONDS
-    while not condition():
-        if time.time() > deadline:
-            logs = sorted((Path(results) / "SplitMNIST_part0_best").rglob("*log*"))
-            tails = "\n".join(f"== {log}\n{log.read_text()[-2000:]}" for log in logs
-                              if log.is_file())
-            pytest.fail(f"timed out waiting for {what}; queue {squeue()}\n{tails}")
-        time.sleep(0.1)
+def wait_in_queue(condition, results, what: str):
+    """wait_for `condition`; on timeout, fail with the queue and the runs' logs."""
+    def explain() -> str:
+        logs = sorted((Path(results) / "SplitMNIST_part0_best").rglob("*log*"))
+        tails = "\n".join(f"== {log}\n{log.read_text()[-2000:]}" for log in logs
+                          if log.is_file())
+        return f"{what}; queue {squeue()}\n{tails}"
+
+    wait_for(condition, seconds=WAIT_SECONDS, explain=explain)
 
 
 def states(mnist_root, results, seeds: str, capsys) -> dict:
@@ -145,14 +127,14 @@ def test_an_array_gives_the_sequential_results(cluster, mnist_root, tmp_path, se
         side_by_side.append(all(queue.get(ids[run]) == "RUNNING" for run in ids))
         return set(current.values()) == {"finished"}
 
-    wait_for(finished, tmp_path, "both runs to finish")
+    wait_in_queue(finished, tmp_path, "both runs to finish")
     assert any(state.startswith("running or interrupted (task") for state in seen), seen
     node_cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True,
                                    text=True, check=True).stdout.split()[0])
     assert any(side_by_side) or node_cpus < 2  # 1-CPU jobs share the node's cores
     for seed in (1, 2):
         run = run_folder(tmp_path, seed)
-        same_files(run, run_folder(sequential, seed))
+        same_results(run, run_folder(sequential, seed))
         # one torch thread: SLURM_CPUS_PER_TASK, not the node's CPUs (task/none: no pinning)
         assert json.loads((run / "config.json").read_text())["threads"] == 1
         assert f"seed {seed} task 2/2: iteration {ITERATIONS}/{ITERATIONS}, loss" in (
@@ -182,8 +164,8 @@ def test_jobs_stopped_mid_task_resume_to_identical_files(cluster, mnist_root, tm
                 waiting.discard(seed)
         return not waiting
 
-    wait_for(signal_those_in_task_2, tmp_path, "task 2 to begin")
-    wait_for(lambda: all((run_folder(tmp_path, seed) / "final_weights.pt").exists()
+    wait_in_queue(signal_those_in_task_2, tmp_path, "task 2 to begin")
+    wait_in_queue(lambda: all((run_folder(tmp_path, seed) / "final_weights.pt").exists()
                          for seed in how) and not set(ids.values()) & set(squeue()),
              tmp_path, "the resumed jobs to finish")
     for seed, (_, signal_name) in how.items():
@@ -194,7 +176,7 @@ def test_jobs_stopped_mid_task_resume_to_identical_files(cluster, mnist_root, tm
         assert saved, log
         assert 0 < int(saved[1]) < ITERATIONS
         assert f"resuming task 2 at iteration {saved[1]} from" in log
-        same_files(run, run_folder(sequential, seed))
+        same_results(run, run_folder(sequential, seed))
     logs = tmp_path / "SplitMNIST_part0_best" / "slurm_logs"  # job 5_1's: 5_1_0_log.out
     submitit_log = next(logs.glob(f"{ids['seed_2']}_*log.out")).read_text()
     assert f"Requeued job {ids['seed_2']}" in submitit_log  # by submitit, after the run saved
@@ -205,7 +187,7 @@ def test_a_failing_job_is_reported_with_its_log(cluster, mnist_root, tmp_path, c
     broken.mkdir(parents=True)
     (broken / "config.json").write_text(json.dumps({"dataset": "SplitMNIST", "seed": 99}))
     assert main.main(options(mnist_root, tmp_path, "--seeds=[3]", *SLURM)) == 0
-    wait_for(lambda: (broken / "failed.txt").exists(), tmp_path, "the job to fail")
+    wait_in_queue(lambda: (broken / "failed.txt").exists(), tmp_path, "the job to fail")
     state = states(mnist_root, tmp_path, "--seeds=[3]", capsys)["seed_3"]
     assert state.startswith(f"failed: {broken} holds a run with another configuration")
     assert str(broken / "run.log") in state

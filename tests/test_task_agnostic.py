@@ -83,7 +83,9 @@ def test_fecam_and_entropy_on_a_synthetic_two_task_setup():
     assert fecam[0]["accuracy"] == 100.0 and fecam[1]["accuracy"] >= 90.0
     entropy = task_agnostic.entropy_evaluation(model, tasks, sparsity=0)
     assert [row["task"] for row in entropy] == [0, 1]
-    assert all(0 <= row["accuracy"] <= row["task_identification_accuracy"] <= 100
+    # each task's network is confident on its own axes only: the lowest entropy finds the
+    # task (a highest-entropy choice would pick the other task for most samples)
+    assert all(row["task_identification_accuracy"] >= 90 and row["accuracy"] >= 90
                for row in entropy)
 
 

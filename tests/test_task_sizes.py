@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import config_for
 
 import datasets
 import errors
@@ -17,11 +18,6 @@ from batches import Task, TrainingBatches
 CPU = torch.device("cpu")
 TINY = ["--seeds=[1]", "--number_of_tasks=2", "--number_of_iterations=3",
         "--target_hidden_layers=[8]", "--hnet_hidden_layers=[4]", "--device=cpu"]
-
-
-def config_for(dataset, part, **changes):
-    benchmark = datasets.get_benchmark(dataset, part)
-    return dataclasses.replace(benchmark.best or benchmark.grid_base, **changes)
 
 
 # The test files hold 400 MNIST training images (40 per digit), 6 CIFAR-100 and
