@@ -74,8 +74,8 @@ class HyperParameters:
     # width (SPEC §8, 1-2), dropout off after the first validation (3), task 0
     # validated at the ramped sparsity (5), Tiny ImageNet's validation split
     # and batch order drawn with seed 1 for every run seed, and raw [0, 1] pixels
-    # for Split CIFAR-100 and the FeCAM setup without augmentation
-    # (cifar_statistics). Set by main.py's `published_regime`.
+    # without augmentation for Split CIFAR-100, the FeCAM setup (cifar_statistics)
+    # and Split MNIST (split_mnist_tasks). Set by main.py's `published_regime`.
     published_regime: bool = False
 
     def __post_init__(self):
@@ -583,11 +583,15 @@ def split_mnist_tasks(train_images, train_labels, test_images, test_labels, *,
 
     The first `validation_size` training samples of each task are its
     validation set. Training batches get RandomCrop(28, padding=4) when
-    `config.augmentation`; all inputs are normalised and flattened to 784.
+    `config.augmentation`; all inputs are normalised and flattened to 784. With
+    `config.published_regime` and no augmentation they are not normalised: the
+    authors' loader (hypnettorch's MNISTData) normalises only inside its
+    augmentation transforms, as its CIFAR-100 loader does (cifar_statistics).
     """
     if config.number_of_tasks > 5:
         raise UserError(f"SplitMNIST has at most 5 tasks, not {config.number_of_tasks}")
-    transform = _mnist_augmented if config.augmentation else _mnist_plain
+    transform = (_mnist_augmented if config.augmentation
+                 else _mnist_raw if config.published_regime else _mnist_plain)
     v = config.validation_size
     tasks = []
     for t in range(config.number_of_tasks):
@@ -683,6 +687,10 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
 
 def _unit_interval(x: torch.Tensor, training: bool) -> torch.Tensor:
     return x.float() / 255
+
+
+def _mnist_raw(x: torch.Tensor, training: bool) -> torch.Tensor:
+    return (x.float() / 255).flatten(1)
 
 
 def _mnist_plain(x: torch.Tensor, training: bool) -> torch.Tensor:

@@ -311,6 +311,24 @@ def test_published_cifar100_networks_get_raw_pixels_without_augmentation(
         assert (trained.min() >= 0) == (expected is None)
 
 
+@pytest.mark.parametrize("augmentation", [False, True])
+@pytest.mark.parametrize("published", REGIMES)
+def test_published_split_mnist_networks_get_raw_pixels_without_augmentation(
+        mnist_root, published, augmentation):
+    """hypnettorch's MNIST loader normalises only inside its augmentation transforms too."""
+    config = config_for("SplitMNIST", 0, target_hidden_layers=(8,), hnet_hidden_layers=(2,),
+                        validation_size=10, batch_size=16, number_of_iterations=1,
+                        augmentation=augmentation, published_regime=published)
+    task = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root, device=CPU)[0]
+    model = hypermask.build_model(config, (784,), 2)
+    x = task.test_x.float() / 255
+    expected = x if published and not augmentation else (x - 0.1307) / 0.3081
+    [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, config.sparsity))
+    assert torch.equal(tested, expected.flatten(1))
+    trained, _ = network_inputs(model, lambda: hypermask.train_task(model, task, 0, config))
+    assert (trained.min() >= 0) == (published and not augmentation)
+
+
 def test_tiny_imagenet_networks_get_normalised_pixels_in_both_regimes(tmp_path):
     """The authors' Tiny ImageNet loader normalises with or without augmentation."""
     root = make_tiny_cache(tmp_path)
@@ -343,6 +361,7 @@ def bytes_keyed_copy(root, destination):
     return destination
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # hypnettorch's numpy.matlib
 @pytest.mark.parametrize("augmentation", [False, True])
 @pytest.mark.parametrize("published", REGIMES)
 def test_split_cifar100_test_inputs_are_hypnettorchs_in_the_published_regime(
