@@ -86,6 +86,10 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 CHANCE_ERRORS, CHANCE_SLACK = 3, 1.0  # see chance_margin
 CHANCE_MARGIN_UNSIZED = 3.0  # points: for runs that did not record their test-set sizes
 CHANCE_RULE = "within 3 binomial standard errors + 1 point of 100/classes"
+# Below a summary's or the results table's "at chance" column.
+CHANCE_NOTE = (f"At chance: runs that ended with tasks whose accuracy after the last task is "
+               f"{CHANCE_RULE} (tasks numbered from 1; each run's log warns after every task). "
+               "Their numbers are in the means above.")
 
 
 def chance_margin(classes: int, test_samples: int | None) -> float:
@@ -421,11 +425,6 @@ def seeds_table(groups: list, title: str) -> str:
         "fecam_accuracy: FeCAM class-incremental accuracy over all tasks.",
         "", pd.DataFrame(rows).rename(columns={"ACC": "accuracy (ACC)"}).to_markdown(index=False),
         ""] + ([CHANCE_NOTE, ""] if chance else []))
-
-
-CHANCE_NOTE = (f"At chance: runs that ended with tasks whose accuracy after the last task is "
-               f"{CHANCE_RULE} (tasks numbered from 1; each run's log warns after every task). "
-               "Their numbers are in the means above.")
 
 
 # ----------------------------------------------------------------------- plots
