@@ -84,9 +84,10 @@ class HyperParameters:
     # True: keep the reference's defects that change numbers, to reproduce the
     # published regime (README, Differences): FeCAM's class offsets and output
     # width (SPEC §8, 1-2), dropout off after the first validation (3), task 0
-    # validated at the ramped sparsity (5), and Tiny ImageNet's validation split
-    # and batch order drawn with seed 1 for every run seed. Set by main.py's
-    # `published_regime`.
+    # validated at the ramped sparsity (5), Tiny ImageNet's validation split
+    # and batch order drawn with seed 1 for every run seed, and raw [0, 1] pixels
+    # without augmentation for Split CIFAR-100, the FeCAM setup (cifar_statistics)
+    # and Split MNIST (split_mnist_tasks). Set by main.py's `published_regime`.
     published_regime: bool = False
     # FeCAM's class statistics also use each task's validation samples, not only its
     # training split: on in the FeCAM setup, whose authors' FeCAM evaluation rebuilds
@@ -525,14 +526,29 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
     data = [torch.from_numpy(a).to(device) for a in load_cifar100(root)]
     if dataset == "CIFAR100":
         return class_split_tasks(*data, classes=classes, config=config, rng=None,
-                                 transform=image_transform(IMAGENET_MEAN, IMAGENET_STD,
-                                                           "crop_flip" if config.augmentation
-                                                           else None))
+                                 transform=image_transform(*cifar_statistics(
+                                     IMAGENET_MEAN, IMAGENET_STD, config),
+                                     "crop_flip" if config.augmentation else None))
     tasks = class_split_tasks(*data, classes=classes, config=config, rng=rng,
-                              transform=image_transform(FECAM_MEAN, FECAM_STD, None))
+                              transform=image_transform(*cifar_statistics(FECAM_MEAN, FECAM_STD,
+                                                                          config), None))
     for task in tasks:  # FeCAM's per-image pipeline, in DataLoader workers
         task.image_augment = FECAM_AUGMENT if config.augmentation else None
     return tasks
+
+
+def cifar_statistics(mean: tuple, std: tuple, config: HyperParameters) -> tuple:
+    """The (mean, std) a CIFAR-100 benchmark normalises with; (None, None): raw [0, 1] pixels.
+
+    The authors' CIFAR-100 loaders (hypnettorch's CIFAR100Data for Split CIFAR-100, their
+    copy of it for the FeCAM setup) normalise only inside their augmentation transforms:
+    without augmentation their networks see unnormalised pixels in [0, 1], in training,
+    validation and test alike. `published_regime` keeps that; otherwise every run
+    normalises. (Tiny ImageNet's loader normalises with or without augmentation.)
+    """
+    if config.published_regime and not config.augmentation:
+        return None, None
+    return mean, std
 
 
 # How each benchmark counts validation_size (see HyperParameters).
@@ -631,11 +647,15 @@ def split_mnist_tasks(train_images, train_labels, test_images, test_labels, *,
 
     The first `validation_size` training samples of each task are its
     validation set. Training batches get RandomCrop(28, padding=4) when
-    `config.augmentation`; all inputs are normalised and flattened to 784.
+    `config.augmentation`; all inputs are normalised and flattened to 784. With
+    `config.published_regime` and no augmentation they are not normalised: the
+    authors' loader (hypnettorch's MNISTData) normalises only inside its
+    augmentation transforms, as its CIFAR-100 loader does (cifar_statistics).
     """
     if config.number_of_tasks > 5:
         raise UserError(f"SplitMNIST has at most 5 tasks, not {config.number_of_tasks}")
-    transform = _mnist_augmented if config.augmentation else _mnist_plain
+    transform = (_mnist_augmented if config.augmentation
+                 else _mnist_raw if config.published_regime else _mnist_plain)
     v = config.validation_size
     tasks = []
     for t in range(config.number_of_tasks):
@@ -687,12 +707,14 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
     return tasks
 
 
-def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int = 4):
+def image_transform(mean: tuple | None, std: tuple | None, augment: str | None,
+                    padding: int = 4):
     """A Task.transform for images stored as uint8 [B, H, W, C].
 
     Training batches get `augment`: None, or "crop_flip" (RandomCrop with
     `padding` and a horizontal flip, each image its own, the whole batch at
-    once on its device). Then scaling to [0, 1], per-channel normalisation and
+    once on its device). Then scaling to [0, 1], per-channel normalisation with
+    `mean` and `std` (None: none, raw [0, 1] pixels; see cifar_statistics) and
     the flat NHWC layout that hypnettorch's convolutional networks expect.
     """
     statistics = {}  # device -> (mean, std) [1, C, 1, 1]: copied to a GPU once, not per batch
@@ -701,11 +723,13 @@ def image_transform(mean: tuple, std: tuple, augment: str | None, padding: int =
         x = x.permute(0, 3, 1, 2)  # NCHW for the augmentations
         if training and augment == "crop_flip":
             x = random_flip(random_crop(x, padding))
-        if x.device not in statistics:
-            statistics[x.device] = tuple(torch.tensor(v, device=x.device).view(1, -1, 1, 1)
-                                         for v in (mean, std))
-        mean_, std_ = statistics[x.device]
-        x = (x.float() / 255 - mean_) / std_
+        x = x.float() / 255
+        if mean is not None:
+            if x.device not in statistics:
+                statistics[x.device] = tuple(torch.tensor(v, device=x.device).view(1, -1, 1, 1)
+                                             for v in (mean, std))
+            mean_, std_ = statistics[x.device]
+            x = (x - mean_) / std_
         return x.permute(0, 2, 3, 1).flatten(1)
 
     return transform
@@ -727,6 +751,10 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
 
 def _unit_interval(x: torch.Tensor, training: bool) -> torch.Tensor:
     return x.float() / 255
+
+
+def _mnist_raw(x: torch.Tensor, training: bool) -> torch.Tensor:
+    return (x.float() / 255).flatten(1)
 
 
 def _mnist_plain(x: torch.Tensor, training: bool) -> torch.Tensor:

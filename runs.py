@@ -707,6 +707,24 @@ def evaluate(model, task, task_id: int, config) -> float:
                               batch_size=config.evaluation_batch_size)
 
 
+def chance_warning(task_id: int, accuracies: list[float], classes: list[int],
+                   sizes: list[dict]) -> str | None:
+    """The log's warning after task `task_id`: the evaluated tasks whose test accuracy is
+    at chance (evaluation.at_chance), with their accuracy; None if there is none.
+
+    Args:
+        accuracies: the test accuracy (percent) of tasks 0..task_id.
+        classes, sizes: per task, its number of classes and its datasets.task_sizes.
+    """
+    named = [f"task {j + 1} {accuracy:.2f}% ({classes[j]} classes)"
+             for j, accuracy in enumerate(accuracies)
+             if evaluation.at_chance(accuracy, classes[j], sizes[j]["test_samples"])]
+    if not named:
+        return None
+    return (f"  warning: after task {task_id + 1}, {len(named)} task(s) at chance, "
+            f"{evaluation.CHANCE_RULE}: " + ", ".join(named))
+
+
 def write_run_tables(run_dir: Path, state: dict) -> None:
     """accuracies.csv, training_log.csv and transfer.csv from the run's rows so far."""
     for name in ("accuracies", "log", "transfer"):
@@ -746,6 +764,9 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": job.part, "seed": job.seed}
     sizes = datasets.task_sizes(tasks)  # [{training_samples, ...}] per task, for the log rows
+    # each task's classes, what its accuracy is held against (labels 0..k-1, every class
+    # trained: datasets.check_task_sizes; not num_classes, which may be wider)
+    classes = [int(task.train_y.max()) + 1 for task in tasks]
     state = load_checkpoint(run_dir / CHECKPOINT, model, device)
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
@@ -784,7 +805,8 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         require_finite(model, task_id)
         last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
         state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
-                                 "accuracy": accuracy} for j, accuracy in enumerate(last)]
+                                 "accuracy": accuracy, "classes": classes[j]}
+                                for j, accuracy in enumerate(last)]
         if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
             state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
                 model, tasks[task_id + 1], task_id, config)
@@ -794,6 +816,8 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         checkpoints.save()
         print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
               f"over {len(last)} task(s)")
+        if warning := chance_warning(task_id, last, classes, sizes):
+            print(warning, flush=True)
     stop.check(f"after the last task in {run_dir / CHECKPOINT}")
     with out_of_memory_names("the final evaluations (task-agnostic, FeCAM)"):
         finish_run(model, tasks, config, run_dir=run_dir, keys=keys,

@@ -52,7 +52,7 @@ def write_run(folder, seed, last_row, beta=0.1):
         {"dataset": "X", "part": 0, "seed": seed, "data": "X", "number_of_tasks": 2,
          "beta": beta}))
     rows = [(0, 0, 90.0), (1, 0, last_row[0]), (1, 1, last_row[1])]
-    pd.DataFrame([("X", 0, seed, *r) for r in rows],
+    pd.DataFrame([("X", 0, seed, *r, 10) for r in rows],
                  columns=evaluation.ACCURACY_COLUMNS).to_csv(folder / "accuracies.csv",
                                                              index=False)
     pd.DataFrame({"task": [0, 1], "random_init_accuracy": [10.0, 20.0],

@@ -256,3 +256,131 @@ def test_a_published_task_resumed_mid_task_trains_as_uninterrupted(cifar_root):
     assert [row | {"seconds": 0} for row in again] == [row | {"seconds": 0} for row in log]
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+# ------------------------------------------------------------ the pixels a network receives
+
+def network_inputs(model, run) -> list[torch.Tensor]:
+    """The inputs ([B, H * W * C]) model's target network received while run() ran."""
+    seen = []
+    hook = model.target.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+def pixels(images: torch.Tensor, statistics: tuple | None) -> torch.Tensor:
+    """Stored images [N, H, W, C] uint8 as a network input [N, H * W * C]: x / 255 in float32,
+    then (x - mean) / std per channel where `statistics` = (mean, std) is given."""
+    x = images.float() / 255
+    if statistics is not None:
+        mean, std = (torch.tensor(v) for v in statistics)
+        x = (x - mean) / std
+    return x.flatten(1)
+
+
+IMAGE_BENCHMARKS = [("CIFAR100", 1, (datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)),
+                    ("CIFAR100_FeCAM_setup", 7, (datasets.FECAM_MEAN, datasets.FECAM_STD))]
+
+
+@pytest.mark.parametrize("augmentation", [False, True])
+@pytest.mark.parametrize("published", REGIMES)
+@pytest.mark.parametrize("dataset, part, statistics", IMAGE_BENCHMARKS)
+def test_published_cifar100_networks_get_raw_pixels_without_augmentation(
+        cifar_root, dataset, part, statistics, published, augmentation):
+    """The authors' CIFAR-100 loaders normalise only inside their augmentation transforms."""
+    config = config_for(dataset, part, hnet_hidden_layers=(2,), embedding_size=4,
+                        validation_size=1, batch_size=8, number_of_epochs=None,
+                        number_of_iterations=1, augmentation=augmentation,
+                        published_regime=published)
+    task = datasets.load_tasks(dataset, part, config, seed=1, root=cifar_root, device=CPU)[0]
+    model = hypermask.build_model(config, (32, 32, 3), task.num_classes)
+    expected = None if published and not augmentation else statistics
+    [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, config.sparsity))
+    assert torch.equal(tested, pixels(task.test_x, expected))
+    trained, validated = network_inputs(model, lambda: hypermask.train_task(model, task, 0,
+                                                                            config))
+    assert torch.equal(validated, pixels(task.val_x, expected))
+    if augmentation:  # crops, flips (FeCAM: colour jitter, AutoAugment), then normalised
+        mean, std = (torch.tensor(v) for v in statistics)
+        stored = (trained.view(-1, 3) * std + mean) * 255
+        assert torch.allclose(stored, stored.round(), atol=1e-3) and trained.min() < 0
+    else:  # every training input is one of the task's training images, unchanged
+        candidates = pixels(task.train_x, expected)
+        assert (trained[:, None] == candidates[None]).all(-1).any(1).all()
+        assert (trained.min() >= 0) == (expected is None)
+
+
+@pytest.mark.parametrize("augmentation", [False, True])
+@pytest.mark.parametrize("published", REGIMES)
+def test_published_split_mnist_networks_get_raw_pixels_without_augmentation(
+        mnist_root, published, augmentation):
+    """hypnettorch's MNIST loader normalises only inside its augmentation transforms too."""
+    config = config_for("SplitMNIST", 0, target_hidden_layers=(8,), hnet_hidden_layers=(2,),
+                        validation_size=10, batch_size=16, number_of_iterations=1,
+                        augmentation=augmentation, published_regime=published)
+    task = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root, device=CPU)[0]
+    model = hypermask.build_model(config, (784,), 2)
+    x = task.test_x.float() / 255
+    expected = x if published and not augmentation else (x - 0.1307) / 0.3081
+    [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, config.sparsity))
+    assert torch.equal(tested, expected.flatten(1))
+    trained, _ = network_inputs(model, lambda: hypermask.train_task(model, task, 0, config))
+    assert (trained.min() >= 0) == (published and not augmentation)
+
+
+def test_tiny_imagenet_networks_get_normalised_pixels_in_both_regimes(tmp_path):
+    """The authors' Tiny ImageNet loader normalises with or without augmentation."""
+    root = make_tiny_cache(tmp_path)
+    statistics = (datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)
+    for published in REGIMES:
+        config = config_for("TinyImageNet", 1, hnet_hidden_layers=(2,), embedding_size=4,
+                            validation_size=1, batch_size=8, augmentation=False,
+                            published_regime=published)
+        task = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=root,
+                                   device=CPU)[0]
+        model = hypermask.build_model(config, (64, 64, 3), task.num_classes)
+        [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, 0))
+        assert torch.equal(tested, pixels(task.test_x, statistics))
+
+
+def bytes_keyed_copy(root, destination):
+    """The CIFAR-100 pickles with bytes keys, as hypnettorch's loader reads them (it opens
+    them with encoding="bytes", as the original Python 2 files)."""
+    import pickle
+    import shutil
+
+    folder = destination / "cifar-100-python"
+    folder.mkdir(parents=True)
+    shutil.copy(root / "cifar-100-python" / "meta", folder / "meta")
+    for name in ("train", "test"):
+        with open(root / "cifar-100-python" / name, "rb") as f:
+            batch = pickle.load(f)
+        with open(folder / name, "wb") as f:
+            pickle.dump({key.encode(): value for key, value in batch.items()}, f)
+    return destination
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # hypnettorch's numpy.matlib
+@pytest.mark.parametrize("augmentation", [False, True])
+@pytest.mark.parametrize("published", REGIMES)
+def test_split_cifar100_test_inputs_are_hypnettorchs_in_the_published_regime(
+        cifar_root, tmp_path, published, augmentation):
+    """Task 0's test set through hypnettorch's SplitCIFAR100Data, which the authors' Split
+    CIFAR-100 uses (labels 0-9, inference mode), and through ours: the same tensor in the
+    published regime; without augmentation the fixed regime normalises and theirs does not."""
+    from hypnettorch.data.special.split_cifar import SplitCIFAR100Data
+
+    handler = SplitCIFAR100Data(str(bytes_keyed_copy(cifar_root, tmp_path)), use_one_hot=True,
+                                validation_size=0, use_data_augmentation=augmentation,
+                                labels=range(10))
+    theirs = handler.input_to_torch_tensor(handler.get_test_inputs(), CPU, mode="inference")
+    config = config_for("CIFAR100", 1, hnet_hidden_layers=(2,), embedding_size=4,
+                        validation_size=1, augmentation=augmentation, published_regime=published)
+    task = datasets.load_tasks("CIFAR100", 1, config, seed=1, root=cifar_root, device=CPU)[0]
+    model = hypermask.build_model(config, (32, 32, 3), task.num_classes)
+    [ours] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, config.sparsity))
+    assert theirs.dtype == ours.dtype and theirs.shape == ours.shape
+    assert torch.equal(ours, theirs) == (published or augmentation)

@@ -15,9 +15,9 @@ import evaluation
 
 
 def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, beta=0.1,
-             **config):
-    """A run folder: config.json (plus `config`), accuracies.csv, transfer.csv (and
-    final_weights.pt)."""
+             classes=10, **config):
+    """A run folder: config.json (plus `config`), accuracies.csv (`classes` per task; None:
+    no such column, as runs from before it), transfer.csv (and final_weights.pt)."""
     folder.mkdir(parents=True)
     experiment = folder.parent.name.removeprefix("demo_")
     dataset, _, rest = experiment.partition("_part")
@@ -27,9 +27,11 @@ def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, bet
          "number_of_tasks": 2, "target_network": "MLP", "target_hidden_layers": [40, 30],
          "beta": beta, **config}))
     rows = [(0, 0, 90.0), (1, 0, last_row[0]), (1, 1, last_row[1])]
-    pd.DataFrame([(dataset, 0, seed, *r) for r in rows],
-                 columns=evaluation.ACCURACY_COLUMNS).to_csv(folder / "accuracies.csv",
-                                                             index=False)
+    accuracies = pd.DataFrame([(dataset, 0, seed, *r, classes) for r in rows],
+                              columns=evaluation.ACCURACY_COLUMNS)
+    if classes is None:
+        accuracies = accuracies.drop(columns="classes")
+    accuracies.to_csv(folder / "accuracies.csv", index=False)
     pd.DataFrame({"task": [0, 1], "random_init_accuracy": [10.0, 20.0],
                   "previous_network_accuracy": [np.nan, previous]}).to_csv(
         folder / "transfer.csv", index=False)
@@ -231,3 +233,55 @@ def test_a_file_that_cannot_be_written_is_one_line_naming_it_and_the_os_error(re
     err = capsys.readouterr().err
     assert err == f"error: cannot write {results / 'results_table.md'}: Is a directory\n"
     assert not (results / "results_table.md.tmp").exists()
+
+
+# --------------------------------------------------------------------- runs at chance
+
+def test_the_table_counts_runs_at_chance_and_keeps_them_in_the_means(results, capsys):
+    permuted = results / "PermutedMNIST_part0_best"
+    make_run(permuted / "seed_5", last_row=(10.0, 90.0))  # task 1 at chance: 10 classes
+    assert evaluation.main([str(results), "--table"]) == 0
+    markdown = (results / "results_table.md").read_text()
+    [line] = [line for line in markdown.splitlines() if line.startswith("| Permuted MNIST  ")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[4] == "74.00 ± 16.99"  # (85 + 87 + 50) / 3: reported, not dropped
+    assert cells[-1] == "1 of 3: seed 5 (task 1)"
+    assert "| at chance" in markdown and evaluation.CHANCE_NOTE in markdown
+    split = [line for line in markdown.splitlines() if line.startswith("| Split MNIST ")]
+    assert split[0].rstrip(" |").endswith("none")
+    csv = pd.read_csv(results / "results_table.csv")
+    assert csv.loc[0, "runs_at_chance"] == 1 and csv.loc[0, "at_chance"] == "seed 5 (task 1)"
+    assert "1 of 3: seed 5 (task 1)" in (results / "results_table.tex").read_text()
+
+
+def test_grid_summary_marks_the_points_with_runs_at_chance(tmp_path, monkeypatch):
+    grid = tmp_path / "SplitMNIST_part1_grid"
+    make_run(grid / "point_000_seed_1", beta=0.1, classes=2)
+    make_run(grid / "point_001_seed_1", last_row=(50.0, 90.0), beta=0.5, classes=2)
+    make_run(grid / "point_001_seed_2", beta=0.5, classes=2)
+    figures = []
+    monkeypatch.setattr(evaluation.plt, "close", figures.append)  # keep them to look at
+    text = evaluation.summarize_experiment(grid)
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("|")}
+    assert rows["0.5"][-1] == "1 of 2: seed 1 (task 1)" and rows["0.1"][-1] == "none"
+    assert rows["0.5"][2] == "77.50 ± 7.50"  # (70 + 85) / 2
+    assert evaluation.CHANCE_NOTE in text
+    [figure] = [f for f in figures if f._suptitle and "grid search" in f._suptitle.get_text()]
+    assert "red x: tasks at chance" in figure._suptitle.get_text()
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["run with tasks at chance"]
+    summary = pd.read_csv(grid / "summary.csv")
+    assert summary["tasks_at_chance"].tolist() == ["[]", "[1]", "[]"]
+
+
+def test_runs_from_before_the_classes_column_are_marked_from_their_benchmark(tmp_path):
+    """No `classes` in accuracies.csv: the benchmark's split; no task_sizes: a 3-point margin."""
+    experiment = tmp_path / "CIFAR100_FeCAM_setup_part0_best"  # 50 classes, then 10 a task
+    make_run(experiment / "seed_1", last_row=(4.9, 12.0), classes=None)
+    make_run(experiment / "seed_2", last_row=(4.9, 12.0), classes=None,
+             task_sizes=[{"training_samples": 1, "validation_samples": 1,
+                          "test_samples": 10000}] * 2)
+    rows = {row["seed"]: row["tasks_at_chance"]
+            for row in evaluation.experiment_runs(experiment).to_dict("records")}
+    # seed 1: |4.9 - 2| <= 3 and |12 - 10| <= 3; seed 2: margins 0.42 + 1 and 0.9 + 1 points
+    assert rows == {1: [1, 2], 2: []}
