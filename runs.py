@@ -766,7 +766,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     sizes = datasets.task_sizes(tasks)  # [{training_samples, ...}] per task, for the log rows
     # each task's classes, what its accuracy is held against (labels 0..k-1, every class
     # trained: datasets.check_task_sizes; not num_classes, which may be wider)
-    classes = [int(task.train_y.max()) + 1 for task in tasks]
+    class_count = [int(task.train_y.max()) + 1 for task in tasks]
     state = load_checkpoint(run_dir / CHECKPOINT, model, device)
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
@@ -805,7 +805,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         require_finite(model, task_id)
         last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
         state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
-                                 "accuracy": accuracy, "classes": classes[j]}
+                                 "accuracy": accuracy, "classes": class_count[j]}
                                 for j, accuracy in enumerate(last)]
         if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
             state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
@@ -816,7 +816,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         checkpoints.save()
         print(f"  after task {task_id + 1}: mean accuracy {sum(last) / len(last):.2f}% "
               f"over {len(last)} task(s)")
-        if warning := chance_warning(task_id, last, classes, sizes):
+        if warning := chance_warning(task_id, last, class_count, sizes):
             print(warning, flush=True)
     stop.check(f"after the last task in {run_dir / CHECKPOINT}")
     with out_of_memory_names("the final evaluations (task-agnostic, FeCAM)"):
