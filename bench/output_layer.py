@@ -14,6 +14,7 @@ library. hypermask.OUTPUT_LAYER_TRANSPOSED_FROM holds the rule chosen from it.
 
 import argparse
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -73,9 +74,9 @@ def main() -> None:
         gradient = torch.randn(rows, args.outputs, generator=generator).to(args.device)
         with torch.no_grad():
             equal = torch.equal(linear(h, weight, bias), transposed(h, weight, bias))
-            times = [best_ms(lambda: layer(h, weight, bias), args.device, args.repeats)
+            times = [best_ms(partial(layer, h, weight, bias), args.device, args.repeats)
                      for layer in (linear, transposed)]
-        times += [best_ms(lambda: forward_and_backward(layer, h, weight, bias, gradient),
+        times += [best_ms(partial(forward_and_backward, layer, h, weight, bias, gradient),
                           args.device, args.repeats) for layer in (linear, transposed)]
         print(f"{rows:>5}{times[0]:>10.1f}{times[1]:>10.1f}  {'yes' if equal else 'no':<15}"
               f"{times[2]:>13.1f}{times[3]:>8.1f}", flush=True)

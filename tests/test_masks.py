@@ -212,10 +212,10 @@ def test_masks_are_bitwise_those_of_one_quantile_per_tensor(seed):
 def test_a_nan_output_prunes_its_tensor_as_quantile_does():
     """torch.quantile of a tensor holding a NaN is NaN: nothing of it is kept (and the
     loss, NaN, stops the run); the last tensor is never pruned, NaN included."""
-    outputs = scores_with_ties(0)[:5]
-    outputs[1][0] = outputs[4][1] = float("nan")
+    outputs = scores_with_ties(0)
+    outputs[9][0] = outputs[-1][1] = float("nan")  # 100 entries; the last tensor
     ours = hypermask.semi_binary_masks(outputs, 30)
-    assert (ours[1] == 0).all() and (ours[0] > 0).any()
+    assert (ours[9] == 0).all() and (ours[8] > 0).any() and ours[-1][1].isnan()
     for ours_mask, reference_mask in zip(ours, masks_one_quantile_per_tensor(outputs, 30)):
         torch.testing.assert_close(ours_mask, reference_mask, rtol=0, atol=0, equal_nan=True)
 
@@ -294,6 +294,23 @@ def test_the_mask_of_a_model_is_the_per_tensor_masks_flat():
     reference = masks_one_quantile_per_tensor(model.unflatten(output), 50)
     assert torch.equal(flat, torch.cat([m.flatten() for m in reference]))
     assert (flat[:-model.numels[-1]] == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_checkpoint_with_one_start_tensor_per_masked_tensor_resumes():
+    """Checkpoints written before θ^start was flat hold a list of tensors: still resumable."""
+    from batches import Task
+
+    model = hypermask.build_model(CONFIG, (7,), 3)
+    x, y = torch.rand(64, 7), torch.randint(0, 3, (64,))
+    task = Task(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=3,
+                transform=lambda batch, training: batch, input_shape=(7,))
+    state = hypermask.training_state(model, task, 1, CONFIG)
+    next(state.batches)  # a task in progress
+    saved = state.state_dict()
+    assert saved["start_params"].shape == (sum(model.numels),)
+    saved["start_params"] = [p.clone() for p in model.unflatten(saved["start_params"])]
+    resumed = hypermask.training_state(model, task, 1, CONFIG, saved)
+    assert torch.equal(resumed.start.start_params, state.start.start_params)
 
 
 # ------------------------------------------------------- the output layer as W·hᵀ
