@@ -169,7 +169,7 @@ def semi_binary_masks(hnet_output: list[torch.Tensor],
 
 def semi_binary_mask(hnet_output: torch.Tensor, sparsity: float | torch.Tensor,
                      pruned: Segments) -> torch.Tensor:
-    """The semi-binary mask of SPEC §2 over a flat vector of hypernetwork outputs.
+    """The semi-binary mask (docs/method.md) over a flat vector of hypernetwork outputs.
 
     m_l = r_l where r_l >= the p-th percentile of r_l, else 0, with
     r_l = |tanh(h_l)|; the last tensor is never pruned. Gradients flow
