@@ -5,8 +5,8 @@ per small kernel their number, not their arithmetic, sets the pace of the
 image benchmarks' steps. This counts them on the CPU: a TorchDispatchMode sees
 every ATen operation of one step (hypermask.eager_step: the loss, its backward
 pass, the fused Adam update), as a CUDA graph would record them. Views (split,
-view, transpose, detach, ...) only relabel memory and launch nothing: they are
-counted apart. The batch transform runs before the step, outside the count (a
+view, transpose, detach, ...) only relabel memory and allocations (empty, ...)
+only reserve it: they launch nothing and are counted apart. The batch transform runs before the step, outside the count (a
 captured step copies the finished batch in).
 
 The networks have their real sizes, the data is random (the operations do not
@@ -33,29 +33,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train_step import example_batch  # noqa: E402  (bench/ is on sys.path when run)
 
 
+# Operations that allocate memory and launch no kernel.
+ALLOCATIONS = {"aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty",
+               "aten.new_empty_strided"}
+
+
 def counting_mode():
-    """A TorchDispatchMode counting the ATen operations that run inside it, views apart."""
+    """A TorchDispatchMode counting the ATen operations that run inside it, those that
+    launch no kernel (views, allocations) apart."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class KernelOps(TorchDispatchMode):
         def __init__(self):
             super().__init__()
             self.kernels = collections.Counter()
-            self.views = collections.Counter()
+            self.others = collections.Counter()  # views and allocations
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
             if func.namespace != "profiler":  # record_function marks: no kernel
-                (self.views if func.is_view else self.kernels)[str(func.overloadpacket)] += 1
+                launches = not func.is_view and name not in ALLOCATIONS
+                (self.kernels if launches else self.others)[name] += 1
             return func(*args, **(kwargs or {}))
 
     return KernelOps()
 
 
 def count_step(dataset: str, part: int, task_id: int, small: bool = False):
-    """The kernel and view operations of one eager step of task `task_id` (counted from 0).
+    """The operations of one eager step of task `task_id` (counted from 0).
 
     Returns:
-        (kernels, views): collections.Counter of operation name -> calls.
+        (kernels, others): collections.Counter of operation name -> calls, for the
+        operations that launch a kernel and for the others (views, allocations).
     """
     import torch
 
@@ -78,7 +87,7 @@ def count_step(dataset: str, part: int, task_id: int, small: bool = False):
     step(x, y, config.sparsity)  # Adam's state is created in the first step
     with counting_mode() as mode:
         step(x, y, config.sparsity)
-    return mode.kernels, mode.views
+    return mode.kernels, mode.others
 
 
 def main() -> None:
@@ -98,13 +107,13 @@ def main() -> None:
         if not set(chosen) <= set(benchmarks):
             parser.error(f"--only: choose among {', '.join(f'{d}:{p}' for d, p in benchmarks)}")
         benchmarks = chosen
-    print(f"{'benchmark':<26}{'target':<15}{'task':>5}{'kernel ops':>12}{'views':>7}")
+    print(f"{'benchmark':<26}{'target':<15}{'task':>5}{'kernel ops':>12}{'views etc.':>12}")
     for dataset, part in benchmarks:
         config = datasets.get_benchmark(dataset, part).best
         for task_id in sorted({0, config.number_of_tasks - 1}):
-            kernels, views = count_step(dataset, part, task_id, args.small)
+            kernels, others = count_step(dataset, part, task_id, args.small)
             print(f"{dataset + ' ' + str(part):<26}{config.target_network:<15}{task_id + 1:>5}"
-                  f"{sum(kernels.values()):>12}{sum(views.values()):>7}", flush=True)
+                  f"{sum(kernels.values()):>12}{sum(others.values()):>12}", flush=True)
             for name, calls in kernels.most_common(args.top):
                 print(f"{'':<8}{calls:>5}  {name}")
 

@@ -9,7 +9,8 @@ GEMM call. For each number of rows this prints the time of both (best of
 step), and whether their outputs are equal bit for bit, on this machine's GEMM
 library. hypermask.OUTPUT_LAYER_TRANSPOSED_FROM holds the rule chosen from it.
 
-    python bench/output_layer.py [--rows=1,2,3,4,5,10,100] [--device=cuda] [--outputs=2036010]
+    python bench/output_layer.py [--rows=1,2,3,4,5,10,100] [--device=cuda]
+                                 [--outputs=2036010] [--hidden=100] [--repeats=3]
 """
 
 import argparse
@@ -58,19 +59,20 @@ def main() -> None:
     parser.add_argument("--rows", default="1,2,3,4,5,10,100")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--outputs", type=int, default=OUTPUTS)
+    parser.add_argument("--hidden", type=int, default=HIDDEN)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
-    weight = (torch.randn(args.outputs, HIDDEN, generator=generator) * 0.01).to(args.device)
+    weight = (torch.randn(args.outputs, args.hidden, generator=generator) * 0.01).to(args.device)
     bias = (torch.randn(args.outputs, generator=generator) * 0.01).to(args.device)
     weight.requires_grad_()
     bias.requires_grad_()
-    print(f"output layer [{args.outputs:,} x {HIDDEN}] on {args.device}, torch "
+    print(f"output layer [{args.outputs:,} x {args.hidden}] on {args.device}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}")
     print(f"{'rows':>5}{'h·Wᵀ ms':>10}{'W·hᵀ ms':>10}  {'bitwise equal':<15}"
           f"{'fwd+bwd h·Wᵀ':>13}{'W·hᵀ':>8}")
     for rows in (int(r) for r in args.rows.split(",")):
-        h = torch.randn(rows, HIDDEN, generator=generator).to(args.device).requires_grad_()
+        h = torch.randn(rows, args.hidden, generator=generator).to(args.device).requires_grad_()
         gradient = torch.randn(rows, args.outputs, generator=generator).to(args.device)
         with torch.no_grad():
             equal = torch.equal(linear(h, weight, bias), transposed(h, weight, bias))
