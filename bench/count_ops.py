@@ -6,8 +6,9 @@ image benchmarks' steps. This counts them on the CPU: a TorchDispatchMode sees
 every ATen operation of one step (hypermask.eager_step: the loss, its backward
 pass, the fused Adam update), as a CUDA graph would record them. Views (split,
 view, transpose, detach, ...) only relabel memory and allocations (empty, ...)
-only reserve it: they launch nothing and are counted apart. The batch transform runs before the step, outside the count (a
-captured step copies the finished batch in).
+only reserve it: they launch nothing and are counted apart. The batch transform
+runs before the step, outside the count (a captured step copies the finished
+batch in).
 
 The networks have their real sizes, the data is random (the operations do not
 depend on the pixels). One warm-up step first: Adam creates its state there.
