@@ -36,10 +36,15 @@ if TYPE_CHECKING:
 
 BATCH_NORM_PARAMETERS = ("bn_scale", "bn_shift")
 VALIDATION_EVERY = 100  # iterations
-# From this many rows (tasks) on, the hypernetwork's output layer is computed as (W·hᵀ)ᵀ
-# rather than hypnettorch's h·Wᵀ: the same sums of products, a GEMM that is faster there
-# (bench/output_layer.py), per device type; absent: always h·Wᵀ (not yet measured on GPUs).
-OUTPUT_LAYER_TRANSPOSED_FROM = {"cpu": 4}
+# Where the hypernetwork's output layer is computed as (W·hᵀ)ᵀ rather than hypnettorch's
+# h·Wᵀ (the same sums of products in another GEMM): per device type, from this many rows
+# (tasks at once) and hidden units (the GEMM's inner size) on, where bench/output_layer.py
+# measured it faster. A device type not listed always gets h·Wᵀ (GPUs: not measured yet).
+OUTPUT_LAYER_TRANSPOSED_FROM = {"cpu": {"rows": 4, "hidden": 100}}
+# Devices where each semi-binary threshold comes from torch.quantile per tensor: a selection
+# that costs a CPU less than one sort of every tensor's scores. Elsewhere (GPUs) one sort
+# gives them all in a few kernels. The same bits either way.
+QUANTILE_PER_TENSOR_ON = {"cpu"}
 
 
 class HyperMask(nn.Module):
@@ -62,7 +67,8 @@ class HyperMask(nn.Module):
         # Where each pruned tensor (every masked one but the last) lies in the flat
         # output, on the model's device: a captured step cannot copy it there. Not saved.
         for name, value in pruned_segments(self.numels[:-1])._asdict().items():
-            self.register_buffer(f"pruned_{name}", value, persistent=False)
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(f"pruned_{name}", value, persistent=False)
         # hmlp_outputs_transposed knows HMLP's layers as build_model makes them.
         self.plain_hmlp = (type(hnet) is HMLP and hnet.has_bias and hnet.batchnorm_layers is None
                            and hnet._dropout is None)
@@ -82,14 +88,16 @@ class HyperMask(nn.Module):
 
     def hnet_outputs(self, task_ids: list[int]) -> torch.Tensor:
         """Raw hypernetwork outputs, one row per task: [len(task_ids), n_outputs]."""
-        device = self.hnet.conditional_params[0].device.type
-        if self.plain_hmlp and len(task_ids) >= OUTPUT_LAYER_TRANSPOSED_FROM.get(device, math.inf):
+        rule = OUTPUT_LAYER_TRANSPOSED_FROM.get(self.hnet.conditional_params[0].device.type)
+        if (self.plain_hmlp and rule and len(task_ids) >= rule["rows"]
+                and self.hnet.layer_weight_tensors[-1].shape[1] >= rule["hidden"]):
             return hmlp_outputs_transposed(self.hnet, task_ids)
         return self.hnet(cond_id=task_ids, ret_format="flattened")
 
     def mask(self, hnet_output: torch.Tensor, sparsity: float | torch.Tensor) -> torch.Tensor:
         """The semi-binary mask from one task's flat hypernetwork output: [n_outputs]."""
-        segments = Segments(self.pruned_ids, self.pruned_starts, self.pruned_sizes)
+        segments = Segments(tuple(self.numels[:-1]), self.pruned_ids, self.pruned_starts,
+                            self.pruned_sizes)
         return semi_binary_mask(hnet_output, sparsity, segments)
 
     def masks(self, hnet_output: torch.Tensor, sparsity: float) -> list[torch.Tensor]:
@@ -144,8 +152,10 @@ def hmlp_outputs_transposed(hnet: HMLP, task_ids: list[int]) -> torch.Tensor:
 
 
 class Segments(NamedTuple):
-    """The tensors of a flat vector that are pruned, as tensors (on the vector's device)."""
+    """The tensors of a flat vector that are pruned: their sizes, and the same as tensors
+    on the vector's device (a captured step cannot copy them there)."""
 
+    lengths: tuple[int, ...]  # each tensor's number of entries
     ids: torch.Tensor  # [n_pruned] int64: the tensor each entry belongs to
     starts: torch.Tensor  # [L] int64: where each tensor starts
     sizes: torch.Tensor  # [L] int64: its number of entries
@@ -155,7 +165,7 @@ def pruned_segments(sizes: list[int], device: torch.device | None = None) -> Seg
     """Segments for consecutive tensors of `sizes` entries at the start of a flat vector."""
     sizes_tensor = torch.tensor(sizes, dtype=torch.int64, device=device)
     ids = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes_tensor)
-    return Segments(ids, sizes_tensor.cumsum(0) - sizes_tensor, sizes_tensor)
+    return Segments(tuple(sizes), ids, sizes_tensor.cumsum(0) - sizes_tensor, sizes_tensor)
 
 
 def semi_binary_masks(hnet_output: list[torch.Tensor],
@@ -186,13 +196,16 @@ def semi_binary_mask(hnet_output: torch.Tensor, sparsity: float | torch.Tensor,
         m: [n_outputs].
     """
     r = torch.tanh(hnet_output).abs()
-    if not isinstance(sparsity, torch.Tensor) and sparsity <= 0:
+    if not pruned.lengths or not isinstance(sparsity, torch.Tensor) and sparsity <= 0:
         return r
     q = sparsity / 100  # rounded to r's precision once, as quantile does a number
     q = q.to(r.dtype) if isinstance(q, torch.Tensor) else q
     head, last = r.split([len(pruned.ids), len(r) - len(pruned.ids)])
-    threshold = segment_quantiles(head, q, pruned)  # [L]
-    return torch.cat([torch.where(head >= threshold[pruned.ids], head, 0), last])
+    if r.device.type in QUANTILE_PER_TENSOR_ON:
+        threshold = torch.stack([torch.quantile(v, q) for v in head.split(pruned.lengths)])
+    else:
+        threshold = segment_quantiles(head, q, pruned)  # [L]
+    return torch.cat([torch.where(head >= threshold.index_select(0, pruned.ids), head, 0), last])
 
 
 def segment_quantiles(values: torch.Tensor, q: float | torch.Tensor,
@@ -214,7 +227,7 @@ def segment_quantiles(values: torch.Tensor, q: float | torch.Tensor,
     # A float >= 0 orders like its bits as an integer (NaN after +inf, as sort puts it):
     # keys (segment, bits) sort every segment at once, each in its own range.
     keys = values.view(torch.int32).to(torch.int64) + (segments.ids << 32)
-    ordered = keys.sort().values
+    ordered = keys.sort(stable=True).values  # stable: on a CPU, a radix sort (far faster)
     ranks = (segments.sizes - 1).to(values.dtype) * q  # [L]
     below = ranks.to(torch.int64)  # floor: ranks >= 0
     above = ranks.ceil().to(torch.int64)

@@ -198,8 +198,16 @@ def scores_with_ties(seed):
 RAMP = [30 * (i + 1) / 2000 for i in range(0, 2000, 333)]
 
 
+@pytest.fixture(params=["one sort", "quantile per tensor"])
+def thresholds(request, monkeypatch):
+    """Both ways to the thresholds: one sort (GPUs) and torch.quantile per tensor (CPUs)."""
+    devices = {"cpu"} if request.param == "quantile per tensor" else set()
+    monkeypatch.setattr(hypermask, "QUANTILE_PER_TENSOR_ON", devices)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_masks_are_bitwise_those_of_one_quantile_per_tensor(seed):
+def test_masks_are_bitwise_those_of_one_quantile_per_tensor(seed, thresholds):
     outputs = scores_with_ties(seed)
     for sparsity in RAMP + [0.0, 0.5, 12.5, 29.999, 50.0, 70.0, 99.5, 100.0]:
         for p in (sparsity, torch.tensor(sparsity, dtype=torch.float64)):
@@ -209,7 +217,7 @@ def test_masks_are_bitwise_those_of_one_quantile_per_tensor(seed):
                 assert torch.equal(ours_mask, reference_mask), sparsity
 
 
-def test_a_nan_output_prunes_its_tensor_as_quantile_does():
+def test_a_nan_output_prunes_its_tensor_as_quantile_does(thresholds):
     """torch.quantile of a tensor holding a NaN is NaN: nothing of it is kept (and the
     loss, NaN, stops the run); the last tensor is never pruned, NaN included."""
     outputs = scores_with_ties(0)
@@ -245,7 +253,8 @@ def loss_and_gradients(loss_function, model, x, y, **arguments):
 @pytest.mark.parametrize("network", ["MLP", "chunked MLP", "ResNet-20", "ZenkeNet",
                                      "ZenkeNet-tiny"])
 @pytest.mark.parametrize("sparsity, masking", [(0, False), (30, True)])
-def test_flat_masks_give_the_gradients_of_one_tensor_at_a_time(network, sparsity, masking):
+def test_flat_masks_give_the_gradients_of_one_tensor_at_a_time(network, sparsity, masking,
+                                                               monkeypatch):
     """Every gradient bit for bit as the per-tensor loop gave it, so training is unchanged.
 
     Only the drift term's value may differ: one float32 sum over all entries instead of
@@ -255,6 +264,7 @@ def test_flat_masks_give_the_gradients_of_one_tensor_at_a_time(network, sparsity
     """
     config, shape, classes = target_network_case(network)
     config = dataclasses.replace(config, sparsity=sparsity, norm_regularizer_masking=masking)
+    monkeypatch.setattr(hypermask, "QUANTILE_PER_TENSOR_ON", set())  # as on a GPU: one sort
     task_id = 3
     torch.manual_seed(0)
     model = hypermask.build_model(config, shape, classes)
@@ -286,7 +296,7 @@ def test_flat_masks_give_the_gradients_of_one_tensor_at_a_time(network, sparsity
         assert ours_grad is None or torch.equal(ours_grad, before_grad)
 
 
-def test_the_mask_of_a_model_is_the_per_tensor_masks_flat():
+def test_the_mask_of_a_model_is_the_per_tensor_masks_flat(thresholds):
     config, shape, classes = target_network_case("ZenkeNet-tiny")
     model = hypermask.build_model(config, shape, classes)
     output = model.hnet_outputs([1])[0]
@@ -327,13 +337,13 @@ def hidden_and_output_layer(hnet, task_ids):
 
 
 def test_outputs_are_hypnettorchs_from_the_transposed_rows_on(monkeypatch):
-    """Below OUTPUT_LAYER_TRANSPOSED_FROM rows, hypnettorch's own call (same bits); from
-    it on, (W·hᵀ)ᵀ: the same products summed in another order. Either float32 result of
+    """Below OUTPUT_LAYER_TRANSPOSED_FROM's rows, hypnettorch's own call (same bits); from
+    them on, (W·hᵀ)ᵀ: the same products summed in another order. Either float32 result of
     a sum of K products and a bias is within γ_(K+1)·(|W|·|h|ᵀ + |b|) of the exact value
     (γ_n = n·2⁻²⁴ / (1 − n·2⁻²⁴), the textbook bound for any summation order); the
     float64 product of the same float32 h, W and b stands in for the exact value."""
     model = hypermask.build_model(dataclasses.replace(CONFIG, number_of_tasks=8), (7,), 3)
-    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", 4)
+    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", {"rows": 4, "hidden": 1})
     for rows in range(1, 9):
         task_ids = list(range(rows))
         with torch.no_grad():
@@ -352,9 +362,17 @@ def test_outputs_are_hypnettorchs_from_the_transposed_rows_on(monkeypatch):
         assert not torch.equal(ours, hypnettorch)  # else this test tests nothing
 
 
-def test_chunked_hypernetworks_keep_hypnettorchs_call():
-    model = hypermask.build_model(dataclasses.replace(CONFIG, chunk_size=7, number_of_tasks=8),
-                                  (7,), 3)
+def test_small_and_chunked_hypernetworks_keep_hypnettorchs_call():
+    """Under 100 hidden units (the demo's 25, Split MNIST's) W·hᵀ was slower on the CPU:
+    hypnettorch's own call, as for a chunked hypernetwork. From 100 on, (W·hᵀ)ᵀ (a view)."""
+    config = dataclasses.replace(CONFIG, number_of_tasks=8)
+    large = hypermask.build_model(dataclasses.replace(config, hnet_hidden_layers=(100,)), (7,), 3)
+    assert not large.hnet_outputs(list(range(8))).is_contiguous()
+    model = hypermask.build_model(config, (7,), 3)
+    outputs = model.hnet_outputs(list(range(8)))
+    assert torch.equal(outputs, model.hnet(cond_id=list(range(8)), ret_format="flattened"))
+    model = hypermask.build_model(dataclasses.replace(config, chunk_size=7,
+                                                      hnet_hidden_layers=(100,)), (7,), 3)
     assert not model.plain_hmlp
     outputs = model.hnet_outputs(list(range(8)))
     assert torch.equal(outputs, model.hnet(cond_id=list(range(8)), ret_format="flattened"))
@@ -375,7 +393,7 @@ def test_the_transposed_output_layer_gives_the_loss_and_gradients_within_roundin
             p.add_(0.05 * torch.randn_like(p))
     x, y = torch.randn(16, 7), torch.randint(0, 3, (16,))
     arguments = dict(task_id=task_id, num_classes=3, sparsity=0, start=start, config=config)
-    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", 4)
+    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", {"rows": 4, "hidden": 1})
     transposed = loss_and_gradients(hypermask.training_loss, model, x, y, **arguments)
     monkeypatch.delitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu")
     linear = loss_and_gradients(hypermask.training_loss, model, x, y, **arguments)
