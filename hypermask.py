@@ -18,7 +18,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,25 @@ if TYPE_CHECKING:
 
 BATCH_NORM_PARAMETERS = ("bn_scale", "bn_shift")
 VALIDATION_EVERY = 100  # iterations
+# Where the hypernetwork's output layer is computed as (W·hᵀ)ᵀ rather than hypnettorch's
+# h·Wᵀ (the same sums of products in another GEMM): per device type, from this many rows
+# (tasks at once) and hidden units (the GEMM's inner size) on, where bench/output_layer.py
+# measured it faster. A device type not listed always gets h·Wᵀ (GPUs: not measured yet).
+OUTPUT_LAYER_TRANSPOSED_FROM = {"cpu": {"rows": 4, "hidden": 100}}
+# Devices where each semi-binary threshold comes from torch.quantile per tensor: a selection
+# that costs a CPU less than one sort of every tensor's scores. Elsewhere (GPUs) one sort
+# gives them all in a few kernels. The same bits either way.
+QUANTILE_PER_TENSOR_ON = {"cpu"}
 
 
 class HyperMask(nn.Module):
-    """A target network θ and a hypernetwork that masks it, one embedding per task."""
+    """A target network θ and a hypernetwork that masks it, one embedding per task.
+
+    The masked tensors (all but batch norm's) are handled as one flat vector, in
+    hypernetwork output order: the mask, θ ⊙ m and the drift term are a few
+    operations over [n_outputs], not a loop over tensors; the target network gets
+    views of the flat θ ⊙ m.
+    """
 
     def __init__(self, target: nn.Module, hnet: nn.Module):
         super().__init__()
@@ -47,64 +62,179 @@ class HyperMask(nn.Module):
         self.hnet = hnet
         # Every tensor but batch norm's is masked (and produced by the hnet).
         self.maskable = maskable_indices(target)
-        self.numels = [math.prod(target.param_shapes[i]) for i in self.maskable]
+        self.shapes = [torch.Size(target.param_shapes[i]) for i in self.maskable]
+        self.numels = [shape.numel() for shape in self.shapes]
+        # Where each pruned tensor (every masked one but the last) lies in the flat
+        # output, on the model's device: a captured step cannot copy it there. Not saved.
+        for name, value in pruned_segments(self.numels[:-1])._asdict().items():
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(f"pruned_{name}", value, persistent=False)
+        # hmlp_outputs_transposed knows HMLP's layers as build_model makes them.
+        self.plain_hmlp = (type(hnet) is HMLP and hnet.has_bias and hnet.batchnorm_layers is None
+                           and hnet._dropout is None)
 
     @property
     def maskable_params(self) -> list[torch.Tensor]:
         """θ_l for every masked tensor, in hypernetwork output order."""
         return [self.target.internal_params[i] for i in self.maskable]
 
+    def flat_params(self) -> torch.Tensor:
+        """θ of the masked tensors as one vector, in hypernetwork output order: [n_outputs]."""
+        return torch.cat([p.flatten() for p in self.maskable_params])
+
+    def unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of a flat [n_outputs] vector shaped like the masked tensors."""
+        return [piece.view(shape) for piece, shape in zip(flat.split(self.numels), self.shapes)]
+
     def hnet_outputs(self, task_ids: list[int]) -> torch.Tensor:
         """Raw hypernetwork outputs, one row per task: [len(task_ids), n_outputs]."""
+        rule = OUTPUT_LAYER_TRANSPOSED_FROM.get(self.hnet.conditional_params[0].device.type)
+        if (self.plain_hmlp and rule and len(task_ids) >= rule["rows"]
+                and self.hnet.layer_weight_tensors[-1].shape[1] >= rule["hidden"]):
+            return hmlp_outputs_transposed(self.hnet, task_ids)
         return self.hnet(cond_id=task_ids, ret_format="flattened")
 
-    def masks(self, hnet_output: torch.Tensor, sparsity: float) -> list[torch.Tensor]:
-        """Semi-binary masks from one task's flat hypernetwork output [n_outputs]."""
-        shapes = [self.target.param_shapes[i] for i in self.maskable]
-        pieces = torch.split(hnet_output, self.numels)
-        return semi_binary_masks([h.view(s) for h, s in zip(pieces, shapes)], sparsity)
+    def mask(self, hnet_output: torch.Tensor, sparsity: float | torch.Tensor) -> torch.Tensor:
+        """The semi-binary mask from one task's flat hypernetwork output: [n_outputs]."""
+        segments = Segments(tuple(self.numels[:-1]), self.pruned_ids, self.pruned_starts,
+                            self.pruned_sizes)
+        return semi_binary_mask(hnet_output, sparsity, segments)
 
-    def masked_weights(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """θ ⊙ m for every masked tensor; the output bias and batch norm pass unmasked."""
+    def masks(self, hnet_output: torch.Tensor, sparsity: float) -> list[torch.Tensor]:
+        """The semi-binary mask as one tensor per masked tensor (views of the flat mask)."""
+        return self.unflatten(self.mask(hnet_output, sparsity))
+
+    def masked_weights(self, mask: torch.Tensor | list[torch.Tensor],
+                       params: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """θ ⊙ m for every masked tensor; the output bias and batch norm pass unmasked.
+
+        Args:
+            mask: m, flat [n_outputs] (or a list of tensors shaped like the masked ones).
+            params: θ as flat_params() gives it, for a caller that uses it too (one
+                flat θ, so that its gradients add up in one operation).
+        Returns:
+            the target network's weights, one tensor per parameter tensor.
+        """
+        if isinstance(mask, (list, tuple)):
+            mask = torch.cat([m.flatten() for m in mask])
+        params = self.flat_params() if params is None else params
         weights = list(self.target.internal_params)
-        for i, m in zip(self.maskable[:-1], masks[:-1]):
-            weights[i] = weights[i] * m
+        for i, weight in zip(self.maskable[:-1], self.unflatten(params * mask)[:-1]):
+            weights[i] = weight
         return weights
 
     def task_weights(self, task_id: int, sparsity: float) -> list[torch.Tensor]:
         """The target network's weights for task `task_id`: θ ⊙ m_t."""
-        return self.masked_weights(self.masks(self.hnet_outputs([task_id])[0], sparsity))
+        return self.masked_weights(self.mask(self.hnet_outputs([task_id])[0], sparsity))
 
     def forward(self, x: torch.Tensor, task_id: int, sparsity: float) -> torch.Tensor:
         """Logits of task `task_id`'s masked network for a batch x."""
         return self.target(x, weights=self.task_weights(task_id, sparsity))
 
 
+def hmlp_outputs_transposed(hnet: HMLP, task_ids: list[int]) -> torch.Tensor:
+    """hnet(cond_id=task_ids, ret_format="flattened") with the output layer as (W·hᵀ)ᵀ.
+
+    HMLP's forward as build_model makes it (no batch norm, no dropout, biases):
+    the task embeddings through the hidden layers (F.linear, then the
+    activation), then the output layer. For many outputs and several rows, W·hᵀ
+    is a faster GEMM than h·Wᵀ on some BLAS libraries; the products and sums are
+    the same, added in another order (last digits may differ).
+
+    Returns:
+        [len(task_ids), n_outputs], a transposed view of an [n_outputs, rows] tensor.
+    """
+    h = torch.stack([hnet.conditional_params[i] for i in task_ids])  # [rows, E]
+    *hidden, (weight, bias) = zip(hnet.layer_weight_tensors, hnet.layer_bias_vectors)
+    for hidden_weight, hidden_bias in hidden:
+        h = hnet._act_fn(F.linear(h, hidden_weight, hidden_bias))
+    return torch.addmm(bias[:, None], weight, h.T).T  # W [n_outputs, H] · hᵀ [H, rows]
+
+
+class Segments(NamedTuple):
+    """The tensors of a flat vector that are pruned: their sizes, and the same as tensors
+    on the vector's device (a captured step cannot copy them there)."""
+
+    lengths: tuple[int, ...]  # each tensor's number of entries
+    ids: torch.Tensor  # [n_pruned] int64: the tensor each entry belongs to
+    starts: torch.Tensor  # [L] int64: where each tensor starts
+    sizes: torch.Tensor  # [L] int64: its number of entries
+
+
+def pruned_segments(sizes: list[int], device: torch.device | None = None) -> Segments:
+    """Segments for consecutive tensors of `sizes` entries at the start of a flat vector."""
+    sizes_tensor = torch.tensor(sizes, dtype=torch.int64, device=device)
+    ids = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes_tensor)
+    return Segments(tuple(sizes), ids, sizes_tensor.cumsum(0) - sizes_tensor, sizes_tensor)
+
+
 def semi_binary_masks(hnet_output: list[torch.Tensor],
                       sparsity: float | torch.Tensor) -> list[torch.Tensor]:
-    """The semi-binary mask of SPEC §2, one tensor per target tensor.
+    """semi_binary_mask for outputs given as one tensor per target tensor, shaped alike."""
+    flat = torch.cat([h.flatten() for h in hnet_output])
+    segments = pruned_segments([h.numel() for h in hnet_output[:-1]], flat.device)
+    pieces = semi_binary_mask(flat, sparsity, segments).split([h.numel() for h in hnet_output])
+    return [piece.view(h.shape) for piece, h in zip(pieces, hnet_output)]
+
+
+def semi_binary_mask(hnet_output: torch.Tensor, sparsity: float | torch.Tensor,
+                     pruned: Segments) -> torch.Tensor:
+    """The semi-binary mask (docs/method.md) over a flat vector of hypernetwork outputs.
 
     m_l = r_l where r_l >= the p-th percentile of r_l, else 0, with
     r_l = |tanh(h_l)|; the last tensor is never pruned. Gradients flow
-    through tanh and abs into the kept entries.
+    through tanh and abs into the kept entries. Every threshold equals
+    torch.quantile's (linear interpolation) for its tensor, bit for bit.
 
     Args:
-        hnet_output: raw hypernetwork outputs h_l, shaped like the target tensors.
+        hnet_output: raw hypernetwork outputs h, flat: [n_outputs], float32.
         sparsity: p, the percentage of each tensor's entries removed (0..100); a
             0-dim float64 tensor for a captured step (no branch on its value, no
-            host sync), which gives the very same masks as the Python number.
+            host sync), which gives the very same mask as the Python number.
+        pruned: where the pruned tensors (all but the last) lie in the vector.
+    Returns:
+        m: [n_outputs].
     """
-    masks = []
-    prune = isinstance(sparsity, torch.Tensor) or sparsity > 0
-    for l, h in enumerate(hnet_output):
-        r = torch.tanh(h).abs()
-        if prune and l < len(hnet_output) - 1:
-            q = sparsity / 100  # rounded to r's precision once, as quantile does a number
-            q = q.to(r.dtype) if isinstance(q, torch.Tensor) else q
-            threshold = torch.quantile(r.flatten(), q)  # linear interpolation
-            r = torch.where(r >= threshold, r, torch.zeros_like(r))
-        masks.append(r)
-    return masks
+    r = torch.tanh(hnet_output).abs()
+    if not pruned.lengths or not isinstance(sparsity, torch.Tensor) and sparsity <= 0:
+        return r
+    q = sparsity / 100  # rounded to r's precision once, as quantile does a number
+    q = q.to(r.dtype) if isinstance(q, torch.Tensor) else q
+    head, last = r.split([len(pruned.ids), len(r) - len(pruned.ids)])
+    if r.device.type in QUANTILE_PER_TENSOR_ON:
+        threshold = torch.stack([torch.quantile(v, q) for v in head.split(pruned.lengths)])
+    else:
+        threshold = segment_quantiles(head, q, pruned)  # [L]
+    return torch.cat([torch.where(head >= threshold.index_select(0, pruned.ids), head, 0), last])
+
+
+def segment_quantiles(values: torch.Tensor, q: float | torch.Tensor,
+                      segments: Segments) -> torch.Tensor:
+    """torch.quantile(values of each segment, q) for every segment, from one sort.
+
+    Exactly quantile's linear interpolation: position q·(n − 1) in the sorted
+    segment (computed in the values' precision), the two entries around it
+    mixed by torch.lerp; a segment holding a NaN gets NaN.
+
+    Args:
+        values: [n], float32 and >= 0 (|tanh| scores), segments back to back.
+        q: the quantile in [0, 1]: a number or a 0-dim tensor of the values' dtype.
+    Returns:
+        [L], one threshold per segment.
+    """
+    if values.dtype != torch.float32:
+        raise TypeError(f"semi-binary masks are computed in float32, not {values.dtype}")
+    # A float >= 0 orders like its bits as an integer (NaN after +inf, as sort puts it):
+    # keys (segment, bits) sort every segment at once, each in its own range.
+    keys = values.view(torch.int32).to(torch.int64) + (segments.ids << 32)
+    ordered = keys.sort(stable=True).values  # stable: on a CPU, a radix sort (far faster)
+    ranks = (segments.sizes - 1).to(values.dtype) * q  # [L]
+    below = ranks.to(torch.int64)  # floor: ranks >= 0
+    above = ranks.ceil().to(torch.int64)
+    positions = segments.starts + torch.stack([below, above, segments.sizes - 1])  # [3, L]
+    low, high, largest = (ordered[positions] & 0xFFFFFFFF).to(torch.int32).view(values.dtype)
+    threshold = low.lerp(high, ranks - below)
+    return torch.where(largest.isnan(), largest, threshold)
 
 
 def current_sparsity(config: HyperParameters, task_id: int, iteration: int,
@@ -232,19 +362,19 @@ class TaskStart:
     """What the regularisers compare against, fixed when task t starts."""
 
     hnet_targets: torch.Tensor  # h*_j for j < t, detached: [t, n_outputs]
-    start_params: list[torch.Tensor]  # θ^start for every masked tensor
+    start_params: torch.Tensor  # θ^start, flat over the masked tensors: [n_outputs]
 
 
 def task_start(model: HyperMask, task_id: int) -> TaskStart:
     """Snapshot the earlier tasks' hypernetwork outputs and θ before task `task_id`."""
     with torch.no_grad():
         targets = model.hnet_outputs(list(range(task_id))) if task_id > 0 else None
-    return TaskStart(targets, [p.detach().clone() for p in model.maskable_params])
+        return TaskStart(targets, model.flat_params())
 
 
 def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id: int,
-                  num_classes: int, sparsity: float, start: TaskStart,
-                  config: HyperParameters, batched: bool = True) -> dict[str, torch.Tensor]:
+                  num_classes: int, sparsity: float | torch.Tensor, start: TaskStart,
+                  config: HyperParameters) -> dict[str, torch.Tensor]:
     """The HyperMask loss on one batch (SPEC §3).
 
     Args:
@@ -253,29 +383,25 @@ def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id
         num_classes: the task's outputs (the first `num_classes` logits).
         sparsity: p for this iteration.
         start: the regularisers' reference points for this task.
-        batched: compute the current task's and every earlier task's
-            hypernetwork output in one call (the default); False loops over
-            earlier tasks one call each (kept for the benchmark).
     Returns:
         loss, task_loss, hnet_term (β·R_hnet/max(1,t)), target_term (λ·R_target).
     """
-    outputs = model.hnet_outputs(list(range(task_id + 1)) if batched else [task_id])
+    # The current task's and every earlier task's outputs in one call: [t + 1, n_outputs].
     # One split (its backward is one concatenation), not two views whose
     # backward passes each fill a zero tensor of the full [t + 1, n_outputs].
-    previous, current = outputs.split([len(outputs) - 1, 1])
-    masks = model.masks(current[0], sparsity)
-    logits = model.target(x, weights=model.masked_weights(masks))
+    previous, current = model.hnet_outputs(list(range(task_id + 1))).split([task_id, 1])
+    mask = model.mask(current[0], sparsity)  # m_t, flat over θ's masked tensors
+    params = model.flat_params()  # θ, flat like the mask
+    logits = model.target(x, weights=model.masked_weights(mask, params))
     task_loss = F.cross_entropy(logits[:, :num_classes], y)
     hnet_term = target_term = torch.zeros((), device=x.device)
     if task_id > 0:
-        if not batched:
-            previous = torch.cat([model.hnet_outputs([j]) for j in range(task_id)])
         # Σ_j ‖hnet(e_j) − h*_j‖², the squares and their gradient each in one pass.
         hnet_reg = F.mse_loss(previous, start.hnet_targets, reduction="sum") / task_id
-        drifts = [p - p0 for p, p0 in zip(model.maskable_params, start.start_params)]
+        drift = params - start.start_params  # θ − θ^start
         if config.norm_regularizer_masking:
-            drifts = [d * m for d, m in zip(drifts, masks)]
-        target_reg = sum(d.abs().sum() for d in drifts)
+            drift = drift * mask
+        target_reg = drift.abs().sum()
         hnet_term = config.beta * hnet_reg / max(1, task_id)
         target_term = config.lam * target_reg
     loss = task_loss + hnet_term + target_term
@@ -371,9 +497,10 @@ def training_state(model: HyperMask, task: Task, task_id: int, config: HyperPara
         {**group, "capturable": capturable} for group in saved["param_groups"]]})
     if scheduler is not None:
         scheduler.load_state_dict(resume["scheduler"])
-    targets = resume["hnet_targets"]
-    start = TaskStart(None if targets is None else targets.to(device),
-                      [p.to(device) for p in resume["start_params"]])
+    targets, params = resume["hnet_targets"], resume["start_params"]
+    if isinstance(params, list):  # saved before θ^start was flat: one tensor per masked tensor
+        params = torch.cat([p.flatten() for p in params])
+    start = TaskStart(None if targets is None else targets.to(device), params.to(device))
     return TrainingState(resume["iteration"], optimizer, scheduler, start,
                          TrainingBatches(task, config.batch_size, resume["batches"]),
                          resume["log"], resume["best_accuracy"], resume["best_state"],

@@ -1,7 +1,9 @@
 """The semi-binary mask, the masked network and the regularisers (SPEC §2-3)."""
 
+import copy
 import dataclasses
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -17,8 +19,8 @@ CONFIG = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(
 
 
 def from_scores(scores):
-    """Hypernetwork outputs whose |tanh| equals the given scores."""
-    return torch.atanh(torch.tensor(scores, dtype=torch.float64))
+    """Hypernetwork outputs whose |tanh| equals the given scores (to float32's precision)."""
+    return torch.atanh(torch.tensor(scores))
 
 
 @pytest.mark.parametrize("scores, sparsity, kept", [
@@ -33,14 +35,14 @@ def from_scores(scores):
 ])
 def test_mask_percentile_with_linear_interpolation(scores, sparsity, kept):
     masks = hypermask.semi_binary_masks([from_scores(scores), from_scores([0.5])], sparsity)
-    assert torch.allclose(masks[0], torch.tensor(kept, dtype=torch.float64))
+    assert torch.allclose(masks[0], torch.tensor(kept))
 
 
 def test_last_tensor_is_never_pruned():
     scores = [0.1, 0.2, 0.3, 0.4, 0.5]
     masks = hypermask.semi_binary_masks([from_scores(scores), from_scores(scores)], 60)
     assert (masks[0] == 0).sum() == 3
-    assert torch.allclose(masks[1], torch.tensor(scores, dtype=torch.float64))
+    assert torch.allclose(masks[1], torch.tensor(scores))
 
 
 def test_mask_keeps_gradient_of_kept_entries_only():
@@ -93,13 +95,12 @@ def perturbed_model_and_targets(task_id):
     return model, targets, start
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_output_regulariser_equals_hypnettorch(batched):
+def test_output_regulariser_equals_hypnettorch():
     task_id = 3
     model, targets, start = perturbed_model_and_targets(task_id)
     x, y = torch.randn(4, 7), torch.tensor([0, 1, 2, 0])
     terms = hypermask.training_loss(model, x, y, task_id=task_id, num_classes=3, sparsity=0,
-                                    start=start, config=CONFIG, batched=batched)
+                                    start=start, config=CONFIG)
     ours = terms["hnet_term"] * task_id / CONFIG.beta  # undo beta / max(1, t)
     reference = calc_fix_target_reg(model.hnet, task_id, targets=targets)
     assert reference > 0
@@ -121,8 +122,8 @@ def test_target_regulariser_is_l1_drift_masked_by_current_task(masking):
     terms = hypermask.training_loss(model, x, y, task_id=task_id, num_classes=3,
                                     sparsity=config.sparsity, start=start, config=config)
     masks = model.masks(model.hnet_outputs([task_id])[0], config.sparsity)
-    expected = sum(((p - p0) * (m if masking else 1)).abs().sum()
-                   for p, p0, m in zip(model.maskable_params, start.start_params, masks))
+    expected = sum(((p - p0) * (m if masking else 1)).abs().sum() for p, p0, m in
+                   zip(model.maskable_params, model.unflatten(start.start_params), masks))
     assert torch.allclose(terms["target_term"], config.lam * expected)
 
 
@@ -136,15 +137,41 @@ def test_first_task_has_no_regularisers():
     assert torch.allclose(terms["loss"], terms["task_loss"])
 
 
-def loss_as_first_written(model, x, y, *, task_id, num_classes, sparsity, start, config):
-    """The training loss exactly as it was computed before the step was sped up: two views
-    of the hypernetwork outputs and the squared differences through sub/pow/sum."""
-    outputs = model.hnet_outputs(list(range(task_id + 1)))
-    masks = model.masks(outputs[-1], sparsity)
-    logits = model.target(x, weights=model.masked_weights(masks))
+# ------------------------------------------- the previous, per-tensor implementation
+
+
+def masks_one_quantile_per_tensor(hnet_output, sparsity):
+    """The semi-binary masks as computed before they were flat: a loop over the tensors,
+    one torch.quantile each (the reference for semi_binary_mask's bits)."""
+    masks = []
+    prune = isinstance(sparsity, torch.Tensor) or sparsity > 0
+    for l, h in enumerate(hnet_output):
+        r = torch.tanh(h).abs()
+        if prune and l < len(hnet_output) - 1:
+            q = sparsity / 100
+            q = q.to(r.dtype) if isinstance(q, torch.Tensor) else q
+            threshold = torch.quantile(r.flatten(), q)
+            r = torch.where(r >= threshold, r, torch.zeros_like(r))
+        masks.append(r)
+    return masks
+
+
+def loss_one_tensor_at_a_time(model, x, y, *, task_id, num_classes, sparsity, start, config):
+    """training_loss as it was before the masks were flat: masks, θ ⊙ m and the drift
+    term in a loop over the masked tensors (the hypernetwork call is the model's own)."""
+    previous, current = model.hnet_outputs(list(range(task_id + 1))).split([task_id, 1])
+    masks = masks_one_quantile_per_tensor(model.unflatten(current[0]), sparsity)
+    weights = list(model.target.internal_params)
+    for i, m in zip(model.maskable[:-1], masks[:-1]):
+        weights[i] = weights[i] * m
+    logits = model.target(x, weights=weights)
     task_loss = torch.nn.functional.cross_entropy(logits[:, :num_classes], y)
-    hnet_reg = (outputs[:-1] - start.hnet_targets).pow(2).sum() / task_id
-    drifts = [(p - p0) * m for p, p0, m in zip(model.maskable_params, start.start_params, masks)]
+    hnet_reg = torch.nn.functional.mse_loss(previous, start.hnet_targets,
+                                            reduction="sum") / task_id
+    drifts = [p - p0 for p, p0 in zip(model.maskable_params,
+                                      model.unflatten(start.start_params))]
+    if config.norm_regularizer_masking:
+        drifts = [d * m for d, m in zip(drifts, masks)]
     target_reg = sum(d.abs().sum() for d in drifts)
     hnet_term = config.beta * hnet_reg / max(1, task_id)
     target_term = config.lam * target_reg
@@ -152,26 +179,237 @@ def loss_as_first_written(model, x, y, *, task_id, num_classes, sparsity, start,
                 hnet_term=hnet_term, target_term=target_term)
 
 
-@pytest.mark.parametrize("sparsity", [0, 30])
-def test_loss_and_gradients_are_bitwise_those_of_the_first_implementation(sparsity):
+SCORE_SIZES = [1, 2, 3, 5, 7, 16, 17, 31, 33, 100, 257, 1000, 4099, 3]
+
+
+def scores_with_ties(seed):
+    """Hypernetwork outputs of many sizes: spread, saturated (|tanh| = 1 exactly), repeated
+    values and exact zeros, so that thresholds fall on ties and between equal neighbours."""
+    generator = torch.Generator().manual_seed(seed)
+    outputs = []
+    for size in SCORE_SIZES:
+        h = torch.randn(size, generator=generator) * (20 if size % 2 else 1)
+        if size > 30:
+            h[: size // 3] = torch.round(h[: size // 3] * 4) / 4  # ties, zeros among them
+        outputs.append(h)
+    return outputs
+
+
+RAMP = [30 * (i + 1) / 2000 for i in range(0, 2000, 333)]
+
+
+@pytest.fixture(params=["one sort", "quantile per tensor"])
+def thresholds(request, monkeypatch):
+    """Both ways to the thresholds: one sort (GPUs) and torch.quantile per tensor (CPUs)."""
+    devices = {"cpu"} if request.param == "quantile per tensor" else set()
+    monkeypatch.setattr(hypermask, "QUANTILE_PER_TENSOR_ON", devices)
+    return request.param
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masks_are_bitwise_those_of_one_quantile_per_tensor(seed, thresholds):
+    outputs = scores_with_ties(seed)
+    for sparsity in RAMP + [0.0, 0.5, 12.5, 29.999, 50.0, 70.0, 99.5, 100.0]:
+        for p in (sparsity, torch.tensor(sparsity, dtype=torch.float64)):
+            ours = hypermask.semi_binary_masks(outputs, p)
+            reference = masks_one_quantile_per_tensor(outputs, p)
+            for ours_mask, reference_mask in zip(ours, reference):
+                assert torch.equal(ours_mask, reference_mask), sparsity
+
+
+def test_a_nan_output_prunes_its_tensor_as_quantile_does(thresholds):
+    """torch.quantile of a tensor holding a NaN is NaN: nothing of it is kept (and the
+    loss, NaN, stops the run); the last tensor is never pruned, NaN included."""
+    outputs = scores_with_ties(0)
+    outputs[9][0] = outputs[-1][1] = float("nan")  # 100 entries; the last tensor
+    ours = hypermask.semi_binary_masks(outputs, 30)
+    assert (ours[9] == 0).all() and (ours[8] > 0).any() and ours[-1][1].isnan()
+    for ours_mask, reference_mask in zip(ours, masks_one_quantile_per_tensor(outputs, 30)):
+        torch.testing.assert_close(ours_mask, reference_mask, rtol=0, atol=0, equal_nan=True)
+
+
+def target_network_case(name):
+    """A small configuration of each target network: (config, input shape, classes)."""
+    if name in ("MLP", "chunked MLP"):
+        chunks = dict(chunk_size=7, chunk_embedding_size=3) if name == "chunked MLP" else {}
+        return dataclasses.replace(CONFIG, **chunks), (7,), 3
+    dataset, part, shape, classes = {
+        # ResNet-20 takes any image size: 8x8 keeps the test fast (same tensors)
+        "ResNet-20": ("CIFAR100", 0, (8, 8, 3), 10), "ZenkeNet": ("CIFAR100", 1, (32, 32, 3), 10),
+        "ZenkeNet-tiny": ("TinyImageNet", 1, (64, 64, 3), 5)}[name]
+    config = dataclasses.replace(datasets.get_benchmark(dataset, part).best,
+                                 hnet_hidden_layers=(3,), number_of_tasks=4)
+    return config, shape, classes
+
+
+def loss_and_gradients(loss_function, model, x, y, **arguments):
+    """The loss terms and every parameter's gradient (None where a parameter got none)."""
+    model.zero_grad(set_to_none=True)
+    terms = loss_function(model, x, y, **arguments)
+    terms["loss"].backward()
+    return terms, [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("network", ["MLP", "chunked MLP", "ResNet-20", "ZenkeNet",
+                                     "ZenkeNet-tiny"])
+@pytest.mark.parametrize("sparsity, masking", [(0, False), (30, True)])
+def test_flat_masks_give_the_gradients_of_one_tensor_at_a_time(network, sparsity, masking,
+                                                               monkeypatch):
+    """Every gradient bit for bit as the per-tensor loop gave it, so training is unchanged.
+
+    Only the drift term's value may differ: one float32 sum over all entries instead of
+    a sum of per-tensor sums, the same non-negative terms added in another order. Each
+    order is within about log2(n)·2⁻²⁴ of the exact sum (torch sums in a cascade), so
+    both are held to 2⁻¹⁹ of the float64 sum of the same float32 terms.
+    """
+    config, shape, classes = target_network_case(network)
+    config = dataclasses.replace(config, sparsity=sparsity, norm_regularizer_masking=masking)
+    monkeypatch.setattr(hypermask, "QUANTILE_PER_TENSOR_ON", set())  # as on a GPU: one sort
     task_id = 3
-    model, _, start = perturbed_model_and_targets(task_id)
-    x, y = torch.randn(16, 7), torch.randint(0, 3, (16,))
-    arguments = dict(task_id=task_id, num_classes=3, sparsity=sparsity, start=start,
-                     config=CONFIG)
-    results = []
-    for loss_function in (hypermask.training_loss, loss_as_first_written):
-        model.zero_grad(set_to_none=True)
-        terms = loss_function(model, x, y, **arguments)
-        terms["loss"].backward()
-        results.append((terms, [p.grad.clone() for p in model.parameters()]))
-    (ours, our_grads), (first, first_grads) = results
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, shape, classes)
+    start = hypermask.task_start(model, task_id)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, y = torch.rand(4, math.prod(shape)), torch.arange(4) % classes
+    arguments = dict(task_id=task_id, num_classes=classes, sparsity=sparsity, start=start,
+                     config=config)
+    torch.manual_seed(1)  # ZenkeNet's dropout draws the same masks in both
+    ours, our_grads = loss_and_gradients(hypermask.training_loss, model, x, y, **arguments)
+    torch.manual_seed(1)
+    before, before_grads = loss_and_gradients(loss_one_tensor_at_a_time, model, x, y,
+                                              **arguments)
     assert ours["hnet_term"] > 0 and ours["target_term"] > 0
-    for name in ours:
-        assert torch.equal(ours[name], first[name]), name
-    assert len(our_grads) == len(first_grads)
-    for ours_grad, first_grad in zip(our_grads, first_grads):
-        assert torch.equal(ours_grad, first_grad)
+    assert torch.equal(ours["task_loss"], before["task_loss"])
+    assert torch.equal(ours["hnet_term"], before["hnet_term"])
+    with torch.no_grad():
+        mask = model.mask(model.hnet_outputs([task_id])[0], sparsity)
+        terms = (model.flat_params() - start.start_params) * (mask if masking else 1)
+        exact = config.lam * terms.abs().double().sum()
+    for value in (ours["target_term"], before["target_term"]):
+        assert abs(value.double() - exact) <= 2**-19 * exact
+    assert abs(ours["loss"] - before["loss"]) <= 2**-18 * before["loss"]
+    assert len(our_grads) == len(before_grads)
+    for ours_grad, before_grad in zip(our_grads, before_grads):
+        assert (ours_grad is None) == (before_grad is None)
+        assert ours_grad is None or torch.equal(ours_grad, before_grad)
+
+
+def test_the_mask_of_a_model_is_the_per_tensor_masks_flat(thresholds):
+    config, shape, classes = target_network_case("ZenkeNet-tiny")
+    model = hypermask.build_model(config, shape, classes)
+    output = model.hnet_outputs([1])[0]
+    flat = model.mask(output, 50)
+    reference = masks_one_quantile_per_tensor(model.unflatten(output), 50)
+    assert torch.equal(flat, torch.cat([m.flatten() for m in reference]))
+    assert (flat[:-model.numels[-1]] == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_checkpoint_with_one_start_tensor_per_masked_tensor_resumes():
+    """Checkpoints written before θ^start was flat hold a list of tensors: still resumable."""
+    from batches import Task
+
+    model = hypermask.build_model(CONFIG, (7,), 3)
+    x, y = torch.rand(64, 7), torch.randint(0, 3, (64,))
+    task = Task(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=3,
+                transform=lambda batch, training: batch, input_shape=(7,))
+    state = hypermask.training_state(model, task, 1, CONFIG)
+    next(state.batches)  # a task in progress
+    saved = state.state_dict()
+    assert saved["start_params"].shape == (sum(model.numels),)
+    saved["start_params"] = [p.clone() for p in model.unflatten(saved["start_params"])]
+    resumed = hypermask.training_state(model, task, 1, CONFIG, saved)
+    assert torch.equal(resumed.start.start_params, state.start.start_params)
+
+
+# ------------------------------------------------------- the output layer as W·hᵀ
+
+
+def hidden_and_output_layer(hnet, task_ids):
+    """The hypernetwork's last hidden activations h (float32, as hypnettorch computes
+    them) and its output layer's weight W and bias b."""
+    h = torch.stack([hnet.conditional_params[i] for i in task_ids])
+    layers = list(zip(hnet.layer_weight_tensors, hnet.layer_bias_vectors))
+    for weight, bias in layers[:-1]:
+        h = torch.nn.functional.elu(torch.nn.functional.linear(h, weight, bias))
+    return h, *layers[-1]
+
+
+def test_outputs_are_hypnettorchs_from_the_transposed_rows_on(monkeypatch):
+    """Below OUTPUT_LAYER_TRANSPOSED_FROM's rows, hypnettorch's own call (same bits); from
+    them on, (W·hᵀ)ᵀ: the same products summed in another order. Either float32 result of
+    a sum of K products and a bias is within γ_(K+1)·(|W|·|h|ᵀ + |b|) of the exact value
+    (γ_n = n·2⁻²⁴ / (1 − n·2⁻²⁴), the textbook bound for any summation order); the
+    float64 product of the same float32 h, W and b stands in for the exact value."""
+    model = hypermask.build_model(dataclasses.replace(CONFIG, number_of_tasks=8), (7,), 3)
+    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", {"rows": 4, "hidden": 1})
+    for rows in range(1, 9):
+        task_ids = list(range(rows))
+        with torch.no_grad():
+            ours = model.hnet_outputs(task_ids)
+            hypnettorch = model.hnet(cond_id=task_ids, ret_format="flattened")
+            h, weight, bias = (t.double() for t in hidden_and_output_layer(model.hnet, task_ids))
+        assert ours.shape == (rows, sum(model.numels))
+        if rows < 4:
+            assert torch.equal(ours, hypnettorch)
+            continue
+        exact = h @ weight.T + bias
+        k = len(h[0]) + 1
+        bound = k * 2**-24 / (1 - k * 2**-24) * (h.abs() @ weight.abs().T + bias.abs())
+        assert ((ours.double() - exact).abs() <= bound).all()
+        assert ((hypnettorch.double() - exact).abs() <= bound).all()
+        assert not torch.equal(ours, hypnettorch)  # else this test tests nothing
+
+
+def test_small_and_chunked_hypernetworks_keep_hypnettorchs_call():
+    """Under 100 hidden units (the demo's 25, Split MNIST's) W·hᵀ was slower on the CPU:
+    hypnettorch's own call, as for a chunked hypernetwork. From 100 on, (W·hᵀ)ᵀ (a view)."""
+    config = dataclasses.replace(CONFIG, number_of_tasks=8)
+    large = hypermask.build_model(dataclasses.replace(config, hnet_hidden_layers=(100,)), (7,), 3)
+    assert not large.hnet_outputs(list(range(8))).is_contiguous()
+    model = hypermask.build_model(config, (7,), 3)
+    outputs = model.hnet_outputs(list(range(8)))
+    assert torch.equal(outputs, model.hnet(cond_id=list(range(8)), ret_format="flattened"))
+    model = hypermask.build_model(dataclasses.replace(config, chunk_size=7,
+                                                      hnet_hidden_layers=(100,)), (7,), 3)
+    assert not model.plain_hmlp
+    outputs = model.hnet_outputs(list(range(8)))
+    assert torch.equal(outputs, model.hnet(cond_id=list(range(8)), ret_format="flattened"))
+
+
+def test_the_transposed_output_layer_gives_the_loss_and_gradients_within_rounding(monkeypatch):
+    """Loss and every gradient with the output layer as W·hᵀ against hypnettorch's h·Wᵀ:
+    they differ by no more than hypnettorch's own float32 step differs from the same step
+    in float64 (times 4), or 2⁻²² of the tensor's largest entry, whichever is larger."""
+    config = dataclasses.replace(CONFIG, number_of_tasks=6, sparsity=0,
+                                 norm_regularizer_masking=True)
+    task_id = 5  # 6 rows
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (7,), 3)
+    start = hypermask.task_start(model, task_id)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, y = torch.randn(16, 7), torch.randint(0, 3, (16,))
+    arguments = dict(task_id=task_id, num_classes=3, sparsity=0, start=start, config=config)
+    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", {"rows": 4, "hidden": 1})
+    transposed = loss_and_gradients(hypermask.training_loss, model, x, y, **arguments)
+    monkeypatch.delitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu")
+    linear = loss_and_gradients(hypermask.training_loss, model, x, y, **arguments)
+    model64 = copy.deepcopy(model).double()
+    start64 = hypermask.TaskStart(start.hnet_targets.double(), start.start_params.double())
+    exact = loss_and_gradients(hypermask.training_loss, model64, x.double(), y,
+                               **arguments | dict(start=start64))
+    (terms, grads), (linear_terms, linear_grads), (exact_terms, exact_grads) = (
+        transposed, linear, exact)
+    assert not all(torch.equal(a, b) for a, b in zip(grads, linear_grads))  # they do differ
+    pairs = [(terms[n], linear_terms[n], exact_terms[n]) for n in terms] + list(
+        zip(grads, linear_grads, exact_grads))
+    for ours, hypnettorch, float64 in pairs:
+        rounding = max((hypnettorch.double() - float64).abs().max().item(),
+                       2**-22 * float64.abs().max().item())
+        assert (ours.double() - hypnettorch.double()).abs().max() <= 4 * rounding
 
 
 def test_a_chunked_hypernetwork_masks_and_learns(mnist_root, tmp_path):
