@@ -1,0 +1,134 @@
+"""A per-image augmentation applied to a whole batch at once, every image with its own draws.
+
+torchvision's v2 transforms draw one set of random parameters per call, so the
+FeCAM setup's pipeline (datasets.FECAM_AUGMENT: crop, flip, colour jitter,
+AutoAugment) runs image by image in batches.AugmentedImages: about 0.55 ms of
+Python and small kernels per CIFAR image on one CPU core. `in_batches(transform)`
+gives a function of a whole batch [B, C, H, W] uint8 that
+
+- draws every image's parameters from the distributions the transform draws
+  them from (each transform's own, restated in the functions below: crop
+  offsets, flip, brightness factor; AutoAugment's sub-policy, whether each of
+  its two operations applies and the sign of a signed magnitude), and
+- applies the same torchvision kernels, once per group of images that drew
+  the same parameters: crop, flip and brightness as one tensor operation over
+  the batch (each image's offset, flip or factor), AutoAugment's operations
+  through the transform's own dispatch (`_apply_image_or_video_transform`)
+  on the images that drew that operation and magnitude.
+
+Given the same parameters an image comes out as the per-image pipeline makes
+it (tests/test_augmentation.py), so the two pipelines have one distribution;
+they draw from torch's generator in another order, so the same seed gives
+other images. Only the transforms FeCAM uses are supported; any other is a
+ValueError when the batch function is made.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+
+def in_batches(transform) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batch form of a v2 transform (or v2.Compose of them): images [B, C, H, W] uint8
+    in, the augmented images out; random draws from torch's global generator."""
+    steps = [batch_step(t) for t in (transform.transforms if isinstance(transform, v2.Compose)
+                                     else [transform])]
+
+    def augment(images: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            images = step(images)
+        return images
+
+    return augment
+
+
+def batch_step(transform) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batch form of one v2 transform, or a ValueError naming what is not supported."""
+    if (isinstance(transform, v2.RandomCrop) and transform.padding_mode == "constant"
+            and not transform.pad_if_needed and isinstance(transform.fill, (int, float))):
+        return functools.partial(random_crops, size=tuple(transform.size),
+                                 padding=transform.padding or [0] * 4, fill=transform.fill)
+    if type(transform) is v2.RandomHorizontalFlip:
+        return functools.partial(random_flips, p=transform.p)
+    if (isinstance(transform, v2.ColorJitter) and transform.brightness is not None
+            and transform.contrast is transform.saturation is transform.hue is None):
+        return functools.partial(random_brightness, bounds=transform.brightness)
+    if type(transform) is v2.AutoAugment:
+        return functools.partial(auto_augment, transform=transform)
+    raise ValueError(f"no batch form of {transform!r}: batched augmentation supports "
+                     "RandomCrop (constant padding), RandomHorizontalFlip, ColorJitter "
+                     "(brightness only) and AutoAugment")
+
+
+def random_crops(images: torch.Tensor, *, size: tuple[int, int], padding: list[int],
+                 fill: float) -> torch.Tensor:
+    """v2.RandomCrop per image: pad (left, right, top, bottom) with `fill`, then crop `size`
+    at an offset drawn uniformly among all that fit, rows and columns apart."""
+    left, right, top, bottom = padding
+    padded = F.pad(images, (left, right, top, bottom), value=fill)
+    b, (h, w) = len(images), size
+    rows = torch.randint(0, padded.shape[-2] - h + 1, (b, 1)) + torch.arange(h)  # [B, h]
+    cols = torch.randint(0, padded.shape[-1] - w + 1, (b, 1)) + torch.arange(w)  # [B, w]
+    batch = torch.arange(b)[:, None, None, None]
+    channels = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, channels, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_flips(images: torch.Tensor, *, p: float) -> torch.Tensor:
+    """v2.RandomHorizontalFlip per image: flipped where a uniform draw is below p."""
+    flip = torch.rand(len(images)) < p
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_brightness(images: torch.Tensor, *, bounds: tuple[float, float]) -> torch.Tensor:
+    """v2.ColorJitter(brightness) per image: a factor uniform in bounds (float32, as the
+    transform draws it); the pixels times it, clamped to 0..255 and truncated to uint8,
+    as v2's adjust_brightness computes them."""
+    factors = torch.empty(len(images)).uniform_(*bounds)
+    return images.mul(factors[:, None, None, None]).clamp_(0, 255).to(images.dtype)
+
+
+def auto_augment(images: torch.Tensor, *, transform: v2.AutoAugment) -> torch.Tensor:
+    """v2.AutoAugment per image: a sub-policy drawn uniformly; each of its two operations
+    applies with its probability, a signed magnitude is negated with probability 1/2.
+    The operations run in the sub-policy's order, grouped by (operation, magnitude)."""
+    policies = transform._policies  # [((name, probability, bin), (name, probability, bin))]
+    b = len(images)
+    chosen = torch.randint(len(policies), (b,)).tolist()
+    probabilities = torch.tensor([[p for _, p, _ in policy] for policy in policies])
+    applied = (torch.rand(b, 2) <= probabilities[chosen]).tolist()
+    negated = (torch.rand(b, 2) <= 0.5).tolist()
+    images = images.clone()
+    magnitudes = {}  # (name, bin, negated) -> the magnitude: computed once per batch
+    for position in (0, 1):
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i in range(b):
+            if applied[i][position]:
+                name, _, magnitude_bin = policies[chosen[i]][position]
+                key = (name, magnitude_bin, negated[i][position])
+                if key not in magnitudes:
+                    magnitudes[key] = magnitude(transform, *key, size=images.shape[-2:])
+                groups.setdefault((name, magnitudes[key]), []).append(i)
+        for (name, value), members in groups.items():
+            index = torch.tensor(members)
+            images[index] = transform._apply_image_or_video_transform(
+                images[index], name, value, interpolation=transform.interpolation,
+                fill=transform._fill)
+    return images
+
+
+def magnitude(transform: v2.AutoAugment, name: str, magnitude_bin: int | None, negated: bool,
+              *, size: tuple[int, int]) -> float:
+    """The magnitude AutoAugment uses for operation `name` at `magnitude_bin` of its 10 bins
+    on images of `size` (H, W): 0.0 for operations without one, negated if signed."""
+    bins, signed = type(transform)._AUGMENTATION_SPACE[name]
+    values = bins(10, *size)
+    if values is None:
+        return 0.0
+    value = float(values[magnitude_bin])
+    return -value if signed and negated else value
