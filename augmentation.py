@@ -67,49 +67,77 @@ def batch_step(transform) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def random_crops(images: torch.Tensor, *, size: tuple[int, int], padding: list[int],
                  fill: float) -> torch.Tensor:
-    """v2.RandomCrop per image: pad (left, right, top, bottom) with `fill`, then crop `size`
-    at an offset drawn uniformly among all that fit, rows and columns apart."""
+    """v2.RandomCrop per image: an offset drawn uniformly among all that fit in the padded
+    image, rows and columns apart (see crops)."""
+    left, right, top, bottom = padding
+    b, (h, w) = len(images), size
+    rows = torch.randint(0, images.shape[-2] + top + bottom - h + 1, (b,))
+    cols = torch.randint(0, images.shape[-1] + left + right - w + 1, (b,))
+    return crops(images, rows, cols, size=size, padding=padding, fill=fill)
+
+
+def crops(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *,
+          size: tuple[int, int], padding: list[int], fill: float) -> torch.Tensor:
+    """Pad (left, right, top, bottom) with `fill`, then crop `size` from (rows[i], cols[i])
+    of image i: [B, C, H, W] in, [B, C, *size] out."""
     left, right, top, bottom = padding
     padded = F.pad(images, (left, right, top, bottom), value=fill)
-    b, (h, w) = len(images), size
-    rows = torch.randint(0, padded.shape[-2] - h + 1, (b, 1)) + torch.arange(h)  # [B, h]
-    cols = torch.randint(0, padded.shape[-1] - w + 1, (b, 1)) + torch.arange(w)  # [B, w]
-    batch = torch.arange(b)[:, None, None, None]
+    rows = rows[:, None] + torch.arange(size[0])  # [B, h]
+    cols = cols[:, None] + torch.arange(size[1])  # [B, w]
+    batch = torch.arange(len(images))[:, None, None, None]
     channels = torch.arange(images.shape[1])[None, :, None, None]
     return padded[batch, channels, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def random_flips(images: torch.Tensor, *, p: float) -> torch.Tensor:
     """v2.RandomHorizontalFlip per image: flipped where a uniform draw is below p."""
-    flip = torch.rand(len(images)) < p
+    return flips(images, torch.rand(len(images)) < p)
+
+
+def flips(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Image i mirrored left to right where flip[i] ([B] bool)."""
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
 def random_brightness(images: torch.Tensor, *, bounds: tuple[float, float]) -> torch.Tensor:
-    """v2.ColorJitter(brightness) per image: a factor uniform in bounds (float32, as the
-    transform draws it); the pixels times it, clamped to 0..255 and truncated to uint8,
-    as v2's adjust_brightness computes them."""
-    factors = torch.empty(len(images)).uniform_(*bounds)
+    """v2.ColorJitter(brightness) per image: a factor uniform in bounds (a float32 draw, as
+    the transform's)."""
+    return brightness(images, torch.empty(len(images)).uniform_(*bounds))
+
+
+def brightness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Image i's pixels times factors[i] ([B] float32), clamped to 0..255 and truncated to
+    uint8, as v2's adjust_brightness computes them."""
     return images.mul(factors[:, None, None, None]).clamp_(0, 255).to(images.dtype)
 
 
 def auto_augment(images: torch.Tensor, *, transform: v2.AutoAugment) -> torch.Tensor:
     """v2.AutoAugment per image: a sub-policy drawn uniformly; each of its two operations
-    applies with its probability, a signed magnitude is negated with probability 1/2.
-    The operations run in the sub-policy's order, grouped by (operation, magnitude)."""
+    applies with its probability; a signed magnitude is negated with probability 1/2."""
     policies = transform._policies  # [((name, probability, bin), (name, probability, bin))]
     b = len(images)
-    chosen = torch.randint(len(policies), (b,)).tolist()
+    chosen = torch.randint(len(policies), (b,))
     probabilities = torch.tensor([[p for _, p, _ in policy] for policy in policies])
-    applied = (torch.rand(b, 2) <= probabilities[chosen]).tolist()
-    negated = (torch.rand(b, 2) <= 0.5).tolist()
+    applied = torch.rand(b, 2) <= probabilities[chosen]  # float32, as the transform compares
+    negated = torch.rand(b, 2) <= 0.5
+    return auto_augment_with(images, transform, chosen, applied, negated)
+
+
+def auto_augment_with(images: torch.Tensor, transform: v2.AutoAugment, chosen: torch.Tensor,
+                      applied: torch.Tensor, negated: torch.Tensor) -> torch.Tensor:
+    """AutoAugment with given draws: image i takes sub-policy chosen[i] ([B]); its operation
+    k applies where applied[i, k] ([B, 2] bool), negated where negated[i, k]. The first
+    operations run before the second ones, each on all the images that drew the same
+    operation and magnitude at once."""
+    policies = transform._policies
+    chosen, applied, negated = chosen.tolist(), applied.tolist(), negated.tolist()
     images = images.clone()
     magnitudes = {}  # (name, bin, negated) -> the magnitude: computed once per batch
     for position in (0, 1):
         groups: dict[tuple[str, float], list[int]] = {}
-        for i in range(b):
+        for i, policy in enumerate(chosen):
             if applied[i][position]:
-                name, _, magnitude_bin = policies[chosen[i]][position]
+                name, _, magnitude_bin = policies[policy][position]
                 key = (name, magnitude_bin, negated[i][position])
                 if key not in magnitudes:
                     magnitudes[key] = magnitude(transform, *key, size=images.shape[-2:])
