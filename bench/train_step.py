@@ -193,11 +193,18 @@ def step_bytes(dataset: str, part: int) -> int:
     return BYTES_PER_PARAMETER * parameter_count(config, shape, classes)
 
 
+def bandwidth_now(device: str) -> float:
+    """copy_bandwidth(device): on a GPU in this process, on a CPU in a fresh one (whose
+    2 GiB do not stay in this process's heap)."""
+    if device.startswith("cuda"):
+        return copy_bandwidth(device)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(copy_bandwidth, (device,))
+
+
 def print_bound(results: dict, dataset: str, part: int, device: str) -> None:
     """The measured steps of one benchmark next to the bound its memory traffic sets."""
-    spawn = multiprocessing.get_context("spawn")
-    with spawn.Pool(1) as pool:
-        bandwidth = pool.apply(copy_bandwidth, (device,))
+    bandwidth = bandwidth_now(device)
     traffic = step_bytes(dataset, part)
     bound = traffic / bandwidth
     print(f"memory-traffic bound of {dataset} {part}: a step moves at least {traffic / 1e9:.2f} GB "
