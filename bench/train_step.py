@@ -74,7 +74,7 @@ def step_setup(dataset: str, part: int, task_id: int, device: str, captured: boo
 
     Returns:
         a namespace: config, model, optimizer, start, inputs (a function giving a fresh
-        network-input batch), y (labels), classes.
+        network-input batch), y (labels), classes, shape (the input shape).
     """
     import types
 
@@ -91,7 +91,7 @@ def step_setup(dataset: str, part: int, task_id: int, device: str, captured: boo
     inputs, shape, classes = example_batch(dataset, config, device, part)
     model = hypermask.build_model(config, shape, classes).to(device)
     return types.SimpleNamespace(
-        config=config, model=model, inputs=inputs, classes=classes,
+        config=config, model=model, inputs=inputs, classes=classes, shape=shape,
         optimizer=hypermask.make_optimizer(model, config, capturable=captured),
         start=hypermask.task_start(model, task_id),
         y=torch.randint(0, classes, (config.batch_size,), device=device))
