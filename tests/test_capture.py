@@ -126,7 +126,8 @@ def test_a_run_resumes_with_the_other_kind_of_step():
 
 FAKE_MPS_CONTROL = """#!/bin/sh
 if [ "$1" = "-d" ]; then
-    echo "start $CUDA_VISIBLE_DEVICES $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" >> "$FAKE_LOG"
+    echo "start $CUDA_VISIBLE_DEVICES $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" \
+        >> "$FAKE_LOG"
     [ -n "$FAKE_START_ERROR" ] && echo "$FAKE_START_ERROR" >&2 && exit 1
     exit 0
 fi
