@@ -82,11 +82,11 @@ def crops(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *,
     of image i: [B, C, H, W] in, [B, C, *size] out."""
     left, right, top, bottom = padding
     padded = F.pad(images, (left, right, top, bottom), value=fill)
-    rows = rows[:, None] + torch.arange(size[0])  # [B, h]
-    cols = cols[:, None] + torch.arange(size[1])  # [B, w]
-    batch = torch.arange(len(images))[:, None, None, None]
-    channels = torch.arange(images.shape[1])[None, :, None, None]
-    return padded[batch, channels, rows[:, None, :, None], cols[:, None, None, :]]
+    (h, w), rows, cols = size, rows.tolist(), cols.tolist()
+    # a slice per image: a few microseconds each, where one gather over the batch takes
+    # the time of hundreds
+    return torch.stack([image[:, row:row + h, col:col + w]
+                        for image, row, col in zip(padded, rows, cols)])
 
 
 def random_flips(images: torch.Tensor, *, p: float) -> torch.Tensor:
@@ -132,16 +132,14 @@ def auto_augment_with(images: torch.Tensor, transform: v2.AutoAugment, chosen: t
     policies = transform._policies
     chosen, applied, negated = chosen.tolist(), applied.tolist(), negated.tolist()
     images = images.clone()
-    magnitudes = {}  # (name, bin, negated) -> the magnitude: computed once per batch
     for position in (0, 1):
         groups: dict[tuple[str, float], list[int]] = {}
         for i, policy in enumerate(chosen):
             if applied[i][position]:
                 name, _, magnitude_bin = policies[policy][position]
-                key = (name, magnitude_bin, negated[i][position])
-                if key not in magnitudes:
-                    magnitudes[key] = magnitude(transform, *key, size=images.shape[-2:])
-                groups.setdefault((name, magnitudes[key]), []).append(i)
+                value = magnitude(type(transform), name, magnitude_bin, negated[i][position],
+                                  size=tuple(images.shape[-2:]))
+                groups.setdefault((name, value), []).append(i)
         for (name, value), members in groups.items():
             index = torch.tensor(members)
             images[index] = transform._apply_image_or_video_transform(
@@ -150,11 +148,13 @@ def auto_augment_with(images: torch.Tensor, transform: v2.AutoAugment, chosen: t
     return images
 
 
-def magnitude(transform: v2.AutoAugment, name: str, magnitude_bin: int | None, negated: bool,
-              *, size: tuple[int, int]) -> float:
-    """The magnitude AutoAugment uses for operation `name` at `magnitude_bin` of its 10 bins
-    on images of `size` (H, W): 0.0 for operations without one, negated if signed."""
-    bins, signed = type(transform)._AUGMENTATION_SPACE[name]
+@functools.lru_cache(maxsize=4096)
+def magnitude(kind: type, name: str, magnitude_bin: int | None, negated: bool, *,
+              size: tuple[int, int]) -> float:
+    """The magnitude an AutoAugment (class `kind`) uses for operation `name` at
+    `magnitude_bin` of its 10 bins on images of `size` (H, W): 0.0 for operations
+    without one, negated if signed."""
+    bins, signed = kind._AUGMENTATION_SPACE[name]
     values = bins(10, *size)
     if values is None:
         return 0.0

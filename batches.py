@@ -145,7 +145,8 @@ class TrainingBatches:
         self.generator = None if task.shuffle_seed is None else \
             torch.Generator().manual_seed(task.shuffle_seed)
         if state is not None:
-            self.order = to_device(state["order"], self.device)
+            self.order = None if state["order"] is None else to_device(state["order"],
+                                                                       self.device)
             self.position, self.epoch_seed = state["position"], state["epoch_seed"]
             if self.generator is not None:
                 self.generator.set_state(state["generator"])

@@ -11,7 +11,7 @@ Checks, each a command whose output is kept, the most telling first (--only pick
   3. runs per gpu: five seeds of ResNet-20 and of ZenkeNet (Split CIFAR-100 best
      configurations, 2 tasks of a few hundred steps on CIFAR-format files written
      here) with runs_per_gpu 1 and 5: runs per hour and training throughput (on a
-     CPU: small networks, a pool of 1 vs 2 workers);
+     CPU: ZenkeNet with a small hypernetwork, a pool of 1 vs 2 workers);
   4. input layout: bench/input_layout.py, NHWC against NCHW batches;
   5. train step: bench/train_step.py (eager vs captured, peak memory, the
      paper-scale step's memory bound);
@@ -53,13 +53,19 @@ def command(name: str, args: list[str], log, out: Path, timeout: float) -> tuple
         result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         text, ok = result.stdout + result.stderr, result.returncode == 0
     except subprocess.TimeoutExpired as error:
-        text, ok = f"{error.stdout or ''}{error.stderr or ''}\ntimed out after {timeout} s", False
+        text, ok = f"{as_text(error.stdout)}{as_text(error.stderr)}\ntimed out after {timeout} s", \
+            False
     text = f"$ {' '.join(args)}\n{text}\n({time.perf_counter() - started:.0f} s)\n"
     with open(out / f"{name}.txt", "a") as f:
         f.write(text)
     log.write(text)
     log.flush()
     return ok, text
+
+
+def as_text(output: bytes | str | None) -> str:
+    """A timed-out process's output: bytes (even with text=True), a string or nothing."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def demo_accuracies(results: Path) -> dict:
@@ -130,7 +136,7 @@ def compare_demos(demos: dict, device: str, log, out: Path, timeout: float) -> b
 # Check 3: (label, dataset options); the runs are shortened to 2 tasks of ITERATIONS each.
 NETWORKS = {"ResNet-20": ["--dataset=CIFAR100", "--part=0"],
             "ZenkeNet": ["--dataset=CIFAR100", "--part=1"]}
-ITERATIONS = {True: 500, False: 20}  # per task, on a GPU / on a CPU
+ITERATIONS = {True: 500, False: 5}  # per task, on a GPU / on a CPU
 
 
 def pool_launch(options: list[str], folder: Path, timeout: float, log) -> dict:
@@ -144,7 +150,7 @@ def pool_launch(options: list[str], folder: Path, timeout: float, log) -> dict:
                                 cwd=REPO, capture_output=True, text=True, timeout=timeout)
         output, code = result.stdout + result.stderr, result.returncode
     except subprocess.TimeoutExpired as error:
-        output, code = f"{error.stdout or ''}{error.stderr or ''}\ntimed out", "timed out"
+        output, code = f"{as_text(error.stdout)}{as_text(error.stderr)}\ntimed out", "timed out"
     seconds = time.perf_counter() - started
     log.write(output)
     training = [pd.read_csv(path).groupby("task")["seconds"].max().sum()
@@ -173,7 +179,7 @@ def runs_per_gpu(gpu: bool, scratch: Path, log, out: Path, timeout: float) -> bo
     lines = [f"{'network':<11}{'launch':<11}{'runs':>5}{'wall s':>8}{'runs/hour':>11}"
              f"{'train s/run':>13}  MPS"]
     ok, deadline = True, time.perf_counter() + timeout
-    for network, options in NETWORKS.items():
+    for network, options in NETWORKS.items() if gpu else [("ZenkeNet", NETWORKS["ZenkeNet"])]:
         rates = []
         for label, extra, together in variants:
             launch = pool_launch([*options, *common, *extra],
@@ -221,7 +227,7 @@ def check_commands(gpu: bool, device: str, log, out: Path, left) -> dict:
         "input layout": lambda: command(
             "input_layout", [PYTHON, "bench/input_layout.py", f"--device={device}",
                              *(["--steps=30"] if gpu else ["--steps=1", "--only=CIFAR100:1",
-                                                           "--task=1"])],
+                                                           "--task=1", "--small"])],
             log, out, left(180))[0],
         "train step": lambda: command(
             "steps", [PYTHON, "bench/train_step.py", f"--device={device}", steps,
@@ -264,7 +270,8 @@ def main() -> int:
     with open(out / "device_check.log", "w") as log:
         log.write(f"device check on {name}\n")
         checks_to_run = check_commands(gpu, device, log, out, left) | {
-            "runs per gpu": lambda: runs_per_gpu(gpu, scratch, log, out, left(400)),
+            "runs per gpu": lambda: runs_per_gpu(gpu, scratch, log, out, left(400 if gpu
+                                                                             else 600)),
             "demo": lambda: compare_demos(demos, device, log, out, left(600))}
         checks = {}
         for check in chosen:

@@ -17,9 +17,13 @@ batch: they agree up to rounding (other convolution algorithms), the relative
 differences are printed. Nothing here changes how runs feed their networks.
 
     python bench/input_layout.py [--device=cuda] [--steps=20] [--only=CIFAR100:0,...] [--task=1]
+
+--small gives the hypernetwork one hidden layer of 8 units (the target network,
+whose layout is compared, keeps its size): a CPU then steps in seconds.
 """
 
 import argparse
+import dataclasses
 import math
 import multiprocessing
 import sys
@@ -39,14 +43,23 @@ def nchw(x, shape: tuple[int, int, int]):
     return x.view(-1, h, w, c).permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
 
 
+def benchmark_config(dataset: str, part: int, small: bool):
+    """The best configuration, with a small hypernetwork if `small`."""
+    import datasets
+
+    config = datasets.get_benchmark(dataset, part).best
+    return dataclasses.replace(config, hnet_hidden_layers=(8,)) if small else config
+
+
 def step_seconds(dataset: str, part: int, task_id: int, layout: str, device: str,
-                 steps: int) -> float:
+                 steps: int, small: bool = False) -> float:
     """Seconds per training step with the batch in `layout` ("NHWC" or "NCHW")."""
     import capture
     import hypermask
 
     captured = device.startswith("cuda")
-    run = step_setup(dataset, part, task_id, device, captured)
+    run = step_setup(dataset, part, task_id, device, captured,
+                     benchmark_config(dataset, part, small))
     x = run.inputs()
     if layout == "NCHW":
         x = nchw(x, run.shape)
@@ -60,7 +73,8 @@ def step_seconds(dataset: str, part: int, task_id: int, layout: str, device: str
         number=math.ceil(steps / repeats))
 
 
-def differences(dataset: str, part: int, task_id: int, device: str) -> tuple[float, float]:
+def differences(dataset: str, part: int, task_id: int, device: str,
+                small: bool = False) -> tuple[float, float]:
     """One step's loss and gradients from the same weights and batch in both layouts:
     (relative difference of the loss, ‖g_NCHW − g_NHWC‖ / ‖g_NHWC‖ over all gradients)."""
     import torch
@@ -69,7 +83,8 @@ def differences(dataset: str, part: int, task_id: int, device: str) -> tuple[flo
 
     results = []
     for layout in ("NHWC", "NCHW"):
-        run = step_setup(dataset, part, task_id, device)  # seeded: the same weights
+        run = step_setup(dataset, part, task_id, device,  # seeded: the same weights
+                         config=benchmark_config(dataset, part, small))
         x = run.inputs()
         if layout == "NCHW":
             x = nchw(x, run.shape)
@@ -85,11 +100,12 @@ def differences(dataset: str, part: int, task_id: int, device: str) -> tuple[flo
             float((other_grad - grad).norm() / grad.norm()))
 
 
-def measure_case(dataset: str, part: int, task_id: int, device: str, steps: int) -> tuple:
+def measure_case(dataset: str, part: int, task_id: int, device: str, steps: int,
+                 small: bool) -> tuple:
     """(NHWC s/step, NCHW s/step, loss difference, gradient difference)."""
-    return (step_seconds(dataset, part, task_id, "NHWC", device, steps),
-            step_seconds(dataset, part, task_id, "NCHW", device, steps),
-            *differences(dataset, part, task_id, device))
+    return (step_seconds(dataset, part, task_id, "NHWC", device, steps, small),
+            step_seconds(dataset, part, task_id, "NCHW", device, steps, small),
+            *differences(dataset, part, task_id, device, small))
 
 
 def in_own_process(*arguments) -> tuple:
@@ -108,6 +124,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--only", help="DATASET:PART,... among the image benchmarks")
     parser.add_argument("--task", type=int, help="task number from 1 (default: the last)")
+    parser.add_argument("--small", action="store_true", help="an 8-unit hypernetwork")
     args = parser.parse_args()
     cases = BENCHMARKS
     if args.only:
@@ -123,7 +140,7 @@ def main() -> None:
         tasks = datasets.get_benchmark(dataset, part).best.number_of_tasks
         task_id = (args.task or tasks) - 1
         nhwc, nchw_, loss, gradient = in_own_process(dataset, part, task_id, args.device,
-                                                     args.steps)
+                                                     args.steps, args.small)
         print(f"{dataset + ' ' + str(part):<18}{task_id + 1:>5}{nhwc * 1e3:>9.2f}"
               f"{nchw_ * 1e3:>9.2f}{nchw_ / nhwc:>11.3f}{loss:>11.1e}{gradient:>11.1e}",
               flush=True)

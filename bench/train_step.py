@@ -68,9 +68,11 @@ def benchmark_part(dataset: str, config, part: int | None) -> int:
                 if spec == (config.target_network, config.number_of_tasks))
 
 
-def step_setup(dataset: str, part: int, task_id: int, device: str, captured: bool = False):
-    """What a run holds at task `task_id` of a best configuration, set up as a run does
-    (device settings, freed memory kept, seeded networks): a random batch instead of data.
+def step_setup(dataset: str, part: int, task_id: int, device: str, captured: bool = False,
+               config=None):
+    """What a run holds at task `task_id` of a best configuration (or of `config`), set up
+    as a run does (device settings, freed memory kept, seeded networks), with the
+    benchmark's example batch (example_batch) instead of its data.
 
     Returns:
         a namespace: config, model, optimizer, start, inputs (a function giving a fresh
@@ -84,7 +86,7 @@ def step_setup(dataset: str, part: int, task_id: int, device: str, captured: boo
     import hypermask
     import runs
 
-    config = datasets.get_benchmark(dataset, part).best
+    config = config or datasets.get_benchmark(dataset, part).best
     runs.use_device(torch.device(device), config.tf32)  # its GPU current, cuDNN deterministic
     runs.keep_freed_memory()
     torch.manual_seed(0)
