@@ -82,7 +82,7 @@ def demo_accuracies(results: Path) -> dict:
 
 def demo_starters(gpu: bool, scratch: Path) -> dict:
     """Check 6's demos: label -> (results folder, a function starting its process)."""
-    small = ["--number_of_iterations=150"] if not gpu else []
+    small = ["--number_of_iterations=150", "--number_of_tasks=3"] if not gpu else []
     variants = ({"device": ["--device=cuda"], "cpu": ["--device=cpu"]} if gpu else
                 {"all threads": ["--device=cpu"], "one thread": ["--device=cpu"]})
     threads = {"one thread": "1", "cpu": str(max(1, (os.cpu_count() or 2) // 4))}
@@ -272,7 +272,7 @@ def main() -> int:
         checks_to_run = check_commands(gpu, device, log, out, left) | {
             "runs per gpu": lambda: runs_per_gpu(gpu, scratch, log, out, left(400 if gpu
                                                                              else 600)),
-            "demo": lambda: compare_demos(demos, device, log, out, left(600))}
+            "demo": lambda: compare_demos(demos, device, log, out, left(600 if gpu else 900))}
         checks = {}
         for check in chosen:
             cpu_timed_to_come = set(CPU_TIMED) & (set(chosen) - set(checks))
