@@ -31,7 +31,7 @@ class Task:
     for augmentations that cannot run on a whole batch at once.
     `augment_in_batches` applies it to each whole batch instead, every image
     with its own random draws (augmentation.in_batches: the same distribution,
-    other draws, several times faster).
+    other draws, less CPU time).
     `shuffle_seed`, when set, draws the batch order from a generator of its
     own seeded with it (the same for every run seed), not from torch's.
     """

@@ -84,7 +84,8 @@ class HyperParameters:
     published_regime: bool = False
     # True: the FeCAM setup's per-image augmentation applied to whole batches in its
     # workers, each image with its own random draws (augmentation.py): the same
-    # distribution, other draws than image by image, several times less CPU time.
+    # distribution, other draws than image by image, less CPU time
+    # (bench/reproduction_time.py --pipeline measures both).
     batched_augmentation: bool = False
 
     def __post_init__(self):
