@@ -193,10 +193,15 @@ def shared_gpus(gpu_ids: list[str], runs_per_gpu: int):
               f"{os.environ['CUDA_MPS_PIPE_DIRECTORY']} (CUDA_MPS_PIPE_DIRECTORY)")
         yield {}
         return
-    with tempfile.TemporaryDirectory(prefix="hypermask_mps_") as folder:
+    # ignore_cleanup_errors: a daemon told to quit may still be closing its log
+    with tempfile.TemporaryDirectory(prefix="hypermask_mps_", ignore_cleanup_errors=True) \
+            as folder:
         started, environments = [], {}
         try:
-            problem = start_mps(gpu_ids, Path(folder), started, environments)
+            try:
+                problem = start_mps(gpu_ids, Path(folder), started, environments)
+            except (OSError, subprocess.TimeoutExpired) as error:  # a command hung or failed
+                problem = f"{type(error).__name__}: {error}"
             if problem:
                 print(f"local pool: {runs_per_gpu:g} runs per GPU without CUDA MPS ({problem}): "
                       "they take turns on the GPU, which is slower", flush=True)

@@ -186,6 +186,12 @@ def test_without_cuda_mps_the_runs_take_turns_and_a_line_says_why(fake_mps, monk
                    "MPS is not supported on this system): they take turns on the GPU, which "
                    "is slower")
     assert [line.split()[0] for line in fake_mps.read_text().splitlines()] == ["start"]
+    monkeypatch.delenv("FAKE_START_ERROR")
+    monkeypatch.setattr(launchers, "MPS_PROBE", ["/nonexistent/python"])  # cannot even start
+    with launchers.shared_gpus(["0"], 2) as environments:
+        assert environments == {}
+    assert "without CUDA MPS (FileNotFoundError" in capsys.readouterr().out
+    assert fake_mps.read_text().splitlines()[-1].startswith("quit ")  # its daemon is stopped
     monkeypatch.setenv("PATH", "/nonexistent")
     with launchers.shared_gpus(["0"], 2) as environments:
         assert environments == {}
