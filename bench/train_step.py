@@ -130,7 +130,7 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
         optimizer.step()
 
     for _ in range(2 + (capture.WARMUP_STEPS + 1 if captured else 0)):
-        step()  # Adam's state, cuDNN's handles, the graph's recording
+        step()
     if measured.type == "cuda":  # on the measured GPU, which need not be the current one
         torch.cuda.synchronize(measured)
         torch.cuda.reset_peak_memory_stats(measured)
