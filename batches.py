@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+import augmentation
+
 
 @dataclass
 class Task:
@@ -27,6 +29,9 @@ class Task:
     `image_augment`, when set, augments training images one by one on the CPU
     ([C, H, W] uint8 in and out) in DataLoader workers, before `transform`:
     for augmentations that cannot run on a whole batch at once.
+    `augment_in_batches` applies it to each whole batch instead, every image
+    with its own random draws (augmentation.in_batches: the same distribution,
+    other draws, less CPU time).
     `shuffle_seed`, when set, draws the batch order from a generator of its
     own seeded with it (the same for every run seed), not from torch's.
     """
@@ -41,16 +46,21 @@ class Task:
     transform: Callable[[torch.Tensor, bool], torch.Tensor]
     input_shape: tuple[int, ...]
     image_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    augment_in_batches: bool = False
     shuffle_seed: int | None = None
 
 
-def augmentation_workers() -> int:
-    """DataLoader processes for per-image augmentation: half the run's CPU threads, at most 8.
+def augmentation_workers(device: torch.device | None = None) -> int:
+    """DataLoader processes for per-image augmentation, at most 8: on a GPU all the run's CPU
+    threads but one (the training loop, which mostly waits for the GPU), on a CPU half of
+    them (the training loop computes with the others).
 
     The run's thread budget is torch's thread count (set by runs.run_one from
     the CPUs this run may use), not the machine's core count.
     """
-    return max(1, min(8, torch.get_num_threads() // 2))
+    threads = torch.get_num_threads()
+    gpu = device is not None and device.type == "cuda"
+    return max(1, min(8, threads - 1 if gpu else threads // 2))
 
 
 class AugmentedImages(torch.utils.data.Dataset):
@@ -65,8 +75,11 @@ class AugmentedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor,
-                 augment: Callable[[torch.Tensor], torch.Tensor]):
+                 augment: Callable[[torch.Tensor], torch.Tensor], in_batches: bool = False):
         self.images, self.labels, self.augment = images, labels, augment  # [N, H, W, C] uint8
+        # the whole batch at once (augmentation.in_batches), made here: an unsupported
+        # transform fails when the task starts, not in a worker
+        self.augment_batch = augmentation.in_batches(augment) if in_batches else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -76,8 +89,12 @@ class AugmentedImages(torch.utils.data.Dataset):
         seed, index = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            images = torch.stack([self.augment(self.images[i].permute(2, 0, 1)).permute(1, 2, 0)
-                                  for i in index.tolist()])
+            if self.augment_batch is not None:
+                images = self.augment_batch(self.images[index].permute(0, 3, 1, 2))
+                images = images.permute(0, 2, 3, 1).contiguous()
+            else:
+                images = torch.stack([self.augment(self.images[i].permute(2, 0, 1))
+                                      .permute(1, 2, 0) for i in index.tolist()])
         return images, self.labels[index]
 
 
@@ -107,12 +124,18 @@ class TrainingBatches:
     A task with a `shuffle_seed` draws its orders (and augmentation seeds) on
     the CPU from a generator of its own seeded with it instead.
 
+    What crosses from the CPU to a GPU (the workers' batches, an order drawn on
+    the CPU) comes from pinned memory without blocking (to_device): the host
+    goes on while the copy runs. `workers` sets the number of augmentation
+    workers (default: augmentation_workers).
+
     `state_dict()` is the position in the current epoch; a TrainingBatches
     given it continues there, and with torch's generators restored as they were
     it yields exactly the batches the original would have.
     """
 
-    def __init__(self, task: Task, batch_size: int, state: dict | None = None):
+    def __init__(self, task: Task, batch_size: int, state: dict | None = None, *,
+                 workers: int | None = None):
         self.task, self.batch_size = task, batch_size
         self.device = task.train_y.device
         if len(task.train_y) == 0:  # load_tasks refuses such a task; this guards every caller
@@ -122,7 +145,8 @@ class TrainingBatches:
         self.generator = None if task.shuffle_seed is None else \
             torch.Generator().manual_seed(task.shuffle_seed)
         if state is not None:
-            self.order = state["order"].to(self.device)
+            self.order = None if state["order"] is None else to_device(state["order"],
+                                                                       self.device)
             self.position, self.epoch_seed = state["position"], state["epoch_seed"]
             if self.generator is not None:
                 self.generator.set_state(state["generator"])
@@ -130,8 +154,10 @@ class TrainingBatches:
         if task.image_augment is not None:
             self.keys = _EpochKeys()
             self.loader = torch.utils.data.DataLoader(
-                AugmentedImages(task.train_x.cpu(), task.train_y.cpu(), task.image_augment),
-                sampler=self.keys, batch_size=None, num_workers=augmentation_workers(),
+                AugmentedImages(task.train_x.cpu(), task.train_y.cpu(), task.image_augment,
+                                task.augment_in_batches),
+                sampler=self.keys, batch_size=None,
+                num_workers=workers or augmentation_workers(self.device),
                 persistent_workers=True, pin_memory=self.device.type == "cuda",
                 # its own generator: starting the workers must not draw from torch's
                 generator=torch.Generator())
@@ -151,7 +177,7 @@ class TrainingBatches:
         if self.order is None or self.position * self.batch_size >= size:
             self.order, self.position = (
                 torch.randperm(size, device=self.device) if self.generator is None
-                else torch.randperm(size, generator=self.generator).to(self.device)), 0
+                else to_device(torch.randperm(size, generator=self.generator), self.device)), 0
             if self.loader is not None:
                 self.epoch_seed = int(torch.randint(0, 2**62, (), generator=self.generator))
                 self.loaded = None
@@ -161,13 +187,22 @@ class TrainingBatches:
             return checked_batch(self.task.transform(self.task.train_x[index], True),
                                  self.task.train_y[index])
         if self.loaded is None:  # the workers start on the rest of this epoch
+            order = self.order.cpu()  # one copy (and one wait for a GPU), not one per batch
             starts = range((self.position - 1) * self.batch_size, size, self.batch_size)
             self.keys.keys = [(self.epoch_seed + start // self.batch_size,
-                               self.order[start:start + self.batch_size].cpu()) for start in starts]
+                               order[start:start + self.batch_size]) for start in starts]
             self.loaded = iter(self.loader)
-        images, labels = next(self.loaded)
-        return checked_batch(self.task.transform(images.to(self.device, non_blocking=True), True),
-                             labels.to(self.device, non_blocking=True))
+        images, labels = next(self.loaded)  # pinned by the loader on a GPU
+        return checked_batch(self.task.transform(to_device(images, self.device), True),
+                             to_device(labels, self.device))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU through pinned memory without blocking, so that
+    the host goes on while the copy runs (the pinned buffer is kept until it is done)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return (tensor if tensor.is_pinned() else tensor.pin_memory()).to(device, non_blocking=True)
 
 
 def checked_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

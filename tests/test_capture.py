@@ -120,3 +120,121 @@ def test_a_run_resumes_with_the_other_kind_of_step():
                                 num_classes=2, config=config)
     terms = step(task.train_x[:16], task.train_y[:16], 0.0)  # a capturable step fails on a CPU
     assert terms["loss"].grad_fn is None  # values only: the step's graph is not kept alive
+
+
+# ------------------------------------------------------------ several runs on one GPU
+
+FAKE_MPS_CONTROL = """#!/bin/sh
+if [ "$1" = "-d" ]; then
+    echo "start $CUDA_VISIBLE_DEVICES $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" \
+        >> "$FAKE_LOG"
+    [ -n "$FAKE_START_ERROR" ] && echo "$FAKE_START_ERROR" >&2 && exit 1
+    exit 0
+fi
+read command
+echo "$command $CUDA_MPS_PIPE_DIRECTORY" >> "$FAKE_LOG"
+[ "$command" = "get_server_list" ] && echo 4242
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_mps(tmp_path, monkeypatch):
+    """nvidia-cuda-mps-control and nvidia-smi stand-ins on PATH (two GPUs), a probe that
+    logs the GPU it was given; returns the log of what they were asked."""
+    import os
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "mps.log"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-cuda-mps-control").write_text(FAKE_MPS_CONTROL)
+    (bin_dir / "nvidia-smi").write_text('#!/bin/sh\necho "0, GPU-aaa"\necho "1, GPU-bbb"\n')
+    for program in bin_dir.iterdir():
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.setattr(launchers, "MPS_PROBE",
+                        ["sh", "-c", 'echo "probe $CUDA_VISIBLE_DEVICES" >> "$FAKE_LOG"'])
+    return log
+
+
+def test_runs_sharing_gpus_get_a_cuda_mps_daemon_per_gpu_until_the_pool_ends(fake_mps, capsys):
+    from pathlib import Path
+
+    with launchers.shared_gpus(["0", "1"], 3) as environments:
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in environments.values()] == ["GPU-aaa",
+                                                                              "GPU-bbb"]
+        pipes = [e["CUDA_MPS_PIPE_DIRECTORY"] for e in environments.values()]
+        assert len(set(pipes)) == 2 and all(Path(p).is_dir() for p in pipes)
+        log = fake_mps.read_text().splitlines()
+        logs = [e["CUDA_MPS_LOG_DIRECTORY"] for e in environments.values()]
+        assert log == [f"start GPU-aaa {pipes[0]} {logs[0]}", "probe GPU-aaa",
+                       f"get_server_list {pipes[0]}", f"start GPU-bbb {pipes[1]} {logs[1]}",
+                       "probe GPU-bbb", f"get_server_list {pipes[1]}"]
+    assert fake_mps.read_text().splitlines()[-2:] == [f"quit {pipes[0]}", f"quit {pipes[1]}"]
+    assert not any(Path(p).exists() for p in pipes)  # the temporary folders are gone
+    assert "CUDA MPS on" in capsys.readouterr().out
+
+
+def test_without_cuda_mps_the_runs_take_turns_and_a_line_says_why(fake_mps, monkeypatch,
+                                                                 capsys):
+    monkeypatch.setenv("FAKE_START_ERROR", "MPS is not supported on this system")
+    with launchers.shared_gpus(["0", "1"], 5) as environments:
+        assert environments == {}
+    out = capsys.readouterr().out.strip()
+    assert out == ("local pool: 5 runs per GPU without CUDA MPS (its daemon did not start: "
+                   "MPS is not supported on this system): they take turns on the GPU, which "
+                   "is slower")
+    assert [line.split()[0] for line in fake_mps.read_text().splitlines()] == ["start"]
+    monkeypatch.delenv("FAKE_START_ERROR")
+    monkeypatch.setattr(launchers, "MPS_PROBE", ["/nonexistent/python"])  # cannot even start
+    with launchers.shared_gpus(["0"], 2) as environments:
+        assert environments == {}
+    assert "without CUDA MPS (FileNotFoundError" in capsys.readouterr().out
+    assert fake_mps.read_text().splitlines()[-1].startswith("quit ")  # its daemon is stopped
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with launchers.shared_gpus(["0"], 2) as environments:
+        assert environments == {}
+    assert "nvidia-cuda-mps-control is not on PATH" in capsys.readouterr().out
+    with launchers.shared_gpus(["0"], 1) as environments:  # one run per GPU: no MPS at all
+        assert environments == {}
+    assert capsys.readouterr().out == ""
+
+
+def test_a_users_own_cuda_mps_daemon_serves_the_runs(fake_mps, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/run/my-mps")
+    with launchers.shared_gpus(["0"], 4) as environments:
+        assert environments == {}
+    assert "CUDA MPS daemon at /run/my-mps" in capsys.readouterr().out
+    assert not fake_mps.exists()  # nothing was started
+
+
+def test_a_pool_run_sees_its_gpu_and_its_mps_daemon(monkeypatch):
+    import os
+
+    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    launchers.pin_gpu("1", {"CUDA_VISIBLE_DEVICES": "GPU-bbb",
+                            "CUDA_MPS_PIPE_DIRECTORY": "/tmp/x/pipe"})
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-bbb"
+    assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == "/tmp/x/pipe"
+
+
+def test_what_crosses_from_the_cpu_to_the_device_goes_through_pinned_copies(monkeypatch):
+    """Every tensor TrainingBatches moves from the CPU to its device goes through
+    batches.to_device (pinned memory and a non-blocking copy on a GPU, test_cuda.py): an
+    epoch's order drawn on the CPU (shuffle_seed) and the workers' images and labels."""
+    import batches
+
+    crossed, real = [], batches.to_device
+    monkeypatch.setattr(batches, "to_device",
+                        lambda tensor, device: crossed.append(tuple(tensor.shape))
+                        or real(tensor, device))
+    x, y = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8), torch.arange(40) % 2
+    task = Task(x, y, x[:4], y[:4], x[:4], y[:4], num_classes=2,
+                transform=lambda batch, training: batch.float().flatten(1),
+                input_shape=(32, 32, 3), image_augment=datasets.FECAM_AUGMENT, shuffle_seed=3)
+    stream = batches.TrainingBatches(task, 8, workers=1)
+    next(stream)
+    next(stream)
+    assert crossed == [(40,), (8, 32, 32, 3), (8,), (8, 32, 32, 3), (8,)]

@@ -219,13 +219,48 @@ def test_a_gpu_run_stopped_mid_task_resumes_to_the_same_results(mnist_root, tmp_
         assert a.read_bytes() == b.read_bytes(), name
 
 
-def test_the_local_pool_puts_several_runs_on_one_gpu(mnist_root, tmp_path, capsys):
-    assert main.main([*RUNS["SplitMNIST"], "--seeds=[1,2,3]", "--number_of_tasks=2",
-                      "--launcher=local", "--runs_per_gpu=3", f"--path_to_datasets={mnist_root}",
-                      f"--results_dir={tmp_path}"]) == 0
+def test_seeds_sharing_a_gpu_write_what_each_writes_alone(cifar_root, tmp_path, capsys):
+    """Three ResNet-20 seeds with runs_per_gpu=3 (under CUDA MPS, where it starts: the
+    pool says which) write byte for byte the files each seed writes alone on the GPU
+    (runs_per_gpu=1)."""
+    options = [*RUNS["ResNet-20"], "--seeds=[1,2,3]", "--number_of_tasks=2",
+               "--launcher=local", f"--path_to_datasets={cifar_root}"]
+    assert main.main([*options, "--runs_per_gpu=3", f"--results_dir={tmp_path / 'shared'}"]) == 0
     out = capsys.readouterr().out
     gpus = torch.cuda.device_count()
     assert f"local pool: {3 * gpus} worker(s), {gpus} GPU(s), 3 run(s) on each" in out
+    assert any(line in out for line in ("CUDA MPS on", "without CUDA MPS", "MPS daemon at"))
+    assert main.main([*options, "--runs_per_gpu=1", f"--results_dir={tmp_path / 'alone'}"]) == 0
     for seed in (1, 2, 3):
-        log = (next(tmp_path.glob("*")) / f"seed_{seed}" / "run.log").read_text()
-        assert "device: cuda" in log
+        shared, alone = (next((tmp_path / launch).glob("*")) / f"seed_{seed}"
+                         for launch in ("shared", "alone"))
+        assert "device: cuda" in (shared / "run.log").read_text()
+        for name in ("accuracies.csv", "transfer.csv", "task_agnostic.csv"):
+            assert (shared / name).read_bytes() == (alone / name).read_bytes(), (seed, name)
+        logs = [pd.read_csv(run / "training_log.csv").drop(columns="seconds")
+                for run in (shared, alone)]
+        pd.testing.assert_frame_equal(*logs, check_exact=True)
+
+
+def test_a_batch_crosses_to_the_gpu_from_pinned_memory_without_a_host_sync(monkeypatch):
+    """The augmentation workers' batches arrive pinned; batches.to_device copies them (and
+    an order drawn on the CPU, pinned first) without making the host wait."""
+    import batches
+    from batches import Task
+
+    received, real = [], batches.to_device
+    monkeypatch.setattr(batches, "to_device", lambda tensor, device: received.append(
+        tensor.is_pinned()) or real(tensor, device))
+    x = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8, device=GPU)
+    y = torch.arange(64, device=GPU) % 2
+    task = Task(x, y, x[:4], y[:4], x[:4], y[:4], num_classes=2,
+                transform=lambda batch, training: batch.float().flatten(1),
+                input_shape=(32, 32, 3), image_augment=datasets.FECAM_AUGMENT, shuffle_seed=3)
+    stream = batches.TrainingBatches(task, 16, workers=1)
+    first = next(stream)
+    assert received == [False, True, True]  # the order (pinned inside), images, labels
+    assert first[0].device.type == "cuda" and first[1].device.type == "cuda"
+    pageable = torch.arange(4096.0)
+    real(pageable, GPU)  # the first pinned buffer is set up once
+    assert host_syncs(lambda: real(pageable, GPU)) == []
+    assert torch.equal(real(pageable, GPU).cpu(), pageable)
