@@ -1,9 +1,9 @@
 """Benchmarks: each one's hyperparameters (best and grid) and its list of tasks.
 
 A benchmark is a (dataset, part) pair. Its hyperparameters are data: one frozen
-`HyperParameters` per benchmark, grid lists beside it (SPEC §5). Its tasks are
+`HyperParameters` per benchmark, grid lists beside it (docs/benchmarks.md). Its tasks are
 built by `load_tasks`, which returns one `Task` per continual-learning task with
-every tensor already on the training device (SPEC §6).
+every tensor already on the training device (docs/benchmarks.md#data-conventions).
 
 Images are kept as uint8; a task's `transform` turns a stored batch into network
 input (scaling, normalisation, augmentation), on the device, one batch at a time.
@@ -72,7 +72,7 @@ class HyperParameters:
     # Data. validation_size counts samples in all (PermutedMNIST), per task
     # (SplitMNIST, CIFAR100) or per class (TinyImageNet, CIFAR100_FeCAM_setup).
     validation_size: int
-    augmentation: bool  # the benchmark's training augmentation (SPEC §6)
+    augmentation: bool  # the benchmark's training augmentation (docs/benchmarks.md#data-conventions)
     # Evaluation. evaluation_batch_size None: each test set as one batch, as the
     # reference; an int evaluates in chunks (batch-norm networks then give other
     # numbers: they normalise with each chunk's statistics).
@@ -82,8 +82,8 @@ class HyperParameters:
     # (Ampere and later) are faster and give other numbers. No effect on a CPU.
     tf32: bool = False
     # True: keep the reference's defects that change numbers, to reproduce the
-    # published regime (README, Differences): FeCAM's class offsets and output
-    # width (SPEC §8, 1-2), dropout off after the first validation (3), task 0
+    # published regime (docs/differences.md#the-published-regime): FeCAM's class
+    # offsets and output width (defects 1-2 there), dropout off after the first validation (3), task 0
     # validated at the ramped sparsity (5), Tiny ImageNet's validation split
     # and batch order drawn with seed 1 for every run seed, and raw [0, 1] pixels
     # without augmentation for Split CIFAR-100, the FeCAM setup (cifar_statistics)
@@ -240,7 +240,7 @@ BENCHMARKS = {
     ),
 }
 
-# Image benchmarks (SPEC §5): epochs, plateau scheduler, best-validation selection.
+# Image benchmarks (docs/benchmarks.md#best-configurations): epochs, plateau scheduler, best-validation selection.
 _CIFAR_RESNET = dataclasses.replace(
     _PERMUTED_MNIST,
     target_network="ResNet-20",
@@ -410,9 +410,9 @@ def fecam_classes(number_of_tasks: int, published_regime: bool = False) -> list[
     """The classes of each task of the FeCAM setup: FECAM_CLASS_ORDER cut into FECAM_SPLITS.
 
     Each task takes the classes that follow the previous task's. With
-    `published_regime`, the reference's slices instead (SPEC §8, defect 1):
+    `published_regime`, the reference's slices instead (docs/differences.md#1-fecam-class-offsets):
     task i starts at i * (task i's class count), not after the classes of the
-    tasks before it. SPEC §8 says only "wrong offsets" that make later tasks
+    tasks before it. The defect list says only "wrong offsets" that make later tasks
     overlap task 0 while the 5-task split stays right; this reading is the
     authors' code's. For 6 tasks, tasks 1-4 take positions 10-49, inside task
     0's 50 classes, and task 5 positions 50-59; positions 60-99 are never used.
@@ -498,7 +498,7 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
                              demo=demo)
     check_task_sizes(tasks, dataset, config)
     if dataset == "CIFAR100_FeCAM_setup" and config.published_regime:
-        for task in tasks:  # every task gets task 0's outputs (SPEC §8, defect 2)
+        for task in tasks:  # every task gets task 0's outputs (docs/differences.md#2-output-width-per-task)
             task.num_classes = tasks[0].num_classes
     return tasks
 

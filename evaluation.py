@@ -1,6 +1,6 @@
 """Metrics, tables and plots from saved results.
 
-Metrics are pure functions over the accuracy matrix A (SPEC §4): A[t, j] is the
+Metrics are pure functions over the accuracy matrix A (docs/method.md#evaluation-and-metrics): A[t, j] is the
 accuracy (percent) on task j after training task t, NaN for j > t.
 
     python evaluation.py RESULTS_DIR            # rebuild summaries of every experiment below it
@@ -395,7 +395,7 @@ def seeds_table(groups: list, title: str) -> str:
               "fixed: the reference's defects are fixed (published_regime=False)")
     return "\n".join([
         f"# {title}", "",
-        f"Regime: {regime}; see the README, Differences.", "",
+        f"Regime: {regime}; see docs/differences.md#the-published-regime.", "",
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds. "
         "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
         "Chaudhry et al. 2018; task_agnostic_accuracy: task inferred by lowest entropy; "

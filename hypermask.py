@@ -3,12 +3,12 @@ the weights of one shared target network (Książek & Spurek, arXiv 2310.00113).
 
 For task t, the hypernetwork's output h = hnet(e_t) is one tensor per target
 tensor; the mask keeps |tanh(h)| where it reaches the tensor's p-th percentile
-(SPEC §2); the prediction uses the weights θ ⊙ m. Training a task minimises
+(docs/method.md#the-semi-binary-mask); the prediction uses the weights θ ⊙ m. Training a task minimises
 
     loss = CE(f(x; θ ⊙ m_t), y) + β · R_hnet / max(1, t) + λ · R_target
 
 with R_hnet the output regulariser of von Oswald et al. 2020 over all earlier
-tasks and R_target the L1 drift of θ since the task started (SPEC §3).
+tasks and R_target the L1 drift of θ since the task started (docs/method.md#the-loss-and-its-optimisation).
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def current_sparsity(config: HyperParameters, task_id: int, iteration: int,
 
 def build_model(config: HyperParameters, input_shape: tuple[int, ...],
                 num_outputs: int) -> HyperMask:
-    """The target network and its hypernetwork, freshly initialised (SPEC §1).
+    """The target network and its hypernetwork, freshly initialised (docs/method.md#networks).
 
     Args:
         input_shape: (features,) for the MLP, (H, W, C) for the conv nets.
@@ -269,7 +269,7 @@ def build_model(config: HyperParameters, input_shape: tuple[int, ...],
 
 def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: int,
                          hidden_layers: tuple[int, ...] = ()) -> nn.Module:
-    """A hypnettorch target network with its own weights (see SPEC §1 and §10)."""
+    """A hypnettorch target network with its own weights (docs/method.md#networks, docs/hypnettorch.md)."""
     if name == "MLP":
         return MLP(n_in=math.prod(input_shape), n_out=num_outputs, hidden_layers=hidden_layers,
                    activation_fn=nn.ReLU(), use_bias=True, verbose=False)
@@ -314,7 +314,7 @@ def maskable_indices(target: nn.Module) -> list[int]:
 
 
 class TinyZenkeNet(nn.Module, MainNetInterface):
-    """ZenkeNet for 64x64 RGB input (Tiny ImageNet), SPEC §1.
+    """ZenkeNet for 64x64 RGB input (Tiny ImageNet), docs/method.md#networks.
 
     Four 3x3 convolutions with 64 channels (SAME, VALID, max-pool 2, SAME,
     VALID, max-pool 2; ReLU after each, Dropout2d(0.25) after each pooling),
@@ -375,7 +375,7 @@ def task_start(model: HyperMask, task_id: int) -> TaskStart:
 def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id: int,
                   num_classes: int, sparsity: float | torch.Tensor, start: TaskStart,
                   config: HyperParameters) -> dict[str, torch.Tensor]:
-    """The HyperMask loss on one batch (SPEC §3).
+    """The HyperMask loss on one batch (docs/method.md#the-loss-and-its-optimisation).
 
     Args:
         x, y: network input [B, ...] and labels [B].
@@ -526,8 +526,8 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
     starts at 0). With model_selection "best_val" the networks with the highest
     validation accuracy are kept. A loss that is not finite at a validation
     raises Diverged, before the networks are used for anything else.
-    `config.published_regime` keeps two of the reference's defects (SPEC §8, 3
-    and 5): validation uses this iteration's (ramped) sparsity, and leaves the
+    `config.published_regime` keeps two of the reference's defects (defects 3 and 5
+    in docs/differences.md): validation uses this iteration's (ramped) sparsity, and leaves the
     networks in eval mode, so dropout is off for the rest of the task.
 
     Args:

@@ -1,4 +1,4 @@
-"""Task-agnostic inference: classifying without being told the task (SPEC §4).
+"""Task-agnostic inference: classifying without being told the task (docs/method.md#task-agnostic-evaluations).
 
 HyperMask is trained task-incrementally; these evaluations drop the task label:
 - entropy: run a sample under every task's mask, trust the most confident task
@@ -155,7 +155,8 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
             if with_validation:
                 x, labels = torch.cat([x, task.val_x]), torch.cat([labels, task.val_y])
             features = task_features(model, task, x, weights[t], batch_size)
-            # the task's own classes (the published regime widens num_classes: SPEC §8, defect 2)
+            # the task's own classes (the published regime widens num_classes:
+            # docs/differences.md#2-output-width-per-task)
             statistics.append(class_statistics(features, labels, int(labels.max()) + 1))
         # distance[s][t]: [N_s, C_t], test samples of task s under task t's mask
         distance = [[mahalanobis(task_features(model, s, s.test_x, w, batch_size), *statistics[t])

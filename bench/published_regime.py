@@ -1,7 +1,7 @@
 """What `published_regime` changes for ZenkeNet: dropout on (default) vs off (published).
 
 The reference's validation leaves the networks in eval mode, so its ZenkeNet
-trains without dropout after the first validation of every task (SPEC §8,
+trains without dropout after the first validation of every task (docs/differences.md,
 defect 3); `published_regime=True` does the same, the default keeps dropout on.
 Both train ZenkeNet with the Split CIFAR-100 part 1 configuration on two tasks
 of real digits at 32x32x3 (datasets.digit_image_tasks: task 0 digits 0-4, task

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+import checkpoints
 import datasets
 import hypermask
 import main
@@ -59,9 +60,9 @@ def test_the_image_transform_never_waits_for_the_gpu(augment):
 
 def test_the_runs_own_gpu_random_state_round_trips():
     device = torch.device("cuda", torch.cuda.device_count() - 1)
-    state = runs.rng_state(device)
+    state = checkpoints.rng_state(device)
     first = torch.rand(4, device=device)
-    runs.set_rng_state(state, device)
+    checkpoints.set_rng_state(state, device)
     assert torch.equal(torch.rand(4, device=device), first)
 
 
@@ -201,14 +202,14 @@ def test_a_gpu_run_stopped_mid_task_resumes_to_the_same_results(mnist_root, tmp_
     options = [*RUNS["SplitMNIST"], "--number_of_iterations=60", "--seeds=[1]",
                "--number_of_tasks=2", "--device=cuda", f"--path_to_datasets={mnist_root}"]
     assert main.main([*options, f"--results_dir={tmp_path / 'whole'}"]) == 0
-    real = runs.TaskCheckpoints.__call__
+    real = checkpoints.TaskCheckpoints.__call__
 
     def stop_in_task_2(self, training):
         if self.run_state["next_task"] == 1 and training.iteration == 25:
             os.kill(os.getpid(), signal.SIGTERM)
         real(self, training)
 
-    monkeypatch.setattr(runs.TaskCheckpoints, "__call__", stop_in_task_2)
+    monkeypatch.setattr(checkpoints.TaskCheckpoints, "__call__", stop_in_task_2)
     cut = [*options, f"--results_dir={tmp_path / 'cut'}"]
     assert main.main([*cut, *(["--cuda_graphs=False"] if stopped_eager else [])]) == \
         128 + signal.SIGTERM

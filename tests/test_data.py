@@ -129,7 +129,7 @@ def test_grid_is_the_cartesian_product_and_overrides_fix_a_field():
         datasets.configurations(datasets.get_benchmark("SplitMNIST", 1), False)
 
 
-# Every grid of SPEC §5: (dataset, part) -> number of points, seeds, what every point
+# Every grid of docs/benchmarks.md#grid-searches: (dataset, part) -> number of points, seeds, what every point
 # has, and one point that must be there.
 GRIDS = {
     ("PermutedMNIST", 0): (12, (1, 2, 3, 4, 5),

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import checkpoints
 import datasets
 import files
 import hypermask
@@ -50,12 +51,12 @@ def test_random_state_is_saved_and_restored_for_the_runs_gpu_only(monkeypatch):
                         lambda device="cuda": calls.append(("get", device)) or torch.ones(3))
     monkeypatch.setattr(torch.cuda, "set_rng_state",
                         lambda state, device="cuda": calls.append(("set", device)))
-    state = runs.rng_state(GPU1)
+    state = checkpoints.rng_state(GPU1)
     assert torch.equal(state["cuda"], torch.ones(3))
-    runs.set_rng_state(state, GPU1)
+    checkpoints.set_rng_state(state, GPU1)
     assert calls == [("get", GPU1), ("set", GPU1)]
-    runs.set_rng_state(state, torch.device("cpu"))  # resumed on a CPU: no GPU generator
-    assert "cuda" not in runs.rng_state(torch.device("cpu")) and len(calls) == 2
+    checkpoints.set_rng_state(state, torch.device("cpu"))  # resumed on a CPU: no GPU generator
+    assert "cuda" not in checkpoints.rng_state(torch.device("cpu")) and len(calls) == 2
 
 
 def test_a_random_state_that_cannot_be_restored_is_a_warning_not_corruption(
@@ -64,7 +65,7 @@ def test_a_random_state_that_cannot_be_restored_is_a_warning_not_corruption(
     torch.manual_seed(0)
     saved = hypermask.build_model(config, (784,), 2)
     path = tmp_path / "checkpoint.pt"
-    state = runs.rng_state(torch.device("cpu")) | {"cuda": torch.zeros(16, dtype=torch.uint8)}
+    state = checkpoints.rng_state(torch.device("cpu")) | {"cuda": torch.zeros(16, dtype=torch.uint8)}
     files.save({"next_task": 1, "model": saved.state_dict(), "rng": state}, path)
 
     def fewer_gpus(state, device="cuda"):
@@ -72,7 +73,7 @@ def test_a_random_state_that_cannot_be_restored_is_a_warning_not_corruption(
 
     monkeypatch.setattr(torch.cuda, "set_rng_state", fewer_gpus)
     model = hypermask.build_model(config, (784,), 2)
-    checkpoint = runs.load_checkpoint(path, model, GPU1)
+    checkpoint = checkpoints.load_checkpoint(path, model, GPU1)
     assert checkpoint == {"next_task": 1}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  saved.state_dict().values()))

@@ -27,6 +27,7 @@ import pytest
 import torch
 from conftest import TINY, run_folder, same_results, tiny_options
 
+import checkpoints
 import datasets
 import files
 import hypermask
@@ -107,7 +108,7 @@ def fail_writes(monkeypatch, name: str, fail_at: int, code: int = errno.ENOSPC,
 
 
 def resumes_at(run: Path) -> str:
-    """Where the rerun continues, read from the checkpoint itself (not runs.resume_point)."""
+    """Where the rerun continues, read from the checkpoint itself (not checkpoints.resume_point)."""
     if not (run / "checkpoint.pt").exists():
         return "it starts this run from its first task"
     state = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -428,15 +429,15 @@ def test_the_checkpoint_estimate_is_what_torch_writes(mnist_root, tmp_path):
         tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=1, root=mnist_root,
                                     device=torch.device("cpu"))
         model = hypermask.build_model(config, tasks[0].input_shape, 2)
-        estimate = runs.checkpoint_bytes(model, config, max(len(t.train_y) for t in tasks))
+        estimate = checkpoints.checkpoint_bytes(model, config, max(len(t.train_y) for t in tasks))
         path = tmp_path / "checkpoint.pt"
         state = {"next_task": 1, "accuracies": [], "log": [], "transfer": []}
-        save = runs.TaskCheckpoints(path, state, model, torch.device("cpu"), minutes=1e-9,
+        save = checkpoints.TaskCheckpoints(path, state, model, torch.device("cpu"), minutes=1e-9,
                                     stop=runs.StopRequest())
         with runs.process_settings(threads=1):
             hypermask.train_task(model, tasks[1], 1, config, after_step=save)
         written = path.stat().st_size
-        assert estimate - runs.CHECKPOINT_ALLOWANCE <= written <= estimate, changes
+        assert estimate - checkpoints.CHECKPOINT_ALLOWANCE <= written <= estimate, changes
 
 
 def test_a_short_disk_is_warned_about_before_the_run(mnist_root, tmp_path, monkeypatch,
@@ -459,7 +460,7 @@ def test_a_short_disk_is_warned_about_before_the_run(mnist_root, tmp_path, monke
                                  **main.parse_overrides(SMALL)[1] | {"number_of_tasks": 1})
     tasks = datasets.load_tasks("SplitMNIST", 0, config, seed=5, root=mnist_root,
                                 device=torch.device("cpu"))
-    largest = runs.checkpoint_bytes(hypermask.build_model(config, (784,), 2), config,
+    largest = checkpoints.checkpoint_bytes(hypermask.build_model(config, (784,), 2), config,
                                     len(tasks[0].train_y))
     assert match[2] == files.size_text(2 * largest) and match[3] == files.size_text(largest)
     free[0] = 10**12
@@ -471,7 +472,7 @@ def test_a_warning_from_a_logged_run_reaches_the_launchers_terminal(capfd):
     import contextlib
 
     with contextlib.redirect_stdout(io.StringIO()) as log:
-        runs.warn("  warning: 1 kB free")
+        checkpoints.warn("  warning: 1 kB free")
     assert log.getvalue() == "  warning: 1 kB free\n"
     assert capfd.readouterr().err == "  warning: 1 kB free\n"
 
@@ -599,7 +600,7 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 def test_a_real_disk_filling_during_a_checkpoint_write(mnist_root, small_disk, monkeypatch,
                                                        capsys, undisturbed):
-    filler, real_save, saves = small_disk / "filler", runs.TaskCheckpoints.save, [0]
+    filler, real_save, saves = small_disk / "filler", checkpoints.TaskCheckpoints.save, [0]
 
     def save(self, training=None):  # before the 8th checkpoint, leave room for half of one
         saves[0] += 1
@@ -609,7 +610,7 @@ def test_a_real_disk_filling_during_a_checkpoint_write(mnist_root, small_disk, m
                 file.write(b"\0" * (shutil.disk_usage(small_disk).free - room))
         real_save(self, training)
 
-    monkeypatch.setattr(runs.TaskCheckpoints, "save", save)
+    monkeypatch.setattr(checkpoints.TaskCheckpoints, "save", save)
     args = options(mnist_root, small_disk, "--seeds=[5]")
     code = main.main(args)
     run = run_folder(small_disk, 5)

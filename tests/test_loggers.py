@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import run_folder, tiny_options
 
+import checkpoints
 import evaluation
 import hypermask
 import main
@@ -182,7 +183,7 @@ def interrupt_in_task_1(monkeypatch, save_at: int | None, stop_at: int):
     """Task 1 (the second) saves a mid-task checkpoint after iteration `save_at` (None: no
     mid-task checkpoint), then the process dies after iteration `stop_at`: the rows logged in
     between are not in the checkpoint."""
-    real = runs.TaskCheckpoints.__call__
+    real = checkpoints.TaskCheckpoints.__call__
 
     def after_step(self, training):
         if self.run_state["next_task"] == 1 and training.iteration == save_at:
@@ -191,7 +192,7 @@ def interrupt_in_task_1(monkeypatch, save_at: int | None, stop_at: int):
             raise KeyboardInterrupt
         real(self, training)
 
-    monkeypatch.setattr(runs.TaskCheckpoints, "__call__", after_step)
+    monkeypatch.setattr(checkpoints.TaskCheckpoints, "__call__", after_step)
 
 
 @needs_loggers

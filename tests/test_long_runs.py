@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import run_folder, same_results, tiny_options, wait_for
 
+import checkpoints
 import datasets
 import hypermask
 import launchers
@@ -100,13 +101,13 @@ def dataclasses_replace(config, **changes):
 
 def test_checkpoint_minutes_zero_saves_after_tasks_only(mnist_root, tmp_path, monkeypatch):
     saves = []
-    real = runs.TaskCheckpoints.save
+    real = checkpoints.TaskCheckpoints.save
 
     def save(self, training=None):
         saves.append(training is not None)
         real(self, training)
 
-    monkeypatch.setattr(runs.TaskCheckpoints, "save", save)
+    monkeypatch.setattr(checkpoints.TaskCheckpoints, "save", save)
     assert main.main(options(mnist_root, tmp_path, "--seeds=[1]", "--number_of_iterations=5",
                              "--checkpoint_minutes=0")) == 0
     assert saves == [False, False, False]

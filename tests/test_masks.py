@@ -1,4 +1,4 @@
-"""The semi-binary mask, the masked network and the regularisers (SPEC §2-3)."""
+"""The semi-binary mask, the masked network and the regularisers (docs/method.md)."""
 
 import copy
 import dataclasses

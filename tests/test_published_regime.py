@@ -1,4 +1,4 @@
-"""`published_regime`: the reference's defects that change numbers, kept on request (SPEC §8).
+"""`published_regime`: the reference's defects that change numbers, kept on request (docs/differences.md).
 
 Each test runs both regimes and fails if the switch does nothing.
 """
