@@ -85,13 +85,18 @@ def demo_starters(gpu: bool, scratch: Path) -> dict:
     small = ["--number_of_iterations=150", "--number_of_tasks=3"] if not gpu else []
     variants = ({"device": ["--device=cuda"], "cpu": ["--device=cpu"]} if gpu else
                 {"all threads": ["--device=cpu"], "one thread": ["--device=cpu"]})
-    threads = {"one thread": "1", "cpu": str(max(1, (os.cpu_count() or 2) // 4))}
+    # A run takes as many threads as CPUs it may run on (runs.cpu_threads reads the
+    # affinity; OMP_NUM_THREADS does not limit it): taskset gives it fewer.
+    threads = {"one thread": 1, "cpu": max(1, (os.cpu_count() or 2) // 4)}
+
+    def pinned(label: str) -> list[str]:
+        cpus = sorted(os.sched_getaffinity(0))[:threads[label]] if label in threads else []
+        return ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+
     return {label: (scratch / label.replace(" ", "_"), lambda label=label, extra=extra: (
-        subprocess.Popen([PYTHON, "main.py", "--demo",
+        subprocess.Popen([*pinned(label), PYTHON, "main.py", "--demo",
                           f"--results_dir={scratch / label.replace(' ', '_')}", *small, *extra],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=os.environ | ({"OMP_NUM_THREADS": threads[label]}
-                                           if label in threads else {}))))
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
             for label, extra in variants.items()}
 
 
