@@ -72,7 +72,7 @@ class HyperParameters:
     # Data. validation_size counts samples in all (PermutedMNIST), per task
     # (SplitMNIST, CIFAR100) or per class (TinyImageNet, CIFAR100_FeCAM_setup).
     validation_size: int
-    augmentation: bool  # the benchmark's training augmentation (docs/benchmarks.md#data-conventions)
+    augmentation: bool  # the training augmentation (docs/benchmarks.md#data-conventions)
     # Evaluation. evaluation_batch_size None: each test set as one batch, as the
     # reference; an int evaluates in chunks (batch-norm networks then give other
     # numbers: they normalise with each chunk's statistics).
@@ -83,8 +83,8 @@ class HyperParameters:
     tf32: bool = False
     # True: keep the reference's defects that change numbers, to reproduce the
     # published regime (docs/differences.md#the-published-regime): FeCAM's class
-    # offsets and output width (defects 1-2 there), dropout off after the first validation (3), task 0
-    # validated at the ramped sparsity (5), Tiny ImageNet's validation split
+    # offsets and output width (defects 1-2 there), dropout off after the first
+    # validation (3), task 0 validated at the ramped sparsity (5), Tiny ImageNet's validation split
     # and batch order drawn with seed 1 for every run seed, and raw [0, 1] pixels
     # without augmentation for Split CIFAR-100, the FeCAM setup (cifar_statistics)
     # and Split MNIST (split_mnist_tasks). Set by main.py's `published_regime`.
@@ -240,7 +240,8 @@ BENCHMARKS = {
     ),
 }
 
-# Image benchmarks (docs/benchmarks.md#best-configurations): epochs, plateau scheduler, best-validation selection.
+# Image benchmarks (docs/benchmarks.md#best-configurations): epochs, plateau scheduler,
+# best-validation selection.
 _CIFAR_RESNET = dataclasses.replace(
     _PERMUTED_MNIST,
     target_network="ResNet-20",
@@ -498,7 +499,8 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
                              demo=demo)
     check_task_sizes(tasks, dataset, config)
     if dataset == "CIFAR100_FeCAM_setup" and config.published_regime:
-        for task in tasks:  # every task gets task 0's outputs (docs/differences.md#2-output-width-per-task)
+        # every task gets task 0's outputs (docs/differences.md#2-output-width-per-task)
+        for task in tasks:
             task.num_classes = tasks[0].num_classes
     return tasks
 

@@ -1,7 +1,8 @@
 """Metrics, tables and plots from saved results.
 
-Metrics are pure functions over the accuracy matrix A (docs/method.md#evaluation-and-metrics): A[t, j] is the
-accuracy (percent) on task j after training task t, NaN for j > t.
+Metrics are pure functions over the accuracy matrix A
+(docs/method.md#evaluation-and-metrics): A[t, j] is the accuracy (percent) on task j
+after training task t, NaN for j > t.
 
     python evaluation.py RESULTS_DIR            # rebuild summaries of every experiment below it
     python evaluation.py RESULTS_DIR --table    # the paper's table: results_table.md/.csv/.tex
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -24,12 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from datasets import CLASSES_REDRAWN, FECAM_PARTS, FECAM_SPLITS, recorded_defaults  # noqa: E402
+import chance  # noqa: E402
+from datasets import CLASSES_REDRAWN, recorded_defaults  # noqa: E402
 from errors import UserError  # noqa: E402
 from files import save_figure, write_csv, write_text  # noqa: E402  (every write goes there)
 
 # classes: the evaluated task's number of classes, what its accuracy is held against
-# (at_chance); recorded since 2026-12-07, older runs fall back on task_classes.
+# (chance.at_chance); recorded since 2026-12-07, older runs fall back on task_classes.
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy",
                     "classes"]
 
@@ -77,105 +78,6 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
     matrix = np.full((t, t), np.nan)
     matrix[rows["trained_task"].to_numpy(), rows["evaluated_task"].to_numpy()] = rows["accuracy"]
     return matrix
-
-
-# ------------------------------------------------------------------- tasks at chance
-
-CHANCE_ERRORS, CHANCE_SLACK = 3, 1.0  # see chance_margin
-CHANCE_MARGIN_UNSIZED = 3.0  # points: for runs that did not record their test-set sizes
-CHANCE_RULE = "within 3 binomial standard errors + 1 point of 100/classes"
-# Below a summary's or the results table's "at chance" column.
-CHANCE_NOTE = (f"At chance: runs that ended with tasks whose accuracy after the last task is "
-               f"{CHANCE_RULE} (tasks numbered from 1; each run's log warns after every task). "
-               "Their numbers are in the means above.")
-
-
-def chance_margin(classes: int, test_samples: int | None) -> float:
-    """How many percentage points from 100 / classes a test accuracy still counts as chance.
-
-    A network that ignores its input scores 100/k on average over n test
-    images of k equally frequent classes, with standard error
-    100 sqrt(p (1 - p) / n), p = 1/k: three of them keep noise from hiding such
-    a network. The extra point covers test sets whose classes are not equally
-    frequent, where a constant prediction scores its class's share: MNIST's
-    digits make that 8.9-11.4 % on Permuted MNIST (3 errors: 0.9 points) and
-    up to 3.7 points from 50 % on a Split MNIST task (3 errors: 3.3 points).
-
-    Args:
-        classes: the task's number of classes k.
-        test_samples: its number of test images n; None (not recorded):
-            CHANCE_MARGIN_UNSIZED.
-    """
-    if not test_samples:
-        return CHANCE_MARGIN_UNSIZED
-    p = 1 / classes
-    return CHANCE_ERRORS * 100 * math.sqrt(p * (1 - p) / test_samples) + CHANCE_SLACK
-
-
-def at_chance(accuracy: float, classes: int, test_samples: int | None) -> bool:
-    """True if a test accuracy (percent) is within chance_margin of 100 / classes."""
-    return abs(accuracy - 100 / classes) <= chance_margin(classes, test_samples)
-
-
-def tasks_at_chance(accuracies: np.ndarray, classes: list, test_samples: list) -> list[int]:
-    """The tasks, numbered from 1, whose accuracy is at chance (a task of unknown class
-    count never is).
-
-    Args:
-        accuracies: [T] one row of the accuracy matrix (NaN: not evaluated).
-        classes, test_samples: per task; None where not known.
-    """
-    return [j + 1 for j, accuracy in enumerate(accuracies)
-            if not np.isnan(accuracy) and classes[j]
-            and at_chance(accuracy, classes[j], test_samples[j])]
-
-
-# Classes per task of each benchmark (datasets.py builds the tasks), for runs that did
-# not record them; the FeCAM setup's come from its split.
-CLASSES_PER_TASK = {"PermutedMNIST": 10, "SplitMNIST": 2, "CIFAR100": 10, "TinyImageNet": 5}
-
-
-def class_counts(accuracies: pd.DataFrame, config: dict) -> list[int | None]:
-    """Each task's number of classes: accuracies.csv's `classes`, else (a run recorded
-    before that column, or resumed from before it) the benchmark's split, from
-    config.json's dataset and part; None for a dataset not known here."""
-    t = int(accuracies["trained_task"].max()) + 1
-    if config.get("dataset") == "CIFAR100_FeCAM_setup" and config.get("part") in FECAM_PARTS:
-        split = FECAM_SPLITS[FECAM_PARTS[config["part"]][1]]
-    else:
-        split = [CLASSES_PER_TASK.get(config.get("dataset"))] * t
-    classes = (list(split) + [None] * t)[:t]
-    if "classes" in accuracies:
-        recorded = accuracies.dropna(subset=["classes"]).groupby("evaluated_task")["classes"]
-        for task, count in recorded.first().items():
-            classes[int(task)] = int(count)
-    return classes
-
-
-def task_ranges(tasks: list[int]) -> str:
-    """'1–3, 5, 7–10' for [1, 2, 3, 5, 7, 8, 9, 10]."""
-    spans = []
-    for task in tasks:
-        if spans and task == spans[-1][1] + 1:
-            spans[-1][1] = task
-        else:
-            spans.append([task, task])
-    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in spans)
-
-
-def chance_runs(runs: pd.DataFrame) -> list[str]:
-    """'seed 3 (tasks 1–10)' for each run whose final accuracies have tasks at chance."""
-    if "tasks_at_chance" not in runs:
-        return []
-    return [f"seed {int(seed)} (task{'s' if len(tasks) > 1 else ''} {task_ranges(tasks)})"
-            for seed, tasks in zip(runs["seed"], runs["tasks_at_chance"])
-            if isinstance(tasks, list) and tasks]
-
-
-def chance_cell(runs: pd.DataFrame) -> str:
-    """How many of the runs ended with tasks at chance, which seeds, which tasks."""
-    marked = chance_runs(runs)
-    return f"{len(marked)} of {len(runs)}: {'; '.join(marked)}" if marked else "none"
 
 
 # ----------------------------------------------------------------------- files
@@ -296,8 +198,8 @@ def run_summary(run_dir: Path) -> dict | None:
            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
            "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix),
-           "tasks_at_chance": tasks_at_chance(matrix[-1], class_counts(accuracies, config),
-                                              test_samples), **error}
+           "tasks_at_chance": chance.tasks_at_chance(
+               matrix[-1], chance.class_counts(accuracies, config), test_samples), **error}
     if (run_dir / "transfer.csv").exists():
         transfer = pd.read_csv(run_dir / "transfer.csv").iloc[:t]
         row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
@@ -376,14 +278,14 @@ def seeds_table(groups: list, title: str) -> str:
     if not groups:
         return f"# {title}\n\nNo finished runs yet.\n"
     rows = []
-    chance = any(chance_runs(runs) for _, runs in groups)
+    any_at_chance = any(chance.chance_runs(runs) for _, runs in groups)
     for varying, runs in groups:
         row = {**varying, "seeds": len(runs)}
         for metric in METRICS[2:]:
             if metric in runs and runs[metric].notna().any():
                 row[metric] = f"{runs[metric].mean():.2f} ± {runs[metric].std(ddof=0):.2f}"
-        if chance:  # only then: the column would say "none" on every row
-            row["at chance"] = chance_cell(runs)
+        if any_at_chance:  # only then: the column would say "none" on every row
+            row["at chance"] = chance.chance_cell(runs)
         rows.append(row)
     first = groups[0][1].iloc[0]
     data = first["data"]
@@ -401,7 +303,7 @@ def seeds_table(groups: list, title: str) -> str:
         "Chaudhry et al. 2018; task_agnostic_accuracy: task inferred by lowest entropy; "
         "fecam_accuracy: FeCAM class-incremental accuracy over all tasks.",
         "", pd.DataFrame(rows).rename(columns={"ACC": "accuracy (ACC)"}).to_markdown(index=False),
-        ""] + ([CHANCE_NOTE, ""] if chance else []))
+        ""] + ([chance.CHANCE_NOTE, ""] if any_at_chance else []))
 
 
 # ----------------------------------------------------------------------- plots
@@ -472,14 +374,14 @@ def plot_grid(runs: pd.DataFrame, hyperparameters: list[str], path: Path, title:
                              sharey=True)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    chance = runs.get("tasks_at_chance", pd.Series(index=runs.index, dtype=object)).map(
+    at_chance = runs.get("tasks_at_chance", pd.Series(index=runs.index, dtype=object)).map(
         lambda tasks: isinstance(tasks, list) and bool(tasks))
     for ax, name in zip(axes.flat, hyperparameters):
         values = runs[name].map(str)
         levels = sorted(values.unique())
         for i, level in enumerate(levels):
             accuracy = runs.loc[values == level, "mean_accuracy"]
-            marked = chance[values == level]
+            marked = at_chance[values == level]
             ax.scatter(np.full(int((~marked).sum()), i), accuracy[~marked], alpha=0.5, s=12)
             if marked.any():  # in the mean too: the mark tells, it does not drop
                 ax.scatter(np.full(int(marked.sum()), i), accuracy[marked], marker="x", s=24,
@@ -489,11 +391,11 @@ def plot_grid(runs: pd.DataFrame, hyperparameters: list[str], path: Path, title:
         ax.set_xlabel(name)
     for row in axes:
         row[0].set_ylabel("final mean accuracy (%)")
-    if chance.any():
+    if at_chance.any():
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles[:1], labels[:1], loc="lower right", fontsize=7)
     fig.suptitle(f"{title}: each dot a run (red x: tasks at chance), bar the mean"
-                 if chance.any() else f"{title}: each dot a run, bar the mean", fontsize=9)
+                 if at_chance.any() else f"{title}: each dot a run, bar the mean", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -573,8 +475,8 @@ def table_row(experiment_dir: Path) -> dict:
     return row | {"seeds": len(finished),
                   "unfinished": int((runs["state"] == "unfinished").sum()),
                   "failed": int((runs["state"] == "failed").sum()),
-                  "runs_at_chance": len(chance_runs(finished)),
-                  "at_chance": "; ".join(chance_runs(finished))}
+                  "runs_at_chance": len(chance.chance_runs(finished)),
+                  "at_chance": "; ".join(chance.chance_runs(finished))}
 
 
 def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -613,7 +515,8 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
                              or "none" for u, f in zip(table["unfinished"], table["failed"])]
     if table["runs_at_chance"].any():  # only then: the column would say "none" on every row
         frame["at chance"] = [f"{n} of {seeds}: {runs}" if n else "none" for n, seeds, runs
-                              in zip(table["runs_at_chance"], table["seeds"], table["at_chance"])]
+                              in zip(table["runs_at_chance"], table["seeds"],
+                                     table["at_chance"])]
     return frame
 
 
@@ -633,7 +536,7 @@ def write_results_table(root: Path) -> str | None:
         "with small networks, not in the paper's setting. Runs that never started leave no "
         "folder and are not counted (`python main.py --status` lists them).", "",
         readable.to_markdown(index=False), ""]
-        + ([CHANCE_NOTE, ""] if "at chance" in readable else [])
+        + ([chance.CHANCE_NOTE, ""] if "at chance" in readable else [])
         + ([f"Not in the table (grid searches, whose summary.md ranks their points, and "
              f"folders not named like experiments): {', '.join(left_out)}", ""]
            if left_out else []))
@@ -686,8 +589,8 @@ def compare_runs(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[dict]:
 
 def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[str]:
     """The recorded settings whose values differ between two sets of runs of one experiment."""
-    ignored = set(METRICS) | set(RUN_NOTES) | {"configuration", "state",
-                                             TASK_CLASSES}  # compared seed by seed: class_differences
+    # task_classes are compared seed by seed: class_differences
+    ignored = set(METRICS) | set(RUN_NOTES) | {"configuration", "state", TASK_CLASSES}
     columns = (set(runs_a.columns) | set(runs_b.columns)) - ignored
     return sorted(c for c in columns
                   if str(first_value(runs_a, c)) != str(first_value(runs_b, c)))

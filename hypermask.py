@@ -3,12 +3,14 @@ the weights of one shared target network (Książek & Spurek, arXiv 2310.00113).
 
 For task t, the hypernetwork's output h = hnet(e_t) is one tensor per target
 tensor; the mask keeps |tanh(h)| where it reaches the tensor's p-th percentile
-(docs/method.md#the-semi-binary-mask); the prediction uses the weights θ ⊙ m. Training a task minimises
+(docs/method.md#the-semi-binary-mask); the prediction uses the weights θ ⊙ m.
+Training a task minimises
 
     loss = CE(f(x; θ ⊙ m_t), y) + β · R_hnet / max(1, t) + λ · R_target
 
 with R_hnet the output regulariser of von Oswald et al. 2020 over all earlier
-tasks and R_target the L1 drift of θ since the task started (docs/method.md#the-loss-and-its-optimisation).
+tasks and R_target the L1 drift of θ since the task started
+(docs/method.md#the-loss-and-its-optimisation).
 """
 
 from __future__ import annotations
@@ -269,7 +271,8 @@ def build_model(config: HyperParameters, input_shape: tuple[int, ...],
 
 def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: int,
                          hidden_layers: tuple[int, ...] = ()) -> nn.Module:
-    """A hypnettorch target network with its own weights (docs/method.md#networks, docs/hypnettorch.md)."""
+    """A hypnettorch target network with its own weights (docs/method.md#networks,
+    docs/hypnettorch.md)."""
     if name == "MLP":
         return MLP(n_in=math.prod(input_shape), n_out=num_outputs, hidden_layers=hidden_layers,
                    activation_fn=nn.ReLU(), use_bias=True, verbose=False)

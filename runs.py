@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 import capture
+import chance
 import data_files
 import datasets
 import evaluation
@@ -550,7 +551,7 @@ def evaluate(model, task, task_id: int, config) -> float:
 def chance_warning(task_id: int, accuracies: list[float], classes: list[int],
                    sizes: list[dict]) -> str | None:
     """The log's warning after task `task_id`: the evaluated tasks whose test accuracy is
-    at chance (evaluation.at_chance), with their accuracy; None if there is none.
+    at chance (chance.at_chance), with their accuracy; None if there is none.
 
     Args:
         accuracies: the test accuracy (percent) of tasks 0..task_id.
@@ -558,11 +559,11 @@ def chance_warning(task_id: int, accuracies: list[float], classes: list[int],
     """
     named = [f"task {j + 1} {accuracy:.2f}% ({classes[j]} classes)"
              for j, accuracy in enumerate(accuracies)
-             if evaluation.at_chance(accuracy, classes[j], sizes[j]["test_samples"])]
+             if chance.at_chance(accuracy, classes[j], sizes[j]["test_samples"])]
     if not named:
         return None
     return (f"  warning: after task {task_id + 1}, {len(named)} task(s) at chance, "
-            f"{evaluation.CHANCE_RULE}: " + ", ".join(named))
+            f"{chance.CHANCE_RULE}: " + ", ".join(named))
 
 
 def write_run_tables(run_dir: Path, state: dict) -> None:

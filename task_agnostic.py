@@ -1,4 +1,5 @@
-"""Task-agnostic inference: classifying without being told the task (docs/method.md#task-agnostic-evaluations).
+"""Task-agnostic inference: classifying without being told the task
+(docs/method.md#task-agnostic-evaluations).
 
 HyperMask is trained task-incrementally; these evaluations drop the task label:
 - entropy: run a sample under every task's mask, trust the most confident task

@@ -129,8 +129,8 @@ def test_grid_is_the_cartesian_product_and_overrides_fix_a_field():
         datasets.configurations(datasets.get_benchmark("SplitMNIST", 1), False)
 
 
-# Every grid of docs/benchmarks.md#grid-searches: (dataset, part) -> number of points, seeds, what every point
-# has, and one point that must be there.
+# Every grid of docs/benchmarks.md#grid-searches: (dataset, part) -> number of points, seeds,
+# what every point has, and one point that must be there.
 GRIDS = {
     ("PermutedMNIST", 0): (12, (1, 2, 3, 4, 5),
                            dict(model_selection="best_val", embedding_size=24, sparsity=0,

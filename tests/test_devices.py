@@ -65,7 +65,8 @@ def test_a_random_state_that_cannot_be_restored_is_a_warning_not_corruption(
     torch.manual_seed(0)
     saved = hypermask.build_model(config, (784,), 2)
     path = tmp_path / "checkpoint.pt"
-    state = checkpoints.rng_state(torch.device("cpu")) | {"cuda": torch.zeros(16, dtype=torch.uint8)}
+    state = (checkpoints.rng_state(torch.device("cpu"))
+             | {"cuda": torch.zeros(16, dtype=torch.uint8)})
     files.save({"next_task": 1, "model": saved.state_dict(), "rng": state}, path)
 
     def fewer_gpus(state, device="cuda"):

@@ -1,4 +1,5 @@
-"""`published_regime`: the reference's defects that change numbers, kept on request (docs/differences.md).
+"""`published_regime`: the reference's defects that change numbers, kept on request
+(docs/differences.md).
 
 Each test runs both regimes and fails if the switch does nothing.
 """

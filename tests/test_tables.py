@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import chance
 import evaluation
 
 
@@ -246,7 +247,7 @@ def test_the_table_counts_runs_at_chance_and_keeps_them_in_the_means(results, ca
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     assert cells[4] == "74.00 ± 16.99"  # (85 + 87 + 50) / 3: reported, not dropped
     assert cells[-1] == "1 of 3: seed 5 (task 1)"
-    assert "| at chance" in markdown and evaluation.CHANCE_NOTE in markdown
+    assert "| at chance" in markdown and chance.CHANCE_NOTE in markdown
     split = [line for line in markdown.splitlines() if line.startswith("| Split MNIST ")]
     assert split[0].rstrip(" |").endswith("none")
     csv = pd.read_csv(results / "results_table.csv")
@@ -266,7 +267,7 @@ def test_grid_summary_marks_the_points_with_runs_at_chance(tmp_path, monkeypatch
             for line in text.splitlines() if line.startswith("|")}
     assert rows["0.5"][-1] == "1 of 2: seed 1 (task 1)" and rows["0.1"][-1] == "none"
     assert rows["0.5"][2] == "77.50 ± 7.50"  # (70 + 85) / 2
-    assert evaluation.CHANCE_NOTE in text
+    assert chance.CHANCE_NOTE in text
     [figure] = [f for f in figures if f._suptitle and "grid search" in f._suptitle.get_text()]
     assert "red x: tasks at chance" in figure._suptitle.get_text()
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["run with tasks at chance"]
