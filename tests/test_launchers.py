@@ -30,6 +30,7 @@ def outputs(results, seed):
     return {name: (run / name).read_bytes() for name in OUTPUTS}
 
 
+@pytest.mark.slow
 def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys, monkeypatch):
     # Two workers get half the CPUs each; the sequential run given as many (as
     # taskset would) sums floats in the same order, hence gives identical results.
@@ -49,6 +50,7 @@ def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys, m
     assert summary["finished"].all() and len(summary) == 2
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_and_the_others_finish(mnist_root, tmp_path, capsys):
     broken = tmp_path / "SplitMNIST_part0_best" / "seed_2"
     broken.mkdir(parents=True)
@@ -66,7 +68,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(mnist_root, tmp_path, c
     assert "| seed_1 | finished" in table and "| seed_2 | failed: " in table
 
 
-@pytest.mark.parametrize("executor", ["debug", "local"])
+@pytest.mark.parametrize("executor", ["debug", pytest.param("local", marks=pytest.mark.slow)])
 def test_submitit_executors_run_the_job_function(mnist_root, tmp_path, executor):
     import submitit
 
@@ -98,6 +100,7 @@ def test_slurm_without_slurm_is_a_one_line_error(mnist_root, tmp_path, capsys, m
     assert err.startswith("error: launcher='slurm' needs SLURM") and "\n" not in err
 
 
+@pytest.mark.slow
 def test_a_killed_launch_resumes_on_the_second(mnist_root, tmp_path):
     args = options(mnist_root, tmp_path / "killed", "--seeds=[4]", "--number_of_tasks=3",
                    "--number_of_iterations=400", "--launcher=local", "--max_parallel_runs=1")

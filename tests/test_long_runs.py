@@ -45,6 +45,7 @@ def checkpoint_in_task(run: Path, task: int) -> dict | None:
 # ------------------------------------------------------------------ mid-task checkpoints
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
 def test_a_run_stopped_mid_task_resumes_to_identical_files(mnist_root, tmp_path, stop):
     # A checkpoint every 6 ms: one after nearly every step.
@@ -122,6 +123,7 @@ def test_impossible_checkpoint_minutes_are_refused(value, capsys):
 # ------------------------------------------------------------------------ one writer
 
 
+@pytest.mark.slow
 def test_a_second_launch_of_a_running_run_is_refused(mnist_root, tmp_path, capsys):
     args = options(mnist_root, tmp_path, "--seeds=[2]", "--number_of_iterations=2000",
                    "--number_of_tasks=1")
@@ -200,6 +202,7 @@ def test_a_huge_learning_rate_is_reported_as_divergence(mnist_root, tmp_path, ca
 # ------------------------------------------------------------------------ local pool
 
 
+@pytest.mark.slow
 def test_the_pool_survives_a_killed_worker(mnist_root, tmp_path):
     args = options(mnist_root, tmp_path, "--seeds=[1,2]", "--number_of_iterations=400",
                    "--launcher=local", "--max_parallel_runs=2")
@@ -218,6 +221,7 @@ def test_the_pool_survives_a_killed_worker(mnist_root, tmp_path):
     assert (victim / "final_weights.pt").exists() and not (victim / "failed.txt").exists()
 
 
+@pytest.mark.slow
 def test_a_stop_signal_stops_the_pool_after_its_runs_save(mnist_root, tmp_path):
     args = options(mnist_root, tmp_path, "--seeds=[1,2,3]", "--number_of_iterations=3000",
                    "--launcher=local", "--max_parallel_runs=2", "--checkpoint_minutes=0")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_cifar100
+from conftest import config_for, make_cifar100
 
 import data_files
 import datasets
@@ -22,10 +22,6 @@ from batches import TrainingBatches
 
 CPU = torch.device("cpu")
 REGIMES = [False, True]
-
-
-def config_for(dataset, part, **changes):
-    return dataclasses.replace(datasets.get_benchmark(dataset, part).best, **changes)
 
 
 @pytest.mark.parametrize("published", REGIMES)
@@ -148,7 +144,8 @@ def test_published_fecam_tasks_have_task_0s_outputs(cifar_root, published):
 
 BEST = [("PermutedMNIST", 0), ("PermutedMNIST", 1), ("SplitMNIST", 0), ("CIFAR100", 0),
         ("CIFAR100", 1), ("TinyImageNet", 0), ("TinyImageNet", 1)] \
-    + [("CIFAR100_FeCAM_setup", part) for part in (0, 7)]  # overlapping slices; 5 tasks, ZenkeNet
+    + [pytest.param("CIFAR100_FeCAM_setup", part, marks=pytest.mark.slow)  # with --full:
+       for part in (0, 7)]  # overlapping slices; 5 tasks, ZenkeNet
 # (the other FeCAM parts differ only in their split, pinned by the tests above; end to end
 # each costs minutes on a CPU)
 

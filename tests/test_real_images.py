@@ -61,7 +61,10 @@ def test_digit_images_are_colour_nhwc_through_the_benchmark_transform():
     assert tasks[0].transform(x[:2], False).shape == (2, 64 * 64 * 3)
 
 
-@pytest.mark.parametrize("name", list(NETWORKS))
+# ZenkeNet in the fast tier; the slower two with --full
+@pytest.mark.parametrize("name", [name if name == "ZenkeNet"
+                                  else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in NETWORKS])
 def test_convolutional_hypermask_learns_real_digits_without_forgetting(name):
     (first,), (first_after, second) = train_on_digits(name)
     assert first > 80 and second > 50  # chance: 20%
