@@ -25,6 +25,17 @@ def tiny_options(mnist_root, results, *extra) -> list[str]:
     return [f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY, *extra]
 
 
+def random_task(features: int, classes: int, samples: int = 64, held_out: int = 8):
+    """A Task of random features and labels whose validation and test sets are its first
+    `held_out` training samples, with no transform: enough for a training state."""
+    from batches import Task
+
+    x, y = torch.rand(samples, features), torch.randint(0, classes, (samples,))
+    return Task(x, y, x[:held_out], y[:held_out], x[:held_out], y[:held_out],
+                num_classes=classes, transform=lambda batch, training: batch,
+                input_shape=(features,))
+
+
 def run_folder(results, seed: int, experiment: str = "SplitMNIST_part0_best") -> Path:
     return Path(results) / experiment / f"seed_{seed}"
 

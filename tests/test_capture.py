@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import random_task
 from torch.overrides import TorchFunctionMode
 
 import datasets
@@ -107,9 +108,7 @@ def test_a_run_resumes_with_the_other_kind_of_step():
                                  target_hidden_layers=(8,), hnet_hidden_layers=(4,),
                                  optimizer="rmsprop")
     model = hypermask.build_model(config, (784,), 2)
-    x, y = torch.rand(64, 784), torch.randint(0, 2, (64,))
-    task = Task(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=2,
-                         transform=lambda batch, training: batch, input_shape=(784,))
+    task = random_task(784, 2)
     state = hypermask.training_state(model, task, 0, config)
     next(state.batches)  # a task in progress
     saved = state.state_dict()

@@ -480,13 +480,13 @@ def test_a_warning_from_a_logged_run_reaches_the_launchers_terminal(capfd):
 # --------------------------------------------------------------------------- launchers
 
 
-def pool_run_with_a_full_disk(name: str, fail_at: int, where: str, job, gpu) -> None:
+def pool_run_with_a_full_disk(name: str, fail_at: int, where: str, job, *where_it_runs) -> None:
     """launchers._pool_run in a pool process whose `fail_at`-th write to `name` in a folder
     named `where` finds the disk full (the parent's monkeypatches do not reach a spawned
     process)."""
     with pytest.MonkeyPatch.context() as patch:
         fail_writes(patch, name, fail_at, where=where)
-        launchers_pool_run(job, gpu)
+        launchers_pool_run(job, *where_it_runs)
 
 
 launchers_pool_run = launchers._pool_run

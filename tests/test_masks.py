@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import random_task
 from hypnettorch.utils.hnet_regularizer import calc_fix_target_reg, get_current_targets
 
 import datasets
@@ -308,12 +309,8 @@ def test_the_mask_of_a_model_is_the_per_tensor_masks_flat(thresholds):
 
 def test_a_checkpoint_with_one_start_tensor_per_masked_tensor_resumes():
     """Checkpoints written before θ^start was flat hold a list of tensors: still resumable."""
-    from batches import Task
-
     model = hypermask.build_model(CONFIG, (7,), 3)
-    x, y = torch.rand(64, 7), torch.randint(0, 3, (64,))
-    task = Task(x, y, x[:8], y[:8], x[:8], y[:8], num_classes=3,
-                transform=lambda batch, training: batch, input_shape=(7,))
+    task = random_task(7, 3)
     state = hypermask.training_state(model, task, 1, CONFIG)
     next(state.batches)  # a task in progress
     saved = state.state_dict()
