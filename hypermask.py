@@ -38,11 +38,6 @@ if TYPE_CHECKING:
 
 BATCH_NORM_PARAMETERS = ("bn_scale", "bn_shift")
 VALIDATION_EVERY = 100  # iterations
-# Where the hypernetwork's output layer is computed as (W·hᵀ)ᵀ rather than hypnettorch's
-# h·Wᵀ (the same sums of products in another GEMM): per device type, from this many rows
-# (tasks at once) and hidden units (the GEMM's inner size) on, where bench/output_layer.py
-# measured it faster. A device type not listed always gets h·Wᵀ (GPUs: not measured yet).
-OUTPUT_LAYER_TRANSPOSED_FROM = {"cpu": {"rows": 4, "hidden": 100}}
 # Devices where each semi-binary threshold comes from torch.quantile per tensor: a selection
 # that costs a CPU less than one sort of every tensor's scores. Elsewhere (GPUs) one sort
 # gives them all in a few kernels. The same bits either way.
@@ -71,9 +66,6 @@ class HyperMask(nn.Module):
         for name, value in pruned_segments(self.numels[:-1])._asdict().items():
             if isinstance(value, torch.Tensor):
                 self.register_buffer(f"pruned_{name}", value, persistent=False)
-        # hmlp_outputs_transposed knows HMLP's layers as build_model makes them.
-        self.plain_hmlp = (type(hnet) is HMLP and hnet.has_bias and hnet.batchnorm_layers is None
-                           and hnet._dropout is None)
 
     @property
     def maskable_params(self) -> list[torch.Tensor]:
@@ -90,10 +82,6 @@ class HyperMask(nn.Module):
 
     def hnet_outputs(self, task_ids: list[int]) -> torch.Tensor:
         """Raw hypernetwork outputs, one row per task: [len(task_ids), n_outputs]."""
-        rule = OUTPUT_LAYER_TRANSPOSED_FROM.get(self.hnet.conditional_params[0].device.type)
-        if (self.plain_hmlp and rule and len(task_ids) >= rule["rows"]
-                and self.hnet.layer_weight_tensors[-1].shape[1] >= rule["hidden"]):
-            return hmlp_outputs_transposed(self.hnet, task_ids)
         return self.hnet(cond_id=task_ids, ret_format="flattened")
 
     def mask(self, hnet_output: torch.Tensor, sparsity: float | torch.Tensor) -> torch.Tensor:
@@ -132,25 +120,6 @@ class HyperMask(nn.Module):
     def forward(self, x: torch.Tensor, task_id: int, sparsity: float) -> torch.Tensor:
         """Logits of task `task_id`'s masked network for a batch x."""
         return self.target(x, weights=self.task_weights(task_id, sparsity))
-
-
-def hmlp_outputs_transposed(hnet: HMLP, task_ids: list[int]) -> torch.Tensor:
-    """hnet(cond_id=task_ids, ret_format="flattened") with the output layer as (W·hᵀ)ᵀ.
-
-    HMLP's forward as build_model makes it (no batch norm, no dropout, biases):
-    the task embeddings through the hidden layers (F.linear, then the
-    activation), then the output layer. For many outputs and several rows, W·hᵀ
-    is a faster GEMM than h·Wᵀ on some BLAS libraries; the products and sums are
-    the same, added in another order (last digits may differ).
-
-    Returns:
-        [len(task_ids), n_outputs], a transposed view of an [n_outputs, rows] tensor.
-    """
-    h = torch.stack([hnet.conditional_params[i] for i in task_ids])  # [rows, E]
-    *hidden, (weight, bias) = zip(hnet.layer_weight_tensors, hnet.layer_bias_vectors)
-    for hidden_weight, hidden_bias in hidden:
-        h = hnet._act_fn(F.linear(h, hidden_weight, hidden_bias))
-    return torch.addmm(bias[:, None], weight, h.T).T  # W [n_outputs, H] · hᵀ [H, rows]
 
 
 class Segments(NamedTuple):

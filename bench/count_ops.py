@@ -21,8 +21,7 @@ depend on the pixels). One warm-up step first: Adam creates its state there.
 units and the batch to 4 images, so that the paper-scale Permuted MNIST (a
 206M-parameter hypernetwork, 100 tasks in part 1) counts in seconds; the
 operations are the same, since none of them exists or not by a layer's width
-or the batch size (the output layer's form follows the number of rows only, see
-hypermask.OUTPUT_LAYER_TRANSPOSED_FROM).
+or the batch size.
 """
 
 import argparse

@@ -7,7 +7,8 @@ GEMM call. For each number of rows this prints the time of both (best of
 --repeats), for the forward product alone and for forward and backward together
 (the gradients of W, b and h for a given output gradient, as in a training
 step), and whether their outputs are equal bit for bit, on this machine's GEMM
-library. hypermask.OUTPUT_LAYER_TRANSPOSED_FROM holds the rule chosen from it.
+library. Runs keep hypnettorch's h·Wᵀ: in a whole training step on a CPU,
+W·hᵀ did not pay (docs/performance.md#the-output-layer-transposed-on-a-cpu).
 
     python bench/output_layer.py [--rows=1,2,3,4,5,10,100] [--device=cuda]
                                  [--outputs=2036010] [--hidden=100] [--repeats=3]

@@ -1,6 +1,5 @@
 """The semi-binary mask, the masked network and the regularisers (docs/method.md)."""
 
-import copy
 import dataclasses
 import json
 import math
@@ -321,92 +320,6 @@ def test_a_checkpoint_with_one_start_tensor_per_masked_tensor_resumes():
 
 
 # ------------------------------------------------------- the output layer as W·hᵀ
-
-
-def hidden_and_output_layer(hnet, task_ids):
-    """The hypernetwork's last hidden activations h (float32, as hypnettorch computes
-    them) and its output layer's weight W and bias b."""
-    h = torch.stack([hnet.conditional_params[i] for i in task_ids])
-    layers = list(zip(hnet.layer_weight_tensors, hnet.layer_bias_vectors))
-    for weight, bias in layers[:-1]:
-        h = torch.nn.functional.elu(torch.nn.functional.linear(h, weight, bias))
-    return h, *layers[-1]
-
-
-def test_outputs_are_hypnettorchs_from_the_transposed_rows_on(monkeypatch):
-    """Below OUTPUT_LAYER_TRANSPOSED_FROM's rows, hypnettorch's own call (same bits); from
-    them on, (W·hᵀ)ᵀ: the same products summed in another order. Either float32 result of
-    a sum of K products and a bias is within γ_(K+1)·(|W|·|h|ᵀ + |b|) of the exact value
-    (γ_n = n·2⁻²⁴ / (1 − n·2⁻²⁴), the textbook bound for any summation order); the
-    float64 product of the same float32 h, W and b stands in for the exact value."""
-    model = hypermask.build_model(dataclasses.replace(CONFIG, number_of_tasks=8), (7,), 3)
-    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", {"rows": 4, "hidden": 1})
-    for rows in range(1, 9):
-        task_ids = list(range(rows))
-        with torch.no_grad():
-            ours = model.hnet_outputs(task_ids)
-            hypnettorch = model.hnet(cond_id=task_ids, ret_format="flattened")
-            h, weight, bias = (t.double() for t in hidden_and_output_layer(model.hnet, task_ids))
-        assert ours.shape == (rows, sum(model.numels))
-        if rows < 4:
-            assert torch.equal(ours, hypnettorch)
-            continue
-        exact = h @ weight.T + bias
-        k = len(h[0]) + 1
-        bound = k * 2**-24 / (1 - k * 2**-24) * (h.abs() @ weight.abs().T + bias.abs())
-        assert ((ours.double() - exact).abs() <= bound).all()
-        assert ((hypnettorch.double() - exact).abs() <= bound).all()
-        assert not torch.equal(ours, hypnettorch)  # else this test tests nothing
-
-
-def test_small_and_chunked_hypernetworks_keep_hypnettorchs_call():
-    """Under 100 hidden units (the demo's 25, Split MNIST's) W·hᵀ was slower on the CPU:
-    hypnettorch's own call, as for a chunked hypernetwork. From 100 on, (W·hᵀ)ᵀ (a view)."""
-    config = dataclasses.replace(CONFIG, number_of_tasks=8)
-    large = hypermask.build_model(dataclasses.replace(config, hnet_hidden_layers=(100,)), (7,), 3)
-    assert not large.hnet_outputs(list(range(8))).is_contiguous()
-    model = hypermask.build_model(config, (7,), 3)
-    outputs = model.hnet_outputs(list(range(8)))
-    assert torch.equal(outputs, model.hnet(cond_id=list(range(8)), ret_format="flattened"))
-    model = hypermask.build_model(dataclasses.replace(config, chunk_size=7,
-                                                      hnet_hidden_layers=(100,)), (7,), 3)
-    assert not model.plain_hmlp
-    outputs = model.hnet_outputs(list(range(8)))
-    assert torch.equal(outputs, model.hnet(cond_id=list(range(8)), ret_format="flattened"))
-
-
-def test_the_transposed_output_layer_gives_the_loss_and_gradients_within_rounding(monkeypatch):
-    """Loss and every gradient with the output layer as W·hᵀ against hypnettorch's h·Wᵀ:
-    they differ by no more than hypnettorch's own float32 step differs from the same step
-    in float64 (times 4), or 2⁻²² of the tensor's largest entry, whichever is larger."""
-    config = dataclasses.replace(CONFIG, number_of_tasks=6, sparsity=0,
-                                 norm_regularizer_masking=True)
-    task_id = 5  # 6 rows
-    torch.manual_seed(0)
-    model = hypermask.build_model(config, (7,), 3)
-    start = hypermask.task_start(model, task_id)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    x, y = torch.randn(16, 7), torch.randint(0, 3, (16,))
-    arguments = dict(task_id=task_id, num_classes=3, sparsity=0, start=start, config=config)
-    monkeypatch.setitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu", {"rows": 4, "hidden": 1})
-    transposed = loss_and_gradients(hypermask.training_loss, model, x, y, **arguments)
-    monkeypatch.delitem(hypermask.OUTPUT_LAYER_TRANSPOSED_FROM, "cpu")
-    linear = loss_and_gradients(hypermask.training_loss, model, x, y, **arguments)
-    model64 = copy.deepcopy(model).double()
-    start64 = hypermask.TaskStart(start.hnet_targets.double(), start.start_params.double())
-    exact = loss_and_gradients(hypermask.training_loss, model64, x.double(), y,
-                               **arguments | dict(start=start64))
-    (terms, grads), (linear_terms, linear_grads), (exact_terms, exact_grads) = (
-        transposed, linear, exact)
-    assert not all(torch.equal(a, b) for a, b in zip(grads, linear_grads))  # they do differ
-    pairs = [(terms[n], linear_terms[n], exact_terms[n]) for n in terms] + list(
-        zip(grads, linear_grads, exact_grads))
-    for ours, hypnettorch, float64 in pairs:
-        rounding = max((hypnettorch.double() - float64).abs().max().item(),
-                       2**-22 * float64.abs().max().item())
-        assert (ours.double() - hypnettorch.double()).abs().max() <= 4 * rounding
 
 
 def test_a_chunked_hypernetwork_masks_and_learns(mnist_root, tmp_path):
