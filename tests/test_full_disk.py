@@ -133,6 +133,25 @@ def check_stopped(code: int, err: str, run: Path, name: str, cause: str, capsys,
     assert f"| seed_5 | stopped: {cause}: cannot write {run / name}" in capsys.readouterr().out
 
 
+def stopped_then_resumed(monkeypatch, capsys, mnist_root, results, undisturbed, detail: str,
+                         free_space=lambda: None) -> None:
+    """Seed 5 stops for a full disk at its checkpoint (check_stopped, and `detail` in the
+    line); once the fault is gone (free_space, the monkeypatches undone) the same command
+    ends with the undisturbed run's results."""
+    args = options(mnist_root, results, "--seeds=[5]")
+    code = main.main(args)
+    run = run_folder(results, 5)
+    err = capsys.readouterr().err
+    check_stopped(code, err, run, "checkpoint.pt", "the disk is full", capsys, mnist_root,
+                  results)
+    assert detail in err
+    free_space()
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert main.main(args) == 0
+    same_results(run, undisturbed)
+
+
 # --------------------------------------------------------------- the one place writes go
 
 
@@ -286,16 +305,8 @@ def test_torchs_runtime_error_on_a_full_file_system_is_a_full_disk(mnist_root, t
         return real_save(obj, file, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    code = main.main(options(mnist_root, tmp_path, "--seeds=[5]"))
-    run = run_folder(tmp_path, 5)
-    err = capsys.readouterr().err
-    check_stopped(code, err, run, "checkpoint.pt", "the disk is full", capsys, mnist_root,
-                  tmp_path)
-    assert "(a short write (RuntimeError) with 0 bytes left on that file system;" in err
-    monkeypatch.undo()
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert main.main(options(mnist_root, tmp_path, "--seeds=[5]")) == 0
-    same_results(run, undisturbed)
+    stopped_then_resumed(monkeypatch, capsys, mnist_root, tmp_path, undisturbed,
+                         "(a short write (RuntimeError) with 0 bytes left on that file system;")
 
 
 def test_a_full_disk_under_tensorboard_is_one_line_too(mnist_root, tmp_path, monkeypatch,
@@ -611,15 +622,6 @@ def test_a_real_disk_filling_during_a_checkpoint_write(mnist_root, small_disk, m
         real_save(self, training)
 
     monkeypatch.setattr(checkpoints.TaskCheckpoints, "save", save)
-    args = options(mnist_root, small_disk, "--seeds=[5]")
-    code = main.main(args)
-    run = run_folder(small_disk, 5)
-    err = capsys.readouterr().err
-    check_stopped(code, err, run, "checkpoint.pt", "the disk is full", capsys, mnist_root,
-                  small_disk)
-    assert "(No space left on device; the previous one is kept)" in err
-    filler.unlink()
-    monkeypatch.undo()
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert main.main(args) == 0
-    same_results(run, undisturbed)
+    stopped_then_resumed(monkeypatch, capsys, mnist_root, small_disk, undisturbed,
+                         "(No space left on device; the previous one is kept)",
+                         free_space=filler.unlink)
