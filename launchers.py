@@ -89,8 +89,12 @@ def run_logged(job: runs.Job) -> str | None:
     runs write there too) are raised, not reported as failures of this run alone.
     """
     runs.make_folder(job.run_dir)
-    with RunLog(job.run_dir / "run.log") as log, \
-            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    try:
+        log = RunLog(job.run_dir / "run.log")
+    except files.WriteFailed as error:  # failed.txt, if it fits; raised like the run's own
+        runs.write_failed(job.run_dir, str(error))
+        raise
+    with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             runs.run_one(job)
         except (runs.Preempted, runs.AlreadyRunning) as stop:
@@ -315,8 +319,7 @@ def _pool_run(job: runs.Job, gpu: str | None, environment: dict | None = None) -
         sys.exit(128 + stop.signum)
     except runs.AlreadyRunning:
         sys.exit(ALREADY_RUNNING)
-    except files.WriteFailed as failed:  # from run.log itself too
-        runs.write_failed(job.run_dir, str(failed))
+    except files.WriteFailed as failed:  # its failed.txt written by run_logged, if it fit
         sys.exit(DISK_STOPPED if failed.shared else 1)
     sys.exit(1 if error else 0)
 
@@ -459,8 +462,7 @@ class SlurmRun:
         except runs.AlreadyRunning as error:  # no failed.txt: the folder is another's live run
             return str(error)
         except files.WriteFailed as error:  # the disk is full or read-only: the job's log says
-            runs.write_failed(job.run_dir, str(error))  # it (each job of the array stops so)
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            print(f"error: {error}", file=sys.stderr, flush=True)  # it (each job stops so)
             return str(error)
         except runs.Preempted as stop:  # state saved; for submitit's time-limit signal, let
             print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
