@@ -472,11 +472,11 @@ def table_row(experiment_dir: Path) -> dict:
     for metric in TABLE_METRICS:
         values = finished[metric] if metric in finished else pd.Series(dtype=float)
         row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=0)
+    at_chance = chance.chance_runs(finished)
     return row | {"seeds": len(finished),
                   "unfinished": int((runs["state"] == "unfinished").sum()),
                   "failed": int((runs["state"] == "failed").sum()),
-                  "runs_at_chance": len(chance.chance_runs(finished)),
-                  "at_chance": "; ".join(chance.chance_runs(finished))}
+                  "runs_at_chance": len(at_chance), "at_chance": "; ".join(at_chance)}
 
 
 def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
