@@ -94,19 +94,17 @@ class HyperMask(nn.Module):
         """The semi-binary mask as one tensor per masked tensor (views of the flat mask)."""
         return self.unflatten(self.mask(hnet_output, sparsity))
 
-    def masked_weights(self, mask: torch.Tensor | list[torch.Tensor],
+    def masked_weights(self, mask: torch.Tensor,
                        params: torch.Tensor | None = None) -> list[torch.Tensor]:
         """θ ⊙ m for every masked tensor; the output bias and batch norm pass unmasked.
 
         Args:
-            mask: m, flat [n_outputs] (or a list of tensors shaped like the masked ones).
+            mask: m, flat [n_outputs].
             params: θ as flat_params() gives it, for a caller that uses it too (one
                 flat θ, so that its gradients add up in one operation).
         Returns:
             the target network's weights, one tensor per parameter tensor.
         """
-        if isinstance(mask, (list, tuple)):
-            mask = torch.cat([m.flatten() for m in mask])
         params = self.flat_params() if params is None else params
         weights = list(self.target.internal_params)
         for i, weight in zip(self.maskable[:-1], self.unflatten(params * mask)[:-1]):

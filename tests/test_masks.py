@@ -73,13 +73,13 @@ def test_hnet_outputs_match_target_parameter_shapes():
 def test_all_ones_mask_reproduces_the_unmasked_network():
     model = hypermask.build_model(CONFIG, input_shape=(7,), num_outputs=3)
     x = torch.randn(5, 7)
-    ones = [torch.ones(s) for s in model.target.param_shapes]
+    ones = torch.ones(sum(model.numels))
     assert torch.allclose(model.target(x, weights=model.masked_weights(ones)), model.target(x))
 
 
 def test_output_bias_passes_unmasked():
     model = hypermask.build_model(CONFIG, input_shape=(7,), num_outputs=3)
-    zeros = [torch.zeros(s) for s in model.target.param_shapes]
+    zeros = torch.zeros(sum(model.numels))
     out = model.target(torch.randn(5, 7), weights=model.masked_weights(zeros))
     assert torch.allclose(out, model.target.internal_params[-1].expand(5, 3))
 
