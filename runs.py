@@ -51,7 +51,6 @@ from datasets import HyperParameters
 from errors import UserError
 
 
-
 # config.json keys that describe a run but do not define it: a rerun may change them.
 RECORD_ONLY = (*evaluation.EVALUATION_SETTINGS, *evaluation.MACHINE_COLUMNS,
                "data_source", "task_sizes")
