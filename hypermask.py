@@ -31,6 +31,7 @@ from hypnettorch.utils.batchnorm_layer import BatchNormLayer
 from hypnettorch.utils.torch_utils import init_params
 from torch import nn
 
+import output_layer
 from batches import Task, TrainingBatches
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class HyperMask(nn.Module):
 
     def hnet_outputs(self, task_ids: list[int]) -> torch.Tensor:
         """Raw hypernetwork outputs, one row per task: [len(task_ids), n_outputs]."""
+        if output_layer.applies(self.hnet):
+            return output_layer.hmlp_outputs(self.hnet, task_ids)
         return self.hnet(cond_id=task_ids, ret_format="flattened")
 
     def mask(self, hnet_output: torch.Tensor, sparsity: float | torch.Tensor) -> torch.Tensor:
