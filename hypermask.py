@@ -19,12 +19,13 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from hypnettorch.hnets import ChunkedHMLP, HMLP
+from hypnettorch.hnets import HMLP, ChunkedHMLP
 from hypnettorch.mnets import MLP, ResNet, ZenkeNet
 from hypnettorch.mnets.mnet_interface import MainNetInterface
 from hypnettorch.utils.batchnorm_layer import BatchNormLayer
