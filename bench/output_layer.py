@@ -1,33 +1,42 @@
-"""The paper-scale hypernetwork's output layer computed two ways, by the number of rows.
+"""The paper-scale hypernetwork's output layer computed three ways, by the number of rows.
 
 At task t a training step runs the Permuted MNIST hypernetwork's last layer
-(100 -> 2.06M outputs) on t + 1 task embeddings at once. hypnettorch computes it
+(100 -> 2.04M outputs) on t + 1 task embeddings at once. hypnettorch computes it
 as h·Wᵀ (F.linear); W·hᵀ, transposed, is the same sum of products in another
-GEMM call. For each number of rows this prints the time of both (best of
---repeats), for the forward product alone and for forward and backward together
-(the gradients of W, b and h for a given output gradient, as in a training
-step), and whether their outputs are equal bit for bit, on this machine's GEMM
-library. Runs keep hypnettorch's h·Wᵀ: in a whole training step on a CPU,
-W·hᵀ did not pay (docs/performance.md#the-output-layer-transposed-on-a-cpu).
+GEMM call; on a CPU, runs share W's rows among the cores (output_layer.py,
+docs/performance.md#the-output-layer-across-the-cores). For each number of rows
+this prints the time of each form (median of --repeats), for the forward product
+alone and for forward and backward together (the gradients of W, b and h for a
+given output gradient, as in a training step; freed memory kept for reuse as in a
+run), and whether each form's output
+equals h·Wᵀ's bit for bit, on this machine's GEMM library.
 
     python bench/output_layer.py [--rows=1,2,3,4,5,10,100] [--device=cuda]
                                  [--outputs=2036010] [--hidden=100] [--repeats=3]
+                                 [--block_rows=4096]
 """
 
 import argparse
+import statistics
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import output_layer  # noqa: E402
+import runs  # noqa: E402
+
 OUTPUTS, HIDDEN = 2_036_010, 100  # Permuted MNIST's best configuration
 
 
-def best_ms(work, device: str, repeats: int = 3) -> float:
-    """The fastest of `repeats` runs of work(), in milliseconds (after one warm-up)."""
+def median_ms(work, device: str, repeats: int = 3) -> float:
+    """The median of `repeats` runs of work(), in milliseconds (after one warm-up)."""
     work()
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
@@ -35,8 +44,8 @@ def best_ms(work, device: str, repeats: int = 3) -> float:
         work()
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return best * 1e3
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
 
 
 def linear(h, weight, bias):
@@ -62,27 +71,38 @@ def main() -> None:
     parser.add_argument("--outputs", type=int, default=OUTPUTS)
     parser.add_argument("--hidden", type=int, default=HIDDEN)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--block_rows", type=int, default=output_layer.BLOCK_ROWS)
     args = parser.parse_args()
+    output_layer.BLOCK_ROWS = args.block_rows
+    runs.keep_freed_memory()  # as a run does: freed gradients come back without page faults
+    forms = {"h·Wᵀ": linear, "W·hᵀ": transposed}
+    if args.device == "cpu":
+        forms["shared"] = output_layer.SharedLinear.apply
     generator = torch.Generator().manual_seed(0)
     weight = (torch.randn(args.outputs, args.hidden, generator=generator) * 0.01).to(args.device)
     bias = (torch.randn(args.outputs, generator=generator) * 0.01).to(args.device)
     weight.requires_grad_()
     bias.requires_grad_()
     print(f"output layer [{args.outputs:,} x {args.hidden}] on {args.device}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}")
-    print(f"{'rows':>5}{'h·Wᵀ ms':>10}{'W·hᵀ ms':>10}  {'bitwise equal':<15}"
-          f"{'fwd+bwd h·Wᵀ':>13}{'W·hᵀ':>8}")
+          f"{torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}"
+          + (f", shared in blocks of {args.block_rows} rows" if "shared" in forms else ""))
+    print(f"{'rows':>5}" + "".join(f"{name + ' ms':>11}" for name in forms)
+          + "".join(f"{'fwd+bwd ' + name:>15}" for name in forms)
+          + "".join(f"{name + ' bitwise':>15}" for name in list(forms)[1:]))
     for rows in (int(r) for r in args.rows.split(",")):
         h = torch.randn(rows, args.hidden, generator=generator).to(args.device).requires_grad_()
         gradient = torch.randn(rows, args.outputs, generator=generator).to(args.device)
         with torch.no_grad():
-            equal = torch.equal(linear(h, weight, bias), transposed(h, weight, bias))
-            times = [best_ms(partial(layer, h, weight, bias), args.device, args.repeats)
-                     for layer in (linear, transposed)]
-        times += [best_ms(partial(forward_and_backward, layer, h, weight, bias, gradient),
-                          args.device, args.repeats) for layer in (linear, transposed)]
-        print(f"{rows:>5}{times[0]:>10.1f}{times[1]:>10.1f}  {'yes' if equal else 'no':<15}"
-              f"{times[2]:>13.1f}{times[3]:>8.1f}", flush=True)
+            reference = linear(h, weight, bias)
+            equal = [torch.equal(reference, form(h, weight, bias))
+                     for form in list(forms.values())[1:]]
+            times = [median_ms(partial(form, h, weight, bias), args.device, args.repeats)
+                     for form in forms.values()]
+        times += [median_ms(partial(forward_and_backward, form, h, weight, bias, gradient),
+                            args.device, args.repeats) for form in forms.values()]
+        print(f"{rows:>5}" + "".join(f"{t:>11.1f}" for t in times[:len(forms)])
+              + "".join(f"{t:>15.1f}" for t in times[len(forms):])
+              + "".join(f"{'yes' if e else 'no':>15}" for e in equal), flush=True)
 
 
 if __name__ == "__main__":
