@@ -33,6 +33,9 @@ BLOCK_ROWS = 4096
 # shared, CIFAR-100's ResNet-20 (27M) 10-20 % less (bench/train_step.py,
 # bench/image_step.py on the 2-core AMD EPYC). The demo's layers stay unshared too.
 MIN_WEIGHTS = 1 << 24
+# Device types whose large output layers are shared among the cores: CPUs (a GPU's
+# GEMM fills the GPU by itself).
+SHARED_ON = {"cpu"}
 
 _workers: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
@@ -45,7 +48,7 @@ def applies(hnet: torch.nn.Module) -> bool:
             and hnet._dropout_rate == -1 and hnet._uncond_in_size == 0):
         return False
     weight = hnet.layer_weight_tensors[-1]
-    return (weight.device.type == "cpu" and weight.numel() >= MIN_WEIGHTS
+    return (weight.device.type in SHARED_ON and weight.numel() >= MIN_WEIGHTS
             and torch.get_num_threads() > 1)
 
 

@@ -6,7 +6,8 @@ image benchmarks' steps. This counts them on the CPU: a TorchDispatchMode sees
 every ATen operation of one step (hypermask.eager_step: the loss, its backward
 pass, the fused Adam update), as a CUDA graph would record them, and as a GPU
 runs it: the semi-binary thresholds from one sort (see
-hypermask.QUANTILE_PER_TENSOR_ON). Views (split,
+hypermask.QUANTILE_PER_TENSOR_ON) and the hypernetwork's output layer unshared
+(output_layer.SHARED_ON). Views (split,
 view, transpose, detach, ...) only relabel memory and allocations (empty, ...)
 only reserve it: they launch nothing and are counted apart. The batch transform
 runs before the step, outside the count (a captured step copies the finished
@@ -63,18 +64,24 @@ def counting_mode():
 
 
 @contextlib.contextmanager
-def thresholds_as_on_a_gpu():
-    """hypermask computes the semi-binary thresholds from one sort inside the block, as
-    on a GPU (a CPU takes torch.quantile per tensor)."""
+def as_on_a_gpu():
+    """hypermask computes the semi-binary thresholds from one sort, and the
+    hypernetwork's output layer in one GEMM, as on a GPU (a CPU takes torch.quantile
+    per tensor and shares a large output layer among its cores, in threads that a
+    dispatch mode would not see)."""
     import hypermask
+    import output_layer
 
-    cpu = "cpu" in hypermask.QUANTILE_PER_TENSOR_ON
-    hypermask.QUANTILE_PER_TENSOR_ON.discard("cpu")
+    switches = [hypermask.QUANTILE_PER_TENSOR_ON, output_layer.SHARED_ON]
+    on = ["cpu" in devices for devices in switches]
+    for devices in switches:
+        devices.discard("cpu")
     try:
         yield
     finally:
-        if cpu:
-            hypermask.QUANTILE_PER_TENSOR_ON.add("cpu")
+        for devices, was_on in zip(switches, on):
+            if was_on:
+                devices.add("cpu")
 
 
 def count_step(dataset: str, part: int, task_id: int, small: bool = False):
@@ -102,7 +109,7 @@ def count_step(dataset: str, part: int, task_id: int, small: bool = False):
     step = hypermask.eager_step(model, optimizer, start, task_id=task_id, num_classes=classes,
                                 config=config)
     x, y = inputs(), torch.randint(0, classes, (config.batch_size,))
-    with thresholds_as_on_a_gpu():
+    with as_on_a_gpu():
         step(x, y, config.sparsity)  # Adam's state is created in the first step
         with counting_mode() as mode:
             step(x, y, config.sparsity)

@@ -30,3 +30,15 @@ def test_a_step_at_the_last_task_stays_under_its_kernel_count(dataset, part, las
     kernels, _ = count_ops().count_step(dataset, part, last_task, small=True)
     assert 0 < sum(kernels.values()) <= most
     assert kernels["aten.tanh"] == 1 and kernels["aten._fused_adam_"] == 1
+
+
+def test_the_count_takes_the_output_layer_as_a_gpu_computes_it(monkeypatch):
+    """On a CPU a large output layer is shared among the cores in threads a dispatch mode
+    does not see (output_layer.py); a GPU computes it in one GEMM, and so does the count."""
+    import output_layer
+
+    module = count_ops()
+    gpu_way = module.count_step("CIFAR100", 1, 9, small=True)[0]
+    monkeypatch.setattr(output_layer, "MIN_WEIGHTS", 0)  # every layer shared on a CPU
+    assert module.count_step("CIFAR100", 1, 9, small=True)[0] == gpu_way
+    assert output_layer.SHARED_ON == {"cpu"}  # restored after counting
