@@ -21,6 +21,7 @@ and goes on after its checkpoint.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -61,12 +62,11 @@ def check_setting(value) -> tuple[str, ...]:
 
 def require(name: str) -> None:
     """UserError saying what to install if the logger's package cannot be imported."""
+    # torch.utils.tensorboard needs the tensorboard package
+    modules = ("tensorboard", "torch.utils.tensorboard") if name == "tensorboard" else ("wandb",)
     try:
-        if name == "tensorboard":
-            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        else:
-            import wandb  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError:
         raise UserError(f"--logger={name} needs the {name} package, which is not installed: "
                         f"pip install {name}") from None

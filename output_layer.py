@@ -9,10 +9,10 @@ backward pass took about 70 % of a paper-scale step's time at task 10
 (docs/performance.md#the-output-layer-across-the-cores).
 
 Here each core takes a contiguous share of W's rows and walks it in blocks of
-BLOCK_ROWS rows with one-threaded GEMMs: y's columns and ∂W's rows are computed
-from the same products as before, and ∂h is a sum over blocks of partial
-products, so its last digits differ from one GEMM's
-(tests/test_output_layer.py holds all three to float32 rounding).
+BLOCK_ROWS rows with one-threaded GEMMs: y's columns and ∂W's rows come from the
+same products as before, added by another kernel, and ∂h is a sum over blocks of
+partial products, so the last digits may differ from one GEMM's
+(tests/test_output_layer.py holds them to float32 rounding).
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ import torch
 import torch.nn.functional as F
 from hypnettorch.hnets import HMLP
 
-# Rows of W per one-threaded GEMM: a block of ∂y's columns stays in cache while
-# ∂W's block is written (bench/output_layer.py measured 4096 best or within a few
-# per cent of best for 1 to 50 rows on the 2-core AMD EPYC).
+# Rows of W per one-threaded GEMM: a block of ∂y's columns stays in cache while ∂W's
+# block is written. Forward and backward of the Permuted MNIST layer with blocks of
+# 1024, 4096 and 16384 rows: 190, 131, 121 ms at 1 row; 278, 242, 236 ms at 10 rows;
+# 610, 584, 684 ms at 50 rows (bench/output_layer.py --block_rows=N, 2-core AMD EPYC).
 BLOCK_ROWS = 4096
 # Layers with fewer weights keep torch's own GEMM: handing out the shares does not pay
-# there. Split MNIST's best (478,410 × 25 = 12M weights) took 20 % longer per step
-# shared, CIFAR-100's ResNet-20 (27M) 10-20 % less (bench/train_step.py,
-# bench/image_step.py on the 2-core AMD EPYC). The demo's layers stay unshared too.
+# there. Shared, Split MNIST's best (475,202 × 25 = 11.9M weights) took 20 % longer per
+# step, Tiny ImageNet's ZenkeNet (17.5M) as long, CIFAR-100's ResNet-20 (106.8M) 15-20 %
+# less at task 10 (bench/train_step.py, bench/image_step.py on the 2-core AMD EPYC).
+# The demo's layers (1.1M and 2.2M) stay unshared too.
 MIN_WEIGHTS = 1 << 24
 # Device types whose large output layers are shared among the cores: CPUs (a GPU's
 # GEMM fills the GPU by itself).
