@@ -87,20 +87,23 @@ class SharedLinear(torch.autograd.Function):
     def backward(ctx, grad_y: torch.Tensor):
         h, weight = ctx.saved_tensors
         grad_y = grad_y.contiguous()
-        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        need_h, need_weight, need_bias = ctx.needs_input_grad
+        grad_weight = torch.empty_like(weight) if need_weight else None
 
-        def share(first: int, last: int) -> torch.Tensor:
+        def share(first: int, last: int) -> torch.Tensor | None:
             """∂W's rows of this share, and its part of ∂h (one pass over its blocks)."""
-            grad_h = h.new_zeros(h.shape)
+            grad_h = h.new_zeros(h.shape) if need_h else None
             for start, end in blocks(first, last):
-                grad_h.addmm_(grad_y[:, start:end], weight[start:end])
-                if grad_weight is not None:
+                if need_h:
+                    grad_h.addmm_(grad_y[:, start:end], weight[start:end])
+                if need_weight:
                     torch.mm(grad_y[:, start:end].T, h, out=grad_weight[start:end])
             return grad_h
 
-        grad_h = torch.stack(across_cores(weight.shape[0], share)).sum(0)  # in the shares' order
-        grad_bias = grad_y.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_h if ctx.needs_input_grad[0] else None, grad_weight, grad_bias
+        parts = across_cores(weight.shape[0], share)
+        grad_h = torch.stack(parts).sum(0) if need_h else None  # added in the shares' order
+        grad_bias = grad_y.sum(0) if need_bias else None
+        return grad_h, grad_weight, grad_bias
 
 
 def blocks(first: int, last: int):

@@ -62,6 +62,19 @@ def test_the_shared_layer_is_the_linear_layer_to_float32_rounding(rows):
             assert_within_rounding(grad, exact_grad, size, k)
 
 
+def test_only_the_gradients_asked_for_are_computed():
+    """Frozen embeddings (h without a gradient): ∂W and ∂b as when ∂h is computed too."""
+    torch.manual_seed(0)
+    h, weight, bias = torch.randn(3, 20), torch.randn(output_layer.BLOCK_ROWS + 5, 20), \
+        torch.randn(output_layer.BLOCK_ROWS + 5)
+    grad_y = torch.randn(3, weight.shape[0])
+    _, (grad_h, grad_weight, grad_bias) = layer_and_gradients(
+        output_layer.SharedLinear.apply, h, weight, bias, grad_y)
+    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    output_layer.SharedLinear.apply(h, weight, bias).backward(grad_y)
+    assert torch.equal(weight.grad, grad_weight) and torch.equal(bias.grad, grad_bias)
+
+
 def test_the_cores_leave_the_callers_thread_count():
     threads = torch.get_num_threads()
     output_layer.SharedLinear.apply(torch.ones(2, 3), torch.ones(10, 3), torch.ones(10))
