@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import datasets
 import hypermask
 import output_layer
-from conftest import config_for
+from conftest import config_for, same_results
 
 U = 2.0**-24
 
@@ -149,3 +149,30 @@ def test_hnet_outputs_are_hypnettorchs_to_rounding(monkeypatch):
     theirs = model.hnet(cond_id=ids, ret_format="flattened")
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, rtol=2**-20, atol=2**-20)
+
+
+def test_a_run_with_the_shared_layer_resumes_to_the_uninterrupted_results(
+        mnist_root, tmp_path, monkeypatch):
+    """The whole pipeline (training, evaluation, checkpoints) with the shared layer: an
+    interrupted run resumes to the files of the uninterrupted one, byte for byte."""
+    from test_resume import interrupt_at_task, run
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: the layer is never shared")
+    calls = []
+
+    def counted(hnet, task_ids):
+        calls.append(len(task_ids))
+        return hmlp_outputs(hnet, task_ids)
+
+    hmlp_outputs = output_layer.hmlp_outputs
+    monkeypatch.setattr(output_layer, "MIN_WEIGHTS", 0)  # the tiny hypernetwork shares too
+    monkeypatch.setattr(output_layer, "hmlp_outputs", counted)
+    assert run(mnist_root, tmp_path / "whole") == 0
+    assert calls  # the run computed its hypernetwork's outputs through the shared layer
+    with monkeypatch.context() as cut:
+        interrupt_at_task(cut, 2)
+        assert run(mnist_root, tmp_path / "cut") == 130
+    assert run(mnist_root, tmp_path / "cut") == 0
+    same_results(*(tmp_path / name / "SplitMNIST_part0_best" / "seed_3" for name in
+                   ("cut", "whole")))
