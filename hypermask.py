@@ -83,7 +83,10 @@ class HyperMask(nn.Module):
         return [piece.view(shape) for piece, shape in zip(flat.split(self.numels), self.shapes)]
 
     def hnet_outputs(self, task_ids: list[int]) -> torch.Tensor:
-        """Raw hypernetwork outputs, one row per task: [len(task_ids), n_outputs]."""
+        """Raw hypernetwork outputs, one row per task: [len(task_ids), n_outputs].
+
+        On a CPU a large output layer is computed with its rows shared among the cores
+        (output_layer.py); elsewhere as hypnettorch computes it."""
         if output_layer.applies(self.hnet):
             return output_layer.hmlp_outputs(self.hnet, task_ids)
         return self.hnet(cond_id=task_ids, ret_format="flattened")
