@@ -2,7 +2,7 @@
 
 The shared layer adds the same products as torch's GEMM in another order, so its
 numbers may differ in the last digits. The tests hold them to float32 rounding:
-every entry of y = h·Wᵀ + b, ∂h = ∂yᵀ·W... is a sum of k products, and any
+every entry of y = h·Wᵀ + b, ∂h = ∂y·W and ∂W = ∂yᵀ·h is a sum of k products, and any
 float32 summation order lies within γ_k·Σ|terms| of the exact sum (Higham's bound,
 γ_k = k·u / (1 − k·u), u = 2⁻²⁴); torch's own GEMM is held to the same bound.
 """
