@@ -113,12 +113,14 @@ def blocks(first: int, last: int):
 
 def across_cores(rows: int, share) -> list:
     """share(first, last) for one contiguous share of [0, rows) per thread torch uses,
-    each run one-threaded and without autograd; their results in the shares' order."""
+    each run one-threaded and without autograd (in inference mode if the caller is:
+    autograd modes belong to a thread); their results in the shares' order."""
     threads = torch.get_num_threads()
     bounds = [rows * i // threads for i in range(threads + 1)]
+    no_autograd = torch.inference_mode if torch.is_inference_mode_enabled() else torch.no_grad
 
     def run(i: int):
-        with torch.no_grad():
+        with no_autograd():
             return share(bounds[i], bounds[i + 1])
 
     return list(workers(threads).map(run, range(threads)))

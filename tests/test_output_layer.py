@@ -75,6 +75,16 @@ def test_only_the_gradients_asked_for_are_computed():
     assert torch.equal(weight.grad, grad_weight) and torch.equal(bias.grad, grad_bias)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_the_shared_layer_runs_without_autograd_as_the_caller_does(mode):
+    """Evaluation under no_grad or inference_mode: the worker threads, whose autograd
+    modes are their own, write into the caller's output."""
+    h, weight, bias = torch.randn(2, 3), torch.randn(10, 3), torch.randn(10)
+    with mode():
+        y = output_layer.SharedLinear.apply(h, weight, bias)
+    torch.testing.assert_close(y, F.linear(h, weight, bias))
+
+
 def test_the_cores_leave_the_callers_thread_count():
     threads = torch.get_num_threads()
     output_layer.SharedLinear.apply(torch.ones(2, 3), torch.ones(10, 3), torch.ones(10))
