@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 from hypnettorch.hnets import HMLP
+from torch.autograd.function import once_differentiable
 
 # Rows of W per one-threaded GEMM: a block of ∂y's columns stays in cache while ∂W's
 # block is written. Forward and backward of the Permuted MNIST layer with blocks of
@@ -84,6 +85,7 @@ class SharedLinear(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # its products run without autograd: a second derivative raises
     def backward(ctx, grad_y: torch.Tensor):
         h, weight = ctx.saved_tensors
         grad_y = grad_y.contiguous()
