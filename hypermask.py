@@ -144,15 +144,6 @@ def pruned_segments(sizes: list[int], device: torch.device | None = None) -> Seg
     return Segments(tuple(sizes), ids, sizes_tensor.cumsum(0) - sizes_tensor, sizes_tensor)
 
 
-def semi_binary_masks(hnet_output: list[torch.Tensor],
-                      sparsity: float | torch.Tensor) -> list[torch.Tensor]:
-    """semi_binary_mask for outputs given as one tensor per target tensor, shaped alike."""
-    flat = torch.cat([h.flatten() for h in hnet_output])
-    segments = pruned_segments([h.numel() for h in hnet_output[:-1]], flat.device)
-    pieces = semi_binary_mask(flat, sparsity, segments).split([h.numel() for h in hnet_output])
-    return [piece.view(h.shape) for piece, h in zip(pieces, hnet_output)]
-
-
 def semi_binary_mask(hnet_output: torch.Tensor, sparsity: float | torch.Tensor,
                      pruned: Segments) -> torch.Tensor:
     """The semi-binary mask (docs/method.md) over a flat vector of hypernetwork outputs.

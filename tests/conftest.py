@@ -181,3 +181,15 @@ def cifar_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     return make_tiny_imagenet(tmp_path_factory.mktemp("tiny"))
+
+
+def semi_binary_masks(hnet_output: list, sparsity) -> list:
+    """hypermask.semi_binary_mask for outputs given as one tensor per target tensor,
+    shaped alike: the masks one tensor each (the last never pruned)."""
+    import hypermask
+
+    flat = torch.cat([h.flatten() for h in hnet_output])
+    segments = hypermask.pruned_segments([h.numel() for h in hnet_output[:-1]], flat.device)
+    pieces = hypermask.semi_binary_mask(flat, sparsity, segments).split(
+        [h.numel() for h in hnet_output])
+    return [piece.view(h.shape) for piece, h in zip(pieces, hnet_output)]

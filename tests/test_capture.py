@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import random_task
+from conftest import random_task, semi_binary_masks
 from torch.overrides import TorchFunctionMode
 
 import datasets
@@ -21,8 +21,8 @@ def test_a_sparsity_tensor_gives_the_very_masks_of_the_number():
     outputs = [torch.randn(300, 7), torch.randn(50), torch.randn(10, 3)]
     ramp = [30 * (i + 1) / 2000 for i in range(0, 2000, 97)] + [0.0, 12.0, 50.0, 99.5]
     for sparsity in ramp:
-        expected = hypermask.semi_binary_masks(outputs, sparsity)
-        got = hypermask.semi_binary_masks(outputs, torch.tensor(sparsity, dtype=torch.float64))
+        expected = semi_binary_masks(outputs, sparsity)
+        got = semi_binary_masks(outputs, torch.tensor(sparsity, dtype=torch.float64))
         assert all(torch.equal(a, b) for a, b in zip(expected, got)), sparsity
 
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import random_task
+from conftest import random_task, semi_binary_masks
 from hypnettorch.utils.hnet_regularizer import calc_fix_target_reg, get_current_targets
 
 import datasets
@@ -34,20 +34,20 @@ def from_scores(scores):
     ([0.1, 0.2, 0.3, 0.4, 0.5], 0, [0.1, 0.2, 0.3, 0.4, 0.5]),
 ])
 def test_mask_percentile_with_linear_interpolation(scores, sparsity, kept):
-    masks = hypermask.semi_binary_masks([from_scores(scores), from_scores([0.5])], sparsity)
+    masks = semi_binary_masks([from_scores(scores), from_scores([0.5])], sparsity)
     assert torch.allclose(masks[0], torch.tensor(kept))
 
 
 def test_last_tensor_is_never_pruned():
     scores = [0.1, 0.2, 0.3, 0.4, 0.5]
-    masks = hypermask.semi_binary_masks([from_scores(scores), from_scores(scores)], 60)
+    masks = semi_binary_masks([from_scores(scores), from_scores(scores)], 60)
     assert (masks[0] == 0).sum() == 3
     assert torch.allclose(masks[1], torch.tensor(scores))
 
 
 def test_mask_keeps_gradient_of_kept_entries_only():
     h = from_scores([0.1, 0.2, 0.3, 0.4]).requires_grad_()
-    masks = hypermask.semi_binary_masks([h, from_scores([0.5])], 50)
+    masks = semi_binary_masks([h, from_scores([0.5])], 50)
     masks[0].sum().backward()
     assert h.grad[2] > 0 and h.grad[3] > 0  # d|tanh h|/dh = 1 - tanh^2 > 0 for h > 0
     assert h.grad[0] == 0 and h.grad[1] == 0  # pruned: 0.1 and 0.2 are below 0.25
@@ -211,7 +211,7 @@ def test_masks_are_bitwise_those_of_one_quantile_per_tensor(seed, thresholds):
     outputs = scores_with_ties(seed)
     for sparsity in RAMP + [0.0, 0.5, 12.5, 29.999, 50.0, 70.0, 99.5, 100.0]:
         for p in (sparsity, torch.tensor(sparsity, dtype=torch.float64)):
-            ours = hypermask.semi_binary_masks(outputs, p)
+            ours = semi_binary_masks(outputs, p)
             reference = masks_one_quantile_per_tensor(outputs, p)
             for ours_mask, reference_mask in zip(ours, reference):
                 assert torch.equal(ours_mask, reference_mask), sparsity
@@ -222,7 +222,7 @@ def test_a_nan_output_prunes_its_tensor_as_quantile_does(thresholds):
     loss, NaN, stops the run); the last tensor is never pruned, NaN included."""
     outputs = scores_with_ties(0)
     outputs[9][0] = outputs[-1][1] = float("nan")  # 100 entries; the last tensor
-    ours = hypermask.semi_binary_masks(outputs, 30)
+    ours = semi_binary_masks(outputs, 30)
     assert (ours[9] == 0).all() and (ours[8] > 0).any() and ours[-1][1].isnan()
     for ours_mask, reference_mask in zip(ours, masks_one_quantile_per_tensor(outputs, 30)):
         torch.testing.assert_close(ours_mask, reference_mask, rtol=0, atol=0, equal_nan=True)
