@@ -595,6 +595,24 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
+def start_state(model, tasks: list, config, *, path: Path, device: torch.device,
+                keys: dict) -> dict:
+    """The run's state from its checkpoint at `path`, saying where it resumes; or, for a
+    new run, a state before task 1 with the untrained networks' accuracy on each task."""
+    state = load_checkpoint(path, model, device)
+    if state is None:
+        # b_j of forward transfer: the untrained networks under task j's (random) mask
+        return {"next_task": 0, "accuracies": [], "log": [], "transfer": [
+            {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
+             "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
+    if "task_in_progress" in state:
+        print(f"  resuming task {state['next_task'] + 1} at iteration "
+              f"{state['task_in_progress']['iteration']} from {path}")
+    else:
+        print(f"  resuming after task {state['next_task']} from {path}")
+    return state
+
+
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
               stop: StopRequest, watch: loggers.RunLoggers, classes: list[list]) -> None:
     """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)
@@ -607,17 +625,8 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     # each task's classes, what its accuracy is held against (labels 0..k-1, every class
     # trained: datasets.check_task_sizes; not num_classes, which may be wider)
     class_count = [int(task.train_y.max()) + 1 for task in tasks]
-    state = load_checkpoint(run_dir / CHECKPOINT, model, device)
-    if state is None:
-        # b_j of forward transfer: the untrained networks under task j's (random) mask
-        state = {"next_task": 0, "accuracies": [], "log": [], "transfer": [
-            {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
-             "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
-    elif "task_in_progress" in state:
-        print(f"  resuming task {state['next_task'] + 1} at iteration "
-              f"{state['task_in_progress']['iteration']} from {run_dir / CHECKPOINT}")
-    else:
-        print(f"  resuming after task {state['next_task']} from {run_dir / CHECKPOINT}")
+    state = start_state(model, tasks, config, path=run_dir / CHECKPOINT, device=device,
+                        keys=keys)
     checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
                                   minutes=job.checkpoint_minutes, stop=stop)
     make_step = (capture.graphed_step if device.type == "cuda" and job.cuda_graphs
