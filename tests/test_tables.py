@@ -95,9 +95,28 @@ def test_table_command_writes_markdown_csv_and_booktabs_latex(results, capsys):
     latex = (results / "results_table.tex").read_text()
     assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
     assert r"Permuted MNIST & 0 & 2 & MLP 40-30 & 86.00 $\pm$ 1.00 & -8.00 $\pm$ 2.00 &" in latex
-    assert "±" not in latex
+    assert "±" not in latex and "FeCAM class-incremental" not in markdown  # no FeCAM result
     assert latex.count(r"\\") == 8  # the header and seven rows
     assert not (results / "PermutedMNIST_part0_best" / "summary.md").exists()
+
+
+def test_table_gives_the_fecam_setups_class_incremental_accuracy_where_evaluated(results):
+    fecam = results / "CIFAR100_FeCAM_setup_part6_best"
+    make_run(fecam / "seed_2")
+    for seed, accuracies in ((1, [61.0, 40.0]), (2, [63.0, 44.0])):  # after tasks 1 and 2
+        pd.DataFrame({"task": [0, 1], "accuracy": accuracies}).to_csv(
+            fecam / f"seed_{seed}" / "fecam.csv", index=False)
+    assert evaluation.main([str(results), "--table"]) == 0
+    table = pd.read_csv(results / "results_table.csv").set_index("experiment")
+    assert table.loc[fecam.name, ["fecam_accuracy_mean", "fecam_accuracy_std"]].tolist() == [
+        42.0, 2.0]  # the last row: all tasks' test sets
+    assert table["fecam_accuracy_mean"].isna().sum() == len(table) - 1
+    markdown = (results / "results_table.md").read_text()
+    header, row = ([cell.strip() for cell in line.strip("|").split("|")]
+                   for line in markdown.splitlines()
+                   if line.startswith(("| benchmark", "| CIFAR-100 FeCAM")))
+    assert row[header.index("FeCAM class-incremental")] == "42.00 ± 2.00"
+    assert "FeCAM class-incremental: the accuracy over the test sets of all tasks" in markdown
 
 
 def write_pair(tmp_path):
