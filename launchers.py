@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -550,7 +551,8 @@ def run_status(job: runs.Job) -> dict:
 def progress_text(jobs: list[runs.Job]) -> str:
     """A line per started, unfinished run and a count of all runs by state."""
     rows = [run_status(job) for job in jobs]
-    counts = pd.Series([r["state"].split(" ")[0].rstrip(":") for r in rows]).value_counts()
+    # a state without its details: "failed: <reason>", "running or interrupted (task 2/5)"
+    counts = pd.Series([re.split(r": | \(", r["state"])[0] for r in rows]).value_counts()
     lines = [runs.clock_time() + ", ".join(f"{n} {state}" for state, n in counts.items())]
     lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
               + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")

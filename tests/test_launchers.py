@@ -195,3 +195,14 @@ def test_a_terminal_keeps_the_progress_bar(mnist_root, capsys):
     with contextlib.redirect_stderr(terminal):
         runs.train_with_progress(model, task, 0, config, seed=1)
     assert "\r" in terminal.getvalue() and "it/s" not in capsys.readouterr().out
+
+
+def test_the_pools_progress_counts_runs_by_whole_state(monkeypatch):
+    states = ["not started", "not started", "finished", "failed: out of memory (log: x)",
+              "running or interrupted (task 2/5)"]
+    monkeypatch.setattr(launchers, "run_status", lambda job: {
+        "run": f"seed_{job}", "state": states[job], "tasks_done": 1, "mean_accuracy": 90.0})
+    counts, running = launchers.progress_text(list(range(len(states)))).split("\n")
+    assert counts.endswith("] 2 not started, 1 finished, 1 failed, 1 running or interrupted")
+    assert running == ("  seed_4: running or interrupted (task 2/5), 1 task(s) done, "
+                       "mean accuracy 90.00%")
