@@ -273,6 +273,14 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
     return sorted(groups, key=lambda group: -group[1]["mean_accuracy"].mean())
 
 
+# What the task-agnostic columns of summary.md mean, said under the table when it has them.
+TASK_AGNOSTIC_NOTES = {
+    "task_agnostic_accuracy": "accuracy with each test image's task inferred by the lowest "
+                              "entropy",
+    "task_identification_accuracy": "how often that inferred task was right",
+    "fecam_accuracy": "FeCAM class-incremental accuracy over all tasks"}
+
+
 def seeds_table(groups: list, title: str) -> str:
     """Markdown in the paper's format: mean ± std over seeds (population std)."""
     if not groups:
@@ -300,8 +308,9 @@ def seeds_table(groups: list, title: str) -> str:
         f"Regime: {regime}; see docs/differences.md#the-published-regime.", "",
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds. "
         "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
-        "Chaudhry et al. 2018; task_agnostic_accuracy: task inferred by lowest entropy; "
-        "fecam_accuracy: FeCAM class-incremental accuracy over all tasks.",
+        "Chaudhry et al. 2018" + "".join(f"; {name}: {note}" for name, note in
+                                         TASK_AGNOSTIC_NOTES.items()
+                                         if any(name in row for row in rows)) + ".",
         "", pd.DataFrame(rows).rename(columns={"ACC": "accuracy (ACC)"}).to_markdown(index=False),
         ""] + ([chance.CHANCE_NOTE, ""] if any_at_chance else []))
 

@@ -80,6 +80,8 @@ def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
     assert "95.00 ± 0.00" in lines[0]
     assert "86.00 ± 1.00" in lines[1]  # mean of 85 and 87, population std
     assert (tmp_path / "summary.md").read_text() == text
+    assert "task_identification_accuracy: how often that inferred task was right" in text
+    assert "fecam_accuracy" not in text  # no run evaluated FeCAM: no column, no note
     for plot in ("mean_heatmap.png", "per_task_accuracy.png", "grid.png"):
         assert (tmp_path / plot).stat().st_size > 1000
 

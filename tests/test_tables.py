@@ -117,6 +117,8 @@ def test_table_gives_the_fecam_setups_class_incremental_accuracy_where_evaluated
                    if line.startswith(("| benchmark", "| CIFAR-100 FeCAM")))
     assert row[header.index("FeCAM class-incremental")] == "42.00 ± 2.00"
     assert "FeCAM class-incremental: the accuracy over the test sets of all tasks" in markdown
+    summary = evaluation.summarize_experiment(fecam)
+    assert "| 42.00 ± 2.00 " in summary and "fecam_accuracy: FeCAM class-incremental" in summary
 
 
 def write_pair(tmp_path):
