@@ -27,7 +27,8 @@ from errors import UserError
 # ------------------------------------------------------------ edit these
 path_to_datasets = "./Data"  # where datasets are downloaded to / read from
 results_dir = "./Results"  # one experiment folder per (dataset, part, best|grid) goes here
-dataset = "PermutedMNIST"  # PermutedMNIST | SplitMNIST | CIFAR100 | TinyImageNet | CIFAR100_FeCAM_setup
+# PermutedMNIST | SplitMNIST | CIFAR100 | TinyImageNet | CIFAR100_FeCAM_setup
+dataset = "PermutedMNIST"
 part = 0  # PermutedMNIST 0 (10 tasks), 1 (100 tasks); SplitMNIST 0 (grids 0-2);
 #          CIFAR100 0 ResNet-20, 1 ZenkeNet; TinyImageNet 0 ResNet-20, 1 ZenkeNet (grids 0-3);
 #          CIFAR100_FeCAM_setup 0-7
