@@ -213,6 +213,9 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                     part: int) -> tuple[Path, list]:
     """The experiment's folder and its runs: every configuration x seed."""
     grid = settings["create_grid_search"]
+    if settings["demo"] and grid:
+        raise UserError("--demo runs each MNIST benchmark's small demo configuration, which "
+                        "has no grid; leave out --create_grid_search=True or --demo")
     if settings["demo"]:
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS

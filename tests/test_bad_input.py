@@ -31,6 +31,8 @@ import runs
     ("--slurm_cpus_per_run=0", "--slurm_cpus_per_run must be at least 1, not 0"),
     ("--slurm_time_minutes=0", "--slurm_time_minutes must be at least 1"),
     ("--checkpoint_minutes=-5", "--checkpoint_minutes must be at least 0, not -5"),
+    ("--demo --create_grid_search=True", "--demo runs each MNIST benchmark's small demo "
+                                         "configuration, which has no grid"),
 ])
 def test_impossible_values_are_refused_up_front(argument, message, mnist_root, tmp_path,
                                                 capsys):
