@@ -615,6 +615,13 @@ def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> lis
                   if str(first_value(runs_a, c)) != str(first_value(runs_b, c)))
 
 
+def shared_tasks_agree(classes_a: list, classes_b: list) -> bool:
+    """Whether the tasks both runs have hold the same classes (a run may have more tasks:
+    configuration_differences names number_of_tasks)."""
+    shared = min(len(classes_a), len(classes_b))
+    return classes_a[:shared] == classes_b[:shared]
+
+
 def class_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame, label: str) -> list[str]:
     """Notes on the seeds whose tasks held other classes in A than in B (task_classes).
 
@@ -626,7 +633,8 @@ def class_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame, label: str) ->
     a, b = ({seed: classes for seed, classes in zip(runs["seed"], runs[TASK_CLASSES])}
             if TASK_CLASSES in runs else dict.fromkeys(runs["seed"]) for runs in (runs_a, runs_b))
     seeds = sorted(a.keys() & b.keys())
-    differ = [s for s in seeds if isinstance(a[s], str) and isinstance(b[s], str) and a[s] != b[s]]
+    differ = [s for s in seeds if isinstance(a[s], str) and isinstance(b[s], str)
+              and not shared_tasks_agree(json.loads(a[s]), json.loads(b[s]))]
     notes = [(f"Tasks hold other classes in A than in B in {label}, seed(s) "
               f"{', '.join(map(str, differ))} (config.json task_classes): per-seed and "
               "per-task numbers compare different tasks")] if differ else []

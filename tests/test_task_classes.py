@@ -199,6 +199,9 @@ def test_compare_names_seeds_whose_tasks_held_other_classes(tmp_path):
     assert "Tasks hold other classes in A than in B in TinyImageNet_part1_best, seed(s) 2 " in text
     assert "A's runs of TinyImageNet_part1_best record no task classes (seed(s) 3)" in text
     assert "Configurations differ" not in text
+    make_run(tmp_path / "A" / experiment / "seed_4", task_classes=[["n1", "n2"], ["n3", "n4"]])
+    make_run(tmp_path / "B" / experiment / "seed_4", task_classes=[["n1", "n2"]])  # fewer tasks
+    assert "seed(s) 2 (config.json" in evaluation.compare(tmp_path / "A", tmp_path / "B")
     summary = evaluation.summarize_experiment(tmp_path / "B" / experiment)
     rows = [line for line in summary.splitlines() if line.startswith("|")][2:]
     assert len(rows) == 1  # seeds whose classes differ are still one configuration
