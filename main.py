@@ -9,6 +9,7 @@ datasets.HyperParameters), can be overridden on the command line:
 
 import ast
 import dataclasses
+import re
 import sys
 import time
 import types
@@ -115,6 +116,10 @@ def _check_setting(name: str, value):
     if name == "seeds" and not (value is None or (
             type(value) is list and value and all(type(s) is int for s in value))):
         raise UserError(f"--seeds expects None or a list of integers such as [1,2], not {value!r}")
+    if name == "seeds" and value and not all(0 <= s < 2**32 for s in value):  # numpy's seeds
+        raise UserError(f"--seeds must lie between 0 and 2**32 - 1, not {value!r}")
+    if name == "device" and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(value)):
+        raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {value!r}")
     types = SETTINGS[name]
     if type(value) not in types:
         expected = " or ".join("None" if t is type(None) else t.__name__ for t in types)
