@@ -34,6 +34,7 @@ from torch import nn
 
 import output_layer
 from batches import Task, TrainingBatches
+from errors import UserError
 
 if TYPE_CHECKING:
     from datasets import HyperParameters
@@ -220,9 +221,15 @@ def build_model(config: HyperParameters, input_shape: tuple[int, ...],
         input_shape: (features,) for the MLP, (H, W, C) for the conv nets.
         num_outputs: the size of the (shared) output layer.
     """
+    check_network_input(config.target_network, input_shape)
     target = build_target_network(config.target_network, input_shape, num_outputs,
                                   config.target_hidden_layers)
     shapes = [target.param_shapes[i] for i in maskable_indices(target)]
+    weights = sum(math.prod(shape) for shape in shapes)
+    if config.chunk_size is not None and config.chunk_size > weights:
+        raise UserError(f"chunk_size {config.chunk_size} exceeds the {weights:,} weights the "
+                        "hypernetwork produces for this target network: set it to at most "
+                        "that, or to None (no chunks)")
     common = dict(uncond_in_size=0, cond_in_size=config.embedding_size,
                   layers=config.hnet_hidden_layers, activation_fn=nn.ELU(),
                   num_cond_embs=config.number_of_tasks, verbose=False)
@@ -232,6 +239,23 @@ def build_model(config: HyperParameters, input_shape: tuple[int, ...],
         hnet = ChunkedHMLP(shapes, chunk_size=config.chunk_size,
                            chunk_emb_size=config.chunk_embedding_size, **common)
     return HyperMask(target, hnet)
+
+
+# The images each convolutional target network takes, (H, W, C); None: colour images of any size.
+NETWORK_INPUTS = {"ResNet-20": None, "ZenkeNet": (32, 32, 3), "ZenkeNet-tiny": (64, 64, 3)}
+
+
+def check_network_input(name: str, input_shape: tuple[int, ...]) -> None:
+    """A one-line error where the target network cannot take the dataset's inputs."""
+    def fits(network: str) -> bool:
+        need = NETWORK_INPUTS.get(network)
+        return network == "MLP" or (len(input_shape) == 3 and input_shape[2] == 3
+                                    and need in (None, tuple(input_shape)))
+
+    if not fits(name):
+        usable = [network for network in ("MLP", *NETWORK_INPUTS) if fits(network)]
+        raise UserError(f"target_network {name} cannot take this dataset's inputs of shape "
+                        f"{list(input_shape)}: use {' or '.join(usable)}")
 
 
 def build_target_network(name: str, input_shape: tuple[int, ...], num_outputs: int,

@@ -523,7 +523,8 @@ def train_with_progress(model, task, task_id: int, config, *, seed: int,
 
 @contextlib.contextmanager
 def out_of_memory_names(where: str):
-    """A GPU out-of-memory error becomes RunFailed: where it happened and what to change."""
+    """An out-of-memory error (GPU or CPU) becomes RunFailed: where it happened and what
+    to change."""
     try:
         yield
     except torch.OutOfMemoryError as error:
@@ -532,6 +533,13 @@ def out_of_memory_names(where: str):
                         "to resume from the last checkpoint with a smaller "
                         "evaluation_batch_size (evaluations), runs_per_gpu (runs sharing "
                         "a GPU) or batch_size, or on a GPU with more memory") from None
+    except RuntimeError as error:  # torch's CPU allocator raises a plain RuntimeError
+        if "DefaultCPUAllocator" not in str(error):
+            raise
+        detail = str(error).splitlines()[0].split("DefaultCPUAllocator: ")[-1]
+        raise RunFailed(f"ran out of CPU memory in {where} ({detail}); use smaller networks "
+                        "(target_hidden_layers, hnet_hidden_layers), a smaller batch_size or "
+                        "evaluation_batch_size, or a machine with more memory") from None
 
 
 def require_finite(model, task_id: int) -> None:
@@ -710,8 +718,9 @@ def _run(job: Job) -> None:
                                                      root=job.path_to_datasets),
                **where_it_runs(device)}
     # One output layer shared by all tasks, as wide as the widest task needs.
-    model = hypermask.build_model(config, tasks[0].input_shape, max(t.num_classes for t in tasks))
-    model.to(device)
+    with out_of_memory_names("building the networks"):
+        model = hypermask.build_model(config, tasks[0].input_shape,
+                                      max(t.num_classes for t in tasks)).to(device)
     make_folder(run_dir)  # only now: missing data leave no folder
     with stop_signals() as stop, one_writer(run_dir), \
             failed_writes_stop(run_dir, config.number_of_tasks):

@@ -47,6 +47,25 @@ def test_impossible_values_are_refused_up_front(argument, message, mnist_root, t
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+@pytest.mark.parametrize("argument, message", [
+    ("--target_network=ResNet-20", "target_network ResNet-20 cannot take this dataset's inputs "
+                                   "of shape [784]: use MLP"),
+    ("--target_network=ZenkeNet", "target_network ZenkeNet cannot take"),
+    ("--target_network=ZenkeNet-tiny", "target_network ZenkeNet-tiny cannot take"),
+    ("--chunk_size=100000", "chunk_size 100000 exceeds the 6,298 weights the hypernetwork "
+                            "produces for this target network"),
+    ("--target_hidden_layers=[1000000,1000000]", "ran out of CPU memory in building the "
+                                                 "networks ("),
+])
+def test_networks_that_cannot_be_built_are_one_line_errors(argument, message, mnist_root,
+                                                           tmp_path, capsys):
+    code = main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", argument))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err
+    assert message in err
+    assert not list(tmp_path.rglob("seed_*"))  # before the run's folder
+
+
 def test_an_impossible_value_in_mains_block_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(main, "launcher", "slurmm")  # a typo in the editable block
     assert main.main([]) == 2
