@@ -118,6 +118,9 @@ def _check_setting(name: str, value):
         raise UserError(f"--seeds expects None or a list of integers such as [1,2], not {value!r}")
     if name == "seeds" and value and not all(0 <= s < 2**32 for s in value):  # numpy's seeds
         raise UserError(f"--seeds must lie between 0 and 2**32 - 1, not {value!r}")
+    if name in ("results_dir", "path_to_datasets") and not str(value).strip():
+        example = "./Results" if name == "results_dir" else "./Data"
+        raise UserError(f"--{name} is empty: give a folder, e.g. --{name}={example}")
     if name == "device" and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(value)):
         raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {value!r}")
     types = SETTINGS[name]

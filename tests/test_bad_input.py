@@ -25,6 +25,7 @@ import runs
     ("--seeds=[]", "--seeds expects None or a list of integers"),
     ("--seeds=[1,-1]", "--seeds must lie between 0 and 2**32 - 1, not [1, -1]"),
     ("--seeds=[4294967296]", "--seeds must lie between 0 and 2**32 - 1"),
+    ("--results_dir=", "--results_dir is empty: give a folder, e.g. --results_dir=./Results"),
     ("--device=meta", "--device must be auto, cpu, mps, cuda or cuda:N, not 'meta'"),
     ("--device=cuda:abc", "--device must be auto, cpu, mps, cuda or cuda:N"),
     ("--part=9", "SplitMNIST has no part 9"),
