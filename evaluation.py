@@ -33,6 +33,7 @@ from files import save_figure, write_csv, write_text  # noqa: E402  (every write
 # (chance.at_chance); recorded since 2026-12-07, older runs fall back on task_classes.
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy",
                     "classes"]
+MATRIX_COLUMNS = ("trained_task", "evaluated_task", "accuracy")  # what accuracy_matrix reads
 
 
 # -------------------------------------------------------------------- metrics
@@ -89,6 +90,11 @@ CONFIG, ACCURACIES = "config.json", "accuracies.csv"  # written when a run start
 FAILED = "failed.txt"  # the error of a run that raised (runs.write_failed)
 FINAL_WEIGHTS = "final_weights.pt"  # written last: the run is finished
 RUN_FILES = (CONFIG, ACCURACIES, FAILED)  # any of them makes a run folder
+# checkpoints.CHECKPOINT (a module above this one): a rerun resumes from it and rewrites
+# the run's CSV files, so a damaged one needs no new run.
+CHECKPOINT = "checkpoint.pt"
+# The columns that number tasks: they index the accuracy matrix, so every row needs them.
+TASK_COLUMNS = ("trained_task", "evaluated_task")
 
 
 def run_state(run_dir: Path) -> str:
@@ -100,6 +106,56 @@ def run_state(run_dir: Path) -> str:
     if any((run_dir / name).exists() for name in (CONFIG, ACCURACIES)):
         return "unfinished"
     return "not started"
+
+
+def read_config(path: Path) -> dict:
+    """A run's config.json; a UserError naming it when it is not a readable JSON object."""
+    try:
+        config = json.loads(path.read_text())
+        problem = None if isinstance(config, dict) else "not a JSON object"
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError: a damaged file
+        problem = f"not readable JSON: {one_line(error)}"
+    if problem:  # rerunning cannot mend it: the run's record of what it is is gone
+        raise UserError(f"{path} is corrupt or incomplete ({problem}); delete the run folder "
+                        f"{path.parent} to run it again")
+    return config
+
+
+def read_run_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """One of a run's CSV files, with rows and these numeric columns; else a UserError
+    naming it and saying what to do."""
+    try:
+        table = pd.read_csv(path)
+        problem = csv_problem(table, columns)
+    except ValueError as error:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        problem = f"not readable CSV: {one_line(error)}"
+    if problem:
+        advice = ("rerun the same command: the run resumes from its checkpoint and rewrites it"
+                  if (path.parent / CHECKPOINT).exists()
+                  else f"delete the run folder {path.parent} to run it again")
+        raise UserError(f"{path} is corrupt or incomplete ({problem}); {advice}")
+    return table
+
+
+def csv_problem(table: pd.DataFrame, columns: tuple[str, ...]) -> str | None:
+    """What makes a run's table unusable for these columns (None: nothing)."""
+    missing = [c for c in columns if c not in table]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    if table.empty:
+        return "no rows"
+    text = [c for c in columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if text:
+        return f"values that are not numbers in {', '.join(text)}"
+    tasks = [c for c in columns if c in TASK_COLUMNS]
+    gaps = [c for c in tasks if not (table[c].notna() & (table[c] >= 0)
+                                     & (table[c] % 1 == 0)).all()]
+    return f"missing or invalid task numbers in {', '.join(gaps)}" if gaps else None
+
+
+def one_line(error: Exception) -> str:
+    """An exception as one line (pandas' parser messages end in a newline)."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 ANNOTATED_TASKS = 20  # up to this many tasks, heatmaps print every cell's value
@@ -182,7 +238,7 @@ def run_summary(run_dir: Path) -> dict | None:
     if not config_path.exists():
         return None
     error = failure(run_dir)
-    config = recorded_defaults() | json.loads(config_path.read_text())
+    config = recorded_defaults() | read_config(config_path)
     sizes = config.pop("task_sizes", None)
     if sizes:
         config["data_size"] = data_size(sizes)
@@ -190,7 +246,7 @@ def run_summary(run_dir: Path) -> dict | None:
         config[TASK_CLASSES] = json.dumps(config[TASK_CLASSES])
     if not accuracy_path.exists():
         return {"run": run_dir.name, **config, "finished": False, "trained_tasks": 0, **error}
-    accuracies = pd.read_csv(accuracy_path)
+    accuracies = read_run_csv(accuracy_path, MATRIX_COLUMNS)
     matrix = accuracy_matrix(accuracies)
     t = len(matrix)
     test_samples = [size["test_samples"] for size in sizes] if sizes else [None] * t
@@ -201,15 +257,18 @@ def run_summary(run_dir: Path) -> dict | None:
            "tasks_at_chance": chance.tasks_at_chance(
                matrix[-1], chance.class_counts(accuracies, config), test_samples), **error}
     if (run_dir / "transfer.csv").exists():
-        transfer = pd.read_csv(run_dir / "transfer.csv").iloc[:t]
+        transfer = read_run_csv(run_dir / "transfer.csv", (
+            "previous_network_accuracy", "random_init_accuracy")).iloc[:t]
         row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
                                       transfer["random_init_accuracy"].to_numpy())
     if (run_dir / "task_agnostic.csv").exists():
-        agnostic = pd.read_csv(run_dir / "task_agnostic.csv")
+        agnostic = read_run_csv(run_dir / "task_agnostic.csv",
+                                ("accuracy", "task_identification_accuracy"))
         row["task_agnostic_accuracy"] = agnostic["accuracy"].mean()
         row["task_identification_accuracy"] = agnostic["task_identification_accuracy"].mean()
     if (run_dir / "fecam.csv").exists():  # over the test sets of all tasks
-        row["fecam_accuracy"] = pd.read_csv(run_dir / "fecam.csv")["accuracy"].iloc[-1]
+        row["fecam_accuracy"] = read_run_csv(run_dir / "fecam.csv",
+                                             ("accuracy",))["accuracy"].iloc[-1]
     return row
 
 
@@ -323,8 +382,8 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     if not groups:
         return
     varying, runs = groups[0]
-    matrices = np.stack([accuracy_matrix(pd.read_csv(experiment_dir / r / ACCURACIES))
-                         for r in runs["run"]])
+    matrices = np.stack([accuracy_matrix(read_run_csv(experiment_dir / r / ACCURACIES,
+                                                      MATRIX_COLUMNS)) for r in runs["run"]])
     sample = " (demo sample)" if runs["data"].iloc[0] != runs["dataset"].iloc[0] else ""
     name = f"{runs['dataset'].iloc[0]}{sample} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
     if len(groups) > 1:

@@ -532,7 +532,8 @@ def run_status(job: runs.Job) -> dict:
     row = {"run": run_dir.name, "state": evaluation.run_state(run_dir), "tasks_done": 0,
            "mean_accuracy": float("nan")}
     if (run_dir / evaluation.ACCURACIES).exists():
-        accuracies = pd.read_csv(run_dir / evaluation.ACCURACIES)
+        accuracies = evaluation.read_run_csv(run_dir / evaluation.ACCURACIES,
+                                             ("trained_task", "accuracy"))
         last = accuracies[accuracies["trained_task"] == accuracies["trained_task"].max()]
         row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
                 "mean_accuracy": round(float(last["accuracy"].mean()), 2)}

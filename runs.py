@@ -341,7 +341,7 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     if not config_path.exists():
         return []
     # A field added to HyperParameters since the run began has its default there.
-    saved = datasets.recorded_defaults() | json.loads(config_path.read_text())
+    saved = datasets.recorded_defaults() | evaluation.read_config(config_path)
     refuse_redrawn_classes(run_dir, saved)
     as_saved = json.loads(json.dumps(record))
     # The data's description (data_source, task_sizes, task_classes) joins the

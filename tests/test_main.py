@@ -131,6 +131,25 @@ def test_a_run_from_before_a_new_field_is_still_the_same_run(mnist_root, tmp_pat
     assert "already finished" in capsys.readouterr().out
 
 
+def test_damaged_files_of_a_finished_run_are_one_line_errors(mnist_root, tmp_path, capsys):
+    """Rerun and --status read the run's config.json and accuracies.csv: no traceback."""
+    run = run_tiny(mnist_root, tmp_path) / "seed_1"
+    options = ["--dataset=PermutedMNIST", f"--path_to_datasets={mnist_root}",
+               f"--results_dir={tmp_path}", *TINY]
+    capsys.readouterr()
+    for name, extra in (("config.json", []), ("accuracies.csv", []),
+                        ("accuracies.csv", ["--status=True"])):
+        damaged = run / name
+        kept = damaged.read_bytes()
+        damaged.write_text('{"dataset": ' if name == "config.json" else 'a,b\n1,2,3\n"x')
+        assert main.main(options + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {damaged} is corrupt or incomplete (not readable ")
+        assert err.endswith(f"; delete the run folder {run} to run it again\n")
+        assert err.count("\n") == 1
+        damaged.write_bytes(kept)
+
+
 def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monkeypatch):
     import torchvision.datasets.mnist as tv
 

@@ -307,3 +307,54 @@ def test_runs_from_before_the_classes_column_are_marked_from_their_benchmark(tmp
             for row in evaluation.experiment_runs(experiment).to_dict("records")}
     # seed 1: |4.9 - 2| <= 3 and |12 - 10| <= 3; seed 2: margins 0.42 + 1 and 0.9 + 1 points
     assert rows == {1: [1, 2], 2: []}
+
+
+# --------------------------------------------------------------------- damaged run files
+
+# A damaged file of a run folder and what the one-line error says of it.
+DAMAGED = [
+    ("config.json", '{"dataset": ', "not readable JSON: JSONDecodeError"),
+    ("config.json", "[1, 2]", "not a JSON object"),
+    ("accuracies.csv", 'a,b\n1,2,3\n"x', "not readable CSV: ParserError"),
+    ("accuracies.csv", "", "not readable CSV: EmptyDataError"),
+    ("accuracies.csv", "a,b,c\n1,2,3\n", "no column trained_task, evaluated_task, accuracy"),
+    ("accuracies.csv", ",".join(evaluation.ACCURACY_COLUMNS) + "\n",  "no rows"),
+    ("accuracies.csv", "trained_task,evaluated_task,accuracy\n0,0,90\n1,0,x\n",
+     "values that are not numbers in accuracy"),
+    ("accuracies.csv", "trained_task,evaluated_task,accuracy\n0,0,90\n1\n",
+     "missing or invalid task numbers in evaluated_task"),
+    ("transfer.csv", "task\n0\n1\n",
+     "no column previous_network_accuracy, random_init_accuracy"),
+    ("task_agnostic.csv", "task,accurac\n0,50\n", "no column accuracy"),
+    ("fecam.csv", "tasks_seen,accuracy\n", "no rows"),
+]
+
+
+@pytest.mark.parametrize("name, text, problem", DAMAGED)
+def test_a_damaged_run_file_is_one_line_naming_it_and_what_to_do(tmp_path, capsys, name, text,
+                                                                  problem):
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    make_run(run)
+    pd.DataFrame({"accuracy": [50.0], "task_identification_accuracy": [60.0]}).to_csv(
+        run / "task_agnostic.csv", index=False)
+    (run / name).write_text(text)
+    assert evaluation.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run / name} is corrupt or incomplete (")
+    assert problem in err and err.count("\n") == 1
+    assert err.endswith(f"; delete the run folder {run} to run it again\n")
+
+
+def test_a_damaged_table_of_a_run_with_a_checkpoint_is_mended_by_a_rerun(tmp_path, capsys):
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    make_run(run, finished=False)
+    (run / evaluation.CHECKPOINT).write_bytes(b"")
+    (run / "accuracies.csv").write_text("")
+    assert evaluation.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith(
+        "; rerun the same command: the run resumes from its checkpoint and rewrites it\n")
+
+
+def test_the_checkpoint_evaluation_names_is_the_one_runs_write():
+    import checkpoints
+    assert evaluation.CHECKPOINT == checkpoints.CHECKPOINT
