@@ -355,7 +355,26 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     if differences:
         raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
                         "use another --results_dir or delete that folder")
+    if "task_sizes" in changed and "task_sizes" in saved and trained_unfinished(run_dir):
+        refuse_other_data(run_dir, saved, as_saved["task_sizes"])
     return [f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed]
+
+
+def trained_unfinished(run_dir: Path) -> bool:
+    """Whether run_dir holds a run that has trained but not finished: one that resumes."""
+    trained = any((run_dir / name).exists() for name in (CHECKPOINT, evaluation.ACCURACIES))
+    return trained and evaluation.run_state(run_dir) != "finished"
+
+
+def refuse_other_data(run_dir: Path, saved: dict, task_sizes: list[dict]) -> None:
+    """A UserError for an unfinished run whose data now give tasks of other sizes: resuming
+    would index its checkpoint's batch order into other images and mix two datasets."""
+    task = next(j for j, (there, now) in enumerate(zip(saved["task_sizes"], task_sizes))
+                if there != now) if len(saved["task_sizes"]) == len(task_sizes) else 0
+    raise UserError(f"{run_dir} holds an unfinished run begun on other data (task {task + 1}: "
+                    f"{saved['task_sizes'][task]} then, {task_sizes[task]} now, from "
+                    f"{saved.get('data_source')}); put those data back or delete that folder to "
+                    "start the run again")
 
 
 def describe_difference(key: str, there, now) -> str:
@@ -374,8 +393,7 @@ def refuse_redrawn_classes(run_dir: Path, saved: dict) -> None:
     learnt. A finished one stays: it is only summarised."""
     if "task_classes" in saved or saved.get("dataset") not in datasets.CLASSES_REDRAWN:
         return
-    trained = any((run_dir / name).exists() for name in (CHECKPOINT, evaluation.ACCURACIES))
-    if trained and evaluation.run_state(run_dir) != "finished":
+    if trained_unfinished(run_dir):
         raise UserError(f"{run_dir} holds an unfinished {saved['dataset']} run begun by an "
                         "earlier version, whose tasks held other classes; delete that folder "
                         "to run it again with the authors' classes, or use another --results_dir")

@@ -1,5 +1,7 @@
 """Impossible values, damaged data files and unwritable results: one-line errors, nothing lost."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import make_cifar100, make_tiny_imagenet, tiny_options
@@ -104,3 +106,21 @@ def test_runs_checkpoint_writer_names_the_path(tmp_path):
     folder.write_text("")
     with pytest.raises(errors.UserError, match=f"cannot create the folder {folder}"):
         runs.make_folder(folder)
+
+
+def test_an_unfinished_run_is_not_resumed_on_data_of_other_sizes(mnist_root, tmp_path, capsys):
+    """Resuming would index the checkpoint's batch order into other images."""
+    options = tiny_options(mnist_root, tmp_path, "--seeds=[1]")
+    assert main.main(options) == 0
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    config = json.loads((run / "config.json").read_text())
+    sizes = config["task_sizes"]
+    config["task_sizes"] = [sizes[0], {**sizes[1], "training_samples": 7}]  # other files then
+    (run / "config.json").write_text(json.dumps(config))
+    assert main.main(options) == 0  # finished: only summarised, whatever the data now
+    (run / "final_weights.pt").unlink()  # unfinished: it would resume
+    capsys.readouterr()
+    assert main.main(options) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {run} holds an unfinished run begun on other data (task 2: ")
+    assert "'training_samples': 7" in err and "\n" not in err
