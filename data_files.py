@@ -74,14 +74,17 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
 
 
 def read_idx(path: Path, dims: int) -> torch.Tensor:
-    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions, or a UserError
-    naming the file: a truncated or foreign file fails deep inside the parser otherwise."""
+    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions (1: labels, digits
+    0..9), or a UserError naming the file: a truncated or foreign file fails deep inside the
+    parser otherwise."""
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
     try:
         array = read_sn3_pascalvincent_tensor(str(path), strict=False)
         if array.dtype != torch.uint8 or array.dim() != dims:
             raise ValueError(f"{array.dim()}-d {array.dtype}, not {dims}-d uint8")
+        if dims == 1 and len(array) and array.max() > 9:  # else scored silently, or a crash
+            raise ValueError(f"label {int(array.max())} is not a digit 0..9")
     except Exception as error:
         raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
                         f"{error}); replace it (delete {path.parent} to download MNIST "
