@@ -251,9 +251,10 @@ def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
     """(JPEG path, class id) pairs of train/ and val/, checked before anything is decoded.
 
     Raises:
-        UserError: a class folder without images, or a val image listed in
-            val_annotations.txt but missing: the archive was unpacked in part,
-            and a cache of part of the data would stand in for the whole.
+        UserError: a class folder without images, a missing or malformed
+            val_annotations.txt, or a val image listed there but missing: the
+            archive was unpacked in part, and a cache of part of the data would
+            stand in for the whole.
     """
     wnids = sorted(tiny_imagenet_wnids(folder))  # the cache's numbering (load_tiny_imagenet)
     class_id = {wnid: i for i, wnid in enumerate(wnids)}
@@ -264,15 +265,35 @@ def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
         if not (paths := sorted(images.glob("*.JPEG"))):
             raise UserError(f"{images} holds no JPEG images; {again}")
         train += [(path, class_id[wnid]) for path in paths]
-    annotations = folder / "val" / "val_annotations.txt"
-    test = [(folder / "val" / "images" / line.split("\t")[0], class_id[line.split("\t")[1]])
-            for line in annotations.read_text().splitlines() if line.strip()]
-    if not test:
-        raise UserError(f"{annotations} lists no images; {again}")
+    test = tiny_imagenet_val_files(folder, class_id, again)
     for path, _ in test:
         if not path.exists():
             raise UserError(f"{path} is missing; {again}")
     return train, test
+
+
+def tiny_imagenet_val_files(folder: Path, class_id: dict, again: str) -> list:
+    """(JPEG path, class id) pairs that val/val_annotations.txt lists, or a UserError naming
+    the file and its first bad line (`again`: what to do)."""
+    annotations = folder / "val" / "val_annotations.txt"
+    if not annotations.exists():
+        raise UserError(f"{annotations} is missing; {again}")
+    test = []
+    lines = annotations.read_text(errors="replace").splitlines()  # a foreign file: a bad line
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise UserError(f"{annotations} line {number} is not 'FILE<tab>WNID<tab>...': "
+                            f"{line[:60]!r}; {again}")
+        if fields[1] not in class_id:
+            raise UserError(f"{annotations} line {number} names {fields[1][:30]!r}, which "
+                            f"wnids.txt does not list; {again}")
+        test.append((folder / "val" / "images" / fields[0], class_id[fields[1]]))
+    if not test:
+        raise UserError(f"{annotations} lists no images; {again}")
+    return test
 
 
 def _decode_jpeg(path: Path) -> np.ndarray:

@@ -66,6 +66,25 @@ def test_damaged_cifar100_and_tiny_imagenet_files_are_named(tmp_path):
         data_files.load_tiny_imagenet(root)
 
 
+def test_a_missing_or_malformed_val_annotations_txt_is_named(tmp_path):
+    """A partly unpacked or edited val_annotations.txt: a one-line error, nothing cached."""
+    root = make_tiny_imagenet(tmp_path, per_class_train=1)
+    folder = root / "tiny-imagenet-200"
+    annotations = folder / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    annotations.unlink()
+    with pytest.raises(errors.UserError, match=f"^{annotations} is missing; unpack"):
+        data_files.load_tiny_imagenet(root)
+    annotations.write_text("\n".join([*lines[:4], "val_4.JPEG n99999999 0 0 63 63"]))
+    with pytest.raises(errors.UserError, match=f"^{annotations} line 5 is not 'FILE<tab>WNID"):
+        data_files.load_tiny_imagenet(root)
+    annotations.write_text("\n".join([*lines[:4], "val_4.JPEG\tn99999999\t0\t0\t63\t63"]))
+    with pytest.raises(errors.UserError, match=f"^{annotations} line 5 names 'n99999999', "
+                                               "which wnids.txt does not list; unpack"):
+        data_files.load_tiny_imagenet(root)
+    assert not (folder / "uint8_cache").exists()
+
+
 def test_a_results_path_under_a_file_is_a_one_line_error(mnist_root, tmp_path, capsys):
     blocker = tmp_path / "results"
     blocker.write_text("a file where the results folder should be")
