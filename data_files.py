@@ -194,7 +194,9 @@ def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
     """load_tiny_imagenet's arrays with the cache's labels: the index among the sorted wnids."""
     cache = folder / "uint8_cache"
     if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
-        arrays = tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
+        train_x, test_x = (read_cached(cache / f"{name}.npy") for name in ("train_x", "test_x"))
+        arrays = (train_x, read_cached(cache / "train_y.npy", labels_for=train_x),
+                  test_x, read_cached(cache / "test_y.npy", labels_for=test_x))
         if (np.bincount(arrays[1], minlength=200) == 0).any():  # decoded before files were checked
             raise UserError(f"the image cache {cache} lacks whole classes (decoded from an "
                             f"incomplete tiny-imagenet-200); delete {cache} to decode the JPEGs "
@@ -219,16 +221,30 @@ def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-def read_cached(path: Path) -> np.ndarray:
-    """One array of the Tiny ImageNet cache, or a UserError naming the file."""
+def read_cached(path: Path, labels_for: np.ndarray | None = None) -> np.ndarray:
+    """One array of the Tiny ImageNet cache, or a UserError naming the file.
+
+    Args:
+        path: a .npy file of images [N, 64, 64, 3] uint8, or with `labels_for`
+            of labels [N]: integer class ids 0..199, one per image of `labels_for`.
+    """
     try:
         array = np.load(path)
-        if array.shape[1:] not in ((), (64, 64, 3)):
-            raise ValueError(f"shape {array.shape}")
+        if labels_for is None and (array.shape[1:] != (64, 64, 3) or array.dtype != np.uint8):
+            raise ValueError(f"{array.dtype} images of shape {array.shape}")
+        if labels_for is not None and not is_labels(array, len(labels_for), 200):
+            raise ValueError(f"{array.dtype} labels of shape {array.shape}")
     except Exception as error:
         raise UserError(f"the image cache file {path} is unreadable ({type(error).__name__}); "
                         f"delete {path.parent} to decode the JPEGs again") from None
     return array
+
+
+def is_labels(array: np.ndarray, length: int, num_classes: int) -> bool:
+    """Whether `array` holds `length` integer class ids 0..num_classes-1: other labels index
+    past the class table or crash the loss far from the file they came from."""
+    return (np.issubdtype(array.dtype, np.integer) and array.shape == (length,)
+            and (length == 0 or 0 <= array.min() <= array.max() < num_classes))
 
 
 def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
