@@ -74,14 +74,17 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
 
 
 def read_idx(path: Path, dims: int) -> torch.Tensor:
-    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions, or a UserError
-    naming the file: a truncated or foreign file fails deep inside the parser otherwise."""
+    """An IDX file of unsigned bytes (MNIST's format) with `dims` dimensions (1: labels, digits
+    0..9), or a UserError naming the file: a truncated or foreign file fails deep inside the
+    parser otherwise."""
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
     try:
         array = read_sn3_pascalvincent_tensor(str(path), strict=False)
         if array.dtype != torch.uint8 or array.dim() != dims:
             raise ValueError(f"{array.dim()}-d {array.dtype}, not {dims}-d uint8")
+        if dims == 1 and len(array) and array.max() > 9:  # else scored silently, or a crash
+            raise ValueError(f"label {int(array.max())} is not a digit 0..9")
     except Exception as error:
         raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
                         f"{error}); replace it (delete {path.parent} to download MNIST "
@@ -191,7 +194,9 @@ def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
     """load_tiny_imagenet's arrays with the cache's labels: the index among the sorted wnids."""
     cache = folder / "uint8_cache"
     if all((cache / f"{name}.npy").exists() for name in TINY_IMAGENET_ARRAYS):
-        arrays = tuple(read_cached(cache / f"{name}.npy") for name in TINY_IMAGENET_ARRAYS)
+        train_x, test_x = (read_cached(cache / f"{name}.npy") for name in ("train_x", "test_x"))
+        arrays = (train_x, read_cached(cache / "train_y.npy", labels_for=train_x),
+                  test_x, read_cached(cache / "test_y.npy", labels_for=test_x))
         if (np.bincount(arrays[1], minlength=200) == 0).any():  # decoded before files were checked
             raise UserError(f"the image cache {cache} lacks whole classes (decoded from an "
                             f"incomplete tiny-imagenet-200); delete {cache} to decode the JPEGs "
@@ -216,16 +221,30 @@ def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-def read_cached(path: Path) -> np.ndarray:
-    """One array of the Tiny ImageNet cache, or a UserError naming the file."""
+def read_cached(path: Path, labels_for: np.ndarray | None = None) -> np.ndarray:
+    """One array of the Tiny ImageNet cache, or a UserError naming the file.
+
+    Args:
+        path: a .npy file of images [N, 64, 64, 3] uint8, or with `labels_for`
+            of labels [N]: integer class ids 0..199, one per image of `labels_for`.
+    """
     try:
         array = np.load(path)
-        if array.shape[1:] not in ((), (64, 64, 3)):
-            raise ValueError(f"shape {array.shape}")
+        if labels_for is None and (array.shape[1:] != (64, 64, 3) or array.dtype != np.uint8):
+            raise ValueError(f"{array.dtype} images of shape {array.shape}")
+        if labels_for is not None and not is_labels(array, len(labels_for), 200):
+            raise ValueError(f"{array.dtype} labels of shape {array.shape}")
     except Exception as error:
         raise UserError(f"the image cache file {path} is unreadable ({type(error).__name__}); "
                         f"delete {path.parent} to decode the JPEGs again") from None
     return array
+
+
+def is_labels(array: np.ndarray, length: int, num_classes: int) -> bool:
+    """Whether `array` holds `length` integer class ids 0..num_classes-1: other labels index
+    past the class table or crash the loss far from the file they came from."""
+    return (np.issubdtype(array.dtype, np.integer) and array.shape == (length,)
+            and (length == 0 or 0 <= array.min() <= array.max() < num_classes))
 
 
 def decode_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
@@ -248,9 +267,10 @@ def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
     """(JPEG path, class id) pairs of train/ and val/, checked before anything is decoded.
 
     Raises:
-        UserError: a class folder without images, or a val image listed in
-            val_annotations.txt but missing: the archive was unpacked in part,
-            and a cache of part of the data would stand in for the whole.
+        UserError: a class folder without images, a missing or malformed
+            val_annotations.txt, or a val image listed there but missing: the
+            archive was unpacked in part, and a cache of part of the data would
+            stand in for the whole.
     """
     wnids = sorted(tiny_imagenet_wnids(folder))  # the cache's numbering (load_tiny_imagenet)
     class_id = {wnid: i for i, wnid in enumerate(wnids)}
@@ -261,15 +281,35 @@ def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
         if not (paths := sorted(images.glob("*.JPEG"))):
             raise UserError(f"{images} holds no JPEG images; {again}")
         train += [(path, class_id[wnid]) for path in paths]
-    annotations = folder / "val" / "val_annotations.txt"
-    test = [(folder / "val" / "images" / line.split("\t")[0], class_id[line.split("\t")[1]])
-            for line in annotations.read_text().splitlines() if line.strip()]
-    if not test:
-        raise UserError(f"{annotations} lists no images; {again}")
+    test = tiny_imagenet_val_files(folder, class_id, again)
     for path, _ in test:
         if not path.exists():
             raise UserError(f"{path} is missing; {again}")
     return train, test
+
+
+def tiny_imagenet_val_files(folder: Path, class_id: dict, again: str) -> list:
+    """(JPEG path, class id) pairs that val/val_annotations.txt lists, or a UserError naming
+    the file and its first bad line (`again`: what to do)."""
+    annotations = folder / "val" / "val_annotations.txt"
+    if not annotations.exists():
+        raise UserError(f"{annotations} is missing; {again}")
+    test = []
+    lines = annotations.read_text(errors="replace").splitlines()  # a foreign file: a bad line
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise UserError(f"{annotations} line {number} is not 'FILE<tab>WNID<tab>...': "
+                            f"{line[:60]!r}; {again}")
+        if fields[1] not in class_id:
+            raise UserError(f"{annotations} line {number} names {fields[1][:30]!r}, which "
+                            f"wnids.txt does not list; {again}")
+        test.append((folder / "val" / "images" / fields[0], class_id[fields[1]]))
+    if not test:
+        raise UserError(f"{annotations} lists no images; {again}")
+    return test
 
 
 def _decode_jpeg(path: Path) -> np.ndarray:

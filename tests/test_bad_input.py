@@ -92,6 +92,43 @@ def test_damaged_cifar100_and_tiny_imagenet_files_are_named(tmp_path):
         data_files.load_tiny_imagenet(root)
 
 
+def test_tiny_imagenet_cache_labels_that_do_not_fit_their_images_are_named(tmp_path):
+    """Labels of another length, not integers or outside the 200 classes: the file is named
+    (they were IndexErrors far from the file, or more labels than images)."""
+    root = make_tiny_imagenet(tmp_path, per_class_train=1)
+    data_files.load_tiny_imagenet(root)  # decodes and caches
+    cache = root / "tiny-imagenet-200" / "uint8_cache"
+    train_y, test_y = np.load(cache / "train_y.npy"), np.load(cache / "test_y.npy")
+    for name, labels in (("train_y", np.r_[train_y, 0]), ("test_y", test_y.astype(float)),
+                         ("test_y", np.r_[test_y[:-1], 200]), ("train_y", np.r_[-1, train_y[1:]])):
+        np.save(cache / f"{name}.npy", labels)
+        with pytest.raises(errors.UserError,
+                           match=f"^the image cache file {cache / name}.npy is unreadable"):
+            data_files.load_tiny_imagenet(root)
+        np.save(cache / "train_y.npy", train_y)
+        np.save(cache / "test_y.npy", test_y)
+    data_files.load_tiny_imagenet(root)  # the cache restored reads again
+
+
+def test_a_missing_or_malformed_val_annotations_txt_is_named(tmp_path):
+    """A partly unpacked or edited val_annotations.txt: a one-line error, nothing cached."""
+    root = make_tiny_imagenet(tmp_path, per_class_train=1)
+    folder = root / "tiny-imagenet-200"
+    annotations = folder / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    annotations.unlink()
+    with pytest.raises(errors.UserError, match=f"^{annotations} is missing; unpack"):
+        data_files.load_tiny_imagenet(root)
+    annotations.write_text("\n".join([*lines[:4], "val_4.JPEG n99999999 0 0 63 63"]))
+    with pytest.raises(errors.UserError, match=f"^{annotations} line 5 is not 'FILE<tab>WNID"):
+        data_files.load_tiny_imagenet(root)
+    annotations.write_text("\n".join([*lines[:4], "val_4.JPEG\tn99999999\t0\t0\t63\t63"]))
+    with pytest.raises(errors.UserError, match=f"^{annotations} line 5 names 'n99999999', "
+                                               "which wnids.txt does not list; unpack"):
+        data_files.load_tiny_imagenet(root)
+    assert not (folder / "uint8_cache").exists()
+
+
 def test_a_results_path_under_a_file_is_a_one_line_error(mnist_root, tmp_path, capsys):
     blocker = tmp_path / "results"
     blocker.write_text("a file where the results folder should be")

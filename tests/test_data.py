@@ -51,6 +51,23 @@ def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
         data_files.load_mnist(root)
 
 
+@pytest.mark.parametrize("name, label", [("t10k-labels-idx1-ubyte", 200),
+                                         ("train-labels-idx1-ubyte", 12)])
+def test_an_mnist_label_that_is_no_digit_is_refused(tmp_path, name, label):
+    """A test label of 200 would be scored as a wrong answer, a training label of 12 crash
+    cross_entropy: both files are named instead."""
+    from conftest import make_mnist, write_idx
+
+    root = make_mnist(tmp_path)
+    path = root / "MNIST" / "raw" / name
+    labels = np.frombuffer(path.read_bytes()[8:], dtype=np.uint8).copy()  # past the header
+    labels[0] = label
+    write_idx(path, labels)
+    with pytest.raises(errors.UserError, match=f"^{path} is not a readable MNIST file "
+                                               rf"\(ValueError: label {label} is not a digit"):
+        data_files.load_mnist(root)
+
+
 def test_permuted_mnist_tasks(mnist_root):
     config = dataclasses.replace(datasets.DEMO["PermutedMNIST"], number_of_tasks=3,
                                  validation_size=50)
