@@ -212,6 +212,8 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
             problems.append(str(error.advise(
                 "rerun the same command (finished runs are not run again) or "
                 f"`python evaluation.py {experiment_dir}` for the summary")))
+        except UserError as error:  # a damaged run file: said beside the runs' failures
+            problems.append(str(error))
     if problems:
         raise UserError("; ".join(problems))
     return experiment_dir

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import evaluation
+import launchers
 import main
 from errors import UserError
 
@@ -148,6 +149,19 @@ def test_damaged_files_of_a_finished_run_are_one_line_errors(mnist_root, tmp_pat
         assert err.endswith(f"; delete the run folder {run} to run it again\n")
         assert err.count("\n") == 1
         damaged.write_bytes(kept)
+
+
+def test_a_damaged_run_file_is_said_beside_the_launchs_failures(mnist_root, tmp_path, capsys,
+                                                                monkeypatch):
+    run = run_tiny(mnist_root, tmp_path) / "seed_1"
+    (run / "accuracies.csv").write_text("a,b\n")
+    monkeypatch.setattr(launchers, "run_sequentially", lambda jobs: ["seed_2: diverged"])
+    capsys.readouterr()
+    assert main.main(["--dataset=PermutedMNIST", f"--path_to_datasets={mnist_root}",
+                      f"--results_dir={tmp_path}", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 run(s) failed: seed_2: diverged; ")
+    assert f"{run / 'accuracies.csv'} is corrupt or incomplete (no column" in err
 
 
 def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monkeypatch):
