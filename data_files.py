@@ -61,7 +61,11 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
 
     raw = Path(root) / "MNIST" / "raw"
     if not all((raw / name).exists() for name in MNIST_FILES):
-        download(lambda: MNIST(root, train=True, download=True), f"MNIST is not in {raw}",
+        # torchvision unpacks .gz archives found there only if their MD5 is the official one
+        archives = " (its .gz archives there are not all the official ones, whose MD5 " \
+                   "torchvision checks)" if any(raw.glob("*.gz")) else ""
+        download(lambda: MNIST(root, train=True, download=True),
+                 f"MNIST is not in {raw}{archives}",
                  f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
                  "`python main.py --demo`, which works offline")
     arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]

@@ -28,7 +28,12 @@ def test_missing_mnist_says_where_to_put_it(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(tv, "download_and_extract_archive", offline)
-    with pytest.raises(errors.UserError, match=r"MNIST.*raw.*--demo"):
+    with pytest.raises(errors.UserError, match=r"MNIST.*raw and could not be .*--demo"):
+        data_files.load_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"  # torchvision made it
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not the official archive")
+    with pytest.raises(errors.UserError, match=r"raw \(its .gz archives there are not all the "
+                                               r"official ones, whose MD5 torchvision checks\)"):
         data_files.load_mnist(tmp_path)
 
 
