@@ -476,11 +476,11 @@ BENCHMARK_NAMES = {"PermutedMNIST": "Permuted MNIST", "SplitMNIST": "Split MNIST
                    "CIFAR100": "Split CIFAR-100", "TinyImageNet": "Tiny ImageNet",
                    "CIFAR100_FeCAM_setup": "CIFAR-100 FeCAM setup"}
 TABLE_METRICS = ["ACC", "BWT", "FWT", "forgetting"]
-# The FeCAM setup's class-incremental accuracy, the number the paper reports for it: a
-# column of the table only when some experiment has it (fecam_evaluation).
+# The FeCAM setup's class-incremental accuracy (fecam_evaluation), for comparison with
+# class-incremental methods: a column of the table only when some experiment has it.
 FECAM_COLUMN = ("fecam_accuracy", "FeCAM class-incremental")
 FECAM_NOTE = (" FeCAM class-incremental: the accuracy over the test sets of all tasks with the "
-              "task unknown, the FeCAM setup's number in the paper (n/a: not evaluated).")
+              "task unknown (n/a: not evaluated).")
 # main.py names experiment folders <dataset>_part<part>_<best|grid>, demo_ in front for the demo.
 EXPERIMENT_FOLDER = re.compile(
     r"(?P<demo>demo_)?(?P<dataset>.+)_part(?P<part>\d+)_(?P<kind>best|grid)")
