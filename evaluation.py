@@ -12,6 +12,7 @@ after training task t, NaN for j > t.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -108,10 +109,22 @@ def run_state(run_dir: Path) -> str:
     return "not started"
 
 
+@contextlib.contextmanager
+def readable(path: Path):
+    """A file that cannot be opened (no permission, a folder of that name) is a UserError
+    naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror or error}); make it a file this "
+                        "user may read") from None
+
+
 def read_config(path: Path) -> dict:
     """A run's config.json; a UserError naming it when it is not a readable JSON object."""
     try:
-        config = json.loads(path.read_text())
+        with readable(path):
+            config = json.loads(path.read_text())
         problem = None if isinstance(config, dict) else "not a JSON object"
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError: a damaged file
         problem = f"not readable JSON: {one_line(error)}"
@@ -125,7 +138,8 @@ def read_run_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """One of a run's CSV files, with rows and these numeric columns; else a UserError
     naming it and saying what to do."""
     try:
-        table = pd.read_csv(path)
+        with readable(path):
+            table = pd.read_csv(path)
         problem = csv_problem(table, columns)
     except ValueError as error:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
         problem = f"not readable CSV: {one_line(error)}"

@@ -355,6 +355,18 @@ def test_a_damaged_table_of_a_run_with_a_checkpoint_is_mended_by_a_rerun(tmp_pat
         "; rerun the same command: the run resumes from its checkpoint and rewrites it\n")
 
 
+@pytest.mark.parametrize("name", ["config.json", "accuracies.csv"])
+def test_a_run_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path, capsys, name):
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    make_run(run)
+    (run / name).unlink()
+    (run / name).mkdir()  # as unreadable as a file without permission, also for root
+    assert evaluation.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot read {run / name} (Is a directory); make it a file this " \
+                  "user may read\n"
+
+
 def test_the_checkpoint_evaluation_names_is_the_one_runs_write():
     import checkpoints
     assert evaluation.CHECKPOINT == checkpoints.CHECKPOINT
