@@ -43,6 +43,7 @@ CPU_THREADS_PER_RUN = 2  # the local pool's default share of the cores on a CPU 
 # its folder
 STOPPED_EXIT_CODES = tuple(128 + signum for signum in runs.STOP_SIGNALS)
 ALREADY_RUNNING = 3
+OTHER_RUN = 5  # its folder holds another run (runs.OtherRun)
 DISK_STOPPED = 4  # a write failed: the disk is full, over quota or read-only (its failed.txt)
 
 
@@ -98,8 +99,8 @@ def run_logged(job: runs.Job) -> str | None:
     with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             runs.run_one(job)
-        except (runs.Preempted, runs.AlreadyRunning) as stop:
-            print(stop)
+        except (runs.Preempted, runs.AlreadyRunning, runs.OtherRun) as stop:
+            print(stop)  # no failed.txt for the last two: the folder holds another's run
             raise
         except files.WriteFailed as error:  # failed.txt, if it fits (the lock's, say)
             print(error)
@@ -291,6 +292,9 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
     if exitcode == 0 or exitcode in STOPPED_EXIT_CODES or (stopping and -exitcode in
                                                           runs.STOP_SIGNALS):
         return None
+    if exitcode == OTHER_RUN:  # its reason is the last line of the run's log, not failed.txt
+        lines = (job.run_dir / "run.log").read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"{job.run_dir} holds another run"
     if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
         return (f"it is already being trained by another process (see "
                 f"{job.run_dir / 'running.txt'}); wait for it to end (python main.py --status)")
@@ -320,6 +324,8 @@ def _pool_run(job: runs.Job, gpu: str | None, environment: dict | None = None) -
         sys.exit(128 + stop.signum)
     except runs.AlreadyRunning:
         sys.exit(ALREADY_RUNNING)
+    except runs.OtherRun:
+        sys.exit(OTHER_RUN)
     except files.WriteFailed as failed:  # its failed.txt written by run_logged, if it fit
         sys.exit(DISK_STOPPED if failed.shared else 1)
     sys.exit(1 if error else 0)
@@ -460,7 +466,7 @@ class SlurmRun:
     def __call__(self, job: runs.Job) -> str | None:
         try:
             return run_logged(job)
-        except runs.AlreadyRunning as error:  # no failed.txt: the folder is another's live run
+        except (runs.AlreadyRunning, runs.OtherRun) as error:  # no failed.txt: another's folder
             return str(error)
         except files.WriteFailed as error:  # the disk is full or read-only: the job's log says
             print(f"error: {error}", file=sys.stderr, flush=True)  # it (each job stops so)

@@ -188,6 +188,7 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
     if settings["status"]:
         print(f"{experiment_dir}:\n{launchers.status_table(jobs)}")
         return experiment_dir
+    runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
     runs.make_folder(experiment_dir)
     configurations = len({job.config for job in jobs})
     where = (f"on {runs.select_device(settings['device'])}" if settings["launcher"] == "sequential"

@@ -72,6 +72,11 @@ class RunFailed(UserError):
     """A run that cannot go on (it diverged, say); the launcher goes on with the others."""
 
 
+class OtherRun(UserError):
+    """The run folder holds another run (another configuration, other classes or data):
+    nothing may be written into it."""
+
+
 class AlreadyRunning(UserError):
     """The run folder is being trained by another process (its lock is held)."""
 
@@ -353,7 +358,7 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     differences = ", ".join(describe_difference(k, saved.get(k), as_saved.get(k))
                             for k in changed if k not in RECORD_ONLY)
     if differences:
-        raise UserError(f"{run_dir} holds a run with another configuration ({differences}); "
+        raise OtherRun(f"{run_dir} holds a run with another configuration ({differences}); "
                         "use another --results_dir or delete that folder")
     if "task_sizes" in changed and "task_sizes" in saved and trained_unfinished(run_dir):
         refuse_other_data(run_dir, saved, as_saved["task_sizes"])
@@ -371,7 +376,7 @@ def refuse_other_data(run_dir: Path, saved: dict, task_sizes: list[dict]) -> Non
     would index its checkpoint's batch order into other images and mix two datasets."""
     task = next(j for j, (there, now) in enumerate(zip(saved["task_sizes"], task_sizes))
                 if there != now) if len(saved["task_sizes"]) == len(task_sizes) else 0
-    raise UserError(f"{run_dir} holds an unfinished run begun on other data (task {task + 1}: "
+    raise OtherRun(f"{run_dir} holds an unfinished run begun on other data (task {task + 1}: "
                     f"{saved['task_sizes'][task]} then, {task_sizes[task]} now, from "
                     f"{saved.get('data_source')}); put those data back or delete that folder to "
                     "start the run again")
@@ -394,7 +399,7 @@ def refuse_redrawn_classes(run_dir: Path, saved: dict) -> None:
     if "task_classes" in saved or saved.get("dataset") not in datasets.CLASSES_REDRAWN:
         return
     if trained_unfinished(run_dir):
-        raise UserError(f"{run_dir} holds an unfinished {saved['dataset']} run begun by an "
+        raise OtherRun(f"{run_dir} holds an unfinished {saved['dataset']} run begun by an "
                         "earlier version, whose tasks held other classes; delete that folder "
                         "to run it again with the authors' classes, or use another --results_dir")
 
@@ -713,13 +718,25 @@ def begin_in_folder(run_dir: Path, record: dict, model, config, tasks: list) -> 
     (run_dir / evaluation.FAILED).unlink(missing_ok=True)
 
 
+def job_record(job: Job) -> dict:
+    """What config.json records of a run before its data are loaded."""
+    return {"dataset": job.dataset, "part": job.part, "seed": job.seed,
+            "data": datasets.DEMO_LABEL if job.demo else job.dataset,
+            **dataclasses.asdict(job.config), "threads": torch.get_num_threads(),
+            "cuda_graphs": job.cuda_graphs}
+
+
+def check_folders(jobs: list[Job]) -> None:
+    """OtherRun for the first job whose folder holds another run: a launch stops before
+    any run starts, as the sequential launcher would at that run."""
+    for job in jobs:
+        changed_settings(job.run_dir, job_record(job))
+
+
 def _run(job: Job) -> None:
     config, dataset, part, seed, run_dir = (job.config, job.dataset, job.part, job.seed,
                                             job.run_dir)
-    record = {"dataset": dataset, "part": part, "seed": seed,
-              "data": datasets.DEMO_LABEL if job.demo else dataset,
-              **dataclasses.asdict(config), "threads": torch.get_num_threads(),
-              "cuda_graphs": job.cuda_graphs}
+    record = job_record(job)
     if finished(run_dir, record):
         print(f"  already finished: {run_dir} (delete it to run again)")
         return

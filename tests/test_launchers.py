@@ -54,13 +54,13 @@ def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys, m
 def test_a_failing_run_is_reported_and_the_others_finish(mnist_root, tmp_path, capsys):
     broken = tmp_path / "SplitMNIST_part0_best" / "seed_2"
     broken.mkdir(parents=True)
-    (broken / "config.json").write_text(json.dumps({"dataset": "SplitMNIST", "seed": 99}))
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
     code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--launcher=local",
                              "--max_parallel_runs=2"))
     captured = capsys.readouterr()
     assert code == 2
     assert f"1 run(s) failed: {broken}: " in captured.err and "run.log" in captured.err
-    assert "another configuration" in (broken / "failed.txt").read_text()
+    assert "is corrupt or incomplete" in (broken / "failed.txt").read_text()
     assert (tmp_path / "SplitMNIST_part0_best" / "seed_1" / "final_weights.pt").exists()
     assert (tmp_path / "SplitMNIST_part0_best" / "summary.md").exists()
     assert main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--status")) == 0
@@ -206,3 +206,18 @@ def test_the_pools_progress_counts_runs_by_whole_state(monkeypatch):
     assert counts.endswith("] 2 not started, 1 finished, 1 failed, 1 running or interrupted")
     assert running == ("  seed_4: running or interrupted (task 2/5), 1 task(s) done, "
                        "mean accuracy 90.00%")
+
+
+@pytest.mark.parametrize("launcher", ["sequential", "local"])
+def test_a_folder_holding_another_run_stops_the_launch_and_keeps_that_run(
+        mnist_root, tmp_path, capsys, launcher):
+    """Nothing is written into it: a failed.txt there would mark the other run failed."""
+    other = tmp_path / "SplitMNIST_part0_best" / "seed_2"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"dataset": "SplitMNIST", "seed": 99}))
+    code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", f"--launcher={launcher}"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {other} holds a run with another configuration (")
+    assert sorted(p.name for p in other.iterdir()) == ["config.json"]
+    assert not (tmp_path / "SplitMNIST_part0_best" / "seed_1").exists()  # none started

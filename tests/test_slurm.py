@@ -185,10 +185,10 @@ def test_jobs_stopped_mid_task_resume_to_identical_files(cluster, mnist_root, tm
 def test_a_failing_job_is_reported_with_its_log(cluster, mnist_root, tmp_path, capsys):
     broken = run_folder(tmp_path, 3)
     broken.mkdir(parents=True)
-    (broken / "config.json").write_text(json.dumps({"dataset": "SplitMNIST", "seed": 99}))
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert main.main(options(mnist_root, tmp_path, "--seeds=[3]", *SLURM)) == 0
     wait_in_queue(lambda: (broken / "failed.txt").exists(), tmp_path, "the job to fail")
     state = states(mnist_root, tmp_path, "--seeds=[3]", capsys)["seed_3"]
-    assert state.startswith(f"failed: {broken} holds a run with another configuration")
+    assert state.startswith(f"failed: checkpoint {broken / 'checkpoint.pt'} is corrupt")
     assert str(broken / "run.log") in state
-    assert "another configuration" in (broken / "run.log").read_text()
+    assert "is corrupt or incomplete" in (broken / "run.log").read_text()
