@@ -358,8 +358,12 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     differences = ", ".join(describe_difference(k, saved.get(k), as_saved.get(k))
                             for k in changed if k not in RECORD_ONLY)
     if differences:
+        advice = ("use another --results_dir (a grid search's points are numbered in its "
+                  "order: an override that removes a grid dimension renumbers them)"
+                  if evaluation.run_state(run_dir) == "finished"
+                  else "use another --results_dir or delete that folder")
         raise OtherRun(f"{run_dir} holds a run with another configuration ({differences}); "
-                        "use another --results_dir or delete that folder")
+                       + advice)
     if "task_sizes" in changed and "task_sizes" in saved and trained_unfinished(run_dir):
         refuse_other_data(run_dir, saved, as_saved["task_sizes"])
     return [f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed]

@@ -119,6 +119,7 @@ def test_finished_runs_are_kept_and_other_configurations_refused(mnist_root, tmp
                       f"--results_dir={tmp_path}", *TINY, "--beta=0.5"])
     err = capsys.readouterr().err
     assert code == 2 and "another configuration (beta: 0.0005 there, 0.5 now)" in err
+    assert "delete" not in err  # a finished result: never advised away
 
 
 def test_a_run_from_before_a_new_field_is_still_the_same_run(mnist_root, tmp_path, capsys):
