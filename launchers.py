@@ -443,8 +443,8 @@ def run_pool(jobs: list[runs.Job], pool: Pool, refresh_seconds: float) -> list[s
                       "same disk; the runs in flight go on until they end or a write fails",
                       flush=True)
             text = progress_text(jobs)
-            if text != shown:
-                print(text, flush=True)
+            if text != shown:  # not every refresh: the clock alone would change
+                print(runs.clock_time() + text, flush=True)
                 shown = text
     if pool.stopped is not None:
         raise runs.Preempted(pool.stopped, "every run in flight, in its folder")
@@ -560,7 +560,7 @@ def progress_text(jobs: list[runs.Job]) -> str:
     rows = [run_status(job) for job in jobs]
     # a state without its details: "failed: <reason>", "running or interrupted (task 2/5)"
     counts = pd.Series([re.split(r": | \(", r["state"])[0] for r in rows]).value_counts()
-    lines = [runs.clock_time() + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    lines = [", ".join(f"{n} {state}" for state, n in counts.items())]
     lines += [f"  {r['run']}: {r['state']}, {r['tasks_done']} task(s) done"
               + (f", mean accuracy {r['mean_accuracy']:.2f}%" if r["tasks_done"] else "")
               for r in rows if r["state"].startswith("running")]

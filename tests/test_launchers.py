@@ -203,7 +203,7 @@ def test_the_pools_progress_counts_runs_by_whole_state(monkeypatch):
     monkeypatch.setattr(launchers, "run_status", lambda job: {
         "run": f"seed_{job}", "state": states[job], "tasks_done": 1, "mean_accuracy": 90.0})
     counts, running = launchers.progress_text(list(range(len(states)))).split("\n")
-    assert counts.endswith("] 2 not started, 1 finished, 1 failed, 1 running or interrupted")
+    assert counts == "2 not started, 1 finished, 1 failed, 1 running or interrupted"  # no clock
     assert running == ("  seed_4: running or interrupted (task 2/5), 1 task(s) done, "
                        "mean accuracy 90.00%")
 
