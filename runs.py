@@ -378,8 +378,9 @@ def trained_unfinished(run_dir: Path) -> bool:
 def refuse_other_data(run_dir: Path, saved: dict, task_sizes: list[dict]) -> None:
     """A UserError for an unfinished run whose data now give tasks of other sizes: resuming
     would index its checkpoint's batch order into other images and mix two datasets."""
-    task = next(j for j, (there, now) in enumerate(zip(saved["task_sizes"], task_sizes))
-                if there != now) if len(saved["task_sizes"]) == len(task_sizes) else 0
+    # the first task whose sizes differ (the task counts agree: number_of_tasks is compared)
+    task = next((j for j, (there, now) in enumerate(zip(saved["task_sizes"], task_sizes))
+                 if there != now), 0)
     raise OtherRun(f"{run_dir} holds an unfinished run begun on other data (task {task + 1}: "
                     f"{saved['task_sizes'][task]} then, {task_sizes[task]} now, from "
                     f"{saved.get('data_source')}); put those data back or delete that folder to "
