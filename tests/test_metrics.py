@@ -77,7 +77,7 @@ def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
     assert summary.loc[0, "task_identification_accuracy"] == pytest.approx(90.0)
     lines = [line for line in text.splitlines() if line.startswith("|")][2:]
     assert lines[0].split("|")[1].strip() == "1"  # beta 1.0 ranks first: 95.00
-    assert "95.00 ± 0.00" in lines[0]
+    assert "| 95.00 " in lines[0] and "95.00 ±" not in lines[0]  # one seed: no spread
     assert "86.00 ± 1.00" in lines[1]  # mean of 85 and 87, population std
     assert (tmp_path / "summary.md").read_text() == text
     assert "task_identification_accuracy: how often that inferred task was right" in text
@@ -93,7 +93,7 @@ def test_unfinished_runs_are_listed_but_not_averaged(tmp_path):
     text = evaluation.summarize_experiment(tmp_path)
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert summary["finished"].tolist() == [True, False]
-    assert re.search(r"\|\s*1\s*\|\s*85.00 ± 0.00", text)  # one seed, the finished one
+    assert re.search(r"\|\s*1\s*\|\s*85.00\s*\|", text)  # one seed, the finished one: no spread
     assert "Unfinished runs (not in the table): seed_2" in text
 
 
