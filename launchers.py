@@ -35,6 +35,7 @@ import torch
 import evaluation
 import files
 import runs
+from checkpoints import CHECKPOINT
 from errors import UserError
 
 
@@ -305,9 +306,11 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
                 "same command to continue the run from its last checkpoint")
     if exitcode < 0:  # killed by a signal: nothing could write failed.txt
         name = signal.Signals(-exitcode).name
+        again = ("resume it from its last checkpoint" if (job.run_dir / CHECKPOINT).exists()
+                 else "start it again (it had saved no checkpoint)")
         message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
                                                           else "")
-                   + "; rerun the same command to resume it from its last checkpoint")
+                   + f"; rerun the same command to {again}")
         runs.write_failed(job.run_dir, message)
         return message
     return failed.read_text().strip() if failed.exists() else f"exit code {exitcode}"

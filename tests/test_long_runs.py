@@ -263,3 +263,13 @@ def test_exit_codes_of_stopped_pool_runs():
     # killed by the stop signal the pool forwarded before the run's handlers were set up
     assert launchers.exit_error(job, -signal.SIGTERM, stopping=True) is None
     assert "killed by SIGTERM" in launchers.exit_error(job, -signal.SIGTERM)  # not asked to stop
+
+
+def test_a_killed_pool_run_is_resumed_only_when_it_saved_a_checkpoint(tmp_path):
+    job = runs.Job(None, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
+    assert launchers.exit_error(job, -signal.SIGKILL).endswith(
+        "rerun the same command to start it again (it had saved no checkpoint)")
+    job.run_dir.mkdir()
+    (job.run_dir / checkpoints.CHECKPOINT).write_bytes(b"")
+    assert launchers.exit_error(job, -signal.SIGKILL).endswith(
+        "rerun the same command to resume it from its last checkpoint")
