@@ -505,22 +505,37 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
     return tasks
 
 
+def stored_data(dataset: str, root: str | Path, demo: bool = False) -> tuple:
+    """The dataset's train images, train labels, test images and test labels as its
+    loader returns them (data_files), downloaded (and Tiny ImageNet decoded) on first use.
+
+    Raises:
+        UserError: the files are missing and cannot be downloaded, or are damaged.
+    """
+    if demo:
+        if dataset not in ("PermutedMNIST", "SplitMNIST"):
+            raise UserError("the demo covers PermutedMNIST and SplitMNIST only")
+        return load_mnist_sample()
+    if dataset in ("PermutedMNIST", "SplitMNIST"):
+        return load_mnist(root)
+    return load_tiny_imagenet(root) if dataset == "TinyImageNet" else load_cifar100(root)
+
+
 def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
                      root: str | Path, device: torch.device, demo: bool) -> list[Task]:
     """load_tasks before the size check."""
+    stored = stored_data(dataset, root, demo)
     if dataset in ("PermutedMNIST", "SplitMNIST"):
-        mnist = [t.to(device) for t in (load_mnist_sample() if demo else load_mnist(root))]
+        mnist = [t.to(device) for t in stored]
         if dataset == "PermutedMNIST":
             return permuted_mnist_tasks(*mnist, config=config, seed=seed)
         return split_mnist_tasks(*mnist, config=config)
-    if demo:
-        raise UserError("the demo covers PermutedMNIST and SplitMNIST only")
+    data = [torch.from_numpy(a).to(device) for a in stored]
     classes = class_ids(dataset, part, config, seed=seed)
     # Random validation splits are ours: the authors' Tiny ImageNet split permutes files in
     # glob's order, which depends on the file system (docs/differences.md).
     rng = np.random.RandomState(seed)
     if dataset == "TinyImageNet":
-        data = [torch.from_numpy(a).to(device) for a in load_tiny_imagenet(root)]
         if config.published_regime:  # the reference resets NumPy's seed to 1 in its handler
             rng = np.random.RandomState(1)
         tasks = class_split_tasks(*data, classes=classes, config=config, rng=rng,
@@ -530,7 +545,6 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
         for task in tasks:
             task.shuffle_seed = 1 if config.published_regime else None
         return tasks
-    data = [torch.from_numpy(a).to(device) for a in load_cifar100(root)]
     if dataset == "CIFAR100":
         return class_split_tasks(*data, classes=classes, config=config, rng=None,
                                  transform=image_transform(*cifar_statistics(

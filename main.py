@@ -189,6 +189,11 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
         print(f"{experiment_dir}:\n{launchers.status_table(jobs)}")
         return experiment_dir
     runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
+    if settings["launcher"] != "sequential" and any(
+            evaluation.run_state(job.run_dir) != "finished" for job in jobs):
+        # once here, so that parallel runs neither download nor decode the data each, nor
+        # each fail alike when the files are missing
+        datasets.stored_data(dataset, settings["path_to_datasets"], settings["demo"])
     runs.make_folder(experiment_dir)
     configurations = len({job.config for job in jobs})
     where = (f"on {runs.select_device(settings['device'])}" if settings["launcher"] == "sequential"

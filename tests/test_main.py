@@ -165,13 +165,16 @@ def test_a_damaged_run_file_is_said_beside_the_launchs_failures(mnist_root, tmp_
     assert f"{run / 'accuracies.csv'} is corrupt or incomplete (no column" in err
 
 
-def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("launcher", ["sequential", "local"])
+def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monkeypatch, launcher):
     import torchvision.datasets.mnist as tv
 
     monkeypatch.setattr(tv, "download_and_extract_archive",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    code = main.main([f"--path_to_datasets={tmp_path / 'empty'}",
-                      f"--results_dir={tmp_path / 'results'}", *TINY])
+    code = main.main([f"--path_to_datasets={tmp_path / 'empty'}", f"--launcher={launcher}",
+                      f"--results_dir={tmp_path / 'results'}", "--seeds=[1,2]", *TINY])
     err = capsys.readouterr().err.strip()
+    # said once, before any run starts: not once per parallel run
     assert code == 2 and err.startswith("error: MNIST is not in") and "--demo" in err
-    assert not (tmp_path / "results" / "PermutedMNIST_part0_best" / "seed_1").exists()
+    assert err.count("MNIST is not in") == 1
+    assert not list((tmp_path / "results").glob("*/seed_*"))
