@@ -496,9 +496,11 @@ TABLE_METRICS = ["ACC", "BWT", "FWT", "forgetting"]
 FECAM_COLUMN = ("fecam_accuracy", "FeCAM class-incremental")
 FECAM_NOTE = (" FeCAM class-incremental: the accuracy over the test sets of all tasks with the "
               "task unknown (n/a: not evaluated).")
-# main.py names experiment folders <dataset>_part<part>_<best|grid>, demo_ in front for the demo.
-EXPERIMENT_FOLDER = re.compile(
-    r"(?P<demo>demo_)?(?P<dataset>.+)_part(?P<part>\d+)_(?P<kind>best|grid)")
+# main.py names experiment folders <dataset>_part<part>_<best|grid>, demo_ in front for the
+# demo and _published behind for the published regime.
+PUBLISHED = "_published"
+EXPERIMENT_FOLDER = re.compile(r"(?P<demo>demo_)?(?P<dataset>.+)_part(?P<part>\d+)"
+                               rf"_(?P<kind>best|grid)(?P<published>{PUBLISHED})?")
 
 
 def experiment_folders(root: Path) -> list[Path]:
@@ -528,14 +530,15 @@ def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
 
 
 def paper_order(experiment_name: str) -> tuple:
-    """Sort key: real results before the demo's, then the paper's benchmark order and part."""
+    """Sort key: real results before the demo's, then the paper's benchmark order and part,
+    the fixed regime before the published one."""
     match = EXPERIMENT_FOLDER.fullmatch(experiment_name)
     if match is None:
         return (2, 0, 0, experiment_name)
     names = list(BENCHMARK_NAMES)
     dataset = match["dataset"]
     return (int(bool(match["demo"])), names.index(dataset) if dataset in names else len(names),
-            int(match["part"]), experiment_name)
+            int(match["part"]), int(bool(match["published"])), experiment_name)
 
 
 def first_value(runs: pd.DataFrame, column: str):
@@ -554,7 +557,8 @@ def table_row(experiment_dir: Path) -> dict:
         network += " " + "-".join(str(n) for n in layers)
     row = {"experiment": experiment_dir.name,
            "benchmark": BENCHMARK_NAMES.get(match["dataset"], match["dataset"])
-           + (" (demo sample)" if match["demo"] else ""),
+           + (" (demo sample)" if match["demo"] else "")
+           + (" (published regime)" if match["published"] else ""),
            "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
            "target_network": network}
     for metric in [*TABLE_METRICS, FECAM_COLUMN[0]]:
@@ -732,17 +736,36 @@ def class_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame, label: str) ->
     return notes
 
 
+def matched_experiments(keys_a, keys_b) -> list[tuple]:
+    """(A's key, B's key) of the experiments compared: (folder name, configuration) keys
+    that are equal, then, among those left, any that differ only by the published
+    regime's suffix and have no other match (the fixed regime against the published)."""
+    pairs = [(key, key) for key in keys_a & keys_b]
+
+    def regime_free(key: tuple) -> tuple:
+        return key[0].removesuffix(PUBLISHED), key[1]
+
+    left_a, left_b = keys_a - keys_b, keys_b - keys_a
+    for key in left_a:
+        matches = [other for other in left_b if regime_free(other) == regime_free(key)]
+        if len(matches) == 1 and sum(regime_free(k) == regime_free(key) for k in left_a) == 1:
+            pairs.append((key, matches[0]))
+    return pairs
+
+
 def compare(root_a: Path, root_b: Path) -> str:
     """Markdown: the metrics of the experiments both result sets hold, side by side.
 
-    Experiments are matched by folder name and, in a grid search, grid point by
-    grid point; only finished runs count.
+    Experiments are matched by folder name (matched_experiments) and, in a grid
+    search, grid point by grid point; only finished runs count.
     """
     a, b = configurations_below(root_a), configurations_below(root_b)
     rows, notes = [], []
-    for key in sorted(a.keys() & b.keys(), key=lambda k: (paper_order(k[0]), k[1])):
-        runs_a, runs_b = (s[s["state"] == "finished"] for s in (a[key], b[key]))
-        label = " ".join(filter(None, key))
+    pairs = matched_experiments(a.keys(), b.keys())
+    for key_a, key_b in sorted(pairs, key=lambda k: (paper_order(k[0][0]), k[0][1])):
+        runs_a, runs_b = (s[s["state"] == "finished"] for s in (a[key_a], b[key_b]))
+        label = " ".join(filter(None, key_a if key_a == key_b else
+                                (f"{key_a[0]} (B: {key_b[0]})", key_a[1])))
         if runs_a.empty or runs_b.empty:
             notes.append(f"Not compared, no finished run in {'A' if runs_a.empty else 'B'}: "
                          f"{label}")
@@ -751,16 +774,18 @@ def compare(root_a: Path, root_b: Path) -> str:
         if differing := configuration_differences(runs_a, runs_b):
             notes.append(f"Configurations differ in {label}: {', '.join(differing)}")
         notes += class_differences(runs_a, runs_b, label)
-    for only, side in ((a.keys() - b.keys(), "A"), (b.keys() - a.keys(), "B")):
+    for only, side in ((a.keys() - {k for k, _ in pairs}, "A"),
+                       (b.keys() - {k for _, k in pairs}, "B")):
         if only:
             notes.append(f"Only in {side}: "
                          + ", ".join(" ".join(filter(None, k)) for k in sorted(only)))
     table = pd.DataFrame(rows)
     lines = ["# Comparison of two result sets", "", f"A: {root_a}  ", f"B: {root_b}", "",
-             "For every experiment both hold (matched by folder name; grid searches point by "
-             "point), each metric in percent as mean ± std over the finished runs (population "
-             "std), the difference B − A, and whether |B − A| exceeds the spread over seeds: "
-             "the larger of the two stds (n/a when each side has one run).", ""]
+             "For every experiment both hold (matched by folder name, or by the name but for "
+             "the published regime's _published; grid searches point by point), each metric "
+             "in percent as mean ± std over the finished runs (population std), the "
+             "difference B − A, and whether |B − A| exceeds the spread over seeds: the larger "
+             "of the two stds (n/a when each side has one run).", ""]
     if table.empty:
         lines += ["No experiment with finished runs in both.", ""]
     else:

@@ -370,3 +370,23 @@ def test_a_run_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path, capsys
 def test_the_checkpoint_evaluation_names_is_the_one_runs_write():
     import checkpoints
     assert evaluation.CHECKPOINT == checkpoints.CHECKPOINT
+
+
+def test_published_regime_experiments_are_table_rows_and_compare_with_the_fixed_ones(tmp_path):
+    fixed = tmp_path / "fixed" / "SplitMNIST_part0_best"
+    published = tmp_path / "published" / "SplitMNIST_part0_best_published"
+    make_run(fixed / "seed_1", published_regime=False)
+    make_run(published / "seed_1", last_row=(60.0, 90.0), published_regime=True)
+    text = evaluation.compare(fixed.parent, published.parent)
+    assert comparison_cells(text, "ACC")[:5] == [
+        "SplitMNIST_part0_best (B: SplitMNIST_part0_best_published)", "ACC", "1/1", "85.00",
+        "75.00"]
+    assert ("Configurations differ in SplitMNIST_part0_best (B: "
+            "SplitMNIST_part0_best_published): published_regime") in text
+    assert "Only in" not in text
+    published.rename(fixed.parent / published.name)  # both regimes in one results folder
+    table, left_out = evaluation.results_table(fixed.parent)
+    assert table["experiment"].tolist() == [fixed.name, published.name] and left_out == []
+    assert table["benchmark"].tolist() == ["Split MNIST", "Split MNIST (published regime)"]
+    assert table["ACC_mean"].tolist() == [85.0, 75.0]
+    assert "Only in" not in evaluation.compare(fixed.parent, fixed.parent)  # equal names pair
