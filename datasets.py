@@ -69,8 +69,8 @@ class HyperParameters:
     adaptive_sparsity: bool  # ramp p linearly over the first task
     norm_regularizer_masking: bool  # mask the L1 drift term R_target
     model_selection: str  # "last" | "best_val" (highest validation accuracy)
-    # Data. validation_size counts samples in all (PermutedMNIST), per task
-    # (SplitMNIST, CIFAR100) or per class (TinyImageNet, CIFAR100_FeCAM_setup).
+    # Data. validation_size counts samples per task (PermutedMNIST, SplitMNIST,
+    # CIFAR100) or per class (TinyImageNet, CIFAR100_FeCAM_setup).
     validation_size: int
     augmentation: bool  # the training augmentation (docs/benchmarks.md#data-conventions)
     # Evaluation. evaluation_batch_size None: each test set as one batch, as the
@@ -78,7 +78,7 @@ class HyperParameters:
     # numbers: they normalise with each chunk's statistics).
     evaluation_batch_size: int | None
     fecam_evaluation: bool  # FeCAM class-incremental accuracy, written to fecam.csv
-    # Numerics on a GPU (main.py's `tf32` setting): TF32 matmuls and convolutions
+    # Numerics on a GPU (`--tf32=True`): TF32 matmuls and convolutions
     # (Ampere and later) are faster and give other numbers. No effect on a CPU.
     tf32: bool = False
     # True: keep the reference's defects that change numbers, to reproduce the
@@ -87,12 +87,13 @@ class HyperParameters:
     # validation (3), task 0 validated at the ramped sparsity (5), Tiny ImageNet's validation split
     # and batch order drawn with seed 1 for every run seed, and raw [0, 1] pixels
     # without augmentation for Split CIFAR-100, the FeCAM setup (cifar_statistics)
-    # and Split MNIST (split_mnist_tasks). Set by main.py's `published_regime`.
+    # and Split MNIST (split_mnist_tasks). `--published_regime=True` sets it.
     published_regime: bool = False
     # FeCAM's class statistics also use each task's validation samples, not only its
     # training split: on in the FeCAM setup, whose authors' FeCAM evaluation rebuilds
     # the tasks without a validation split (docs/differences.md); off elsewhere, as
-    # theirs. The default is what runs recorded before this field had.
+    # theirs. Runs recorded before this field existed used the validation samples:
+    # hence the default.
     fecam_with_validation: bool = True
     # True: the FeCAM setup's per-image augmentation applied to whole batches in its
     # workers, each image with its own random draws (augmentation.py): the same
@@ -458,7 +459,9 @@ def class_ids(dataset: str, part: int, config: HyperParameters, *, seed: int) ->
         return [list(range(10 * t, 10 * t + 10)) for t in range(10)]
     if dataset == "TinyImageNet":
         return tiny_imagenet_classes(seed)
-    return fecam_classes(FECAM_PARTS[part][1], config.published_regime)
+    if dataset == "CIFAR100_FeCAM_setup":
+        return fecam_classes(FECAM_PARTS[part][1], config.published_regime)
+    raise ValueError(f"no task classes for {dataset} (docs/development.md#adding-a-benchmark)")
 
 
 def task_classes(dataset: str, part: int, config: HyperParameters, *, seed: int,
@@ -518,7 +521,11 @@ def stored_data(dataset: str, root: str | Path, demo: bool = False) -> tuple:
         return load_mnist_sample()
     if dataset in ("PermutedMNIST", "SplitMNIST"):
         return load_mnist(root)
-    return load_tiny_imagenet(root) if dataset == "TinyImageNet" else load_cifar100(root)
+    if dataset == "TinyImageNet":
+        return load_tiny_imagenet(root)
+    if dataset in ("CIFAR100", "CIFAR100_FeCAM_setup"):
+        return load_cifar100(root)
+    raise ValueError(f"no loader for {dataset} (docs/development.md#adding-a-benchmark)")
 
 
 def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
@@ -550,6 +557,8 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
                                  transform=image_transform(*cifar_statistics(
                                      IMAGENET_MEAN, IMAGENET_STD, config),
                                      "crop_flip" if config.augmentation else None))
+    if dataset != "CIFAR100_FeCAM_setup":
+        raise ValueError(f"no tasks for {dataset} (docs/development.md#adding-a-benchmark)")
     tasks = class_split_tasks(*data, classes=classes, config=config, rng=rng,
                               transform=image_transform(*cifar_statistics(FECAM_MEAN, FECAM_STD,
                                                                           config), None))

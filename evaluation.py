@@ -509,7 +509,7 @@ def experiment_folders(root: Path) -> list[Path]:
 
 
 def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
-    """Every run folder of an experiment, started or not finished included.
+    """Every run folder of an experiment that started: finished, unfinished or failed.
 
     Returns:
         one row per folder holding config.json, accuracies.csv or failed.txt:

@@ -603,8 +603,9 @@ def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
 
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module):
-    """Eval mode inside the block, the previous mode restored after (dropout stays on in
-    training: the reference's defect 3)."""
+    """Eval mode inside the block, the previous mode restored after: training goes on with
+    dropout, which the reference leaves off after its first validation
+    (docs/differences.md, defect 3)."""
     was_training = model.training
     model.eval()
     try:

@@ -40,12 +40,11 @@ from errors import UserError
 
 
 CPU_THREADS_PER_RUN = 2  # the local pool's default share of the cores on a CPU machine
-# a pool run's exit codes: saved and stopped on request; refused, another process trains
-# its folder
-STOPPED_EXIT_CODES = tuple(128 + signum for signum in runs.STOP_SIGNALS)
-ALREADY_RUNNING = 3
-OTHER_RUN = 5  # its folder holds another run (runs.OtherRun)
+# A pool run's exit codes besides 0 (done) and 1 (failed: its failed.txt says why).
+STOPPED_EXIT_CODES = tuple(128 + signum for signum in runs.STOP_SIGNALS)  # saved, stopped
+ALREADY_RUNNING = 3  # refused: another process trains its folder (runs.AlreadyRunning)
 DISK_STOPPED = 4  # a write failed: the disk is full, over quota or read-only (its failed.txt)
+OTHER_RUN = 5  # refused: its folder holds another run (runs.OtherRun)
 
 
 # ------------------------------------------------------------ sequential
@@ -88,8 +87,9 @@ def run_logged(job: runs.Job) -> str | None:
     """runs.run_one with its output appended to run_dir/run.log; the error line, or None.
 
     runs.Preempted (a stop on request, state saved), runs.AlreadyRunning (another process
-    trains this folder) and a full or read-only disk (files.WriteFailed.shared: the other
-    runs write there too) are raised, not reported as failures of this run alone.
+    trains this folder), runs.OtherRun (the folder holds another configuration's run) and
+    a full or read-only disk (files.WriteFailed.shared: the other runs write there too) are
+    raised, not reported as failures of this run alone; the middle two write no failed.txt.
     """
     runs.make_folder(job.run_dir)
     try:
@@ -318,8 +318,8 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
 
 def _pool_run(job: runs.Job, gpu: str | None, environment: dict | None = None) -> None:
     """A pool process: pin the GPU, run the job, exit 1 if it failed, 128+n if stopped,
-    ALREADY_RUNNING if another process trains its folder, DISK_STOPPED if its disk is full
-    or read-only (files.WriteFailed.shared)."""
+    ALREADY_RUNNING if another process trains its folder, OTHER_RUN if the folder holds
+    another run, DISK_STOPPED if its disk is full or read-only (files.WriteFailed.shared)."""
     pin_gpu(gpu, environment)
     try:
         error = run_logged(job)

@@ -783,8 +783,9 @@ def _run(job: Job) -> None:
 def run_one(job: Job) -> None:
     """Train one configuration with one seed, writing everything into job.run_dir.
 
-    After every task the run folder gets its accuracy rows and a checkpoint; a
-    rerun continues after the last finished task and gives the same results.
+    After every task, and every checkpoint_minutes during one, the run folder gets
+    a checkpoint (and after a task its accuracy rows); a rerun continues from the
+    last checkpoint and gives the same results.
     The run uses cpu_threads(job.threads) CPU threads, recorded in config.json.
     """
     with process_settings(cpu_threads(job.threads)):

@@ -205,3 +205,18 @@ def test_compare_names_seeds_whose_tasks_held_other_classes(tmp_path):
     summary = evaluation.summarize_experiment(tmp_path / "B" / experiment)
     rows = [line for line in summary.splitlines() if line.startswith("|")][2:]
     assert len(rows) == 1  # seeds whose classes differ are still one configuration
+
+
+def test_every_dataset_has_its_classes_loader_and_folder_and_an_unknown_one_none():
+    for (dataset, part), benchmark in datasets.BENCHMARKS.items():
+        config = benchmark.best or benchmark.grid_base
+        assert len(datasets.class_ids(dataset, part, config, seed=1)) >= config.number_of_tasks
+        assert data_files.data_source(dataset, "Data", demo=False).startswith("/")
+    # a benchmark added to the table but not to the code that builds it fails loudly, rather
+    # than getting another benchmark's classes, files or folder
+    config = datasets.get_benchmark("SplitMNIST", 0).best
+    for build in (lambda: datasets.class_ids("SplitFashionMNIST", 0, config, seed=1),
+                  lambda: datasets.stored_data("SplitFashionMNIST", "Data"),
+                  lambda: data_files.data_source("SplitFashionMNIST", "Data", demo=False)):
+        with pytest.raises(ValueError, match="SplitFashionMNIST .*adding-a-benchmark"):
+            build()
