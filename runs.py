@@ -615,7 +615,8 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     accuracies = pd.read_csv(run_dir / evaluation.ACCURACIES)
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                             f"{title}, seed {keys['seed']}: accuracy (%)")
-    rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity)
+    rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity,
+                                            config.evaluation_batch_size)
     files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                     run_dir / "task_agnostic.csv")
     if config.fecam_evaluation:

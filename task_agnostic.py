@@ -37,8 +37,12 @@ def choose_by_entropy(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float) -> list[dict]:
-    """Entropy-based task inference on each task's test set (one batch per task and mask).
+def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
+                       batch_size: int | None = None) -> list[dict]:
+    """Entropy-based task inference on each task's test set under every task's mask.
+
+    Each test set goes through as one batch per mask unless `batch_size` is given
+    (batch-statistics networks then give slightly different numbers).
 
     Returns:
         one row per task: task, task_identification_accuracy and accuracy
@@ -48,13 +52,17 @@ def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float) -> 
     with evaluation_mode(model):
         weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
         for i, task in enumerate(tasks):
-            x = task.transform(task.test_x, False)
-            logits = [model.target(x, weights=w)[:, :tasks[j].num_classes]
-                      for j, w in enumerate(weights)]
-            chosen, predicted = choose_by_entropy(logits)
-            right_task = chosen == i
-            rows.append({"task": i, "task_identification_accuracy": percent(right_task),
-                         "accuracy": percent(right_task & (predicted == task.test_y))})
+            right_task, right = [], []
+            for index in torch.split(torch.arange(len(task.test_y), device=task.test_y.device),
+                                     batch_size or len(task.test_y)):
+                x = task.transform(task.test_x[index], False)
+                logits = [model.target(x, weights=w)[:, :tasks[j].num_classes]
+                          for j, w in enumerate(weights)]
+                chosen, predicted = choose_by_entropy(logits)
+                right_task.append(chosen == i)
+                right.append(right_task[-1] & (predicted == task.test_y[index]))
+            rows.append({"task": i, "task_identification_accuracy": percent(torch.cat(right_task)),
+                         "accuracy": percent(torch.cat(right))})
     return rows
 
 

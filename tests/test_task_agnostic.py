@@ -87,6 +87,12 @@ def test_fecam_and_entropy_on_a_synthetic_two_task_setup():
     # task (a highest-entropy choice would pick the other task for most samples)
     assert all(row["task_identification_accuracy"] >= 90 and row["accuracy"] >= 90
                for row in entropy)
+    # with evaluation_batch_size, in chunks of at most that many images and, without
+    # batch statistics in the network, the same numbers
+    batches, forward = [], model.target.forward
+    model.target.forward = lambda x, **kwargs: batches.append(len(x)) or forward(x, **kwargs)
+    assert task_agnostic.entropy_evaluation(model, tasks, sparsity=0, batch_size=7) == entropy
+    assert max(batches) == 7 and len(batches) > 2 * len(tasks)
 
 
 def statistics_spy(monkeypatch) -> list:
