@@ -64,6 +64,9 @@ class HyperMask(nn.Module):
         self.maskable = maskable_indices(target)
         self.shapes = [torch.Size(target.param_shapes[i]) for i in self.maskable]
         self.numels = [shape.numel() for shape in self.shapes]
+        if len(self.shapes[-1]) != 1:  # masked_weights passes the last tensor unmasked
+            raise ValueError(f"the target network's last tensor is {tuple(self.shapes[-1])}, "
+                             "not the output bias, which HyperMask leaves unmasked")
         # Where each pruned tensor (every masked one but the last) lies in the flat
         # output, on the model's device: a captured step cannot copy it there. Not saved.
         for name, value in pruned_segments(self.numels[:-1])._asdict().items():

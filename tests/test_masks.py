@@ -341,3 +341,14 @@ def test_a_chunked_hypernetwork_masks_and_learns(mnist_root, tmp_path):
     accuracies = pd.read_csv(run / "accuracies.csv")
     learnt = accuracies.query("trained_task == evaluated_task")["accuracy"]  # just after each
     assert len(learnt) == 2 and (learnt > 75).all()  # chance is 50 %
+
+
+def test_a_target_network_without_an_output_bias_is_refused():
+    from hypnettorch.hnets import HMLP
+    from hypnettorch.mnets import MLP
+
+    target = MLP(n_in=4, n_out=2, hidden_layers=(3,), use_bias=False, no_weights=True)
+    hnet = HMLP(target.param_shapes, uncond_in_size=0, cond_in_size=2, layers=(5,),
+                num_cond_embs=1)
+    with pytest.raises(ValueError, match=r"last tensor is \(2, 3\), not the output bias"):
+        hypermask.HyperMask(target, hnet)
