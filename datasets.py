@@ -715,17 +715,17 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
     if config.number_of_tasks > len(classes):
         raise UserError(f"this benchmark has {len(classes)} tasks, not {config.number_of_tasks}")
     tasks = []
-    for task_classes in classes[:config.number_of_tasks]:
-        task_classes = torch.as_tensor(np.asarray(task_classes), device=train_y.device)
+    for ids in classes[:config.number_of_tasks]:
+        wanted = torch.as_tensor(np.asarray(ids), device=train_y.device)  # [k] class ids
         relabel = torch.full((int(train_y.max()) + 1,), -1, device=train_y.device)
-        relabel[task_classes] = torch.arange(len(task_classes), device=train_y.device)
+        relabel[wanted] = torch.arange(len(wanted), device=train_y.device)
         x, y = train_x[relabel[train_y] >= 0], relabel[train_y[relabel[train_y] >= 0]]
         test = relabel[test_y] >= 0
         if rng is None:
             validation = torch.arange(len(y), device=y.device) < config.validation_size
         else:
             validation, labels = torch.zeros(len(y), dtype=torch.bool), y.cpu().numpy()
-            for label in range(len(task_classes)):
+            for label in range(len(wanted)):
                 members = np.flatnonzero(labels == label)
                 # Too few members: all validate, and check_task_sizes refuses the task.
                 size = min(len(members), config.validation_size)
@@ -733,7 +733,7 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
             validation = validation.to(y.device)
         tasks.append(Task(train_x=x[~validation], train_y=y[~validation], val_x=x[validation],
                           val_y=y[validation], test_x=test_x[test], test_y=relabel[test_y[test]],
-                          num_classes=len(task_classes), transform=transform,
+                          num_classes=len(wanted), transform=transform,
                           input_shape=tuple(train_x.shape[1:])))
     return tasks
 

@@ -123,9 +123,9 @@ def _check_setting(name: str, value):
         raise UserError(f"--{name} is empty: give a folder, e.g. --{name}={example}")
     if name == "device" and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(value)):
         raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {value!r}")
-    types = SETTINGS[name]
-    if type(value) not in types:
-        expected = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+    allowed = SETTINGS[name]
+    if type(value) not in allowed:
+        expected = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
         raise UserError(f"--{name} expects {expected}, not {value!r}")
     if name == "launcher" and value not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {value!r}")
