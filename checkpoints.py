@@ -23,11 +23,10 @@ import torch
 import files
 import hypermask
 from errors import UserError
+from evaluation import CHECKPOINT
 
 if TYPE_CHECKING:
     import runs
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def cpu_copy(state_dict: dict) -> dict:

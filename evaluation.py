@@ -91,9 +91,12 @@ CONFIG, ACCURACIES = "config.json", "accuracies.csv"  # written when a run start
 FAILED = "failed.txt"  # the error of a run that raised (runs.write_failed)
 FINAL_WEIGHTS = "final_weights.pt"  # written last: the run is finished
 RUN_FILES = (CONFIG, ACCURACIES, FAILED)  # any of them makes a run folder
-# checkpoints.CHECKPOINT (a module above this one): a rerun resumes from it and rewrites
-# the run's CSV files, so a damaged one needs no new run.
+# A rerun resumes from the checkpoint and rewrites the run's CSV files, so a damaged one
+# needs no new run.
 CHECKPOINT = "checkpoint.pt"
+# What else a run writes that the summaries read: after each task, and at its end.
+TRANSFER, TASK_AGNOSTIC, FECAM = "transfer.csv", "task_agnostic.csv", "fecam.csv"
+RUN_LOG = "run.log"  # a run's output under the local pool and SLURM
 # The columns that number tasks: they index the accuracy matrix, so every row needs them.
 TASK_COLUMNS = ("trained_task", "evaluated_task")
 
@@ -270,18 +273,18 @@ def run_summary(run_dir: Path) -> dict | None:
            "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix),
            "tasks_at_chance": chance.tasks_at_chance(
                matrix[-1], chance.class_counts(accuracies, config), test_samples), **error}
-    if (run_dir / "transfer.csv").exists():
-        transfer = read_run_csv(run_dir / "transfer.csv", (
+    if (run_dir / TRANSFER).exists():
+        transfer = read_run_csv(run_dir / TRANSFER, (
             "previous_network_accuracy", "random_init_accuracy")).iloc[:t]
         row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
                                       transfer["random_init_accuracy"].to_numpy())
-    if (run_dir / "task_agnostic.csv").exists():
-        agnostic = read_run_csv(run_dir / "task_agnostic.csv",
+    if (run_dir / TASK_AGNOSTIC).exists():
+        agnostic = read_run_csv(run_dir / TASK_AGNOSTIC,
                                 ("accuracy", "task_identification_accuracy"))
         row["task_agnostic_accuracy"] = agnostic["accuracy"].mean()
         row["task_identification_accuracy"] = agnostic["task_identification_accuracy"].mean()
-    if (run_dir / "fecam.csv").exists():  # over the test sets of all tasks
-        row["fecam_accuracy"] = read_run_csv(run_dir / "fecam.csv",
+    if (run_dir / FECAM).exists():  # over the test sets of all tasks
+        row["fecam_accuracy"] = read_run_csv(run_dir / FECAM,
                                              ("accuracy",))["accuracy"].iloc[-1]
     return row
 

@@ -35,7 +35,6 @@ import torch
 import evaluation
 import files
 import runs
-from checkpoints import CHECKPOINT
 from errors import UserError
 
 
@@ -93,7 +92,7 @@ def run_logged(job: runs.Job) -> str | None:
     """
     runs.make_folder(job.run_dir)
     try:
-        log = RunLog(job.run_dir / "run.log")
+        log = RunLog(job.run_dir / evaluation.RUN_LOG)
     except files.WriteFailed as error:  # failed.txt, if it fits; raised like the run's own
         runs.write_failed(job.run_dir, str(error))
         raise
@@ -294,7 +293,8 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
                                                           runs.STOP_SIGNALS):
         return None
     if exitcode == OTHER_RUN:  # its reason is the last line of the run's log, not failed.txt
-        lines = (job.run_dir / "run.log").read_text(errors="replace").strip().splitlines()
+        log = (job.run_dir / evaluation.RUN_LOG).read_text(errors="replace")
+        lines = log.strip().splitlines()
         return lines[-1] if lines else f"{job.run_dir} holds another run"
     if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
         return (f"it is already being trained by another process (see "
@@ -306,7 +306,8 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
                 "same command to continue the run from its last checkpoint")
     if exitcode < 0:  # killed by a signal: nothing could write failed.txt
         name = signal.Signals(-exitcode).name
-        again = ("resume it from its last checkpoint" if (job.run_dir / CHECKPOINT).exists()
+        saved = (job.run_dir / evaluation.CHECKPOINT).exists()
+        again = ("resume it from its last checkpoint" if saved
                  else "start it again (it had saved no checkpoint)")
         message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
                                                           else "")
@@ -433,7 +434,7 @@ def run_pool(jobs: list[runs.Job], pool: Pool, refresh_seconds: float) -> list[s
         while pool.queue or pool.running:
             pool.start_queued()
             for job, error in pool.wait(refresh_seconds):
-                failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / 'run.log'})")
+                failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / evaluation.RUN_LOG})")
                 disk = error.startswith(files.STOPPED)  # its disk is full or read-only
                 stopping = len(failures) - 1 if disk else stopping
                 print(f"{'STOPPED' if disk else 'FAILED'} {failures[-1]}", flush=True)
@@ -547,7 +548,7 @@ def run_status(job: runs.Job) -> dict:
         row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
                 "mean_accuracy": round(float(last["accuracy"].mean()), 2)}
     if row["state"] == "failed":
-        log = run_dir / "run.log"  # the pool's and SLURM's runs write one
+        log = run_dir / evaluation.RUN_LOG  # the pool's and SLURM's runs write one
         error = evaluation.failure(run_dir)["failed"]
         kind = "stopped" if error.startswith(files.STOPPED) else "failed"  # a full disk: stopped
         row["state"] = f"{kind}: {error}" + (f" (log: {log})" if log.exists() else "")

@@ -618,13 +618,13 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity,
                                             config.evaluation_batch_size)
     files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                    run_dir / "task_agnostic.csv")
+                    run_dir / evaluation.TASK_AGNOSTIC)
     if config.fecam_evaluation:
         rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
                                               config.evaluation_batch_size,
                                               with_validation=config.fecam_with_validation)
         files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                        run_dir / "fecam.csv")
+                        run_dir / evaluation.FECAM)
     watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
     files.save({"hnet": cpu_copy(model.hnet.state_dict()),
                 "target": cpu_copy(model.target.state_dict())},

@@ -367,11 +367,6 @@ def test_a_run_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path, capsys
                   "user may read\n"
 
 
-def test_the_checkpoint_evaluation_names_is_the_one_runs_write():
-    import checkpoints
-    assert evaluation.CHECKPOINT == checkpoints.CHECKPOINT
-
-
 def test_published_regime_experiments_are_table_rows_and_compare_with_the_fixed_ones(tmp_path):
     fixed = tmp_path / "fixed" / "SplitMNIST_part0_best"
     published = tmp_path / "published" / "SplitMNIST_part0_best_published"
