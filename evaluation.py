@@ -225,8 +225,11 @@ def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
 
 # ---------------------------------------------------------------------- tables
 
-METRICS = ["mean_accuracy", "std_accuracy", "ACC", "BWT", "FWT", "forgetting",
-           "task_agnostic_accuracy", "task_identification_accuracy", "fecam_accuracy"]
+# A run's final metrics (run_summary): what summaries average over seeds, comparisons set
+# side by side and the loggers report at a run's end.
+SEED_METRICS = ("ACC", "BWT", "FWT", "forgetting", "task_agnostic_accuracy",
+                "task_identification_accuracy", "fecam_accuracy")
+METRICS = ["mean_accuracy", "std_accuracy", *SEED_METRICS]
 # config.json keys that say how a run was executed, not what it is: summaries
 # do not tell configurations apart by them.
 MACHINE_COLUMNS = ("threads", "cuda_graphs", "device", "device_name", "torch_version",
@@ -365,7 +368,7 @@ def seeds_table(groups: list, title: str) -> str:
     any_at_chance = any(chance.chance_runs(runs) for _, runs in groups)
     for varying, runs in groups:
         row = {**varying, "seeds": len(runs)}
-        for metric in METRICS[2:]:
+        for metric in SEED_METRICS:
             if metric in runs and runs[metric].notna().any():
                 values = runs[metric].dropna()
                 row[metric] = mean_and_std(values.mean(), values.std(ddof=0), len(values))
@@ -661,9 +664,6 @@ def write_results_table(root: Path) -> str | None:
     return text
 
 
-COMPARED_METRICS = METRICS[2:]  # ACC, BWT, FWT, forgetting, the task-agnostic ones, FeCAM
-
-
 def configurations_below(root: Path) -> dict[tuple[str, str], pd.DataFrame]:
     """Every experiment's runs below root by (experiment folder name, configuration)."""
     found = {}
@@ -682,7 +682,7 @@ def compare_runs(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[dict]:
     sides have a single run: no spread to compare with).
     """
     rows = []
-    for metric in COMPARED_METRICS:
+    for metric in SEED_METRICS:
         if metric not in runs_a or metric not in runs_b:
             continue
         a, b = runs_a[metric].dropna(), runs_b[metric].dropna()
