@@ -141,8 +141,8 @@ def test_first_task_has_no_regularisers():
 
 
 def masks_one_quantile_per_tensor(hnet_output, sparsity):
-    """The semi-binary masks as computed before they were flat: a loop over the tensors,
-    one torch.quantile each (the reference for semi_binary_mask's bits)."""
+    """The specification of semi_binary_mask, whose bits it must give: a loop over the
+    tensors, one torch.quantile each (as before the masks were flat)."""
     masks = []
     prune = isinstance(sparsity, torch.Tensor) or sparsity > 0
     for l, h in enumerate(hnet_output):
