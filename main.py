@@ -30,9 +30,9 @@ path_to_datasets = "./Data"  # where datasets are downloaded to / read from
 results_dir = "./Results"  # one experiment folder per (dataset, part, best|grid) goes here
 # PermutedMNIST | SplitMNIST | CIFAR100 | TinyImageNet | CIFAR100_FeCAM_setup
 dataset = "PermutedMNIST"
-part = 0  # PermutedMNIST 0 (10 tasks), 1 (100 tasks); SplitMNIST 0 (grids 0-2);
-#          CIFAR100 0 ResNet-20, 1 ZenkeNet; TinyImageNet 0 ResNet-20, 1 ZenkeNet (grids 0-3);
-#          CIFAR100_FeCAM_setup 0-7
+part = 0  # PermutedMNIST 0 (10 tasks), 1 (100 tasks); SplitMNIST 0, 1-2 (grid only);
+#          CIFAR100 0 ResNet-20, 1 ZenkeNet; TinyImageNet 0 ResNet-20, 1 ZenkeNet, 2-3 (grid
+#          only); CIFAR100_FeCAM_setup 0-7 (a grid: 6 only)
 create_grid_search = False  # False: the best configuration; True: every grid point
 seeds = None  # None: the benchmark's own seeds; or a list such as [1, 2]
 device = "auto"  # "auto" (cuda, then mps, then cpu) | "cuda" | "cuda:1" | "mps" | "cpu"
