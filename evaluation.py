@@ -514,6 +514,19 @@ def experiment_folders(root: Path) -> list[Path]:
     return sorted({p.parent.parent for name in RUN_FILES for p in Path(root).rglob(name)})
 
 
+def experiments_by_name(root: Path) -> dict[str, Path]:
+    """experiment_folders by folder name, for the table and comparisons, whose rows are
+    named so; a UserError where two share a name (one would stand for both)."""
+    found = {}
+    for folder in experiment_folders(root):
+        if folder.name in found:
+            raise UserError(f"two experiment folders named {folder.name} below {root} "
+                            f"({found[folder.name]}, {folder}): give a folder that holds "
+                            "only one of them")
+        found[folder.name] = folder
+    return found
+
+
 def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
     """Every run folder of an experiment that started: finished, unfinished or failed.
 
@@ -586,7 +599,7 @@ def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
     names of the experiment folders left out.
     """
     rows, left_out = [], []
-    for folder in sorted(experiment_folders(root), key=lambda f: paper_order(f.name)):
+    for folder in sorted(experiments_by_name(root).values(), key=lambda f: paper_order(f.name)):
         match = EXPERIMENT_FOLDER.fullmatch(folder.name)
         if match is None or match["kind"] != "best":
             left_out.append(folder.name)
@@ -667,7 +680,7 @@ def write_results_table(root: Path) -> str | None:
 def configurations_below(root: Path) -> dict[tuple[str, str], pd.DataFrame]:
     """Every experiment's runs below root by (experiment folder name, configuration)."""
     found = {}
-    for folder in experiment_folders(root):
+    for folder in experiments_by_name(root).values():
         runs = experiment_runs(folder)
         for configuration, group in runs.groupby("configuration", sort=False):
             found[folder.name, configuration] = group
@@ -776,6 +789,11 @@ def compare(root_a: Path, root_b: Path) -> str:
         rows += [{"experiment": label, **row} for row in compare_runs(runs_a, runs_b)]
         if differing := configuration_differences(runs_a, runs_b):
             notes.append(f"Configurations differ in {label}: {', '.join(differing)}")
+        seeds_a, seeds_b = (sorted(int(seed) for seed in runs["seed"].dropna())
+                            if "seed" in runs else [] for runs in (runs_a, runs_b))
+        if seeds_a != seeds_b:  # the difference then mixes the method's change with the seeds'
+            notes.append(f"Seeds differ in {label}: A {', '.join(map(str, seeds_a))}; "
+                         f"B {', '.join(map(str, seeds_b))}")
         notes += class_differences(runs_a, runs_b, label)
     for only, side in ((a.keys() - {k for k, _ in pairs}, "A"),
                        (b.keys() - {k for _, k in pairs}, "B")):

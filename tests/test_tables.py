@@ -155,7 +155,10 @@ def test_compare_puts_metrics_side_by_side_with_the_difference_and_the_spread(
                                                  "2.00", "no"]
     assert "Only in A: SplitMNIST_part0_best" in text
     assert "Only in B: CIFAR100_part0_best" in text
-    assert "Configurations differ" not in text
+    assert "Configurations differ" not in text and "Seeds differ" not in text
+    make_run(b / "PermutedMNIST_part0_best" / "seed_3")
+    assert ("Seeds differ in PermutedMNIST_part0_best: A 1, 2; B 1, 2, 3"
+            in evaluation.compare(a, b))
 
 
 def test_compare_rows_with_one_run_each_have_no_spread_and_name_changed_settings(tmp_path):
@@ -385,3 +388,16 @@ def test_published_regime_experiments_are_table_rows_and_compare_with_the_fixed_
     assert table["benchmark"].tolist() == ["Split MNIST", "Split MNIST (published regime)"]
     assert table["ACC_mean"].tolist() == [85.0, 75.0]
     assert "Only in" not in evaluation.compare(fixed.parent, fixed.parent)  # equal names pair
+
+
+def test_two_experiments_of_one_name_below_a_folder_are_refused_by_table_and_compare(
+        tmp_path, capsys):
+    for copy in ("threads1", "seeds23"):
+        make_run(tmp_path / "A" / copy / "SplitMNIST_part0_best" / "seed_1")
+    make_run(tmp_path / "B" / "SplitMNIST_part0_best" / "seed_1")
+    assert evaluation.main([str(tmp_path / "A"), "--table"]) == 2
+    assert evaluation.main(["--compare", str(tmp_path / "A"), str(tmp_path / "B"),
+                            f"--output={tmp_path / 'c.md'}"]) == 2
+    for line in capsys.readouterr().err.splitlines():
+        assert line.startswith("error: two experiment folders named SplitMNIST_part0_best "
+                               f"below {tmp_path / 'A'} (") and "holds only one" in line
