@@ -16,6 +16,7 @@ import contextlib
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -193,6 +194,11 @@ def task_ticks(ax, num_tasks: int, axes: str = "xy") -> None:
         ax.set_yticks(positions, labels)
 
 
+def fitted(title: str, fig) -> str:
+    """A 9-point title broken into lines as wide as the figure, so that none is cut off."""
+    return textwrap.fill(title, int(fig.get_figwidth() * 13))
+
+
 def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
     """The accuracy matrix as a heatmap (rows: task trained, columns: task evaluated).
 
@@ -216,7 +222,7 @@ def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
     task_ticks(ax, t)
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training task")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(fitted(title, fig), fontsize=9)
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
@@ -367,7 +373,8 @@ def seeds_table(groups: list, title: str) -> str:
     rows = []
     any_at_chance = any(chance.chance_runs(runs) for _, runs in groups)
     for varying, runs in groups:
-        row = {**varying, "seeds": len(runs)}
+        points = sorted({configuration_name(run) for run in runs["run"]} - {""})
+        row = ({"point": ", ".join(points)} if points else {}) | varying | {"seeds": len(runs)}
         for metric in SEED_METRICS:
             if metric in runs and runs[metric].notna().any():
                 values = runs[metric].dropna()
@@ -399,8 +406,14 @@ def seeds_table(groups: list, title: str) -> str:
 
 
 def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> None:
-    """mean_heatmap.png and per_task_accuracy.png (best configuration); grid.png for grids."""
+    """mean_heatmap.png and per_task_accuracy.png (best configuration); grid.png for grids.
+
+    With no finished run, the plots of an earlier summary are removed: they would show
+    runs that no longer count.
+    """
     if not groups:
+        for plot in EXPERIMENT_PLOTS:
+            (experiment_dir / plot).unlink(missing_ok=True)
         return
     varying, runs = groups[0]
     matrices = np.stack([accuracy_matrix(read_run_csv(experiment_dir / r / ACCURACIES,
@@ -408,13 +421,21 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     sample = " (demo sample)" if runs["data"].iloc[0] != runs["dataset"].iloc[0] else ""
     name = f"{runs['dataset'].iloc[0]}{sample} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
     if len(groups) > 1:
-        name += ", best configuration"
+        name += f", best configuration ({configuration_name(runs['run'].iloc[0])})"
     plot_heatmap(matrices.mean(0), experiment_dir / "mean_heatmap.png",
                  f"{name}: mean accuracy (%)")
     plot_per_task(matrices, experiment_dir / "per_task_accuracy.png", name)
     if len(groups) > 1 or varying:
         plot_grid(table[table["finished"]], list(varying), experiment_dir / "grid.png",
                   f"{runs['dataset'].iloc[0]} part {runs['part'].iloc[0]} grid search")
+
+
+EXPERIMENT_PLOTS = ("mean_heatmap.png", "per_task_accuracy.png", "grid.png")
+
+
+def configuration_name(run: str) -> str:
+    """A run folder's configuration: "point_003" for point_003_seed_1, "" for seed_1."""
+    return re.sub(r"_?seed_\d+$", "", run)
 
 
 def plot_per_task(matrices: np.ndarray, path: Path, name: str) -> None:
@@ -444,9 +465,11 @@ def plot_per_task(matrices: np.ndarray, path: Path, name: str) -> None:
     task_ticks(ax, t, axes="x")
     ax.set_xlabel("task")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{name}: per-task accuracy" + ("" if few else " (band: ± std over seeds)"),
-                 fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title(fitted(f"{name}: per-task accuracy, mean "
+                        + ("(bar: ± std over seeds)" if few else "(band: ± std over seeds)"),
+                        fig), fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2,
+              frameon=False)  # under the axes: never over a bar
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -474,17 +497,15 @@ def plot_grid(runs: pd.DataFrame, hyperparameters: list[str], path: Path, title:
             ax.scatter(np.full(int((~marked).sum()), i), accuracy[~marked], alpha=0.5, s=12)
             if marked.any():  # in the mean too: the mark tells, it does not drop
                 ax.scatter(np.full(int(marked.sum()), i), accuracy[marked], marker="x", s=24,
-                           color="red", label="run with tasks at chance")
+                           color="red")
             ax.plot([i - 0.2, i + 0.2], [accuracy.mean()] * 2, color="black")
         ax.set_xticks(range(len(levels)), levels, rotation=30, fontsize=7)
         ax.set_xlabel(name)
     for row in axes:
         row[0].set_ylabel("final mean accuracy (%)")
-    if at_chance.any():
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles[:1], labels[:1], loc="lower right", fontsize=7)
-    fig.suptitle(f"{title}: each dot a run (red x: tasks at chance), bar the mean"
-                 if at_chance.any() else f"{title}: each dot a run, bar the mean", fontsize=9)
+    fig.suptitle(fitted(f"{title}: each dot a run"
+                        + (" (red x: tasks at chance)" if at_chance.any() else "")
+                        + ", bar the mean", fig), fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -543,8 +564,7 @@ def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
         if state == "not started":
             continue
         row = run_summary(folder) or {"run": folder.name, "finished": False, **failure(folder)}
-        configuration = re.sub(r"_?seed_\d+$", "", folder.name)
-        rows.append({**row, "configuration": configuration, "state": state})
+        rows.append({**row, "configuration": configuration_name(folder.name), "state": state})
     return pd.DataFrame(rows)
 
 

@@ -613,8 +613,10 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     """The end-of-run outputs: heatmap, task-agnostic accuracy, final metrics to the loggers,
     final weights."""
     accuracies = pd.read_csv(run_dir / evaluation.ACCURACIES)
+    point = evaluation.configuration_name(run_dir.name)  # a grid point's, else ""
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
-                            f"{title}, seed {keys['seed']}: accuracy (%)")
+                            f"{title}, {point + ', ' if point else ''}seed {keys['seed']}: "
+                            "accuracy (%)")
     rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity,
                                             config.evaluation_batch_size)
     files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),

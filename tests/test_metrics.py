@@ -76,7 +76,8 @@ def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
     assert summary.loc[0, "task_agnostic_accuracy"] == pytest.approx(80.0)
     assert summary.loc[0, "task_identification_accuracy"] == pytest.approx(90.0)
     lines = [line for line in text.splitlines() if line.startswith("|")][2:]
-    assert lines[0].split("|")[1].strip() == "1"  # beta 1.0 ranks first: 95.00
+    # beta 1.0 ranks first (95.00), named by its grid point: the folders to look in
+    assert [cell.strip() for cell in lines[0].split("|")[1:3]] == ["point_001", "1"]
     assert "| 95.00 " in lines[0] and "95.00 ±" not in lines[0]  # one seed: no spread
     assert "86.00 ± 1.00" in lines[1]  # mean of 85 and 87, population std
     assert (tmp_path / "summary.md").read_text() == text
@@ -100,3 +101,13 @@ def test_unfinished_runs_are_listed_but_not_averaged(tmp_path):
 def test_heatmap_is_written(tmp_path):
     evaluation.plot_heatmap(MATRIX, tmp_path / "heatmap.png", "test")
     assert (tmp_path / "heatmap.png").stat().st_size > 1000
+
+
+def test_plots_of_runs_that_no_longer_count_are_removed(tmp_path):
+    write_run(tmp_path / "seed_1", 1, (80.0, 90.0))
+    evaluation.summarize_experiment(tmp_path)
+    plots = [tmp_path / name for name in ("mean_heatmap.png", "per_task_accuracy.png")]
+    assert all(plot.exists() for plot in plots)
+    (tmp_path / "seed_1" / "final_weights.pt").unlink()  # say, shared without the weights
+    assert "No finished runs yet" in evaluation.summarize_experiment(tmp_path)
+    assert not any(plot.exists() for plot in plots)
