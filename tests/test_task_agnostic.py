@@ -144,3 +144,9 @@ def test_fecam_statistics_come_from_the_training_split_only(monkeypatch):
     with_validation, with_outliers = results["with validation"][0], results["with outliers"][0]
     assert [n for n, _, _ in with_validation] == [90, 90]
     assert not torch.equal(with_validation[0][1], with_outliers[0][1])
+
+
+def test_percentages_are_exact_counts_not_float32_means():
+    right = torch.zeros(1000, dtype=torch.bool)
+    right[:564] = True
+    assert task_agnostic.percent(right) == 56.4  # a float32 mean gives 56.40000104904175
