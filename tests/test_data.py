@@ -238,3 +238,8 @@ def numpy_global_state():
         yield
     finally:
         np.random.set_state(state)
+
+
+def test_every_benchmark_is_filed_under_its_own_dataset_and_part():
+    # each entry repeats its key inside: a copied entry left half edited would run another part
+    assert [key for key, b in datasets.BENCHMARKS.items() if key != (b.dataset, b.part)] == []
