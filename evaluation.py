@@ -32,7 +32,8 @@ from errors import UserError  # noqa: E402
 from files import save_figure, write_csv, write_text  # noqa: E402  (every write goes there)
 
 # classes: the evaluated task's number of classes, what its accuracy is held against
-# (chance.at_chance); recorded since 2026-12-07, older runs fall back on task_classes.
+# (chance.at_chance); recorded since 2026-12-07, older runs fall back on their benchmark's
+# split (chance.class_counts).
 ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task", "accuracy",
                     "classes"]
 MATRIX_COLUMNS = ("trained_task", "evaluated_task", "accuracy")  # what accuracy_matrix reads

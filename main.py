@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import re
 import sys
+import textwrap
 import time
 import types
 import typing
@@ -103,6 +104,16 @@ def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
             raise UserError(f"unknown option --{name}; settings: {', '.join(SETTINGS)}; "
                             f"hyperparameters: {', '.join(hints)}")
     return settings, hyperparameters
+
+
+def usage() -> str:
+    """What --help prints: how to override, the settings block at the top of this file
+    (each setting's default and choices), and the hyperparameters' names."""
+    block = re.search(r"# -+ edit these\n(.*?)\n# -+\n", Path(__file__).read_text(), re.S)
+    names = ", ".join(typing.get_type_hints(HyperParameters))
+    return (f"{__doc__.strip()}\n\nSettings (--name=value), as set at the top of main.py:\n\n"
+            f"{block[1]}\n\nHyperparameters (--name=value; each benchmark's values are in "
+            f"datasets.py and docs/benchmarks.md):\n{textwrap.fill(names, 79)}")
 
 
 def _literal(text: str):
@@ -258,6 +269,9 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse overrides, run, turn bad input into a one-line error."""
     argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(usage())
+        return 0
     try:
         settings_overrides, hyperparameters = parse_overrides(argv)
         settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} \

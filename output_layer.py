@@ -34,7 +34,7 @@ BLOCK_ROWS = 4096
 # there. Shared, Split MNIST's best (475,202 × 25 = 11.9M weights) took 20 % longer per
 # step, Tiny ImageNet's ZenkeNet (17.5M) as long, CIFAR-100's ResNet-20 (106.8M) 15-20 %
 # less at task 10 (bench/train_step.py, bench/image_step.py on the 2-core AMD EPYC).
-# The demo's layers (1.1M and 2.2M) stay unshared too.
+# The demo's layers (1.4M and 2.2M) stay unshared too.
 MIN_WEIGHTS = 1 << 24
 # Device types whose large output layers are shared among the cores: CPUs (a GPU's
 # GEMM fills the GPU by itself).

@@ -178,3 +178,12 @@ def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monke
     assert code == 2 and err.startswith("error: MNIST is not in") and "--demo" in err
     assert err.count("MNIST is not in") == 1
     assert not list((tmp_path / "results").glob("*/seed_*"))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--dataset=SplitMNIST", "-h"]])
+def test_help_lists_the_settings_with_their_defaults_and_the_hyperparameters(argv, capsys):
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'dataset = "PermutedMNIST"' in out and "launcher = " in out  # the block, as set
+    assert "wandb_entity = None" in out and "edit these" not in out
+    assert "published_regime" in out.split("Hyperparameters")[1]
