@@ -422,7 +422,8 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     sample = " (demo sample)" if runs["data"].iloc[0] != runs["dataset"].iloc[0] else ""
     name = f"{runs['dataset'].iloc[0]}{sample} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
     if len(groups) > 1:
-        name += f", best configuration ({configuration_name(runs['run'].iloc[0])})"
+        point = configuration_name(runs["run"].iloc[0])
+        name += ", best configuration" + (f" ({point})" if point else "")
     plot_heatmap(matrices.mean(0), experiment_dir / "mean_heatmap.png",
                  f"{name}: mean accuracy (%)")
     plot_per_task(matrices, experiment_dir / "per_task_accuracy.png", name)
