@@ -75,9 +75,11 @@ def small_files(dataset: str) -> Path:
     partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{name}.partial."))
     if name == "CIFAR100":
         conftest.make_cifar100(partial, per_class_train=SMALL_FILES[name])
-    else:
+    elif name == "TinyImageNet":
         conftest.make_tiny_imagenet(partial, per_class_train=SMALL_FILES[name])
         load_tiny_imagenet(partial)  # decodes the JPEGs into its cache once
+    else:
+        raise ValueError(f"no small files for {dataset} (docs/development.md#adding-a-benchmark)")
     try:
         os.replace(partial, folder)
     except OSError:  # another process was first: its folder is as good

@@ -215,8 +215,8 @@ def test_every_dataset_has_its_classes_loader_and_folder_and_an_unknown_one_none
     # a benchmark added to the table but not to the code that builds it fails loudly, rather
     # than getting another benchmark's classes, files or folder
     config = datasets.get_benchmark("SplitMNIST", 0).best
-    for build in (lambda: datasets.class_ids("SplitFashionMNIST", 0, config, seed=1),
-                  lambda: datasets.stored_data("SplitFashionMNIST", "Data"),
-                  lambda: data_files.data_source("SplitFashionMNIST", "Data", demo=False)):
-        with pytest.raises(ValueError, match="SplitFashionMNIST .*adding-a-benchmark"):
+    for build in (lambda: datasets.class_ids("NoSuchDataset", 0, config, seed=1),
+                  lambda: datasets.stored_data("NoSuchDataset", "Data"),
+                  lambda: data_files.data_source("NoSuchDataset", "Data", demo=False)):
+        with pytest.raises(ValueError, match="NoSuchDataset .*adding-a-benchmark"):
             build()
