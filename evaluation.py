@@ -596,10 +596,11 @@ def table_row(experiment_dir: Path) -> dict:
     network, layers = first_value(runs, "target_network"), first_value(runs, "target_hidden_layers")
     if network == "MLP" and layers:
         network += " " + "-".join(str(n) for n in layers)
+    notes = [note for note, on in (("demo sample", match["demo"]),
+                                   ("published regime", match["published"])) if on]
     row = {"experiment": experiment_dir.name,
            "benchmark": BENCHMARK_NAMES.get(match["dataset"], match["dataset"])
-           + (" (demo sample)" if match["demo"] else "")
-           + (" (published regime)" if match["published"] else ""),
+           + (f" ({', '.join(notes)})" if notes else ""),
            "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
            "target_network": network}
     for metric in [*TABLE_METRICS, FECAM_COLUMN[0]]:
