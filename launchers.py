@@ -542,8 +542,11 @@ def run_status(job: runs.Job) -> dict:
     row = {"run": run_dir.name, "state": evaluation.run_state(run_dir), "tasks_done": 0,
            "mean_accuracy": float("nan")}
     if (run_dir / evaluation.ACCURACIES).exists():
-        accuracies = evaluation.read_run_csv(run_dir / evaluation.ACCURACIES,
-                                             ("trained_task", "accuracy"))
+        try:
+            accuracies = evaluation.read_run_csv(run_dir / evaluation.ACCURACIES,
+                                                 ("trained_task", "accuracy"))
+        except UserError as error:  # said in its row: the pool and the others go on
+            return row | {"state": f"damaged: {error}"}
         last = accuracies[accuracies["trained_task"] == accuracies["trained_task"].max()]
         row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
                 "mean_accuracy": round(float(last["accuracy"].mean()), 2)}

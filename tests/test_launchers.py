@@ -208,6 +208,21 @@ def test_the_pools_progress_counts_runs_by_whole_state(monkeypatch):
                        "mean accuracy 90.00%")
 
 
+def test_a_damaged_run_table_is_a_state_in_the_pools_progress_and_status_not_a_crash(tmp_path):
+    """A rerun mends it from the checkpoint (docs/outputs.md): the pool must live to see it."""
+    config = datasets.get_benchmark("SplitMNIST", 0).best
+    jobs = [runs.Job(config, "SplitMNIST", 0, seed, tmp_path / f"seed_{seed}", "", "cpu")
+            for seed in (1, 2)]
+    for job in jobs:
+        job.run_dir.mkdir()
+        (job.run_dir / "config.json").write_text("{}")
+    (jobs[0].run_dir / "accuracies.csv").write_text("")
+    assert launchers.run_status(jobs[0])["state"].startswith(
+        f"damaged: {jobs[0].run_dir / 'accuracies.csv'} is corrupt or incomplete")
+    assert launchers.progress_text(jobs).startswith("1 damaged, 1 running or interrupted")
+    assert "damaged: " in launchers.status_table(jobs)
+
+
 @pytest.mark.parametrize("launcher", ["sequential", "local"])
 def test_a_folder_holding_another_run_stops_the_launch_and_keeps_that_run(
         mnist_root, tmp_path, capsys, launcher):
