@@ -622,9 +622,14 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                     run_dir / evaluation.TASK_AGNOSTIC)
     if config.fecam_evaluation:
-        rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
-                                              config.evaluation_batch_size,
-                                              with_validation=config.fecam_with_validation)
+        try:
+            rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
+                                                  config.evaluation_batch_size,
+                                                  with_validation=config.fecam_with_validation)
+        except task_agnostic.DegenerateClass as error:  # training is saved: finish without it
+            raise RunFailed(f"FeCAM has no class statistics for {error}; rerun the same command "
+                            "with --fecam_evaluation=False to finish the run without FeCAM") \
+                from None
         files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                         run_dir / evaluation.FECAM)
     watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again

@@ -77,6 +77,11 @@ def shrink(cov: torch.Tensor) -> torch.Tensor:
     return cov + cov.diagonal().mean() * eye + off_mean * (1 - eye)
 
 
+class DegenerateClass(ValueError):
+    """A class whose FeCAM statistics do not exist: one sample, or features that never vary
+    (its covariance is zero, its correlation 0/0)."""
+
+
 def class_statistics(features: torch.Tensor, labels: torch.Tensor,
                      num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prototypes and precision matrices of FeCAM, one per class.
@@ -88,13 +93,20 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor,
         features: [N, D] penultimate features; labels: [N] in 0..num_classes-1.
     Returns:
         prototypes [C, D], precisions [C, D, D].
+    Raises:
+        DegenerateClass: a class with one sample or with constant features.
     """
     prototypes, precisions = [], []
     for c in range(num_classes):
         f = features[labels == c].double()
+        if len(f) < 2:  # no covariance
+            raise DegenerateClass(f"its class {c} has {len(f)} image(s)")
         cov = shrink(shrink(torch.cov(f.T)))
         std = cov.diagonal().sqrt()
         correlation = cov / (std[:, None] * std[None, :])
+        if not torch.isfinite(correlation).all():  # else pinv fails deep inside, or NaN
+            raise DegenerateClass(f"its class {c} ({len(f)} images) has the same penultimate "
+                                  "features for every image")
         prototypes.append(f.mean(0))
         precisions.append(torch.linalg.pinv(correlation + 1e-8))
     return torch.stack(prototypes), torch.stack(precisions)
@@ -166,7 +178,10 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
             features = task_features(model, task, x, weights[t], batch_size)
             # the task's own classes (the published regime widens num_classes:
             # docs/differences.md#2-output-width-per-task)
-            statistics.append(class_statistics(features, labels, int(labels.max()) + 1))
+            try:
+                statistics.append(class_statistics(features, labels, int(labels.max()) + 1))
+            except DegenerateClass as error:
+                raise DegenerateClass(f"task {t + 1}: {error}") from None
         # distance[s][t]: [N_s, C_t], test samples of task s under task t's mask
         distance = [[mahalanobis(task_features(model, s, s.test_x, w, batch_size), *statistics[t])
                      for t, w in enumerate(weights)] for s in tasks]

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 import datasets
@@ -150,3 +151,34 @@ def test_percentages_are_exact_counts_not_float32_means():
     right = torch.zeros(1000, dtype=torch.bool)
     right[:564] = True
     assert task_agnostic.percent(right) == 56.4  # a float32 mean gives 56.40000104904175
+
+
+def test_a_class_without_fecam_statistics_is_named_not_a_linear_algebra_error():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    features = torch.rand(7, 4)
+    features[labels == 1] = 0.5  # the same features for every image of class 1: cov 0
+    with pytest.raises(task_agnostic.DegenerateClass, match=r"^its class 1 \(3 images\) has "
+                                                            "the same penultimate features"):
+        task_agnostic.class_statistics(features, labels, 2)
+    with pytest.raises(task_agnostic.DegenerateClass, match=r"^its class 2 has 1 image\(s\)"):
+        task_agnostic.class_statistics(torch.rand(7, 4), labels, 3)
+
+
+def test_a_run_whose_fecam_is_undefined_fails_in_one_line_and_finishes_without_it(
+        mnist_root, tmp_path, monkeypatch, capsys):
+    from test_resume import run
+
+    monkeypatch.setattr(task_agnostic, "task_features",  # a network whose units all died
+                        lambda model, task, images, weights, batch_size: torch.zeros(
+                            len(images), 8))
+    assert run(mnist_root, tmp_path) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: 1 run(s) failed: ") and error.endswith(
+        "penultimate features for every image; rerun the same command with "
+        "--fecam_evaluation=False to finish the run without FeCAM")
+    assert "FeCAM has no class statistics for task 1: its class 0 (" in error
+    monkeypatch.undo()
+    assert run(mnist_root, tmp_path, "--fecam_evaluation=False") == 0
+    run_dir = tmp_path / "SplitMNIST_part0_best" / "seed_3"
+    assert (run_dir / "final_weights.pt").exists() and not (run_dir / "fecam.csv").exists()
+    assert "resuming" in capsys.readouterr().out  # not trained again
