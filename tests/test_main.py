@@ -139,8 +139,7 @@ def test_damaged_files_of_a_finished_run_are_one_line_errors(mnist_root, tmp_pat
     options = ["--dataset=PermutedMNIST", f"--path_to_datasets={mnist_root}",
                f"--results_dir={tmp_path}", *TINY]
     capsys.readouterr()
-    for name, extra in (("config.json", []), ("accuracies.csv", []),
-                        ("accuracies.csv", ["--status=True"])):
+    for name, extra in (("config.json", []), ("accuracies.csv", [])):
         damaged = run / name
         kept = damaged.read_bytes()
         damaged.write_text('{"dataset": ' if name == "config.json" else 'a,b\n1,2,3\n"x')
@@ -150,6 +149,12 @@ def test_damaged_files_of_a_finished_run_are_one_line_errors(mnist_root, tmp_pat
         assert err.endswith(f"; delete the run folder {run} to run it again\n")
         assert err.count("\n") == 1
         damaged.write_bytes(kept)
+    # --status says it in the run's row: the other runs' states stay readable
+    (run / "accuracies.csv").write_text('a,b\n1,2,3\n"x')
+    assert main.main(options + ["--status=True"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if "| seed_1 " in line][0]
+    assert f"| damaged: {run / 'accuracies.csv'} is corrupt or incomplete (not readable " in row
+    assert f"; delete the run folder {run} to run it again " in row
 
 
 def test_a_damaged_run_file_is_said_beside_the_launchs_failures(mnist_root, tmp_path, capsys,
