@@ -518,7 +518,13 @@ def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
             slurm_partition=settings["slurm_partition"],
             slurm_additional_parameters=settings["slurm_additional_parameters"],
             slurm_setup=[python_path_line()])
-    submitted = executor.map_array(SlurmRun(), jobs)
+    try:
+        submitted = executor.map_array(SlurmRun(), jobs)
+    except submitit.core.utils.FailedJobError as error:  # sbatch refused: its last line says why
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise UserError(f"sbatch could not submit the runs ({lines[-1] if lines else error}); "
+                        "check that this machine reaches the cluster (sinfo) and the slurm_* "
+                        "settings (partition, time, GPUs, memory)") from None
     ids = {str(job.run_dir.name): s.job_id for job, s in zip(jobs, submitted)}
     experiment_dir.mkdir(parents=True, exist_ok=True)
     try:

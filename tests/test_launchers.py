@@ -236,3 +236,20 @@ def test_a_folder_holding_another_run_stops_the_launch_and_keeps_that_run(
     assert err.startswith(f"error: {other} holds a run with another configuration (")
     assert sorted(p.name for p in other.iterdir()) == ["config.json"]
     assert not (tmp_path / "SplitMNIST_part0_best" / "seed_1").exists()  # none started
+
+
+def test_an_sbatch_that_refuses_the_array_is_one_line_with_its_reason(
+        mnist_root, tmp_path, capsys, monkeypatch):
+    fake = tmp_path / "bin" / "sbatch"  # a machine that does not reach its cluster
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
+                    "echo 'sbatch: fatal: Could not establish a configuration source' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    assert main.main(tiny_options(mnist_root, tmp_path, "--launcher=slurm")) == 2
+    err = capsys.readouterr().err  # sbatch's own lines, then ours: no traceback
+    assert "Traceback" not in err and err.endswith(
+        "\nerror: sbatch could not submit the runs (sbatch: fatal: Could not establish a "
+        "configuration source); check that this machine reaches the cluster (sinfo) and the "
+        "slurm_* settings (partition, time, GPUs, memory)\n")
