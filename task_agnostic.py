@@ -101,7 +101,7 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor,
         f = features[labels == c].double()
         if len(f) < 2:  # no covariance
             raise DegenerateClass(f"its class {c} has {len(f)} image(s)")
-        cov = shrink(shrink(torch.cov(f.T)))
+        cov = shrink(shrink(torch.cov(f.T).reshape(f.shape[1], f.shape[1])))  # D = 1: 0-d
         std = cov.diagonal().sqrt()
         correlation = cov / (std[:, None] * std[None, :])
         if not torch.isfinite(correlation).all():  # else pinv fails deep inside, or NaN

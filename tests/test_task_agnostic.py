@@ -164,6 +164,15 @@ def test_a_class_without_fecam_statistics_is_named_not_a_linear_algebra_error():
         task_agnostic.class_statistics(torch.rand(7, 4), labels, 3)
 
 
+def test_one_feature_gives_statistics_as_the_shrunk_variance_does():
+    """A penultimate layer of one unit: torch.cov returns a number, not a [1, 1] matrix."""
+    features, labels = torch.tensor([[1.0], [3.0], [2.0], [4.0]]), torch.tensor([0, 0, 1, 1])
+    prototypes, precisions = task_agnostic.class_statistics(features, labels, 2)
+    assert prototypes.flatten().tolist() == [2.0, 3.0]
+    assert precisions.shape == (2, 1, 1)  # a correlation of 1, pseudo-inverted
+    assert precisions.flatten().tolist() == pytest.approx([1.0, 1.0])
+
+
 def test_a_run_whose_fecam_is_undefined_fails_in_one_line_and_finishes_without_it(
         mnist_root, tmp_path, monkeypatch, capsys):
     from test_resume import run
