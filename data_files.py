@@ -72,11 +72,15 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
                  f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
                  "`python main.py --demo`, which works offline")
     arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]
-    for images, labels, name in ((*arrays[:2], MNIST_FILES[0]), (*arrays[2:], MNIST_FILES[2])):
-        if images.shape[1:] != (28, 28) or len(images) != len(labels):
-            raise UserError(f"{raw / name} holds {tuple(images.shape)} images for "
-                            f"{len(labels)} labels, not N 28x28 images; replace it (delete "
-                            f"{raw} to download MNIST again)")
+    again = f"delete {raw} to download MNIST again"
+    for images, labels, (name, labels_name) in ((*arrays[:2], MNIST_FILES[:2]),
+                                                (*arrays[2:], MNIST_FILES[2:])):
+        if images.shape[1:] != (28, 28):
+            raise UserError(f"{raw / name} holds {tuple(images.shape)} images, not N 28x28 "
+                            f"images; replace it ({again})")
+        if len(images) != len(labels):
+            raise UserError(f"{raw / name} holds {len(images)} images and {raw / labels_name} "
+                            f"{len(labels)} labels; replace the wrong one ({again})")
     return arrays[0], arrays[1].long(), arrays[2], arrays[3].long()
 
 

@@ -176,7 +176,8 @@ def _check_type(name: str, value, hint):
         if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)) \
                 and all(type(v) is int for v in value):
             return tuple(value)
-    expected = " or ".join("None" if o is type(None) else getattr(o, "__name__", str(o))
+    expected = " or ".join("None" if o is type(None) else "a list of integers such as [100,100]"
+                           if typing.get_origin(o) is tuple else getattr(o, "__name__", str(o))
                            for o in options)
     raise UserError(f"--{name} expects {expected}, not {value!r}")
 

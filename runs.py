@@ -175,7 +175,8 @@ def select_device(name: str):
         device = torch.device(name)
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as error:
-        raise UserError(f"device {name!r} is not usable here ({str(error).splitlines()[0]}); "
+        reason = str(error).splitlines()[0].split(". ")[0]  # torch's first sentence
+        raise UserError(f"device {name!r} is not usable here ({reason[:200]}); "
                         "use --device=auto or --device=cpu") from None
     return device
 

@@ -10,6 +10,7 @@ import torch
 import data_files
 import datasets
 import errors
+from conftest import make_mnist
 
 CPU = torch.device("cpu")
 
@@ -52,7 +53,7 @@ def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
     make_mnist(tmp_path / "other", n_train=50)
     labels.write_bytes((tmp_path / "other" / "MNIST" / "raw" / labels.name).read_bytes())
     path.write_bytes((tmp_path / "other" / "MNIST" / "raw" / path.name).read_bytes())
-    with pytest.raises(errors.UserError, match="train-images-idx3-ubyte holds .* for 50 labels"):
+    with pytest.raises(errors.UserError, match="train-images-idx3-ubyte holds 400 images and .*train-labels-idx1-ubyte 50 labels"):
         data_files.load_mnist(root)
 
 
@@ -243,3 +244,12 @@ def numpy_global_state():
 def test_every_benchmark_is_filed_under_its_own_dataset_and_part():
     # each entry repeats its key inside: a copied entry left half edited would run another part
     assert [key for key, b in datasets.BENCHMARKS.items() if key != (b.dataset, b.part)] == []
+
+
+def test_mnist_images_and_labels_of_other_counts_are_named_both(tmp_path):
+    raw = make_mnist(tmp_path) / "MNIST" / "raw"
+    (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(errors.UserError, match=(
+            rf"^{raw / 'train-images-idx3-ubyte'} holds 400 images and "
+            rf"{raw / 'train-labels-idx1-ubyte'} 100 labels; replace the wrong one")):
+        data_files.load_mnist(tmp_path)

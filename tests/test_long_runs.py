@@ -256,8 +256,8 @@ def test_a_stop_during_the_final_evaluations_stops_before_the_next_run(mnist_roo
     assert not run_folder(tmp_path, 2).exists()  # and the next run never started
 
 
-def test_exit_codes_of_stopped_pool_runs():
-    job = runs.Job(None, "SplitMNIST", 0, 1, Path("/nonexistent"), "", "cpu")
+def test_exit_codes_of_stopped_pool_runs(tmp_path):
+    job = runs.Job(None, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
     for signum in runs.STOP_SIGNALS:  # a run that saved and stopped exits 128 + signal
         assert launchers.exit_error(job, 128 + signum) is None
     # killed by the stop signal the pool forwarded before the run's handlers were set up

@@ -38,7 +38,7 @@ def test_overrides_are_parsed_and_typed():
     ("--seeds=1", "--seeds expects None or a list of integers"),
     ("--part=first", "--part expects int"),
     ("--demo=yes", "--demo expects bool"),
-    ("--target_hidden_layers=[1,'a']", "expects tuple"),
+    ("--target_hidden_layers=[1,'a']", r"expects a list of integers such as \[100,100\]"),
     ("dataset=SplitMNIST", "use --name=value"),
 ])
 def test_bad_overrides_are_refused(argument, message):
