@@ -594,13 +594,17 @@ def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
     (batch-statistics networks then give slightly different numbers).
     """
     x_all, y_all = getattr(task, f"{split}_x"), getattr(task, f"{split}_y")
-    correct = 0
+    correct, finite = 0, True
     with evaluation_mode(model):
         weights = model.task_weights(task_id, sparsity)
         for index in torch.split(torch.arange(len(y_all), device=y_all.device),
                                  batch_size or len(y_all)):
             logits = model.target(task.transform(x_all[index], False), weights=weights)
+            finite = finite & torch.isfinite(logits).all()  # on the device: one sync below
             correct += (logits[:, :task.num_classes].argmax(1) == y_all[index]).sum()
+    if not finite:  # finite weights can still overflow: argmax over NaN is no accuracy
+        raise Diverged(f"task {task_id + 1}'s network gives NaN or infinite outputs on its "
+                       f"{split} images")
     return 100.0 * correct.item() / len(y_all)
 
 

@@ -352,3 +352,19 @@ def test_a_target_network_without_an_output_bias_is_refused():
                 num_cond_embs=1)
     with pytest.raises(ValueError, match=r"last tensor is \(2, 3\), not the output bias"):
         hypermask.HyperMask(target, hnet)
+
+
+def test_outputs_that_overflow_from_finite_weights_are_divergence_not_an_accuracy():
+    """argmax over NaN logits picks class 0: a chance-looking number that is none."""
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(8,),
+                                 hnet_hidden_layers=(4,), embedding_size=2)
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (5,), 2)
+    task = random_task(5, 2)
+    assert 0 <= hypermask.evaluate(model, task, 0, 0) <= 100
+    with torch.no_grad():  # finite, and too large for float32 once summed over the inputs
+        for weight in model.target.internal_params:
+            weight.fill_(3e38)
+    with pytest.raises(hypermask.Diverged, match="task 1's network gives NaN or infinite "
+                                                 "outputs on its test images"):
+        hypermask.evaluate(model, task, 0, 0)
