@@ -757,6 +757,10 @@ def _run(job: Job) -> None:
     device = select_device(job.device)
     use_device(device, config.tf32)
     print(f"  device: {describe_device(device)}")
+    if config.lr_scheduler and config.number_of_iterations:  # hypermask steps it per epoch
+        print("  warning: lr_scheduler=True steps at epoch ends, which number_of_iterations does "
+              f"not have: the learning rate stays {config.learning_rate} (set number_of_epochs "
+              "to schedule it)")
     keep_freed_memory()
     set_seed(seed)
     tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,

@@ -192,3 +192,13 @@ def test_help_lists_the_settings_with_their_defaults_and_the_hyperparameters(arg
     assert 'dataset = "PermutedMNIST"' in out and "launcher = " in out  # the block, as set
     assert "wandb_entity = None" in out and "edit these" not in out
     assert "published_regime" in out.split("Hyperparameters")[1]
+
+
+def test_a_scheduler_that_never_steps_is_said(mnist_root, tmp_path, capsys):
+    """ReduceLROnPlateau steps at epoch ends; a run counted in iterations has none."""
+    run_tiny(mnist_root, tmp_path / "iterations", extra=["--lr_scheduler=True"])
+    assert ("warning: lr_scheduler=True steps at epoch ends, which number_of_iterations does "
+            "not have: the learning rate stays 0.001") in capsys.readouterr().out
+    run_tiny(mnist_root, tmp_path / "epochs", extra=[
+        "--lr_scheduler=True", "--number_of_iterations=None", "--number_of_epochs=1"])
+    assert "warning: lr_scheduler" not in capsys.readouterr().out
