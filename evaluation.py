@@ -169,7 +169,18 @@ def csv_problem(table: pd.DataFrame, columns: tuple[str, ...]) -> str | None:
     tasks = [c for c in columns if c in TASK_COLUMNS]
     gaps = [c for c in tasks if not (table[c].notna() & (table[c] >= 0)
                                      & (table[c] % 1 == 0)).all()]
-    return f"missing or invalid task numbers in {', '.join(gaps)}" if gaps else None
+    if gaps:
+        return f"missing or invalid task numbers in {', '.join(gaps)}"
+    percents = [c for c in columns if c.endswith("accuracy")]  # NaN: not defined (A[-1, 0])
+    if out := [c for c in percents if not table[c].dropna().between(0, 100).all()
+               or (c == "accuracy" and table[c].isna().any())]:
+        return f"missing accuracies or accuracies outside 0-100 in {', '.join(out)}"
+    if len(tasks) == 2:  # the accuracy matrix: row t holds tasks 0..t, every row up to the last
+        cells = list(zip(table["trained_task"].astype(int), table["evaluated_task"].astype(int)))
+        last = max(t for t, _ in cells)
+        if sorted(cells) != [(t, j) for t in range(last + 1) for j in range(t + 1)]:
+            return "cells missing from, repeated in or beyond the accuracy matrix"
+    return None
 
 
 def one_line(error: Exception) -> str:
