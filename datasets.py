@@ -371,6 +371,7 @@ def configurations(benchmark: Benchmark, grid_search: bool,
             overridden field is no longer varied by the grid).
     """
     overrides = overrides or {}
+    refuse_ignored_settings(benchmark.dataset, overrides)
     if not grid_search:
         if benchmark.best is None:
             best = [p for (d, p), b in BENCHMARKS.items() if d == benchmark.dataset and b.best]
@@ -388,6 +389,17 @@ def configurations(benchmark: Benchmark, grid_search: bool,
         if point not in points:
             points.append(point)
     return points
+
+
+def refuse_ignored_settings(dataset: str, overrides: dict) -> None:
+    """A UserError for a setting this dataset's tasks would ignore: the run's record would
+    claim what it did not do."""
+    if overrides.get("augmentation") and dataset == "PermutedMNIST":
+        raise UserError("PermutedMNIST has no augmentation (nor has the reference's): leave "
+                        "augmentation=False")
+    if overrides.get("batched_augmentation") and dataset != "CIFAR100_FeCAM_setup":
+        raise UserError("batched_augmentation applies to the CIFAR100_FeCAM_setup's "
+                        f"augmentation only, not to {dataset}'s: leave it False")
 
 
 # --------------------------------------------------------------------------- data

@@ -40,6 +40,10 @@ import runs
     ("--checkpoint_minutes=-5", "--checkpoint_minutes must be at least 0, not -5"),
     ("--demo --create_grid_search=True", "--demo runs each MNIST benchmark's small demo "
                                          "configuration, which has no grid"),
+    ("--dataset=PermutedMNIST --augmentation=True", "PermutedMNIST has no augmentation"),
+    ("--batched_augmentation=True", "batched_augmentation applies to the "
+                                    "CIFAR100_FeCAM_setup's augmentation only, not to "
+                                    "SplitMNIST's"),
 ])
 def test_impossible_values_are_refused_up_front(argument, message, mnist_root, tmp_path,
                                                 capsys):
