@@ -53,7 +53,8 @@ def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
     make_mnist(tmp_path / "other", n_train=50)
     labels.write_bytes((tmp_path / "other" / "MNIST" / "raw" / labels.name).read_bytes())
     path.write_bytes((tmp_path / "other" / "MNIST" / "raw" / path.name).read_bytes())
-    with pytest.raises(errors.UserError, match="train-images-idx3-ubyte holds 400 images and .*train-labels-idx1-ubyte 50 labels"):
+    with pytest.raises(errors.UserError, match="train-images-idx3-ubyte holds 400 images and "
+                                               ".*train-labels-idx1-ubyte 50 labels"):
         data_files.load_mnist(root)
 
 
