@@ -656,18 +656,23 @@ def mean_and_std(mean: float, std: float, runs: int) -> str:
     return f"{mean:.2f}" if runs == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
+def spread_cells(means: pd.Series, stds: pd.Series, runs: pd.Series) -> list[str]:
+    """mean_and_std for every row of a table's columns."""
+    return [mean_and_std(m, s, n) for m, s, n in zip(means, stds, runs)]
+
+
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     """The results table as text cells: mean ± std per metric, the unfinished and failed runs."""
     frame = table[["benchmark", "part"]].copy()
     frame["tasks"] = ["n/a" if pd.isna(t) else str(int(t)) for t in table["tasks"]]
     frame["target network"] = table["target_network"].fillna("n/a")
     for metric in TABLE_METRICS:
-        frame[metric] = [mean_and_std(m, s, n) for m, s, n in
-                         zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["seeds"])]
+        frame[metric] = spread_cells(table[f"{metric}_mean"], table[f"{metric}_std"],
+                                     table["seeds"])
     metric, name = FECAM_COLUMN
     if table[f"{metric}_mean"].notna().any():  # only then: the column would say n/a throughout
-        frame[name] = [mean_and_std(m, s, n) for m, s, n in
-                       zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["seeds"])]
+        frame[name] = spread_cells(table[f"{metric}_mean"], table[f"{metric}_std"],
+                                   table["seeds"])
     frame["seeds"] = table["seeds"]
     frame["not finished"] = [", ".join(f"{n} {state}" for n, state in ((u, "unfinished"),
                                                                         (f, "failed")) if n)
@@ -847,15 +852,13 @@ def compare(root_a: Path, root_b: Path) -> str:
         shown = pd.DataFrame({
             "experiment": table["experiment"], "metric": table["metric"],
             "seeds A/B": [f"{x}/{y}" for x, y in zip(table["seeds_A"], table["seeds_B"])],
-            "A": [mean_and_std(m, s, n) for m, s, n in
-                  zip(table["mean_A"], table["std_A"], table["seeds_A"])],
-            "B": [mean_and_std(m, s, n) for m, s, n in
-                  zip(table["mean_B"], table["std_B"], table["seeds_B"])],
+            "A": spread_cells(table["mean_A"], table["std_A"], table["seeds_A"]),
+            "B": spread_cells(table["mean_B"], table["std_B"], table["seeds_B"]),
             "B − A": [f"{d:+.2f}" for d in table["difference"]],
             "spread": ["n/a" if e is None else f"{s:.2f}"
                        for s, e in zip(table["spread"], table["exceeds"])],
             "beyond spread": [{True: "yes", False: "no"}.get(e, "n/a") for e in table["exceeds"]]})
-        lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
+        lines += [markdown(shown), ""]
     return "\n".join(lines + [f"{note}  " for note in notes] + ([""] if notes else []))
 
 
