@@ -597,15 +597,21 @@ def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
     correct, finite = 0, True
     with evaluation_mode(model):
         weights = model.task_weights(task_id, sparsity)
-        for index in torch.split(torch.arange(len(y_all), device=y_all.device),
-                                 batch_size or len(y_all)):
-            logits = model.target(task.transform(x_all[index], False), weights=weights)
+        for x, y in evaluation_batches(x_all, y_all, batch_size):
+            logits = model.target(task.transform(x, False), weights=weights)
             finite = finite & torch.isfinite(logits).all()  # on the device: one sync below
-            correct += (logits[:, :task.num_classes].argmax(1) == y_all[index]).sum()
+            correct += (logits[:, :task.num_classes].argmax(1) == y).sum()
     if not finite:  # finite weights can still overflow: argmax over NaN is no accuracy
         raise Diverged(f"task {task_id + 1}'s network gives NaN or infinite outputs on its "
                        f"{split} images")
     return 100.0 * correct.item() / len(y_all)
+
+
+def evaluation_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
+    """(images, labels) of a stored split: all in one batch (None), else in chunks of
+    batch_size, in stored order."""
+    size = batch_size or len(y)
+    return zip(x.split(size), y.split(size))
 
 
 @contextlib.contextmanager

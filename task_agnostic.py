@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from batches import Task
-from hypermask import HyperMask, evaluation_mode
+from hypermask import HyperMask, evaluation_batches, evaluation_mode
 
 # ----------------------------------------------------------------------- entropy
 
@@ -53,14 +53,13 @@ def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
         weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
         for i, task in enumerate(tasks):
             right_task, right = [], []
-            for index in torch.split(torch.arange(len(task.test_y), device=task.test_y.device),
-                                     batch_size or len(task.test_y)):
-                x = task.transform(task.test_x[index], False)
+            for images, labels in evaluation_batches(task.test_x, task.test_y, batch_size):
+                x = task.transform(images, False)
                 logits = [model.target(x, weights=w)[:, :tasks[j].num_classes]
                           for j, w in enumerate(weights)]
                 chosen, predicted = choose_by_entropy(logits)
                 right_task.append(chosen == i)
-                right.append(right_task[-1] & (predicted == task.test_y[index]))
+                right.append(right_task[-1] & (predicted == labels))
             rows.append({"task": i, "task_identification_accuracy": percent(torch.cat(right_task)),
                          "accuracy": percent(torch.cat(right))})
     return rows
