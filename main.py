@@ -185,11 +185,12 @@ def _check_type(name: str, value, hint):
 # ------------------------------------------------------------------ runs
 
 
-def run_experiments(settings: dict, hyperparameters: dict) -> list[Path]:
+def run_experiments(settings: dict, hyperparameters: dict,
+                    demo_datasets: tuple[str, ...] = tuple(datasets.DEMO)) -> list[Path]:
     """Run every configuration x seed of the selected experiment(s); return their folders."""
     if settings["demo"]:
         return [run_experiment(settings, hyperparameters, dataset=name, part=0)
-                for name in datasets.DEMO]
+                for name in demo_datasets]
     return [run_experiment(settings, hyperparameters, dataset=settings["dataset"],
                            part=settings["part"])]
 
@@ -237,6 +238,18 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
     return experiment_dir
 
 
+def demo_datasets(overrides: dict) -> tuple[str, ...]:
+    """The demo's benchmarks: both, or the one chosen with --dataset on the command line."""
+    if overrides.get("part", 0) != 0:
+        raise UserError(f"the demo has part 0 only, not {overrides['part']}: leave out --part")
+    if "dataset" not in overrides:
+        return tuple(datasets.DEMO)
+    if overrides["dataset"] not in datasets.DEMO:
+        raise UserError(f"the demo covers {' and '.join(datasets.DEMO)}, not "
+                        f"{overrides['dataset']!r}: leave out --dataset, or choose one of them")
+    return (overrides["dataset"],)
+
+
 def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                     part: int) -> tuple[Path, list]:
     """The experiment's folder and its runs: every configuration x seed."""
@@ -245,6 +258,7 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
         raise UserError("--demo runs each MNIST benchmark's small demo configuration, which "
                         "has no grid; leave out --create_grid_search=True or --demo")
     if settings["demo"]:
+        datasets.refuse_ignored_settings(dataset, hyperparameters)
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS
         name = f"demo_{dataset}_part{part}_best"
@@ -278,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} \
             | settings_overrides
         started = time.perf_counter()
-        folders = run_experiments(settings, settings["hyperparameters"] | hyperparameters)
+        chosen = demo_datasets(settings_overrides) if settings["demo"] else ()
+        folders = run_experiments(settings, settings["hyperparameters"] | hyperparameters,
+                                  chosen)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -202,3 +202,26 @@ def test_a_scheduler_that_never_steps_is_said(mnist_root, tmp_path, capsys):
     run_tiny(mnist_root, tmp_path / "epochs", extra=[
         "--lr_scheduler=True", "--number_of_iterations=None", "--number_of_epochs=1"])
     assert "warning: lr_scheduler" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, ("PermutedMNIST", "SplitMNIST")),
+    ({"dataset": "SplitMNIST"}, ("SplitMNIST",)),
+    ({"dataset": "PermutedMNIST", "part": 0}, ("PermutedMNIST",)),
+])
+def test_the_demo_runs_both_benchmarks_or_the_one_chosen(overrides, expected):
+    assert main.demo_datasets(overrides) == expected
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("--dataset=CIFAR100", "the demo covers PermutedMNIST and SplitMNIST, not 'CIFAR100'"),
+    ("--part=1", "the demo has part 0 only, not 1"),
+    ("--augmentation=True", "PermutedMNIST has no augmentation"),
+])
+def test_the_demo_refuses_what_it_would_ignore(argument, message, capsys, tmp_path):
+    # one iteration, so that a demo run instead of a refusal fails fast
+    assert main.main(["--demo", argument, f"--results_dir={tmp_path}",
+                      "--number_of_iterations=1", "--device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not any(tmp_path.iterdir())
