@@ -154,8 +154,9 @@ def semi_binary_mask(hnet_output: torch.Tensor, sparsity: float | torch.Tensor,
 
     m_l = r_l where r_l >= the p-th percentile of r_l, else 0, with
     r_l = |tanh(h_l)|; the last tensor is never pruned. Gradients flow
-    through tanh and abs into the kept entries. Every threshold equals
-    torch.quantile's (linear interpolation) for its tensor, bit for bit.
+    through tanh and abs into the kept entries. Every threshold is
+    torch.quantile's (linear interpolation) for its tensor: on a CPU that very
+    call; elsewhere segment_quantiles, within a few float32 ulps of it.
 
     Args:
         hnet_output: raw hypernetwork outputs h, flat: [n_outputs], float32.
@@ -183,9 +184,12 @@ def segment_quantiles(values: torch.Tensor, q: float | torch.Tensor,
                       segments: Segments) -> torch.Tensor:
     """torch.quantile(values of each segment, q) for every segment, from one sort.
 
-    Exactly quantile's linear interpolation: position q·(n − 1) in the sorted
-    segment (computed in the values' precision), the two entries around it
-    mixed by torch.lerp; a segment holding a NaN gets NaN.
+    Quantile's linear interpolation: position q·(n − 1) in the sorted segment
+    (computed in the values' precision), the two entries around it mixed by
+    torch.lerp; a segment holding a NaN gets NaN. torch.quantile on a CPU
+    rounds that mix its own way: a threshold may differ from it by a few float32
+    ulps (tests/test_masks.py), which moves no mask entry unless the two sorted
+    scores around the threshold lie that close.
 
     Args:
         values: [n], float32 and >= 0 (|tanh| scores), segments back to back.
