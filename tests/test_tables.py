@@ -121,6 +121,29 @@ def test_table_gives_the_fecam_setups_class_incremental_accuracy_where_evaluated
     assert "| 42.00 ± 2.00 " in summary and "fecam_accuracy: FeCAM class-incremental" in summary
 
 
+def test_runs_of_two_configurations_in_one_folder_are_two_rows_never_one_mean(results):
+    """A setting overridden between two launches into one best folder: a row each."""
+    permuted = results / "PermutedMNIST_part0_best"
+    make_run(permuted / "seed_5", last_row=(20.0, 30.0), beta=0.5)  # ACC 25
+    table, _ = evaluation.results_table(results)
+    rows = table[table["experiment"] == permuted.name]
+    assert rows["benchmark"].tolist() == ["Permuted MNIST [beta=0.1]",
+                                          "Permuted MNIST [beta=0.5]"]
+    assert rows["ACC_mean"].tolist() == pytest.approx([86.0, 25.0])
+    assert rows["seeds"].tolist() == [2, 1]
+    # the unfinished run recorded beta=0.1; the failed one recorded nothing: the first row
+    assert rows[["unfinished", "failed"]].values.tolist() == [[1, 1], [0, 0]]
+    assert "each has its own row" in evaluation.write_results_table(results)
+    b = results.parent / "B" / permuted.name
+    for seed, beta in ((1, 0.1), (5, 0.5)):
+        make_run(b / f"seed_{seed}", last_row=(30.0, 30.0), beta=beta)
+    text = evaluation.compare(results, b.parent)
+    acc = [[cell.strip() for cell in line.strip("|").split("|")[:4]]
+           for line in text.splitlines() if "| ACC " in line]
+    assert acc == [["PermutedMNIST_part0_best [beta=0.1]", "ACC", "2/1", "86.00 ± 1.00"],
+                   ["PermutedMNIST_part0_best [beta=0.5]", "ACC", "1/1", "25.00"]]
+
+
 def write_pair(tmp_path):
     """Two result sets: Permuted MNIST in both (B higher by 3 points), one experiment each alone."""
     a, b = tmp_path / "A", tmp_path / "B"
