@@ -345,6 +345,10 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     """
     config_path = run_dir / evaluation.CONFIG
     if not config_path.exists():
+        if trained_unfinished(run_dir):  # config.json is written before any training
+            raise OtherRun(f"{run_dir} holds a trained run but no config.json, the record of "
+                           "its configuration, so it cannot resume as the same run: put the "
+                           "file back, or delete the folder to run it again")
         return []
     # A field added to HyperParameters since the run began has its default there.
     saved = datasets.recorded_defaults() | evaluation.read_config(config_path)
@@ -653,6 +657,8 @@ def start_state(model, tasks: list, config, *, path: Path, device: torch.device,
     if "task_in_progress" in state:
         print(f"  resuming task {state['next_task'] + 1} at iteration "
               f"{state['task_in_progress']['iteration']} from {path}")
+    elif state["next_task"] == 0:  # stopped before its first step
+        print(f"  resuming at the start of task 1 from {path}")
     else:
         print(f"  resuming after task {state['next_task']} from {path}")
     return state

@@ -78,6 +78,26 @@ def test_a_failed_final_evaluation_resumes_with_other_evaluation_settings(
     assert "another configuration (tf32: False there, True now)" in capsys.readouterr().err
 
 
+def test_a_trained_run_without_its_config_json_is_refused(mnist_root, tmp_path, monkeypatch,
+                                                          capsys):
+    """Resumed under whatever the command now says, its config.json would record what the
+    first tasks were not trained with."""
+    interrupt_at_task(monkeypatch, 1)
+    assert run(mnist_root, tmp_path) == 130
+    monkeypatch.undo()
+    run_dir = tmp_path / "SplitMNIST_part0_best" / "seed_3"
+    (run_dir / "config.json").unlink()
+    checkpoint = (run_dir / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert run(mnist_root, tmp_path, "--beta=0.9") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {run_dir} holds a trained run but no config.json, the record of "
+                   "its configuration, so it cannot resume as the same run: put the file "
+                   "back, or delete the folder to run it again")
+    assert (run_dir / "checkpoint.pt").read_bytes() == checkpoint
+    assert not (run_dir / "config.json").exists()
+
+
 def test_corrupt_checkpoint_is_a_one_line_error(mnist_root, tmp_path, monkeypatch, capsys):
     interrupt_at_task(monkeypatch, 1)
     assert run(mnist_root, tmp_path) == 130
