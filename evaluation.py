@@ -130,13 +130,35 @@ def read_config(path: Path) -> dict:
     try:
         with readable(path):
             config = json.loads(path.read_text())
-        problem = None if isinstance(config, dict) else "not a JSON object"
+        problem = config_problem(config)
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError: a damaged file
         problem = f"not readable JSON: {one_line(error)}"
     if problem:  # rerunning cannot mend it: the run's record of what it is is gone
         raise UserError(f"{path} is corrupt or incomplete ({problem}); delete the run folder "
                         f"{path.parent} to run it again")
     return config
+
+
+SIZE_KEYS = ("training_samples", "validation_samples", "test_samples")  # of task_sizes
+
+
+def config_problem(config) -> str | None:
+    """What makes a config.json unusable for the summaries (None: nothing): the run keys
+    and data sizes they read, of the wrong type."""
+    if not isinstance(config, dict):
+        return "not a JSON object"
+    if type(config.get("seed")) is not int:
+        return f"seed {config.get('seed')!r} is not a whole number"
+    if not isinstance(config.get("data", ""), str):
+        return f"data {config['data']!r} is not a text"
+    sizes = config.get("task_sizes", [])
+    if not isinstance(sizes, list) or not all(
+            isinstance(size, dict) and all(type(size.get(key)) is int and size[key] >= 0
+                                           for key in SIZE_KEYS) for size in sizes):
+        return f"task_sizes is not a list of {', '.join(SIZE_KEYS)} counts per task"
+    if sizes and len(sizes) != config.get("number_of_tasks"):
+        return f"task_sizes has {len(sizes)} tasks, number_of_tasks {config.get('number_of_tasks')}"
+    return None
 
 
 def read_run_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -166,6 +188,10 @@ def csv_problem(table: pd.DataFrame, columns: tuple[str, ...]) -> str | None:
     text = [c for c in columns if not pd.api.types.is_numeric_dtype(table[c])]
     if text:
         return f"values that are not numbers in {', '.join(text)}"
+    if "classes" in table:  # what a task's accuracy is held against (chance): k >= 2 classes
+        classes = pd.to_numeric(table["classes"], errors="coerce")
+        if not (table["classes"].isna() | ((classes >= 2) & (classes % 1 == 0))).all():
+            return "class counts that are not whole numbers of at least 2 in classes"
     tasks = [c for c in columns if c in TASK_COLUMNS]
     gaps = [c for c in tasks if not (table[c].notna() & (table[c] >= 0)
                                      & (table[c] % 1 == 0)).all()]
@@ -277,6 +303,9 @@ def run_summary(run_dir: Path) -> dict | None:
         return None
     error = failure(run_dir)
     config = recorded_defaults() | read_config(config_path)
+    state = run_state(run_dir)
+    if state == "finished":
+        refuse_missing_results(run_dir, config)
     sizes = config.pop("task_sizes", None)
     if sizes:
         config["data_size"] = data_size(sizes)
@@ -287,8 +316,9 @@ def run_summary(run_dir: Path) -> dict | None:
     accuracies = read_run_csv(accuracy_path, MATRIX_COLUMNS)
     matrix = accuracy_matrix(accuracies)
     t = len(matrix)
-    test_samples = [size["test_samples"] for size in sizes] if sizes else [None] * t
-    row = {"run": run_dir.name, **config, "finished": run_state(run_dir) == "finished",
+    # None for tasks beyond the recorded sizes (an accuracies.csv of more tasks, hand-made)
+    test_samples = ([size["test_samples"] for size in sizes or []] + [None] * t)[:t]
+    row = {"run": run_dir.name, **config, "finished": state == "finished",
            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
            "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix),
@@ -308,6 +338,16 @@ def run_summary(run_dir: Path) -> dict | None:
         row["fecam_accuracy"] = read_run_csv(run_dir / FECAM,
                                              ("accuracy",))["accuracy"].iloc[-1]
     return row
+
+
+def refuse_missing_results(run_dir: Path, config: dict) -> None:
+    """A UserError for a finished run (final_weights.pt) without a table that every finished
+    run writes: its metrics would be averaged over fewer runs than the seeds counted."""
+    expected = [ACCURACIES, TRANSFER, TASK_AGNOSTIC] + [FECAM] * bool(config.get("fecam_evaluation"))
+    if missing := [name for name in expected if not (run_dir / name).exists()]:
+        raise UserError(f"{run_dir} is finished but has no {', '.join(missing)}, which every "
+                        "finished run writes (its checkpoint, gone, could rebuild them); delete "
+                        "the run folder to run it again")
 
 
 def failure(run_dir: Path) -> dict:

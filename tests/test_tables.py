@@ -13,12 +13,14 @@ import pytest
 
 import chance
 import evaluation
+from errors import UserError
 
 
 def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, beta=0.1,
              classes=10, **config):
     """A run folder: config.json (plus `config`), accuracies.csv (`classes` per task; None:
-    no such column, as runs from before it), transfer.csv (and final_weights.pt)."""
+    no such column, as runs from before it), transfer.csv, task_agnostic.csv (and
+    final_weights.pt)."""
     folder.mkdir(parents=True)
     experiment = folder.parent.name.removeprefix("demo_")
     dataset, _, rest = experiment.partition("_part")
@@ -36,6 +38,8 @@ def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, bet
     pd.DataFrame({"task": [0, 1], "random_init_accuracy": [10.0, 20.0],
                   "previous_network_accuracy": [np.nan, previous]}).to_csv(
         folder / "transfer.csv", index=False)
+    pd.DataFrame({"task": [0, 1], "task_identification_accuracy": [100.0, 80.0],
+                  "accuracy": [90.0, 70.0]}).to_csv(folder / "task_agnostic.csv", index=False)
     if finished:
         (folder / "final_weights.pt").write_bytes(b"")
 
@@ -249,7 +253,7 @@ def test_seeds_recorded_before_a_new_setting_or_with_record_only_changes_are_one
     experiment = tmp_path / "A" / "SplitMNIST_part0_best"
     make_run(experiment / "seed_1")  # no published_regime in its config.json
     make_run(experiment / "seed_2", last_row=(84.0, 90.0), published_regime=False,
-             evaluation_batch_size=1000, fecam_evaluation=True, threads=4)
+             evaluation_batch_size=1000, fecam_evaluation=False, threads=4)
     text = evaluation.summarize_experiment(experiment)
     rows = [line for line in text.splitlines() if line.startswith("|")][2:]
     assert len(rows) == 1 and "86.00 ± 1.00" in rows[0]  # both seeds, in one row
@@ -436,3 +440,61 @@ def test_two_experiments_of_one_name_below_a_folder_are_refused_by_table_and_com
     for line in capsys.readouterr().err.splitlines():
         assert line.startswith("error: two experiment folders named SplitMNIST_part0_best "
                                f"below {tmp_path / 'A'} (") and "holds only one" in line
+
+
+@pytest.mark.parametrize("missing", ["transfer.csv", "task_agnostic.csv", "accuracies.csv"])
+def test_a_finished_run_missing_a_table_is_refused_not_averaged_over_fewer_seeds(
+        results, missing, capsys):
+    """Counted as a seed but without its FWT (say), it would leave that metric's mean to the
+    other seeds while the table says every seed."""
+    run = results / "PermutedMNIST_part0_best" / "seed_2"
+    (run / missing).unlink()
+    assert evaluation.main([str(results), "--table"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {run} is finished but has no {missing}, which every finished run "
+                   "writes (its checkpoint, gone, could rebuild them); delete the run folder "
+                   "to run it again")
+
+
+def test_a_finished_fecam_run_needs_its_fecam_table(tmp_path):
+    run = tmp_path / "CIFAR100_FeCAM_setup_part6_best" / "seed_1"
+    make_run(run, fecam_evaluation=True)
+    with pytest.raises(UserError, match="is finished but has no fecam.csv"):
+        evaluation.results_table(tmp_path)
+    pd.DataFrame({"task": [0, 1], "accuracy": [61.0, 40.0]}).to_csv(run / "fecam.csv")
+    assert evaluation.results_table(tmp_path)[0]["fecam_accuracy_mean"].tolist() == [40.0]
+
+
+@pytest.mark.parametrize("config, problem", [
+    ({"seed": None}, "seed None is not a whole number"),
+    ({"seed": "one"}, "seed 'one' is not a whole number"),
+    ({"data": None}, "data None is not a text"),
+    ({"task_sizes": "x"}, "task_sizes is not a list of training_samples, validation_samples, "
+                          "test_samples counts per task"),
+    ({"task_sizes": [{}, {}]}, "task_sizes is not a list"),
+    ({"task_sizes": [{"training_samples": 5, "validation_samples": 1, "test_samples": -5}] * 2},
+     "task_sizes is not a list"),
+    ({"task_sizes": [{"training_samples": 5, "validation_samples": 1, "test_samples": 5}]},
+     "task_sizes has 1 tasks, number_of_tasks 2"),
+])
+def test_a_hand_edited_config_is_a_one_line_error(tmp_path, config, problem, capsys):
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    make_run(run, **config)
+    assert evaluation.main([str(tmp_path), "--table"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {run / 'config.json'} is corrupt or incomplete ({problem}")
+    assert "\n" not in err
+
+
+@pytest.mark.parametrize("classes", ["abc", -3, 1, 0, 2.5])
+def test_class_counts_below_two_or_not_whole_are_refused(tmp_path, classes, capsys):
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    make_run(run)
+    accuracies = pd.read_csv(run / "accuracies.csv")
+    accuracies["classes"] = accuracies["classes"].astype(object)
+    accuracies.loc[1, "classes"] = classes
+    accuracies.to_csv(run / "accuracies.csv", index=False)
+    assert evaluation.main([str(tmp_path), "--table"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "class counts that are not whole numbers of at least 2 in classes" in err
+    assert "\n" not in err
