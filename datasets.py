@@ -377,7 +377,9 @@ def configurations(benchmark: Benchmark, grid_search: bool,
             best = [p for (d, p), b in BENCHMARKS.items() if d == benchmark.dataset and b.best]
             raise UserError(f"{benchmark.dataset} part {benchmark.part} exists only as a grid "
                             f"search: set create_grid_search=True, or use part {best}")
-        return [dataclasses.replace(benchmark.best, **overrides)]
+        best = dataclasses.replace(benchmark.best, **overrides)
+        check_task_count(benchmark.dataset, benchmark.part, best)
+        return [best]
     if not benchmark.grid:
         raise UserError(f"{benchmark.dataset} part {benchmark.part} has no grid search; "
                         "set create_grid_search=False")
@@ -386,9 +388,18 @@ def configurations(benchmark: Benchmark, grid_search: bool,
     points = []
     for values in itertools.product(*grid.values()):
         point = dataclasses.replace(base, **dict(zip(grid, values)), **overrides)
+        check_task_count(benchmark.dataset, benchmark.part, point)
         if point not in points:
             points.append(point)
     return points
+
+
+def check_task_count(dataset: str, part: int, config: HyperParameters) -> None:
+    """A UserError, before any run starts, for more tasks than the benchmark has."""
+    available = len(class_ids(dataset, part, config, seed=0))  # the count is the same per seed
+    if config.number_of_tasks > available:
+        raise UserError(f"{dataset} has {available} tasks, not {config.number_of_tasks}: set "
+                        f"number_of_tasks to at most {available}")
 
 
 def refuse_ignored_settings(dataset: str, overrides: dict) -> None:

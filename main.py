@@ -129,6 +129,9 @@ def _check_setting(name: str, value):
         raise UserError(f"--seeds expects None or a list of integers such as [1,2], not {value!r}")
     if name == "seeds" and value and not all(0 <= s < 2**32 for s in value):  # numpy's seeds
         raise UserError(f"--seeds must lie between 0 and 2**32 - 1, not {value!r}")
+    if name == "seeds" and value and len(set(value)) < len(value):  # one folder per seed
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        raise UserError(f"--seeds repeats {', '.join(map(str, repeated))}: give each seed once")
     if name in ("results_dir", "path_to_datasets") and not str(value).strip():
         example = "./Results" if name == "results_dir" else "./Data"
         raise UserError(f"--{name} is empty: give a folder, e.g. --{name}={example}")
@@ -202,6 +205,8 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
         print(f"{experiment_dir}:\n{launchers.status_table(jobs)}")
         return experiment_dir
     runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
+    if settings["launcher"] == "local":  # SLURM's runs find their devices on their nodes
+        runs.select_device(settings["device"])  # an unusable one: one error, not one per run
     if settings["launcher"] != "sequential" and any(
             evaluation.run_state(job.run_dir) != "finished" for job in jobs):
         # once here, so that parallel runs neither download nor decode the data each, nor
@@ -260,6 +265,7 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
     if settings["demo"]:
         datasets.refuse_ignored_settings(dataset, hyperparameters)
         configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
+        datasets.check_task_count(dataset, part, configs[0])
         seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS
         name = f"demo_{dataset}_part{part}_best"
     else:
