@@ -612,8 +612,10 @@ EXPERIMENT_FOLDER = re.compile(r"(?P<demo>demo_)?(?P<dataset>.+)_part(?P<part>\d
 
 
 def experiment_folders(root: Path) -> list[Path]:
-    """Every experiment folder at or below root: the parents of run folders (RUN_FILES)."""
-    return sorted({p.parent.parent for name in RUN_FILES for p in Path(root).rglob(name)})
+    """Every experiment folder at or below root: the parents of run folders (RUN_FILES); a
+    run file lying in root itself names no experiment below it."""
+    return sorted({p.parent.parent for name in RUN_FILES for p in Path(root).rglob(name)
+                   if len(p.relative_to(root).parts) >= 2})
 
 
 def experiments_by_name(root: Path) -> dict[str, Path]:
@@ -991,7 +993,12 @@ def run_command(args: argparse.Namespace) -> int:
     """What main does once the arguments are parsed (bad input: UserError or status 2)."""
     roots = [Path(d) for d in (args.compare or [args.results_dir])]
     for root in roots:
-        if not (root.is_dir() and experiment_folders(root)):
+        if not root.is_dir():
+            print(f"error: {root} " + ("is not a folder" if root.exists() else "does not exist")
+                  + "; give the folder that holds the results (main.py's results_dir)",
+                  file=sys.stderr)
+            return 2
+        if not experiment_folders(root):
             print(f"error: no results (run folders with {' or '.join(RUN_FILES)}) under {root}",
                   file=sys.stderr)
             return 2

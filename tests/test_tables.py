@@ -230,8 +230,13 @@ def test_compare_and_table_refuse_folders_without_results(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert evaluation.main(["--compare", str(tmp_path / "A"), str(tmp_path / "empty")]) == 2
     assert evaluation.main([str(tmp_path / "missing"), "--table"]) == 2
+    (tmp_path / "notes.txt").write_text("")
+    assert evaluation.main([str(tmp_path / "notes.txt")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and all(line.startswith("error: no results") for line in err)
+    assert len(err) == 3 and err[0].startswith("error: no results")
+    assert err[1] == (f"error: {tmp_path / 'missing'} does not exist; give the folder that "
+                      "holds the results (main.py's results_dir)")
+    assert err[2].startswith(f"error: {tmp_path / 'notes.txt'} is not a folder;")
     make_run(tmp_path / "grids" / "SplitMNIST_part1_grid" / "point_000_seed_1")
     assert evaluation.main([str(tmp_path / "grids"), "--table"]) == 2
     assert "no best-configuration experiment" in capsys.readouterr().err
@@ -498,3 +503,14 @@ def test_class_counts_below_two_or_not_whole_are_refused(tmp_path, classes, caps
     err = capsys.readouterr().err.strip()
     assert "class counts that are not whole numbers of at least 2 in classes" in err
     assert "\n" not in err
+
+
+def test_a_run_file_in_the_results_folder_itself_writes_nothing_above_it(tmp_path, capsys):
+    """Its parent's parent would be the folder above RESULTS_DIR: no experiment of it."""
+    results = tmp_path / "Results"
+    make_run(results / "SplitMNIST_part0_best" / "seed_1")
+    (results / "config.json").write_text("{}")
+    (tmp_path / "unrelated").mkdir()
+    assert evaluation.experiment_folders(results) == [results / "SplitMNIST_part0_best"]
+    assert evaluation.main([str(results)]) == 0
+    assert not (tmp_path / "summary.md").exists()
