@@ -298,7 +298,8 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
         return lines[-1] if lines else f"{job.run_dir} holds another run"
     if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
         return (f"it is already being trained by another process (see "
-                f"{job.run_dir / 'running.txt'}); wait for it to end (python main.py --status)")
+                f"{job.run_dir / 'running.txt'}); wait for it to end (the same command with "
+                "--status shows it)")
     failed = job.run_dir / evaluation.FAILED
     if exitcode == DISK_STOPPED and not failed.exists():  # no room even for failed.txt
         return (f"{files.STOPPED[0]} or read-only: a write into {job.run_dir} failed and "
@@ -379,9 +380,11 @@ class Pool:
         def handler(signum, frame):
             self.stopped = signum
             self.queue.clear()
-            for process in self.running:  # Ctrl-C reaches them by itself; a kill does not
-                if signum != signal.SIGINT and process.pid:
-                    os.kill(process.pid, signum)
+            # Ctrl-C reaches the runs by itself, a `kill -INT` of the pool does not: SIGTERM
+            # asks the same of them and never counts as the second Ctrl-C that stops at once
+            for process in self.running:
+                if process.pid:
+                    os.kill(process.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
             print(f"\n{signal.Signals(signum).name}: no new runs; the runs in flight stop "
                   "after saving their state", flush=True)
 

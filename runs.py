@@ -112,7 +112,7 @@ def stop_signals():
 
     The run then saves a checkpoint and raises Preempted; the handlers that
     were there before (submitit's among them) are back when the block ends. A
-    second Ctrl-C stops at once (KeyboardInterrupt). Outside the main thread
+    second Ctrl-C (SIGINT after SIGINT) stops at once (KeyboardInterrupt). Outside the main thread
     signals cannot be caught, and the request stays empty.
     """
     request = StopRequest()
@@ -121,8 +121,8 @@ def stop_signals():
         return
 
     def handler(signum, frame):
-        if request.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if request.signum == signal.SIGINT == signum:  # a second Ctrl-C (the pool's SIGTERM
+            raise KeyboardInterrupt  # after the first is not one)
         request.signum = signum
         print(f"\n{signal.Signals(signum).name}: the run stops after saving its state at the "
               "next training step" + (" (Ctrl-C again: stop at once, losing the task in "
@@ -324,7 +324,8 @@ def one_writer(run_dir: Path):
     except filelock.Timeout:
         holder = owner.read_text().strip() if owner.exists() else "another process"
         raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
-                        "end (python main.py --status) or stop that process") from None
+                             "end (the same command with --status shows it) or stop that "
+                             "process") from None
     except OSError as error:  # the lock file cannot be created: a read-only folder, say
         raise files.WriteFailed(run_dir / "run.lock", error, kept=False) from None
     try:

@@ -222,16 +222,19 @@ def test_the_pool_survives_a_killed_worker(mnist_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_stop_signal_stops_the_pool_after_its_runs_save(mnist_root, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_the_pool_after_its_runs_save(mnist_root, tmp_path, stop):
+    """Sent to the pool's process alone (`kill`, not Ctrl-C at a terminal, which reaches
+    every process): the pool passes it on."""
     args = options(mnist_root, tmp_path, "--seeds=[1,2,3]", "--number_of_iterations=3000",
                    "--launcher=local", "--max_parallel_runs=2", "--checkpoint_minutes=0")
     process = launch(args)
     wait_for(lambda: all("iteration 1/3000" in log.read_text() if log.exists() else False
                          for log in (run_folder(tmp_path, s) / "run.log" for s in (1, 2))))
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM" in err
+    assert process.returncode == 128 + stop
+    assert f"stopped by {stop.name}" in err
     for seed in (1, 2):
         state = torch.load(run_folder(tmp_path, seed) / "checkpoint.pt", weights_only=True)
         assert "task_in_progress" in state  # saved at a step, though checkpoint_minutes=0
