@@ -22,6 +22,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -545,11 +546,18 @@ def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
 
 def run_status(job: runs.Job) -> dict:
     """A run's state from its folder (evaluation.run_state) with its progress: not started,
-    running or interrupted (and at which task), failed (and why), stopped (its disk is full
-    or read-only: what to do), finished."""
+    running, interrupted, or running or interrupted (its process on another machine), and at
+    which task; failed (and why), stopped (its disk is full or read-only: what to do),
+    finished; "other run" where the folder holds another configuration than the job's."""
     run_dir, total = job.run_dir, job.config.number_of_tasks
     row = {"run": run_dir.name, "state": evaluation.run_state(run_dir), "tasks_done": 0,
            "mean_accuracy": float("nan")}
+    try:
+        runs.changed_settings(run_dir, runs.job_record(job))
+    except runs.OtherRun as error:  # what a launch with these options would refuse
+        return row | {"state": f"other run: {error}"}
+    except UserError as error:  # a damaged config.json: said in its row, the others go on
+        return row | {"state": f"damaged: {error}"}
     if (run_dir / evaluation.ACCURACIES).exists():
         try:
             accuracies = evaluation.read_run_csv(run_dir / evaluation.ACCURACIES,
@@ -565,10 +573,29 @@ def run_status(job: runs.Job) -> dict:
         kind = "stopped" if error.startswith(files.STOPPED) else "failed"  # a full disk: stopped
         row["state"] = f"{kind}: {error}" + (f" (log: {log})" if log.exists() else "")
     elif row["state"] == "unfinished":
-        row["state"] = ("running or interrupted " + (
+        row["state"] = (f"{liveness(run_dir)} " + (
             f"(task {row['tasks_done'] + 1}/{total})" if row["tasks_done"] < total
             else "(final evaluations)"))
     return row
+
+
+def liveness(run_dir: Path) -> str:
+    """Whether an unfinished run's process lives, from its running.txt (runs.one_writer):
+    running, interrupted, or "running or interrupted" (a process of another machine)."""
+    try:
+        owner = (run_dir / "running.txt").read_text()
+    except OSError:  # removed when the process ended: nothing holds the run
+        return "interrupted"
+    match = re.match(r"process (\d+) on (\S+),", owner)
+    if match is None or match[2] != socket.gethostname():
+        return "running or interrupted"
+    try:
+        os.kill(int(match[1]), 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:  # killed (SIGKILL leaves running.txt behind)
+        return "interrupted"
+    except PermissionError:  # another user's process
+        pass
+    return "running"
 
 
 def progress_text(jobs: list[runs.Job]) -> str:

@@ -215,12 +215,15 @@ def test_a_damaged_run_table_is_a_state_in_the_pools_progress_and_status_not_a_c
             for seed in (1, 2)]
     for job in jobs:
         job.run_dir.mkdir()
-        (job.run_dir / "config.json").write_text("{}")
+        (job.run_dir / "config.json").write_text(json.dumps(runs.job_record(job)))
     (jobs[0].run_dir / "accuracies.csv").write_text("")
     assert launchers.run_status(jobs[0])["state"].startswith(
         f"damaged: {jobs[0].run_dir / 'accuracies.csv'} is corrupt or incomplete")
-    assert launchers.progress_text(jobs).startswith("1 damaged, 1 running or interrupted")
+    assert launchers.progress_text(jobs).startswith("1 damaged, 1 interrupted")
     assert "damaged: " in launchers.status_table(jobs)
+    (jobs[1].run_dir / "config.json").write_text("{")
+    assert launchers.run_status(jobs[1])["state"].startswith(
+        f"damaged: {jobs[1].run_dir / 'config.json'} is corrupt or incomplete")
 
 
 @pytest.mark.parametrize("launcher", ["sequential", "local"])
@@ -253,3 +256,28 @@ def test_an_sbatch_that_refuses_the_array_is_one_line_with_its_reason(
         "\nerror: sbatch could not submit the runs (sbatch: fatal: Could not establish a "
         "configuration source); check that this machine reaches the cluster (sinfo) and the "
         "slurm_* settings (partition, time, GPUs, memory)\n")
+
+
+def test_status_tells_a_live_run_from_an_interrupted_one_and_names_another_configuration(
+        tmp_path):
+    import dataclasses
+    import socket
+
+    config = datasets.get_benchmark("SplitMNIST", 0).best
+    job = runs.Job(config, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
+    job.run_dir.mkdir()
+    (job.run_dir / "config.json").write_text(json.dumps(runs.job_record(job)))
+    owner = job.run_dir / "running.txt"
+    assert launchers.run_status(job)["state"] == "interrupted (task 1/5)"  # no running.txt
+    owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since today\n")
+    assert launchers.run_status(job)["state"] == "running (task 1/5)"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is free now: a run killed with SIGKILL leaves running.txt so
+    owner.write_text(f"process {dead.pid} on {socket.gethostname()}, since today\n")
+    assert launchers.run_status(job)["state"] == "interrupted (task 1/5)"
+    owner.write_text("process 1 on another-node, since today\n")  # a SLURM node, say
+    assert launchers.run_status(job)["state"] == "running or interrupted (task 1/5)"
+    other = dataclasses.replace(job, config=dataclasses.replace(config, beta=0.5))
+    state = launchers.run_status(other)["state"]
+    assert state.startswith(f"other run: {job.run_dir} holds a run with another configuration "
+                            "(beta: ")
