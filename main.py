@@ -116,6 +116,16 @@ def usage() -> str:
             f"datasets.py and docs/benchmarks.md):\n{textwrap.fill(names, 79)}")
 
 
+def _hint(value) -> str:
+    """What a value the parser left as text probably meant, for an error message."""
+    if isinstance(value, str) and value[:1] in "[{(":  # a literal the shell split at a space
+        return (" (a list or dict with spaces must be quoted whole, e.g. \"--seeds=[1, 2]\", "
+                "or written without spaces)")
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return f" (write {value.capitalize()})"
+    return ""
+
+
 def _literal(text: str):
     try:
         return ast.literal_eval(text)
@@ -126,7 +136,8 @@ def _literal(text: str):
 def _check_setting(name: str, value):
     if name == "seeds" and not (value is None or (
             type(value) is list and value and all(type(s) is int for s in value))):
-        raise UserError(f"--seeds expects None or a list of integers such as [1,2], not {value!r}")
+        raise UserError(f"--seeds expects None or a list of integers such as [1,2], not "
+                        f"{value!r}{_hint(value)}")
     if name == "seeds" and value and not all(0 <= s < 2**32 for s in value):  # numpy's seeds
         raise UserError(f"--seeds must lie between 0 and 2**32 - 1, not {value!r}")
     if name == "seeds" and value and len(set(value)) < len(value):  # one folder per seed
@@ -140,7 +151,7 @@ def _check_setting(name: str, value):
     allowed = SETTINGS[name]
     if type(value) not in allowed:
         expected = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-        raise UserError(f"--{name} expects {expected}, not {value!r}")
+        raise UserError(f"--{name} expects {expected}, not {value!r}{_hint(value)}")
     if name == "launcher" and value not in LAUNCHERS:
         raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {value!r}")
     if name in MINIMUMS and value is not None and not value >= MINIMUMS[name]:
@@ -182,7 +193,7 @@ def _check_type(name: str, value, hint):
     expected = " or ".join("None" if o is type(None) else "a list of integers such as [100,100]"
                            if typing.get_origin(o) is tuple else getattr(o, "__name__", str(o))
                            for o in options)
-    raise UserError(f"--{name} expects {expected}, not {value!r}")
+    raise UserError(f"--{name} expects {expected}, not {value!r}{_hint(value)}")
 
 
 # ------------------------------------------------------------------ runs

@@ -38,6 +38,9 @@ def test_overrides_are_parsed_and_typed():
     ("--seeds=1", "--seeds expects None or a list of integers"),
     ("--part=first", "--part expects int"),
     ("--demo=yes", "--demo expects bool"),
+    ("--published_regime=true", r"--published_regime expects bool, not 'true' \(write True\)"),
+    ("--seeds=[1,", r"not '\[1,' \(a list or dict with spaces must be quoted whole"),
+    ("--target_hidden_layers=[100,", r"\(a list or dict with spaces must be quoted whole"),
     ("--target_hidden_layers=[1,'a']", r"expects a list of integers such as \[100,100\]"),
     ("dataset=SplitMNIST", "use --name=value"),
 ])
