@@ -300,6 +300,10 @@ def run_summary(run_dir: Path) -> dict | None:
     """
     config_path, accuracy_path = run_dir / CONFIG, run_dir / ACCURACIES
     if not config_path.exists():
+        if run_state(run_dir) == "finished":  # counted as a seed, it would have no metrics
+            raise UserError(f"{run_dir} is finished but has no {CONFIG}, the record of its "
+                            "configuration; put the file back, or delete the run folder to "
+                            "run it again")
         return None
     error = failure(run_dir)
     config = recorded_defaults() | read_config(config_path)

@@ -447,6 +447,14 @@ def test_two_experiments_of_one_name_below_a_folder_are_refused_by_table_and_com
                                f"below {tmp_path / 'A'} (") and "holds only one" in line
 
 
+def test_a_finished_run_without_config_json_is_refused(results, capsys):
+    run = results / "PermutedMNIST_part0_best" / "seed_2"
+    (run / "config.json").unlink()
+    assert evaluation.main([str(results), "--table"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {run} is finished but has no "
+                                              "config.json, the record of its configuration")
+
+
 @pytest.mark.parametrize("missing", ["transfer.csv", "task_agnostic.csv", "accuracies.csv"])
 def test_a_finished_run_missing_a_table_is_refused_not_averaged_over_fewer_seeds(
         results, missing, capsys):
