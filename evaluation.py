@@ -347,7 +347,9 @@ def run_summary(run_dir: Path) -> dict | None:
 def refuse_missing_results(run_dir: Path, config: dict) -> None:
     """A UserError for a finished run (final_weights.pt) without a table that every finished
     run writes: its metrics would be averaged over fewer runs than the seeds counted."""
-    expected = [ACCURACIES, TRANSFER, TASK_AGNOSTIC] + [FECAM] * bool(config.get("fecam_evaluation"))
+    expected = [ACCURACIES, TRANSFER, TASK_AGNOSTIC]
+    if config.get("fecam_evaluation"):
+        expected.append(FECAM)
     if missing := [name for name in expected if not (run_dir / name).exists()]:
         raise UserError(f"{run_dir} is finished but has no {', '.join(missing)}, which every "
                         "finished run writes (its checkpoint, gone, could rebuild them); delete "
@@ -710,9 +712,10 @@ def results_table(root: Path) -> tuple[pd.DataFrame, list[str]]:
 
     Grid searches are not rows: the paper's tables report the best
     configurations. A folder holding runs of several configurations (a setting
-    overridden between launches) gives a row per configuration (table_rows). Returns the table (ACC_mean, ACC_std, ... in percent, mean
-    and population std over the finished runs; seeds: finished runs) and the
-    names of the experiment folders left out.
+    overridden between launches) gives a row per configuration (table_rows).
+    Returns the table (ACC_mean, ACC_std, ... in percent, mean and population
+    std over the finished runs; seeds: finished runs) and the names of the
+    experiment folders left out.
     """
     rows, left_out = [], []
     for folder in sorted(experiments_by_name(root).values(), key=lambda f: paper_order(f.name)):

@@ -33,7 +33,8 @@ import runs
     ("--device=cuda:abc", "--device must be auto, cpu, mps, cuda or cuda:N"),
     ("--part=9", "SplitMNIST has no part 9"),
     ("--number_of_tasks=6", "SplitMNIST has 5 tasks, not 6: set number_of_tasks to at most 5"),
-    ("--dataset=CIFAR100 --number_of_epochs=None --number_of_tasks=11", "CIFAR100 has 10 tasks, not 11"),
+    ("--dataset=CIFAR100 --number_of_epochs=None --number_of_tasks=11",
+     "CIFAR100 has 10 tasks, not 11"),
     ("--dataset=CIFAR100_FeCAM_setup --part=6 --create_grid_search=True --number_of_tasks=6 "
      "--number_of_epochs=None",
      "CIFAR100_FeCAM_setup has 5 tasks, not 6"),
