@@ -94,7 +94,8 @@ class StopRequest:
     """The stop signal received during a run, if any (set by stop_signals)."""
 
     def __init__(self):
-        self.signum: int | None = None
+        self.signum: int | None = None  # the first stop signal
+        self.interrupts = 0  # Ctrl-Cs (SIGINT) so far: the second stops at once
 
     def check(self, saved: str) -> None:
         """Preempted if a stop was asked for; `saved` says what was saved, and where."""
@@ -112,7 +113,7 @@ def stop_signals():
 
     The run then saves a checkpoint and raises Preempted; the handlers that
     were there before (submitit's among them) are back when the block ends. A
-    second Ctrl-C (SIGINT after SIGINT) stops at once (KeyboardInterrupt). Outside the main thread
+    second Ctrl-C (SIGINT, whatever came between) stops at once (KeyboardInterrupt). Outside the main thread
     signals cannot be caught, and the request stays empty.
     """
     request = StopRequest()
@@ -121,8 +122,12 @@ def stop_signals():
         return
 
     def handler(signum, frame):
-        if request.signum == signal.SIGINT == signum:  # a second Ctrl-C (the pool's SIGTERM
-            raise KeyboardInterrupt  # after the first is not one)
+        if signum == signal.SIGINT:
+            request.interrupts += 1
+            if request.interrupts > 1:  # a second Ctrl-C
+                raise KeyboardInterrupt
+        if request.signum is not None:  # already stopping (the pool's SIGTERM after Ctrl-C)
+            return
         request.signum = signum
         print(f"\n{signal.Signals(signum).name}: the run stops after saving its state at the "
               "next training step" + (" (Ctrl-C again: stop at once, losing the task in "

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -276,3 +277,16 @@ def test_a_killed_pool_run_is_resumed_only_when_it_saved_a_checkpoint(tmp_path):
     (job.run_dir / checkpoints.CHECKPOINT).write_bytes(b"")
     assert launchers.exit_error(job, -signal.SIGKILL).endswith(
         "rerun the same command to resume it from its last checkpoint")
+
+
+def test_a_second_ctrl_c_stops_at_once_whatever_came_between(capsys):
+    """Under the local pool a Ctrl-C reaches a run twice, as SIGINT from the terminal and as
+    SIGTERM from the pool: one stop, and the next Ctrl-C still stops at once."""
+    with runs.stop_signals() as request:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert request.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode; never gets here
+    assert capsys.readouterr().out.count("the run stops after saving its state") == 1
