@@ -200,11 +200,13 @@ def _check_type(name: str, value, hint):
 
 
 def run_experiments(settings: dict, hyperparameters: dict,
-                    demo_datasets: tuple[str, ...] = tuple(datasets.DEMO)) -> list[Path]:
+                    demos: tuple[str, ...] = tuple(datasets.DEMO)) -> list[Path]:
     """Run every configuration x seed of the selected experiment(s); return their folders."""
     if settings["demo"]:
+        for name in demos:  # bad input is refused before the first demo runs
+            experiment_jobs(settings, hyperparameters, dataset=name, part=0)
         return [run_experiment(settings, hyperparameters, dataset=name, part=0)
-                for name in demo_datasets]
+                for name in demos]
     return [run_experiment(settings, hyperparameters, dataset=settings["dataset"],
                            part=settings["part"])]
 
@@ -217,7 +219,7 @@ def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part:
         return experiment_dir
     runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
     if settings["launcher"] == "local":  # SLURM's runs find their devices on their nodes
-        runs.select_device(settings["device"])  # an unusable one: one error, not one per run
+        runs.check_device(settings["device"])  # an unusable one: one error, not one per run
     if settings["launcher"] != "sequential" and any(
             evaluation.run_state(job.run_dir) != "finished" for job in jobs):
         # once here, so that parallel runs neither download nor decode the data each, nor

@@ -186,6 +186,18 @@ def select_device(name: str):
     return device
 
 
+def check_device(name: str) -> None:
+    """select_device's UserError for a device that is not there, found without using it:
+    the local pool's process opens no CUDA context, which would hold GPU memory all along
+    (and, on a GPU in exclusive-process mode, lock its runs out)."""
+    kind, _, index = name.partition(":")
+    there = {"cuda": lambda: torch.cuda.is_available() and int(index or 0)
+             < torch.cuda.device_count(), "mps": torch.backends.mps.is_available}
+    if kind in there and not there[kind]():
+        raise UserError(f"device {name!r} is not usable here (no such device); use "
+                        "--device=auto or --device=cpu")
+
+
 def describe_device(device: torch.device) -> str:
     """The device and what it is: "cuda:0 (NVIDIA H100 80GB HBM3; CUDA_VISIBLE_DEVICES=3)"."""
     if device.type == "cuda":

@@ -40,6 +40,7 @@ import runs
      "CIFAR100_FeCAM_setup has 5 tasks, not 6"),
     ("--demo --number_of_tasks=6 --dataset=SplitMNIST", "SplitMNIST has 5 tasks, not 6"),
     ("--launcher=local --device=cuda:7", "device 'cuda:7' is not usable here"),
+    ("--launcher=local --device=mps", "device 'mps' is not usable here"),
     ("--target_network=VGG", "target_network must be one of MLP, ResNet-20"),
     ("--optimizer=sgd", "optimizer must be one of adam, rmsprop"),
     ("--launcher=pbs", "--launcher must be one of sequential, local, slurm, not 'pbs'"),

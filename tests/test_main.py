@@ -220,6 +220,7 @@ def test_the_demo_runs_both_benchmarks_or_the_one_chosen(overrides, expected):
     ("--dataset=CIFAR100", "the demo covers PermutedMNIST and SplitMNIST, not 'CIFAR100'"),
     ("--part=1", "the demo has part 0 only, not 1"),
     ("--augmentation=True", "PermutedMNIST has no augmentation"),
+    ("--number_of_tasks=6", "SplitMNIST has 5 tasks, not 6"),  # before Permuted MNIST's runs
 ])
 def test_the_demo_refuses_what_it_would_ignore(argument, message, capsys, tmp_path):
     # one iteration, so that a demo run instead of a refusal fails fast
