@@ -1005,6 +1005,10 @@ def run_command(args: argparse.Namespace) -> int:
                   + "; give the folder that holds the results (main.py's results_dir)",
                   file=sys.stderr)
             return 2
+        if not experiment_folders(root) and run_state(root) != "not started":
+            print(f"error: {root} is a run folder; give its experiment folder {root.parent} "
+                  "or the folder above that", file=sys.stderr)
+            return 2
         if not experiment_folders(root):
             print(f"error: no results (run folders with {' or '.join(RUN_FILES)}) under {root}",
                   file=sys.stderr)

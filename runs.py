@@ -529,9 +529,9 @@ class ProgressLines:
         if iteration in (self.skipped, self.total - 1) or now - self.shown >= self.every:
             self.shown = now
             rate = (iteration + 1 - self.skipped) / max(now - self.started, 1e-9)
-            validation = (f", last validation (iteration {row['iteration']}): loss "
-                          f"{row['loss']:.4f}, accuracy {row['validation_accuracy']:.2f}%"
-                          if row else "")
+            validation = (f", at the last validation (iteration {row['iteration']}): "
+                          f"training loss {row['loss']:.4f}, validation accuracy "
+                          f"{row['validation_accuracy']:.2f}%" if row else "")
             print(f"{clock_time()}{self.label}: iteration {iteration + 1}/{self.total}"
                   f"{validation}, {rate:.2f} it/s", flush=True)
 

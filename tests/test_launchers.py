@@ -157,8 +157,8 @@ def test_logs_get_plain_progress_lines_not_a_redrawn_bar(mnist_root, tmp_path):
     for task in (1, 2):  # the first and the last iteration of each task at least
         first, last = (next(line for line in lines if f"task {task}/2: iteration {i}/5" in line)
                        for i in (1, 5))
-        assert "last validation (iteration 1): loss " in first
-        assert "last validation (iteration 5)" in last
+        assert "at the last validation (iteration 1): training loss " in first
+        assert "at the last validation (iteration 5)" in last
 
 
 def test_progress_lines_come_every_few_minutes_whatever_the_step_rate(capsys):
@@ -171,8 +171,9 @@ def test_progress_lines_come_every_few_minutes_whatever_the_step_rate(capsys):
     printed = capsys.readouterr().out.splitlines()
     numbers = [int(line.split("iteration ")[1].split("/")[0]) for line in printed]
     assert numbers == [1, 121, 241, 361, 481, 601, 721, 841, 961, 1000]
-    assert printed[1].endswith("task 1/1: iteration 121/1000, last validation (iteration 1): "
-                               "loss 0.5000, accuracy 50.00%, 1.00 it/s")
+    assert printed[1].endswith("task 1/1: iteration 121/1000, at the last validation "
+                               "(iteration 1): training loss 0.5000, validation accuracy "
+                               "50.00%, 1.00 it/s")
 
 
 def test_a_terminal_keeps_the_progress_bar(mnist_root, capsys):

@@ -232,8 +232,12 @@ def test_compare_and_table_refuse_folders_without_results(tmp_path, capsys):
     assert evaluation.main([str(tmp_path / "missing"), "--table"]) == 2
     (tmp_path / "notes.txt").write_text("")
     assert evaluation.main([str(tmp_path / "notes.txt")]) == 2
+    run = tmp_path / "A" / "SplitMNIST_part0_best" / "seed_1"
+    assert evaluation.main([str(run)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and err[0].startswith("error: no results")
+    assert len(err) == 4 and err[0].startswith("error: no results")
+    assert err[3] == (f"error: {run} is a run folder; give its experiment folder {run.parent} "
+                      "or the folder above that")
     assert err[1] == (f"error: {tmp_path / 'missing'} does not exist; give the folder that "
                       "holds the results (main.py's results_dir)")
     assert err[2].startswith(f"error: {tmp_path / 'notes.txt'} is not a folder;")
