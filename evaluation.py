@@ -410,6 +410,14 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
                   key=lambda group: -group[1]["mean_accuracy"].mean())
 
 
+def setting_columns(runs: pd.DataFrame) -> list[str]:
+    """The columns of run_summary rows that define a configuration: not metrics, notes,
+    where it ran, its data's description or evaluation settings."""
+    return [c for c in runs.columns
+            if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, *EVALUATION_SETTINGS,
+                         TASK_CLASSES, *RUN_NOTES, "configuration", "state"]]
+
+
 def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     """Runs (run_summary rows) grouped by their recorded settings, in folder order.
 
@@ -417,9 +425,7 @@ def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         (the settings that vary among the runs and their values in the group, the
         group's runs) pairs.
     """
-    settings = [c for c in runs.columns
-                if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, *EVALUATION_SETTINGS,
-                             TASK_CLASSES, *RUN_NOTES, "configuration", "state"]]
+    settings = setting_columns(runs)
     varying = [c for c in settings if runs[c].map(str).nunique() > 1]
     key = runs[settings].map(str).agg("|".join, axis=1)
     return [({c: group[c].iloc[0] for c in varying}, group)
@@ -898,6 +904,34 @@ def matched_experiments(keys_a, keys_b) -> list[tuple]:
     return pairs
 
 
+def grid_pairs(a: dict, b: dict, pairs: list[tuple]) -> list[tuple]:
+    """The pairs with grid searches' points re-paired by the values of the hyperparameters
+    that either side's grid varies, not by their numbers: an override that removes a grid
+    dimension renumbers the points (point_002 of one may be point_006 of the other). Where
+    those values do not tell the points apart, they meet by number."""
+    grids = {(key_a[0], key_b[0]) for key_a, key_b in pairs if key_a[1].startswith("point_")}
+    kept = [(key_a, key_b) for key_a, key_b in pairs if (key_a[0], key_b[0]) not in grids]
+    for folder_a, folder_b in sorted(grids):
+        points_a = {k: runs for k, runs in a.items() if k[0] == folder_a}
+        points_b = {k: runs for k, runs in b.items() if k[0] == folder_b}
+        every = pd.concat([*points_a.values(), *points_b.values()])
+        varied = [c for c in setting_columns(every)
+                  if any(runs[c].map(str).nunique() > 1
+                         for runs in (pd.concat(points_a.values()), pd.concat(points_b.values())))]
+
+        def values(runs: pd.DataFrame) -> tuple:
+            return tuple(str(first_value(runs, c)) for c in varied)
+
+        by_values = {values(runs): key for key, runs in points_b.items()}
+        if len(by_values) < len(points_b) or len({values(r) for r in points_a.values()}) \
+                < len(points_a):  # points alike in what varies: by number
+            kept += [(key_a, key_b) for key_a, key_b in pairs if key_a[0] == folder_a]
+            continue
+        kept += [(key, by_values[values(runs)]) for key, runs in sorted(points_a.items())
+                 if values(runs) in by_values]
+    return kept
+
+
 def compare(root_a: Path, root_b: Path) -> str:
     """Markdown: the metrics of the experiments both result sets hold, side by side.
 
@@ -906,11 +940,13 @@ def compare(root_a: Path, root_b: Path) -> str:
     """
     a, b = configurations_below(root_a), configurations_below(root_b)
     rows, notes = [], []
-    pairs = matched_experiments(a.keys(), b.keys())
+    pairs = grid_pairs(a, b, matched_experiments(a.keys(), b.keys()))
     for key_a, key_b in sorted(pairs, key=lambda k: (paper_order(k[0][0]), k[0][1])):
         runs_a, runs_b = (s[s["state"] == "finished"] for s in (a[key_a], b[key_b]))
-        label = " ".join(filter(None, key_a if key_a == key_b else
-                                (f"{key_a[0]} (B: {key_b[0]})", key_a[1])))
+        # B's folder and point where they differ from A's: "X_grid point_006 (B: point_002)"
+        b_part = " ".join(filter(None, (key_b[0] if key_b[0] != key_a[0] else "",
+                                        key_b[1] if key_b[1] != key_a[1] else "")))
+        label = " ".join(filter(None, key_a)) + (f" (B: {b_part})" if b_part else "")
         if runs_a.empty or runs_b.empty:
             notes.append(f"Not compared, no finished run in {'A' if runs_a.empty else 'B'}: "
                          f"{label}")

@@ -526,3 +526,22 @@ def test_a_run_file_in_the_results_folder_itself_writes_nothing_above_it(tmp_pat
     assert evaluation.experiment_folders(results) == [results / "SplitMNIST_part0_best"]
     assert evaluation.main([str(results)]) == 0
     assert not (tmp_path / "summary.md").exists()
+
+
+def test_compare_pairs_grid_points_by_their_settings_not_their_numbers(tmp_path):
+    """B's grid ran with beta fixed, which removed a dimension and renumbered the points."""
+    for k, (beta, lam) in enumerate([(0.1, 1.0), (0.1, 2.0), (0.5, 1.0), (0.5, 2.0)]):
+        make_run(tmp_path / "A" / "SplitMNIST_part1_grid" / f"point_{k:03d}_seed_1",
+                 last_row=(80.0 + k, 80.0 + k), beta=beta, lam=lam)
+    for k, lam in enumerate([1.0, 2.0]):  # beta=0.5: A's points 2 and 3
+        make_run(tmp_path / "B" / "SplitMNIST_part1_grid" / f"point_{k:03d}_seed_1",
+                 last_row=(82.0 + k, 82.0 + k), beta=0.5, lam=lam)
+    text = evaluation.compare(tmp_path / "A", tmp_path / "B")
+    acc = [[cell.strip() for cell in line.strip("|").split("|")[:6]]
+           for line in text.splitlines() if "| ACC " in line]
+    assert acc == [["SplitMNIST_part1_grid point_002 (B: point_000)", "ACC", "1/1", "82.00",
+                    "82.00", "+0.00"],
+                   ["SplitMNIST_part1_grid point_003 (B: point_001)", "ACC", "1/1", "83.00",
+                    "83.00", "+0.00"]]
+    assert "Only in A: SplitMNIST_part1_grid point_000, SplitMNIST_part1_grid point_001" in text
+    assert "Configurations differ" not in text
