@@ -485,7 +485,8 @@ def seeds_table(groups: list, title: str) -> str:
     return "\n".join([
         f"# {title}", "",
         f"Regime: {regime}; see docs/differences.md#the-published-regime.", "",
-        f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds. "
+        f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds "
+        "(population std). "
         "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
         "Chaudhry et al. 2018" + "".join(f"; {name}: {note}" for name, note in
                                          TASK_AGNOSTIC_NOTES.items()
