@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import re
 import sys
@@ -27,6 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import chance  # noqa: E402
+import datasets  # noqa: E402
 from datasets import CLASSES_REDRAWN, recorded_defaults  # noqa: E402
 from errors import UserError  # noqa: E402
 from files import save_figure, write_csv, write_text  # noqa: E402  (every write goes there)
@@ -458,6 +460,26 @@ TASK_AGNOSTIC_NOTES = {
     "fecam_accuracy": "FeCAM class-incremental accuracy over all tasks"}
 
 
+def overridden_settings(run: pd.Series, varying: set) -> str:
+    """'beta=0.001, number_of_iterations=30': the run's hyperparameters that differ from its
+    benchmark's configuration (the demo's for the demo; a grid's base, less what the grid
+    varies), published_regime left to the regime line and the `varying` settings to the
+    table's columns; "" for a benchmark not known here."""
+    demo = run.get("data") == datasets.DEMO_LABEL
+    benchmark = datasets.BENCHMARKS.get((run.get("dataset"), run.get("part")))
+    grid = bool(configuration_name(str(run.get("run", ""))))
+    base = (datasets.DEMO.get(run.get("dataset")) if demo else None if benchmark is None
+            else benchmark.grid_base or benchmark.best if grid else benchmark.best)
+    if base is None:
+        return ""
+    varied = varying | (set(benchmark.grid) if grid and benchmark and not demo else set())
+    expected = json.loads(json.dumps(dataclasses.asdict(base)))  # tuples as config.json's lists
+    return ", ".join(f"{name}={run[name]}" for name, value in expected.items()
+                     if name in run and name not in varied | {"published_regime"}
+                     and not (isinstance(run[name], float) and np.isnan(run[name]))
+                     and run[name] != value)
+
+
 def seeds_table(groups: list, title: str) -> str:
     """Markdown in the paper's format: mean ± std over seeds (population std)."""
     if not groups:
@@ -482,9 +504,12 @@ def seeds_table(groups: list, title: str) -> str:
     regime = ("published: the reference's defects that change numbers are kept "
               "(published_regime=True)" if str(first.get("published_regime")) == "True" else
               "fixed: the reference's defects are fixed (published_regime=False)")
+    overridden = overridden_settings(first, set(groups[0][0]))
     return "\n".join([
         f"# {title}", "",
-        f"Regime: {regime}; see docs/differences.md#the-published-regime.", "",
+        f"Regime: {regime}; see docs/differences.md#the-published-regime.", ""]
+        + ([f"Settings other than the benchmark's: {overridden}.", ""] if overridden else [])
+        + [
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds "
         "(population std). "
         "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "

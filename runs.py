@@ -113,8 +113,9 @@ def stop_signals():
 
     The run then saves a checkpoint and raises Preempted; the handlers that
     were there before (submitit's among them) are back when the block ends. A
-    second Ctrl-C (SIGINT, whatever came between) stops at once (KeyboardInterrupt). Outside the main thread
-    signals cannot be caught, and the request stays empty.
+    second Ctrl-C (SIGINT, whatever came between) stops at once
+    (KeyboardInterrupt). Outside the main thread signals cannot be caught, and
+    the request stays empty.
     """
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():

@@ -5,6 +5,7 @@ Every run has two tasks: A = [[90, -], [a0, a1]], b = (10, 20), A[0, 1] = p, so
 ACC = (a0 + a1) / 2, BWT = a0 - 90, FWT = p - 20, forgetting = 90 - a0.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 import chance
+import datasets
 import evaluation
 from errors import UserError
 
@@ -545,3 +547,22 @@ def test_compare_pairs_grid_points_by_their_settings_not_their_numbers(tmp_path)
                     "83.00", "+0.00"]]
     assert "Only in A: SplitMNIST_part1_grid point_000, SplitMNIST_part1_grid point_001" in text
     assert "Configurations differ" not in text
+
+
+def test_summary_names_the_settings_other_than_the_benchmarks(tmp_path):
+    best = datasets.get_benchmark("SplitMNIST", 0).best
+    record = json.loads(json.dumps(dataclasses.asdict(best)))
+    experiment = tmp_path / "SplitMNIST_part0_best"
+    make_run(experiment / "seed_1", **(record | {"beta": 0.5, "number_of_tasks": 2}))
+    text = evaluation.summarize_experiment(experiment)
+    assert "Settings other than the benchmark's: number_of_tasks=2, beta=0.5." in text
+    make_run(tmp_path / "plain" / "SplitMNIST_part0_best" / "seed_1",
+             **(record | {"number_of_tasks": 2}))
+    text = evaluation.summarize_experiment(tmp_path / "plain" / "SplitMNIST_part0_best")
+    assert "Settings other than the benchmark's: number_of_tasks=2." in text
+    grid = tmp_path / "SplitMNIST_part1_grid"  # what the grid varies is in the table instead
+    base = json.loads(json.dumps(dataclasses.asdict(datasets.get_benchmark("SplitMNIST", 1)
+                                                    .grid_base)))
+    make_run(grid / "point_000_seed_1", **(base | {"number_of_tasks": 2, "sparsity": 70.0}))
+    assert "Settings other than the benchmark's: number_of_tasks=2." in \
+        evaluation.summarize_experiment(grid)
