@@ -701,6 +701,12 @@ def paper_order(experiment_name: str) -> tuple:
             int(match["part"]), int(bool(match["published"])), experiment_name)
 
 
+def setting_text(value) -> str:
+    """A recorded setting as text to compare across tables: 2.0 (a column of whole numbers
+    made float by another run's missing value) reads 2."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def first_value(runs: pd.DataFrame, column: str):
     """The column's first recorded value over the runs (None if no run recorded it)."""
     values = runs[column].dropna() if column in runs else []
@@ -877,7 +883,7 @@ def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> lis
     ignored = set(METRICS) | set(RUN_NOTES) | {"configuration", "state", TASK_CLASSES}
     columns = (set(runs_a.columns) | set(runs_b.columns)) - ignored
     return sorted(c for c in columns
-                  if str(first_value(runs_a, c)) != str(first_value(runs_b, c)))
+                  if setting_text(first_value(runs_a, c)) != setting_text(first_value(runs_b, c)))
 
 
 def shared_tasks_agree(classes_a: list, classes_b: list) -> bool:
@@ -930,43 +936,49 @@ def matched_experiments(keys_a, keys_b) -> list[tuple]:
     return pairs
 
 
-def grid_pairs(a: dict, b: dict, pairs: list[tuple]) -> list[tuple]:
-    """The pairs with grid searches' points re-paired by the values of the hyperparameters
-    that either side's grid varies, not by their numbers: an override that removes a grid
-    dimension renumbers the points (point_002 of one may be point_006 of the other). Where
-    those values do not tell the points apart, they meet by number."""
-    grids = {(key_a[0], key_b[0]) for key_a, key_b in pairs if key_a[1].startswith("point_")}
-    kept = [(key_a, key_b) for key_a, key_b in pairs if (key_a[0], key_b[0]) not in grids]
-    for folder_a, folder_b in sorted(grids):
-        points_a = {k: runs for k, runs in a.items() if k[0] == folder_a}
-        points_b = {k: runs for k, runs in b.items() if k[0] == folder_b}
-        every = pd.concat([*points_a.values(), *points_b.values()])
-        varied = [c for c in setting_columns(every)
-                  if any(runs[c].map(str).nunique() > 1
-                         for runs in (pd.concat(points_a.values()), pd.concat(points_b.values())))]
+def configuration_pairs(a: dict, b: dict) -> list[tuple]:
+    """(A's key, B's key) of the configurations compared (keys of configurations_below).
+
+    Folders meet by name (matched_experiments). Within them, configurations
+    (grid points, or the groups of a folder holding several) meet by the values
+    of the settings that vary within either side, not by their names: an
+    override that removes a grid dimension renumbers the points (point_002 of
+    one may be point_006 of the other), and one folder may hold one
+    configuration where the other holds two. Where those values do not tell
+    configurations apart, they meet by name.
+    """
+    folders = matched_experiments({(k[0], "") for k in a}, {(k[0], "") for k in b})
+    pairs = []
+    for (folder_a, _), (folder_b, _) in folders:
+        side_a, side_b = ({k: runs for k, runs in side.items() if k[0] == folder}
+                          for side, folder in ((a, folder_a), (b, folder_b)))
+        every_a, every_b = (pd.concat(side.values()) for side in (side_a, side_b))
+        varied = [c for c in setting_columns(pd.concat([every_a, every_b]))
+                  if any(c in every and every[c].dropna().map(setting_text).nunique() > 1
+                         for every in (every_a, every_b))]
 
         def values(runs: pd.DataFrame) -> tuple:
-            return tuple(str(first_value(runs, c)) for c in varied)
+            return tuple(setting_text(first_value(runs, c)) for c in varied)
 
-        by_values = {values(runs): key for key, runs in points_b.items()}
-        if len(by_values) < len(points_b) or len({values(r) for r in points_a.values()}) \
-                < len(points_a):  # points alike in what varies: by number
-            kept += [(key_a, key_b) for key_a, key_b in pairs if key_a[0] == folder_a]
-            continue
-        kept += [(key, by_values[values(runs)]) for key, runs in sorted(points_a.items())
-                 if values(runs) in by_values]
-    return kept
+        by_values = {values(runs): key for key, runs in side_b.items()}
+        if len(by_values) == len(side_b) and len({values(r) for r in side_a.values()}) \
+                == len(side_a):
+            pairs += [(key, by_values[values(runs)]) for key, runs in side_a.items()
+                      if values(runs) in by_values]
+        else:  # configurations alike in what varies: by name
+            pairs += [(key, (folder_b, key[1])) for key in side_a if (folder_b, key[1]) in side_b]
+    return pairs
 
 
 def compare(root_a: Path, root_b: Path) -> str:
     """Markdown: the metrics of the experiments both result sets hold, side by side.
 
-    Experiments are matched by folder name (matched_experiments) and, in a grid
-    search, grid point by grid point; only finished runs count.
+    Experiments are matched by folder name and configuration by configuration
+    (configuration_pairs); only finished runs count.
     """
     a, b = configurations_below(root_a), configurations_below(root_b)
     rows, notes = [], []
-    pairs = grid_pairs(a, b, matched_experiments(a.keys(), b.keys()))
+    pairs = configuration_pairs(a, b)
     for key_a, key_b in sorted(pairs, key=lambda k: (paper_order(k[0][0]), k[0][1])):
         runs_a, runs_b = (s[s["state"] == "finished"] for s in (a[key_a], b[key_b]))
         # B's folder and point where they differ from A's: "X_grid point_006 (B: point_002)"

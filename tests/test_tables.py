@@ -566,3 +566,14 @@ def test_summary_names_the_settings_other_than_the_benchmarks(tmp_path):
     make_run(grid / "point_000_seed_1", **(base | {"number_of_tasks": 2, "sparsity": 70.0}))
     assert "Settings other than the benchmark's: number_of_tasks=2." in \
         evaluation.summarize_experiment(grid)
+
+
+def test_compare_meets_one_configuration_with_its_namesake_in_a_folder_of_two(tmp_path):
+    a, b = write_pair(tmp_path)
+    make_run(b / "PermutedMNIST_part0_best" / "seed_5", last_row=(20.0, 30.0), beta=0.5)
+    text = evaluation.compare(a, b)
+    acc = [[cell.strip() for cell in line.strip("|").split("|")[:6]]
+           for line in text.splitlines() if "| ACC " in line]
+    assert acc == [["PermutedMNIST_part0_best (B: [beta=0.1])", "ACC", "2/2", "86.00 ± 1.00",
+                    "89.00 ± 1.00", "+3.00"]]
+    assert "Only in B: CIFAR100_part0_best, PermutedMNIST_part0_best [beta=0.5]" in text
