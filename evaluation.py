@@ -517,7 +517,9 @@ def seeds_table(groups: list, title: str) -> str:
                                          TASK_AGNOSTIC_NOTES.items()
                                          if any(name in row for row in rows)) + ".",
         "", markdown(pd.DataFrame(rows).rename(columns={"ACC": "accuracy (ACC)"})),
-        ""] + ([chance.CHANCE_NOTE, ""] if any_at_chance else []))
+        ""] + ([chance.CHANCE_NOTE, ""] if any_at_chance else [])
+        + (["Configurations ranked by their mean final accuracy on the test sets (not the "
+            "validation sets).", ""] if len(groups) > 1 else []))
 
 
 # ----------------------------------------------------------------------- plots

@@ -83,6 +83,7 @@ def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
     assert (tmp_path / "summary.md").read_text() == text
     assert "task_identification_accuracy: how often that inferred task was right" in text
     assert "fecam_accuracy" not in text  # no run evaluated FeCAM: no column, no note
+    assert "Configurations ranked by their mean final accuracy on the test sets" in text
     for plot in ("mean_heatmap.png", "per_task_accuracy.png", "grid.png"):
         assert (tmp_path / plot).stat().st_size > 1000
 
