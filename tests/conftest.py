@@ -25,6 +25,24 @@ def tiny_options(mnist_root, results, *extra) -> list[str]:
     return [f"--path_to_datasets={mnist_root}", f"--results_dir={results}", *TINY, *extra]
 
 
+def broken_run(arguments: list[str], run_dir: Path) -> None:
+    """run_dir as main.main(arguments) begins it (its config.json), with a corrupt
+    checkpoint.pt: a run that fails when it resumes."""
+    import json
+
+    import main
+    import runs
+
+    overrides, hyperparameters = main.parse_overrides(arguments)
+    settings = {name: getattr(main, name) for name in main.SETTINGS} | overrides
+    _, jobs = main.experiment_jobs(settings, settings["hyperparameters"] | hyperparameters,
+                                   dataset=settings["dataset"], part=settings["part"])
+    job, = (job for job in jobs if job.run_dir == run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(runs.job_record(job)))
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+
+
 def random_task(features: int, classes: int, samples: int = 64, held_out: int = 8):
     """A Task of random features and labels whose validation and test sets are its first
     `held_out` training samples, with no transform: enough for a training state."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import OUTPUTS, TINY, run_folder, tiny_options, wait_for
+from conftest import OUTPUTS, TINY, broken_run, run_folder, tiny_options, wait_for
 
 import datasets
 import launchers
@@ -53,10 +53,10 @@ def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys, m
 @pytest.mark.slow
 def test_a_failing_run_is_reported_and_the_others_finish(mnist_root, tmp_path, capsys):
     broken = tmp_path / "SplitMNIST_part0_best" / "seed_2"
-    broken.mkdir(parents=True)
-    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--launcher=local",
-                             "--max_parallel_runs=2"))
+    args = options(mnist_root, tmp_path, "--seeds=[1,2]", "--launcher=local",
+                   "--max_parallel_runs=2")
+    broken_run(args, broken)
+    code = main.main(args)
     captured = capsys.readouterr()
     assert code == 2
     assert f"1 run(s) failed: {broken}: " in captured.err and "run.log" in captured.err

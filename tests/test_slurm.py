@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import main
-from conftest import run_folder, same_results, tiny_options, wait_for
+from conftest import broken_run, run_folder, same_results, tiny_options, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -139,8 +139,8 @@ def test_an_array_gives_the_sequential_results(cluster, mnist_root, tmp_path, se
         same_results(run, run_folder(sequential, seed))
         # one torch thread: SLURM_CPUS_PER_TASK, not the node's CPUs (task/none: no pinning)
         assert json.loads((run / "config.json").read_text())["threads"] == 1
-        assert f"seed {seed} task 2/2: iteration {ITERATIONS}/{ITERATIONS}, loss" in (
-            run / "run.log").read_text()
+        assert (f"seed {seed} task 2/2: iteration {ITERATIONS}/{ITERATIONS}, at the last "
+                "validation") in (run / "run.log").read_text()
     logs = [*(tmp_path / "SplitMNIST_part0_best" / "slurm_logs").glob("*_log.*"),
             *(run_folder(tmp_path, s) / "run.log" for s in (1, 2))]
     for log in logs:  # plain lines, no progress-bar redraws
@@ -186,8 +186,7 @@ def test_jobs_stopped_mid_task_resume_to_identical_files(cluster, mnist_root, tm
 
 def test_a_failing_job_is_reported_with_its_log(cluster, mnist_root, tmp_path, capsys):
     broken = run_folder(tmp_path, 3)
-    broken.mkdir(parents=True)
-    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    broken_run(options(mnist_root, tmp_path, "--seeds=[3]", *SLURM), broken)
     assert main.main(options(mnist_root, tmp_path, "--seeds=[3]", *SLURM)) == 0
     wait_in_queue(lambda: (broken / "failed.txt").exists(), tmp_path, "the job to fail")
     state = states(mnist_root, tmp_path, "--seeds=[3]", capsys)["seed_3"]
