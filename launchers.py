@@ -98,6 +98,9 @@ def run_logged(job: runs.Job) -> str | None:
         runs.write_failed(job.run_dir, str(error))
         raise
     with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        # a header per launch: the log is appended to by every rerun
+        print(f"{runs.clock_time()}run {job.run_dir} ({job.dataset} part {job.part}, seed "
+              f"{job.seed}{', demo sample' if job.demo else ''})", flush=True)
         try:
             runs.run_one(job)
         except (runs.Preempted, runs.AlreadyRunning, runs.OtherRun) as stop:

@@ -152,6 +152,7 @@ def test_logs_get_plain_progress_lines_not_a_redrawn_bar(mnist_root, tmp_path):
     job, = tiny_jobs(mnist_root, tmp_path)
     assert launchers.run_logged(job) is None  # what pool workers and SLURM jobs run
     log = (job.run_dir / "run.log").read_text()
+    assert log.splitlines()[0].endswith(f"run {job.run_dir} (SplitMNIST part 0, seed 1)")
     assert "\r" not in log
     lines = [line for line in log.splitlines() if "it/s" in line]
     for task in (1, 2):  # the first and the last iteration of each task at least
