@@ -541,7 +541,8 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     sample = " (demo sample)" if runs["data"].iloc[0] != runs["dataset"].iloc[0] else ""
     name = f"{runs['dataset'].iloc[0]}{sample} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
     if len(groups) > 1:
-        point = configuration_name(runs["run"].iloc[0])
+        # a grid's point, else (a folder of several configurations) what sets it apart
+        point = configuration_name(runs["run"].iloc[0]) or settings_label(varying)
         name += ", best configuration" + (f" ({point})" if point else "")
     plot_heatmap(matrices.mean(0), experiment_dir / "mean_heatmap.png",
                  f"{name}: mean accuracy (%)")

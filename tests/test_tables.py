@@ -577,3 +577,14 @@ def test_compare_meets_one_configuration_with_its_namesake_in_a_folder_of_two(tm
     assert acc == [["PermutedMNIST_part0_best (B: [beta=0.1])", "ACC", "2/2", "86.00 ± 1.00",
                     "89.00 ± 1.00", "+3.00"]]
     assert "Only in B: CIFAR100_part0_best, PermutedMNIST_part0_best [beta=0.5]" in text
+
+
+def test_plots_of_a_folder_of_several_configurations_name_the_one_shown(results, monkeypatch):
+    permuted = results / "PermutedMNIST_part0_best"
+    make_run(permuted / "seed_5", last_row=(20.0, 30.0), beta=0.5)
+    titles = []
+    monkeypatch.setattr(evaluation, "plot_heatmap", lambda matrix, path, title: titles.append(
+        title))
+    evaluation.summarize_experiment(permuted)
+    assert titles == ["PermutedMNIST part 0, 2 seed(s), best configuration (beta=0.1): mean "
+                      "accuracy (%)"]
