@@ -539,7 +539,8 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     matrices = np.stack([accuracy_matrix(read_run_csv(experiment_dir / r / ACCURACIES,
                                                       MATRIX_COLUMNS)) for r in runs["run"]])
     sample = " (demo sample)" if runs["data"].iloc[0] != runs["dataset"].iloc[0] else ""
-    name = f"{runs['dataset'].iloc[0]}{sample} part {runs['part'].iloc[0]}, {len(runs)} seed(s)"
+    part = setting_text(runs["part"].iloc[0])  # 0, not 0.0 beside a run without config.json
+    name = f"{runs['dataset'].iloc[0]}{sample} part {part}, {len(runs)} seed(s)"
     if len(groups) > 1:
         # a grid's point, else (a folder of several configurations) what sets it apart
         point = configuration_name(runs["run"].iloc[0]) or settings_label(varying)
@@ -549,7 +550,7 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     plot_per_task(matrices, experiment_dir / "per_task_accuracy.png", name)
     if len(groups) > 1 or varying:
         plot_grid(table[table["finished"]], list(varying), experiment_dir / "grid.png",
-                  f"{runs['dataset'].iloc[0]} part {runs['part'].iloc[0]} grid search")
+                  f"{runs['dataset'].iloc[0]} part {part} grid search")
 
 
 EXPERIMENT_PLOTS = ("mean_heatmap.png", "per_task_accuracy.png", "grid.png")
