@@ -201,19 +201,22 @@ def _check_type(name: str, value, hint):
 
 def run_experiments(settings: dict, hyperparameters: dict,
                     demos: tuple[str, ...] = tuple(datasets.DEMO)) -> list[Path]:
-    """Run every configuration x seed of the selected experiment(s); return their folders."""
-    if settings["demo"]:
-        for name in demos:  # bad input is refused before the first demo runs
-            experiment_jobs(settings, hyperparameters, dataset=name, part=0)
-        return [run_experiment(settings, hyperparameters, dataset=name, part=0)
-                for name in demos]
-    return [run_experiment(settings, hyperparameters, dataset=settings["dataset"],
-                           part=settings["part"])]
+    """Run every configuration x seed of the selected experiment(s); return their folders.
+
+    Every experiment's runs are made first, so that bad input is refused before the
+    first of them runs (the demo's second benchmark's, say).
+    """
+    chosen = ([(name, 0) for name in demos] if settings["demo"]
+              else [(settings["dataset"], settings["part"])])
+    planned = [experiment_jobs(settings, hyperparameters, dataset=dataset, part=part)
+               for dataset, part in chosen]
+    return [run_experiment(settings, experiment_dir, jobs) for experiment_dir, jobs in planned]
 
 
-def run_experiment(settings: dict, hyperparameters: dict, *, dataset: str, part: int) -> Path:
-    """All runs of one experiment folder with the chosen launcher, then its summary."""
-    experiment_dir, jobs = experiment_jobs(settings, hyperparameters, dataset=dataset, part=part)
+def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -> Path:
+    """All runs of one experiment folder (experiment_jobs) with the chosen launcher, then
+    its summary."""
+    dataset = jobs[0].dataset
     if settings["status"]:
         print(f"{experiment_dir}:\n{launchers.status_table(jobs)}")
         return experiment_dir
@@ -275,17 +278,13 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
     if settings["demo"] and grid:
         raise UserError("--demo runs each MNIST benchmark's small demo configuration, which "
                         "has no grid; leave out --create_grid_search=True or --demo")
-    if settings["demo"]:
-        datasets.refuse_ignored_settings(dataset, hyperparameters)
-        configs = [dataclasses.replace(datasets.DEMO[dataset], **hyperparameters)]
-        datasets.check_task_count(dataset, part, configs[0])
-        seeds_to_run = settings["seeds"] or datasets.DEMO_SEEDS
-        name = f"demo_{dataset}_part{part}_best"
-    else:
-        benchmark = datasets.get_benchmark(dataset, part)
-        configs = datasets.configurations(benchmark, grid, hyperparameters)
-        seeds_to_run = settings["seeds"] or (benchmark.grid_seeds if grid else benchmark.seeds)
-        name = f"{dataset}_part{part}_{'grid' if grid else 'best'}"
+    benchmark = datasets.get_benchmark(dataset, part)
+    if settings["demo"]:  # the benchmark with the demo's configuration and seeds
+        benchmark = dataclasses.replace(benchmark, best=datasets.DEMO[dataset],
+                                        seeds=datasets.DEMO_SEEDS)
+    configs = datasets.configurations(benchmark, grid, hyperparameters)
+    seeds_to_run = settings["seeds"] or (benchmark.grid_seeds if grid else benchmark.seeds)
+    name = f"{'demo_' if settings['demo'] else ''}{dataset}_part{part}_{'grid' if grid else 'best'}"
     experiment_dir = Path(settings["results_dir"]) / (
         f"{name}_published" if configs[0].published_regime else name)
     jobs = [runs.Job(config=config, dataset=dataset, part=part, seed=seed,
