@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -576,29 +575,10 @@ def run_status(job: runs.Job) -> dict:
         kind = "stopped" if error.startswith(files.STOPPED) else "failed"  # a full disk: stopped
         row["state"] = f"{kind}: {error}" + (f" (log: {log})" if log.exists() else "")
     elif row["state"] == "unfinished":
-        row["state"] = (f"{liveness(run_dir)} " + (
+        row["state"] = (f"{runs.liveness(run_dir)} " + (
             f"(task {row['tasks_done'] + 1}/{total})" if row["tasks_done"] < total
             else "(final evaluations)"))
     return row
-
-
-def liveness(run_dir: Path) -> str:
-    """Whether an unfinished run's process lives, from its running.txt (runs.one_writer):
-    running, interrupted, or "running or interrupted" (a process of another machine)."""
-    try:
-        owner = (run_dir / "running.txt").read_text()
-    except OSError:  # removed when the process ended: nothing holds the run
-        return "interrupted"
-    match = re.match(r"process (\d+) on (\S+),", owner)
-    if match is None or match[2] != socket.gethostname():
-        return "running or interrupted"
-    try:
-        os.kill(int(match[1]), 0)  # signal 0: only whether the process exists
-    except ProcessLookupError:  # killed (SIGKILL leaves running.txt behind)
-        return "interrupted"
-    except PermissionError:  # another user's process
-        pass
-    return "running"
 
 
 def progress_text(jobs: list[runs.Job]) -> str:

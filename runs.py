@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import sys
@@ -182,9 +183,14 @@ def select_device(name: str):
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as error:
         reason = str(error).splitlines()[0].split(". ")[0]  # torch's first sentence
-        raise UserError(f"device {name!r} is not usable here ({reason[:200]}); "
-                        "use --device=auto or --device=cpu") from None
+        raise unusable_device(name, reason[:200]) from None
     return device
+
+
+def unusable_device(name: str, reason: str) -> UserError:
+    """The one error for a device that cannot be used here, saying what to use instead."""
+    return UserError(f"device {name!r} is not usable here ({reason}); use --device=auto or "
+                     "--device=cpu")
 
 
 def check_device(name: str) -> None:
@@ -195,8 +201,7 @@ def check_device(name: str) -> None:
     there = {"cuda": lambda: torch.cuda.is_available() and int(index or 0)
              < torch.cuda.device_count(), "mps": torch.backends.mps.is_available}
     if kind in there and not there[kind]():
-        raise UserError(f"device {name!r} is not usable here (no such device); use "
-                        "--device=auto or --device=cpu")
+        raise unusable_device(name, "no such device")
 
 
 def describe_device(device: torch.device) -> str:
@@ -353,6 +358,25 @@ def one_writer(run_dir: Path):
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+def liveness(run_dir: Path) -> str:
+    """Whether an unfinished run's process lives, from its running.txt (one_writer):
+    running, interrupted, or "running or interrupted" (a process of another machine)."""
+    try:
+        owner = (run_dir / "running.txt").read_text()
+    except OSError:  # removed when the process ended: nothing holds the run
+        return "interrupted"
+    match = re.match(r"process (\d+) on (\S+),", owner)
+    if match is None or match[2] != socket.gethostname():
+        return "running or interrupted"
+    try:
+        os.kill(int(match[1]), 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:  # killed (SIGKILL leaves running.txt behind)
+        return "interrupted"
+    except PermissionError:  # another user's process
+        pass
+    return "running"
 
 
 def changed_settings(run_dir: Path, record: dict) -> list[str]:
