@@ -301,15 +301,15 @@ def run_summary(run_dir: Path) -> dict | None:
     began has its default (datasets.recorded_defaults), as when it resumes.
     """
     config_path, accuracy_path = run_dir / CONFIG, run_dir / ACCURACIES
+    state = run_state(run_dir)
     if not config_path.exists():
-        if run_state(run_dir) == "finished":  # counted as a seed, it would have no metrics
+        if state == "finished":  # counted as a seed, it would have no metrics
             raise UserError(f"{run_dir} is finished but has no {CONFIG}, the record of its "
                             "configuration; put the file back, or delete the run folder to "
                             "run it again")
         return None
     error = failure(run_dir)
     config = recorded_defaults() | read_config(config_path)
-    state = run_state(run_dir)
     if state == "finished":
         refuse_missing_results(run_dir, config)
     sizes = config.pop("task_sizes", None)
@@ -465,14 +465,17 @@ def overridden_settings(run: pd.Series, varying: set) -> str:
     benchmark's configuration (the demo's for the demo; a grid's base, less what the grid
     varies), published_regime left to the regime line and the `varying` settings to the
     table's columns; "" for a benchmark not known here."""
-    demo = run.get("data") == datasets.DEMO_LABEL
     benchmark = datasets.BENCHMARKS.get((run.get("dataset"), run.get("part")))
-    grid = bool(configuration_name(str(run.get("run", ""))))
-    base = (datasets.DEMO.get(run.get("dataset")) if demo else None if benchmark is None
-            else benchmark.grid_base or benchmark.best if grid else benchmark.best)
+    if run.get("data") == datasets.DEMO_LABEL:
+        base, varied = datasets.DEMO.get(run.get("dataset")), varying
+    elif benchmark is None:
+        return ""
+    elif configuration_name(str(run.get("run", ""))):  # a grid point
+        base, varied = benchmark.grid_base or benchmark.best, varying | set(benchmark.grid)
+    else:
+        base, varied = benchmark.best, varying
     if base is None:
         return ""
-    varied = varying | (set(benchmark.grid) if grid and benchmark and not demo else set())
     expected = json.loads(json.dumps(dataclasses.asdict(base)))  # tuples as config.json's lists
     return ", ".join(f"{name}={run[name]}" for name, value in expected.items()
                      if name in run and name not in varied | {"published_regime"}
@@ -1075,37 +1078,31 @@ def main(argv: list[str]) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """What main does once the arguments are parsed (bad input: UserError or status 2)."""
+    """What main does once the arguments are parsed (bad input: a UserError)."""
     roots = [Path(d) for d in (args.compare or [args.results_dir])]
-    for root in roots:
+    for root in roots:  # main prints a UserError as its one line, status 2
         if not root.is_dir():
-            print(f"error: {root} " + ("is not a folder" if root.exists() else "does not exist")
-                  + "; give the folder that holds the results (main.py's results_dir)",
-                  file=sys.stderr)
-            return 2
-        if not experiment_folders(root) and run_state(root) != "not started":
-            print(f"error: {root} is a run folder; give its experiment folder {root.parent} "
-                  "or the folder above that", file=sys.stderr)
-            return 2
-        if not experiment_folders(root):
-            print(f"error: no results (run folders with {' or '.join(RUN_FILES)}) under {root}",
-                  file=sys.stderr)
-            return 2
+            problem = "is not a folder" if root.exists() else "does not exist"
+            raise UserError(f"{root} {problem}; give the folder that holds the results "
+                            "(main.py's results_dir)")
+        if experiment_folders(root):
+            continue
+        if run_state(root) != "not started":
+            raise UserError(f"{root} is a run folder; give its experiment folder "
+                            f"{root.parent} or the folder above that")
+        raise UserError(f"no results (run folders with {' or '.join(RUN_FILES)}) under {root}")
     if args.compare:
         output = Path(args.output or "comparison.md")
         if not output.parent.is_dir():
-            print(f"error: --output {output}: folder {output.parent} does not exist",
-                  file=sys.stderr)
-            return 2
+            raise UserError(f"--output {output}: folder {output.parent} does not exist")
         text = compare(*roots)
         write_text(text, output)
         print(f"{text}\nwritten to {output}")
     elif args.table:
         text = write_results_table(roots[0])
         if text is None:
-            print(f"error: no best-configuration experiment (*_best folder) under {roots[0]}; "
-                  "grid searches are not table rows", file=sys.stderr)
-            return 2
+            raise UserError(f"no best-configuration experiment (*_best folder) under "
+                            f"{roots[0]}; grid searches are not table rows")
         print(text)
         print("written: " + ", ".join(str(roots[0] / f"results_table.{suffix}")
                                       for suffix in ("md", "csv", "tex")))
