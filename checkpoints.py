@@ -23,7 +23,7 @@ import torch
 import files
 import hypermask
 from errors import UserError
-from evaluation import CHECKPOINT
+from folders import CHECKPOINT
 
 if TYPE_CHECKING:
     import runs

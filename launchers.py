@@ -32,8 +32,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import evaluation
 import files
+import folders
 import runs
 from errors import UserError
 
@@ -92,7 +92,7 @@ def run_logged(job: runs.Job) -> str | None:
     """
     runs.make_folder(job.run_dir)
     try:
-        log = RunLog(job.run_dir / evaluation.RUN_LOG)
+        log = RunLog(job.run_dir / folders.RUN_LOG)
     except files.WriteFailed as error:  # failed.txt, if it fits; raised like the run's own
         runs.write_failed(job.run_dir, str(error))
         raise
@@ -296,21 +296,21 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
                                                           runs.STOP_SIGNALS):
         return None
     if exitcode == OTHER_RUN:  # its reason is the last line of the run's log, not failed.txt
-        log = (job.run_dir / evaluation.RUN_LOG).read_text(errors="replace")
+        log = (job.run_dir / folders.RUN_LOG).read_text(errors="replace")
         lines = log.strip().splitlines()
         return lines[-1] if lines else f"{job.run_dir} holds another run"
     if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
         return (f"it is already being trained by another process (see "
                 f"{job.run_dir / 'running.txt'}); wait for it to end (the same command with "
                 "--status shows it)")
-    failed = job.run_dir / evaluation.FAILED
+    failed = job.run_dir / folders.FAILED
     if exitcode == DISK_STOPPED and not failed.exists():  # no room even for failed.txt
         return (f"{files.STOPPED[0]} or read-only: a write into {job.run_dir} failed and "
                 f"{failed.name} could not be written either; make space there, then rerun the "
                 "same command to continue the run from its last checkpoint")
     if exitcode < 0:  # killed by a signal: nothing could write failed.txt
         name = signal.Signals(-exitcode).name
-        saved = (job.run_dir / evaluation.CHECKPOINT).exists()
+        saved = (job.run_dir / folders.CHECKPOINT).exists()
         again = ("resume it from its last checkpoint" if saved
                  else "start it again (it had saved no checkpoint)")
         message = (f"its process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL"
@@ -440,7 +440,7 @@ def run_pool(jobs: list[runs.Job], pool: Pool, refresh_seconds: float) -> list[s
         while pool.queue or pool.running:
             pool.start_queued()
             for job, error in pool.wait(refresh_seconds):
-                failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / evaluation.RUN_LOG})")
+                failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / folders.RUN_LOG})")
                 disk = error.startswith(files.STOPPED)  # its disk is full or read-only
                 stopping = len(failures) - 1 if disk else stopping
                 print(f"{'STOPPED' if disk else 'FAILED'} {failures[-1]}", flush=True)
@@ -547,12 +547,12 @@ def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
 
 
 def run_status(job: runs.Job) -> dict:
-    """A run's state from its folder (evaluation.run_state) with its progress: not started,
+    """A run's state from its folder (folders.run_state) with its progress: not started,
     running, interrupted, or running or interrupted (its process on another machine), and at
     which task; failed (and why), stopped (its disk is full or read-only: what to do),
     finished; "other run" where the folder holds another configuration than the job's."""
     run_dir, total = job.run_dir, job.config.number_of_tasks
-    row = {"run": run_dir.name, "state": evaluation.run_state(run_dir), "tasks_done": 0,
+    row = {"run": run_dir.name, "state": folders.run_state(run_dir), "tasks_done": 0,
            "mean_accuracy": float("nan")}
     try:
         runs.changed_settings(run_dir, runs.job_record(job))
@@ -560,9 +560,9 @@ def run_status(job: runs.Job) -> dict:
         return row | {"state": f"other run: {error}"}
     except UserError as error:  # a damaged config.json: said in its row, the others go on
         return row | {"state": f"damaged: {error}"}
-    if (run_dir / evaluation.ACCURACIES).exists():
+    if (run_dir / folders.ACCURACIES).exists():
         try:
-            accuracies = evaluation.read_run_csv(run_dir / evaluation.ACCURACIES,
+            accuracies = folders.read_run_csv(run_dir / folders.ACCURACIES,
                                                  ("trained_task", "accuracy"))
         except UserError as error:  # said in its row: the pool and the others go on
             return row | {"state": f"damaged: {error}"}
@@ -570,8 +570,8 @@ def run_status(job: runs.Job) -> dict:
         row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
                 "mean_accuracy": round(float(last["accuracy"].mean()), 2)}
     if row["state"] == "failed":
-        log = run_dir / evaluation.RUN_LOG  # the pool's and SLURM's runs write one
-        error = evaluation.failure(run_dir)["failed"]
+        log = run_dir / folders.RUN_LOG  # the pool's and SLURM's runs write one
+        error = folders.failure(run_dir)["failed"]
         kind = "stopped" if error.startswith(files.STOPPED) else "failed"  # a full disk: stopped
         row["state"] = f"{kind}: {error}" + (f" (log: {log})" if log.exists() else "")
     elif row["state"] == "unfinished":

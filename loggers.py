@@ -30,6 +30,7 @@ from pathlib import Path
 
 import evaluation
 import files
+import folders
 from errors import UserError
 
 LOGGERS = ("tensorboard", "wandb")  # each the name of the package it needs, too
@@ -144,7 +145,7 @@ class RunLoggers:
         if not self.names:
             return
         resumed_at = checkpoint_step(state, offsets)
-        config = json.loads((self.run_dir / evaluation.CONFIG).read_text())
+        config = json.loads((self.run_dir / folders.CONFIG).read_text())
         for name in self.names:  # again: a pool or SLURM worker may lack what main.py has
             require(name)
         if "tensorboard" in self.names:

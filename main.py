@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 import evaluation
 import files
+import folders
 import launchers
 import loggers
 import runs
@@ -224,7 +225,7 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
     if settings["launcher"] == "local":  # SLURM's runs find their devices on their nodes
         runs.check_device(settings["device"])  # an unusable one: one error, not one per run
     if settings["launcher"] != "sequential" and any(
-            evaluation.run_state(job.run_dir) != "finished" for job in jobs):
+            folders.run_state(job.run_dir) != "finished" for job in jobs):
         # once here, so that parallel runs neither download nor decode the data each, nor
         # each fail alike when the files are missing
         datasets.stored_data(dataset, settings["path_to_datasets"], settings["demo"])
@@ -245,7 +246,7 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
     else:
         failures = launchers.run_sequentially(jobs)
     problems = [f"{len(failures)} run(s) failed: " + "; ".join(failures)] if failures else []
-    if any(evaluation.run_state(job.run_dir) != "not started" for job in jobs):
+    if any(folders.run_state(job.run_dir) != "not started" for job in jobs):
         try:
             print(evaluation.summarize_experiment(experiment_dir))
         except files.WriteFailed as error:  # the runs' own files are saved
@@ -284,12 +285,10 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
                                         seeds=datasets.DEMO_SEEDS)
     configs = datasets.configurations(benchmark, grid, hyperparameters)
     seeds_to_run = settings["seeds"] or (benchmark.grid_seeds if grid else benchmark.seeds)
-    name = f"{'demo_' if settings['demo'] else ''}{dataset}_part{part}_{'grid' if grid else 'best'}"
-    experiment_dir = Path(settings["results_dir"]) / (
-        f"{name}_published" if configs[0].published_regime else name)
+    experiment_dir = Path(settings["results_dir"]) / folders.experiment_name(
+        dataset, part, grid=grid, demo=settings["demo"], published=configs[0].published_regime)
     jobs = [runs.Job(config=config, dataset=dataset, part=part, seed=seed,
-                     run_dir=experiment_dir / (f"point_{k:03d}_seed_{seed}" if grid
-                                               else f"seed_{seed}"),
+                     run_dir=experiment_dir / folders.run_name(seed, k if grid else None),
                      path_to_datasets=settings["path_to_datasets"], device=settings["device"],
                      demo=settings["demo"], checkpoint_minutes=settings["checkpoint_minutes"],
                      cuda_graphs=settings["cuda_graphs"], logger=settings["logger"],

@@ -43,6 +43,7 @@ import data_files
 import datasets
 import evaluation
 import files
+import folders
 import hypermask
 import loggers
 import task_agnostic
@@ -53,7 +54,7 @@ from errors import UserError
 
 
 # config.json keys that describe a run but do not define it: a rerun may change them.
-RECORD_ONLY = (*evaluation.EVALUATION_SETTINGS, *evaluation.MACHINE_COLUMNS,
+RECORD_ONLY = (*folders.EVALUATION_SETTINGS, *folders.MACHINE_COLUMNS,
                "data_source", "task_sizes")
 
 
@@ -252,7 +253,7 @@ def cpu_threads(share: int | None = None) -> int:
 
 def where_it_runs(device: torch.device) -> dict:
     """Where a run runs, for its config.json: a result is bit-identical only on the same
-    device, with the same threads and library versions (evaluation.MACHINE_COLUMNS: a rerun
+    device, with the same threads and library versions (folders.MACHINE_COLUMNS: a rerun
     elsewhere may change them)."""
     return {"device": str(device), "device_name": device_name(device),
             "torch_version": torch.__version__,
@@ -386,7 +387,7 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     differ: a run resumes with their new values. Any other difference means the
     folder holds another run: a UserError.
     """
-    config_path = run_dir / evaluation.CONFIG
+    config_path = run_dir / folders.CONFIG
     if not config_path.exists():
         if trained_unfinished(run_dir):  # config.json is written before any training
             raise OtherRun(f"{run_dir} holds a trained run but no config.json, the record of "
@@ -394,7 +395,7 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
                            "file back, or delete the folder to run it again")
         return []
     # A field added to HyperParameters since the run began has its default there.
-    saved = datasets.recorded_defaults() | evaluation.read_config(config_path)
+    saved = datasets.recorded_defaults() | folders.read_config(config_path)
     refuse_redrawn_classes(run_dir, saved)
     as_saved = json.loads(json.dumps(record))
     # The data's description (data_source, task_sizes, task_classes) joins the
@@ -408,7 +409,7 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     if differences:
         advice = ("use another --results_dir (a grid search's points are numbered in its "
                   "order: an override that removes a grid dimension renumbers them)"
-                  if evaluation.run_state(run_dir) == "finished"
+                  if folders.run_state(run_dir) == "finished"
                   else "use another --results_dir or delete that folder")
         raise OtherRun(f"{run_dir} holds a run with another configuration ({differences}); "
                        + advice)
@@ -419,8 +420,8 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
 
 def trained_unfinished(run_dir: Path) -> bool:
     """Whether run_dir holds a run that has trained but not finished: one that resumes."""
-    trained = any((run_dir / name).exists() for name in (CHECKPOINT, evaluation.ACCURACIES))
-    return trained and evaluation.run_state(run_dir) != "finished"
+    trained = any((run_dir / name).exists() for name in (CHECKPOINT, folders.ACCURACIES))
+    return trained and folders.run_state(run_dir) != "finished"
 
 
 def refuse_other_data(run_dir: Path, saved: dict, task_sizes: list[dict]) -> None:
@@ -461,14 +462,14 @@ def finished(run_dir: Path, record: dict) -> bool:
     """True if run_dir holds this exact run, complete; UserError if it holds another one
     (changed_settings). Prints nothing."""
     changed_settings(run_dir, record)
-    return evaluation.run_state(run_dir) == "finished"
+    return folders.run_state(run_dir) == "finished"
 
 
 def write_failed(run_dir: Path, message: str) -> None:
     """The run's failed.txt; if it cannot be written (no space left, say), the message
     still goes out through the launcher and the log."""
     with contextlib.suppress(files.WriteFailed):
-        files.write_text(message + "\n", run_dir / evaluation.FAILED)
+        files.write_text(message + "\n", run_dir / folders.FAILED)
 
 
 def fail(run_dir: Path, message: str) -> None:
@@ -489,7 +490,7 @@ def failed_writes_stop(run_dir: Path, num_tasks: int):
     try:
         yield
     except files.WriteFailed as error:
-        if evaluation.run_state(run_dir) == "finished":  # a logger's file after the results
+        if folders.run_state(run_dir) == "finished":  # a logger's file after the results
             raise error.advise("rerun the same command: the run is finished, its results "
                                "are saved") from None
         advised = error.advise("rerun the same command: "
@@ -660,15 +661,15 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
                watch: loggers.RunLoggers) -> None:
     """The end-of-run outputs: heatmap, task-agnostic accuracy, final metrics to the loggers,
     final weights."""
-    accuracies = pd.read_csv(run_dir / evaluation.ACCURACIES)
-    point = evaluation.configuration_name(run_dir.name)  # a grid point's, else ""
+    accuracies = pd.read_csv(run_dir / folders.ACCURACIES)
+    point = folders.configuration_name(run_dir.name)  # a grid point's, else ""
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                             f"{title}, {point + ', ' if point else ''}seed {keys['seed']}: "
                             "accuracy (%)")
     rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity,
                                             config.evaluation_batch_size)
     files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                    run_dir / evaluation.TASK_AGNOSTIC)
+                    run_dir / folders.TASK_AGNOSTIC)
     if config.fecam_evaluation:
         try:
             rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
@@ -679,11 +680,11 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
                             "with --fecam_evaluation=False to finish the run without FeCAM") \
                 from None
         files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                        run_dir / evaluation.FECAM)
+                        run_dir / folders.FECAM)
     watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
     files.save({"hnet": cpu_copy(model.hnet.state_dict()),
                 "target": cpu_copy(model.target.state_dict())},
-               run_dir / evaluation.FINAL_WEIGHTS)
+               run_dir / folders.FINAL_WEIGHTS)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
@@ -777,8 +778,8 @@ def begin_in_folder(run_dir: Path, record: dict, model, config, tasks: list) -> 
     if stale := files.remove_temporaries(run_dir):  # never read, only written anew
         print(f"  removed {', '.join(stale)}, left by a write that was cut off")
     warn_about_space(run_dir, model, config, tasks)
-    files.write_text(json.dumps(record, indent=2), run_dir / evaluation.CONFIG)
-    (run_dir / evaluation.FAILED).unlink(missing_ok=True)
+    files.write_text(json.dumps(record, indent=2), run_dir / folders.CONFIG)
+    (run_dir / folders.FAILED).unlink(missing_ok=True)
 
 
 def job_record(job: Job) -> dict:

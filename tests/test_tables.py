@@ -15,6 +15,7 @@ import pytest
 import chance
 import datasets
 import evaluation
+import folders
 from errors import UserError
 
 
@@ -401,7 +402,7 @@ def test_a_damaged_run_file_is_one_line_naming_it_and_what_to_do(tmp_path, capsy
 def test_a_damaged_table_of_a_run_with_a_checkpoint_is_mended_by_a_rerun(tmp_path, capsys):
     run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
     make_run(run, finished=False)
-    (run / evaluation.CHECKPOINT).write_bytes(b"")
+    (run / folders.CHECKPOINT).write_bytes(b"")
     (run / "accuracies.csv").write_text("")
     assert evaluation.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.endswith(
@@ -525,7 +526,7 @@ def test_a_run_file_in_the_results_folder_itself_writes_nothing_above_it(tmp_pat
     make_run(results / "SplitMNIST_part0_best" / "seed_1")
     (results / "config.json").write_text("{}")
     (tmp_path / "unrelated").mkdir()
-    assert evaluation.experiment_folders(results) == [results / "SplitMNIST_part0_best"]
+    assert folders.experiment_folders(results) == [results / "SplitMNIST_part0_best"]
     assert evaluation.main([str(results)]) == 0
     assert not (tmp_path / "summary.md").exists()
 
@@ -588,3 +589,18 @@ def test_plots_of_a_folder_of_several_configurations_name_the_one_shown(results,
     evaluation.summarize_experiment(permuted)
     assert titles == ["PermutedMNIST part 0, 2 seed(s), best configuration (beta=0.1): mean "
                       "accuracy (%)"]
+
+
+@pytest.mark.parametrize("grid, demo, published", [(False, False, False), (True, False, True),
+                                                   (False, True, False)])
+def test_folder_names_read_back_as_written(grid, demo, published):
+    """main.py names folders with folders.experiment_name/run_name; the summaries, the
+    table and comparisons read them with EXPERIMENT_FOLDER and configuration_name."""
+    name = folders.experiment_name("CIFAR100", 3, grid=grid, demo=demo, published=published)
+    match = folders.EXPERIMENT_FOLDER.fullmatch(name)
+    assert (match["dataset"], match["part"], match["kind"]) == (
+        "CIFAR100", "3", "grid" if grid else "best")
+    assert (bool(match["demo"]), bool(match["published"])) == (demo, published)
+    point = 7 if grid else None
+    assert folders.configuration_name(folders.run_name(12, point)) == (
+        "point_007" if grid else "")

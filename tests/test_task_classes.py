@@ -16,6 +16,7 @@ import data_files
 import datasets
 import errors
 import evaluation
+import folders
 import main
 import runs
 
@@ -178,10 +179,10 @@ def test_an_unfinished_tiny_imagenet_run_of_an_earlier_version_is_refused(tmp_pa
     with pytest.raises(errors.UserError, match="unfinished TinyImageNet run begun by an earlier "
                                                "version, whose tasks held other classes; delete"):
         runs.finished(tmp_path, record)
-    (tmp_path / evaluation.FINAL_WEIGHTS).write_bytes(b"")
+    (tmp_path / folders.FINAL_WEIGHTS).write_bytes(b"")
     assert runs.finished(tmp_path, record)
     (tmp_path / "config.json").write_text(json.dumps(tiny_record(dataset="CIFAR100")))
-    (tmp_path / evaluation.FINAL_WEIGHTS).unlink()
+    (tmp_path / folders.FINAL_WEIGHTS).unlink()
     assert not runs.finished(tmp_path, tiny_record(dataset="CIFAR100", task_classes=[[0]]))
 
 
