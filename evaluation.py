@@ -43,7 +43,7 @@ ACCURACY_COLUMNS = ["dataset", "part", "seed", "trained_task", "evaluated_task",
 MATRIX_COLUMNS = ("trained_task", "evaluated_task", "accuracy")  # what accuracy_matrix reads
 
 
-# -------------------------------------------------------------------- metrics
+# ---------------------------------------------------------------------- metrics
 
 
 def average_accuracy(matrix: np.ndarray) -> float:
@@ -88,63 +88,7 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
     return matrix
 
 
-# ----------------------------------------------------------------------- plots
-
-
-ANNOTATED_TASKS = 20  # up to this many tasks, heatmaps print every cell's value
-
-
-def task_ticks(ax, num_tasks: int, axes: str = "xy") -> None:
-    """Tasks numbered from 1: every task up to ANNOTATED_TASKS, else about ten round ticks."""
-    if num_tasks <= ANNOTATED_TASKS:
-        positions = list(range(num_tasks))
-    else:
-        step = next((s for s in (2, 5, 10, 20, 50, 100, 200, 500) if num_tasks / s <= 12),
-                    -(-num_tasks // 10))
-        positions = [0] + list(range(step - 1, num_tasks, step))
-    labels = [str(p + 1) for p in positions]
-    if "x" in axes:
-        ax.set_xticks(positions, labels)
-    if "y" in axes:
-        ax.set_yticks(positions, labels)
-
-
-def fitted(title: str, fig) -> str:
-    """A 9-point title broken into lines as wide as the figure, so that none is cut off."""
-    return textwrap.fill(title, int(fig.get_figwidth() * 13))
-
-
-def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
-    """The accuracy matrix as a heatmap (rows: task trained, columns: task evaluated).
-
-    Up to ANNOTATED_TASKS tasks every cell shows its value and the figure grows
-    with the matrix; beyond, the figure has a fixed size and the colour bar
-    alone gives the values.
-    """
-    t = len(matrix)
-    low = np.nanmin(matrix)
-    annotated = t <= ANNOTATED_TASKS
-    size = (max(5.5, 1.2 + 0.6 * t), max(3.5, 1.0 + 0.5 * t)) if annotated else (8.0, 6.5)
-    fig, ax = plt.subplots(figsize=size)
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=low, vmax=100,
-                      interpolation="nearest")
-    if annotated:
-        for (i, j), value in np.ndenumerate(matrix):
-            if not np.isnan(value):  # dark text on the bright (high) end of viridis
-                bright = (value - low) / max(100 - low, 1e-9) > 0.6
-                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
-                        color="black" if bright else "white")
-    task_ticks(ax, t)
-    ax.set_xlabel("evaluated task")
-    ax.set_ylabel("after training task")
-    ax.set_title(fitted(title, fig), fontsize=9)
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------- tables
+# ------------------------------------------------------ an experiment's summary
 
 # A run's final metrics (run_summary): what summaries average over seeds, comparisons set
 # side by side and the loggers report at a run's end.
@@ -387,7 +331,60 @@ def seeds_table(groups: list, title: str) -> str:
             "validation sets).", ""] if len(groups) > 1 else []))
 
 
-# ----------------------------------------------------------------------- plots
+# ------------------------------------------------------------------------ plots
+
+
+ANNOTATED_TASKS = 20  # up to this many tasks, heatmaps print every cell's value
+
+
+def task_ticks(ax, num_tasks: int, axes: str = "xy") -> None:
+    """Tasks numbered from 1: every task up to ANNOTATED_TASKS, else about ten round ticks."""
+    if num_tasks <= ANNOTATED_TASKS:
+        positions = list(range(num_tasks))
+    else:
+        step = next((s for s in (2, 5, 10, 20, 50, 100, 200, 500) if num_tasks / s <= 12),
+                    -(-num_tasks // 10))
+        positions = [0] + list(range(step - 1, num_tasks, step))
+    labels = [str(p + 1) for p in positions]
+    if "x" in axes:
+        ax.set_xticks(positions, labels)
+    if "y" in axes:
+        ax.set_yticks(positions, labels)
+
+
+def fitted(title: str, fig) -> str:
+    """A 9-point title broken into lines as wide as the figure, so that none is cut off."""
+    return textwrap.fill(title, int(fig.get_figwidth() * 13))
+
+
+def plot_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
+    """The accuracy matrix as a heatmap (rows: task trained, columns: task evaluated).
+
+    Up to ANNOTATED_TASKS tasks every cell shows its value and the figure grows
+    with the matrix; beyond, the figure has a fixed size and the colour bar
+    alone gives the values.
+    """
+    t = len(matrix)
+    low = np.nanmin(matrix)
+    annotated = t <= ANNOTATED_TASKS
+    size = (max(5.5, 1.2 + 0.6 * t), max(3.5, 1.0 + 0.5 * t)) if annotated else (8.0, 6.5)
+    fig, ax = plt.subplots(figsize=size)
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=low, vmax=100,
+                      interpolation="nearest")
+    if annotated:
+        for (i, j), value in np.ndenumerate(matrix):
+            if not np.isnan(value):  # dark text on the bright (high) end of viridis
+                bright = (value - low) / max(100 - low, 1e-9) > 0.6
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                        color="black" if bright else "white")
+    task_ticks(ax, t)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after training task")
+    ax.set_title(fitted(title, fig), fontsize=9)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
 
 
 def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> None:
@@ -494,7 +491,7 @@ def plot_grid(runs: pd.DataFrame, hyperparameters: list[str], path: Path, title:
     plt.close(fig)
 
 
-# ------------------------------------------------------ across experiments
+# ------------------------------------------------------------ the paper's table
 
 # The benchmarks in the paper's order, with the names its tables use.
 BENCHMARK_NAMES = {"PermutedMNIST": "Permuted MNIST", "SplitMNIST": "Split MNIST",
@@ -677,6 +674,9 @@ def write_results_table(root: Path) -> str | None:
     write_text("% python evaluation.py --table; needs \\usepackage{booktabs}\n"
                + latex.replace("±", r"$\pm$"), root / "results_table.tex")
     return text
+
+
+# ---------------------------------------------------- comparing two result sets
 
 
 def configurations_below(root: Path) -> dict[tuple[str, str], pd.DataFrame]:
@@ -863,7 +863,7 @@ def compare(root_a: Path, root_b: Path) -> str:
     return "\n".join(lines + [f"{note}  " for note in notes] + ([""] if notes else []))
 
 
-# ------------------------------------------------------------------ command line
+# ----------------------------------------------------------------- command line
 
 
 class ArgumentParser(argparse.ArgumentParser):
