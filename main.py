@@ -107,6 +107,18 @@ def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
     return settings, hyperparameters
 
 
+def resolve(argv: list[str]) -> tuple[dict, dict, dict]:
+    """What a command line asks for: (settings, hyperparameters, the settings it names).
+
+    The settings are the block at the top of this file, each checked, with argv's
+    `--name=value` settings over them; the hyperparameters are the `hyperparameters`
+    setting with argv's own added.
+    """
+    overrides, hyperparameters = parse_overrides(argv)
+    settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} | overrides
+    return settings, settings["hyperparameters"] | hyperparameters, overrides
+
+
 def usage() -> str:
     """What --help prints: how to override, the settings block at the top of this file
     (each setting's default and choices), and the hyperparameters' names."""
@@ -287,13 +299,12 @@ def experiment_jobs(settings: dict, hyperparameters: dict, *, dataset: str,
     seeds_to_run = settings["seeds"] or (benchmark.grid_seeds if grid else benchmark.seeds)
     experiment_dir = Path(settings["results_dir"]) / folders.experiment_name(
         dataset, part, grid=grid, demo=settings["demo"], published=configs[0].published_regime)
+    # every setting named like a field of runs.Job reaches each run as it is
+    passed = {field.name: settings[field.name] for field in dataclasses.fields(runs.Job)
+              if field.name in settings and field.name not in ("dataset", "part")}
     jobs = [runs.Job(config=config, dataset=dataset, part=part, seed=seed,
                      run_dir=experiment_dir / folders.run_name(seed, k if grid else None),
-                     path_to_datasets=settings["path_to_datasets"], device=settings["device"],
-                     demo=settings["demo"], checkpoint_minutes=settings["checkpoint_minutes"],
-                     cuda_graphs=settings["cuda_graphs"], logger=settings["logger"],
-                     wandb_project=settings["wandb_project"],
-                     wandb_entity=settings["wandb_entity"])
+                     **passed)
             for k, config in enumerate(configs) for seed in seeds_to_run]
     return experiment_dir, jobs
 
@@ -305,13 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     try:
-        settings_overrides, hyperparameters = parse_overrides(argv)
-        settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} \
-            | settings_overrides
+        settings, hyperparameters, overrides = resolve(argv)
         started = time.perf_counter()
-        chosen = demo_datasets(settings_overrides) if settings["demo"] else ()
-        folders = run_experiments(settings, settings["hyperparameters"] | hyperparameters,
-                                  chosen)
+        chosen = demo_datasets(overrides) if settings["demo"] else ()
+        experiment_dirs = run_experiments(settings, hyperparameters, chosen)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -324,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not settings["status"] and settings["launcher"] != "slurm":
         print(f"done in {time.perf_counter() - started:.0f} s; results in "
-              + ", ".join(str(f) for f in folders))
+              + ", ".join(map(str, experiment_dirs)))
     return 0
 
 

@@ -33,10 +33,9 @@ def broken_run(arguments: list[str], run_dir: Path) -> None:
     import main
     import runs
 
-    overrides, hyperparameters = main.parse_overrides(arguments)
-    settings = {name: getattr(main, name) for name in main.SETTINGS} | overrides
-    _, jobs = main.experiment_jobs(settings, settings["hyperparameters"] | hyperparameters,
-                                   dataset=settings["dataset"], part=settings["part"])
+    settings, hyperparameters, _ = main.resolve(arguments)
+    _, jobs = main.experiment_jobs(settings, hyperparameters, dataset=settings["dataset"],
+                                   part=settings["part"])
     job, = (job for job in jobs if job.run_dir == run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(runs.job_record(job)))

@@ -537,10 +537,9 @@ def test_the_pool_reports_a_full_disk_and_starts_no_new_run(mnist_root, tmp_path
 def test_a_slurm_job_stopped_by_a_full_disk_says_so(mnist_root, tmp_path, monkeypatch, capsys):
     import submitit
 
-    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
-        "results_dir": str(tmp_path), "path_to_datasets": str(mnist_root), "seeds": [5],
-        "device": "cpu"}
-    _, hyperparameters = main.parse_overrides([*SMALL, "--number_of_tasks=1"])
+    settings, hyperparameters, _ = main.resolve([
+        f"--results_dir={tmp_path}", f"--path_to_datasets={mnist_root}", "--seeds=[5]",
+        "--device=cpu", *SMALL, "--number_of_tasks=1"])
     experiment, jobs = main.experiment_jobs(settings, hyperparameters, dataset="SplitMNIST",
                                             part=0)
     fail_writes(monkeypatch, "final_weights.pt", 1, errno.EDQUOT)

@@ -19,8 +19,7 @@ def test_permuted_mnist_part_1_runs_100_distinct_tasks_over_three_seeds(mnist_ro
                                                                           capsys):
     """Part 1: three runs, each of 100 tasks, each task its own permutation and embedding."""
     small = {"target_hidden_layers": (8,), "hnet_hidden_layers": (4,), "validation_size": 50}
-    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
-        "results_dir": str(tmp_path)}
+    settings, _, _ = main.resolve([f"--results_dir={tmp_path}"])
     folder, jobs = main.experiment_jobs(settings, small, dataset="PermutedMNIST", part=1)
     assert folder.name == "PermutedMNIST_part1_best" and [j.seed for j in jobs] == [1, 2, 3]
     config = jobs[0].config

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import OUTPUTS, TINY, broken_run, run_folder, tiny_options, wait_for
+from conftest import OUTPUTS, broken_run, run_folder, tiny_options, wait_for
 
 import datasets
 import launchers
@@ -72,11 +72,10 @@ def test_a_failing_run_is_reported_and_the_others_finish(mnist_root, tmp_path, c
 def test_submitit_executors_run_the_job_function(mnist_root, tmp_path, executor):
     import submitit
 
-    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
-        "results_dir": str(tmp_path), "path_to_datasets": str(mnist_root), "seeds": [1, 2]}
-    _, hyperparameters = main.parse_overrides([*TINY, "--batch_size=32"])
-    experiment, jobs = main.experiment_jobs(settings | {"device": "cpu"}, hyperparameters,
-                                            dataset="SplitMNIST", part=0)
+    settings, hyperparameters, _ = main.resolve(
+        tiny_options(mnist_root, tmp_path, "--seeds=[1,2]", "--batch_size=32"))
+    experiment, jobs = main.experiment_jobs(settings, hyperparameters, dataset="SplitMNIST",
+                                            part=0)
     folder = tmp_path / "submitit"
     chosen = submitit.DebugExecutor(folder) if executor == "debug" else \
         submitit.LocalExecutor(folder)
@@ -123,11 +122,10 @@ def test_a_killed_launch_resumes_on_the_second(mnist_root, tmp_path):
 
 
 def tiny_jobs(mnist_root, results, *extra):
-    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
-        "results_dir": str(results), "path_to_datasets": str(mnist_root), "seeds": [1]}
-    _, hyperparameters = main.parse_overrides([*TINY, "--batch_size=32", *extra])
-    return main.experiment_jobs(settings | {"device": "cpu"}, hyperparameters,
-                                dataset="SplitMNIST", part=0)[1]
+    """The runs main.py would make of a TINY Split MNIST command line, one seed."""
+    settings, hyperparameters, _ = main.resolve(
+        tiny_options(mnist_root, results, "--seeds=[1]", "--batch_size=32", *extra))
+    return main.experiment_jobs(settings, hyperparameters, dataset="SplitMNIST", part=0)[1]
 
 
 def test_a_slurm_job_uses_its_cpus_per_task(mnist_root, tmp_path, monkeypatch):

@@ -180,8 +180,7 @@ def test_every_best_configuration_runs_in_the_published_regime(
 
 
 def test_the_regime_names_the_folder_and_is_recorded(mnist_root, tmp_path):
-    settings = {name: getattr(main, name) for name in main.SETTINGS} | {
-        "results_dir": str(tmp_path)}
+    settings, _, _ = main.resolve([f"--results_dir={tmp_path}"])
     for published in REGIMES:
         folder, jobs = main.experiment_jobs(settings, {"published_regime": published},
                                             dataset="SplitMNIST", part=0)
