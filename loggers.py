@@ -36,7 +36,7 @@ from errors import UserError
 LOGGERS = ("tensorboard", "wandb")  # each the name of the package it needs, too
 TENSORBOARD_FOLDER = "tensorboard"  # in the run folder: `tensorboard --logdir Results/`
 WANDB_ID = "wandb_id.txt"  # in the run folder: a resumed run continues its W&B run
-FINAL_METRICS = evaluation.SEED_METRICS
+FINAL_METRICS = tuple(evaluation.SEED_METRICS)  # logged as final/<name>
 # training-log columns that are no curve (the task sizes: the run's saved rows only)
 NOT_CURVES = ("task", "iteration", "seconds", "training_samples", "validation_samples",
               "test_samples")

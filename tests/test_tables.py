@@ -604,3 +604,20 @@ def test_folder_names_read_back_as_written(grid, demo, published):
     point = 7 if grid else None
     assert folders.configuration_name(folders.run_name(12, point)) == (
         "point_007" if grid else "")
+
+
+def test_every_metric_column_is_explained_under_its_table(results):
+    """summary.md and results_table.md say what each metric column means (SEED_METRICS)."""
+    summary = evaluation.summarize_experiment(results / "PermutedMNIST_part0_best")
+    header = next(line for line in summary.splitlines() if line.startswith("|"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    shown = [name for name in evaluation.SEED_METRICS
+             if name in columns or name == "ACC" and "accuracy (ACC)" in columns]
+    assert shown == ["ACC", "BWT", "FWT", "forgetting", "task_agnostic_accuracy",
+                     "task_identification_accuracy"]
+    for name in shown:
+        assert f"{name}: {evaluation.SEED_METRICS[name]}" in summary
+    assert "fecam_accuracy:" not in summary  # no such column: no such note
+    table = evaluation.write_results_table(results)
+    for name in evaluation.TABLE_METRICS:
+        assert f"{name}: {evaluation.SEED_METRICS[name]}" in table
