@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import typing
 
 import numpy as np
 import pytest
@@ -153,57 +154,65 @@ def test_grid_is_the_cartesian_product_and_overrides_fix_a_field():
         datasets.configurations(datasets.get_benchmark("SplitMNIST", 1), False)
 
 
-# Every grid of docs/benchmarks.md#grid-searches: (dataset, part) -> number of points, seeds,
-# what every point has, and one point that must be there.
+class Grid(typing.NamedTuple):
+    """What a benchmark's grid search must be (docs/benchmarks.md#grid-searches)."""
+
+    points: int  # how many configurations
+    seeds: tuple[int, ...]
+    every_point: dict  # what each configuration has
+    one_point: dict  # what one of them has (beside every_point)
+
+
 GRIDS = {
-    ("PermutedMNIST", 0): (12, (1, 2, 3, 4, 5),
-                           dict(model_selection="best_val", embedding_size=24, sparsity=0,
-                                hnet_hidden_layers=(100, 100), number_of_iterations=5000),
-                           dict(beta=5e-3, lam=5e-4, norm_regularizer_masking=False)),
-    ("SplitMNIST", 0): (1, (1, 2, 3, 4, 5),
-                        dict(norm_regularizer_masking=False, sparsity=0, embedding_size=128,
-                             beta=1e-3, lam=1e-3, hnet_hidden_layers=(25, 25),
-                             model_selection="last", augmentation=True), {}),
-    ("SplitMNIST", 1): (1, (1, 2, 3, 4, 5),
-                        dict(norm_regularizer_masking=False, sparsity=30, embedding_size=96,
-                             beta=0.01, lam=1e-4, hnet_hidden_layers=(50, 50),
-                             learning_rate=1e-3, batch_size=128), {}),
-    ("SplitMNIST", 2): (1, (1, 2, 3, 4, 5),
-                        dict(norm_regularizer_masking=True, sparsity=30, embedding_size=128,
-                             beta=1e-3, lam=1e-3, hnet_hidden_layers=(25, 25)), {}),
-    ("CIFAR100", 0): (12, (5,), dict(target_network="ResNet-20", embedding_size=48,
-                                     hnet_hidden_layers=(100,), learning_rate=1e-3),
-                      dict(beta=0.05, lam=0.1)),
-    ("CIFAR100", 1): (12, (5,), dict(target_network="ZenkeNet", batch_size=32, sparsity=0),
-                      dict(beta=1.0, lam=0.01)),
-    ("TinyImageNet", 0): (16, (5,), dict(target_network="ResNet-20", learning_rate=1e-3,
-                                         batch_size=16, embedding_size=48,
-                                         norm_regularizer_masking=False, number_of_epochs=10),
-                          dict(sparsity=30, beta=0.1, lam=0.01, hnet_hidden_layers=(10, 10))),
-    ("TinyImageNet", 1): (27, (6,), dict(target_network="ZenkeNet-tiny", embedding_size=96,
-                                         learning_rate=5e-3, hnet_hidden_layers=(100, 100)),
-                          dict(sparsity=70, beta=1.0, lam=0.01)),
-    ("TinyImageNet", 2): (27, (6,), dict(embedding_size=128, learning_rate=1e-3),
-                          dict(sparsity=30, beta=0.1, lam=1.0)),
-    ("TinyImageNet", 3): (32, (6,), dict(embedding_size=192, learning_rate=1e-3),
-                          dict(sparsity=50, beta=1e-3, lam=1e-3)),
-    ("CIFAR100_FeCAM_setup", 6): (18, (1,),
-                                  dict(target_network="ResNet-20", number_of_tasks=5, sparsity=0,
-                                       beta=0.01, lam=1.0, batch_size=32, number_of_epochs=200,
-                                       norm_regularizer_masking=False, augmentation=True),
-                                  dict(embedding_size=96, learning_rate=1e-2,
-                                       hnet_hidden_layers=(100,))),
+    ("PermutedMNIST", 0): Grid(12, (1, 2, 3, 4, 5),
+                               dict(model_selection="best_val", embedding_size=24, sparsity=0,
+                                    hnet_hidden_layers=(100, 100), number_of_iterations=5000),
+                               dict(beta=5e-3, lam=5e-4, norm_regularizer_masking=False)),
+    ("SplitMNIST", 0): Grid(1, (1, 2, 3, 4, 5),
+                            dict(norm_regularizer_masking=False, sparsity=0, embedding_size=128,
+                                 beta=1e-3, lam=1e-3, hnet_hidden_layers=(25, 25),
+                                 model_selection="last", augmentation=True), {}),
+    ("SplitMNIST", 1): Grid(1, (1, 2, 3, 4, 5),
+                            dict(norm_regularizer_masking=False, sparsity=30, embedding_size=96,
+                                 beta=0.01, lam=1e-4, hnet_hidden_layers=(50, 50),
+                                 learning_rate=1e-3, batch_size=128), {}),
+    ("SplitMNIST", 2): Grid(1, (1, 2, 3, 4, 5),
+                            dict(norm_regularizer_masking=True, sparsity=30, embedding_size=128,
+                                 beta=1e-3, lam=1e-3, hnet_hidden_layers=(25, 25)), {}),
+    ("CIFAR100", 0): Grid(12, (5,), dict(target_network="ResNet-20", embedding_size=48,
+                                         hnet_hidden_layers=(100,), learning_rate=1e-3),
+                          dict(beta=0.05, lam=0.1)),
+    ("CIFAR100", 1): Grid(12, (5,), dict(target_network="ZenkeNet", batch_size=32, sparsity=0),
+                          dict(beta=1.0, lam=0.01)),
+    ("TinyImageNet", 0): Grid(16, (5,), dict(target_network="ResNet-20", learning_rate=1e-3,
+                                             batch_size=16, embedding_size=48,
+                                             norm_regularizer_masking=False, number_of_epochs=10),
+                              dict(sparsity=30, beta=0.1, lam=0.01, hnet_hidden_layers=(10, 10))),
+    ("TinyImageNet", 1): Grid(27, (6,), dict(target_network="ZenkeNet-tiny", embedding_size=96,
+                                             learning_rate=5e-3, hnet_hidden_layers=(100, 100)),
+                              dict(sparsity=70, beta=1.0, lam=0.01)),
+    ("TinyImageNet", 2): Grid(27, (6,), dict(embedding_size=128, learning_rate=1e-3),
+                              dict(sparsity=30, beta=0.1, lam=1.0)),
+    ("TinyImageNet", 3): Grid(32, (6,), dict(embedding_size=192, learning_rate=1e-3),
+                              dict(sparsity=50, beta=1e-3, lam=1e-3)),
+    ("CIFAR100_FeCAM_setup", 6): Grid(
+        18, (1,), dict(target_network="ResNet-20", number_of_tasks=5, sparsity=0, beta=0.01,
+                       lam=1.0, batch_size=32, number_of_epochs=200,
+                       norm_regularizer_masking=False, augmentation=True),
+        dict(embedding_size=96, learning_rate=1e-2, hnet_hidden_layers=(100,))),
 }
 
 
 @pytest.mark.parametrize("dataset, part", list(GRIDS))
 def test_each_grid_is_the_authors(dataset, part):
-    size, seeds, common, point = GRIDS[(dataset, part)]
+    grid = GRIDS[(dataset, part)]
     benchmark = datasets.get_benchmark(dataset, part)
     points = datasets.configurations(benchmark, True)
-    assert len(points) == size and benchmark.grid_seeds == seeds
-    assert all(getattr(p, name) == value for p in points for name, value in common.items())
-    assert any(all(getattr(p, name) == value for name, value in point.items()) for p in points)
+    assert len(points) == grid.points and benchmark.grid_seeds == grid.seeds
+    assert all(getattr(p, name) == value for p in points
+               for name, value in grid.every_point.items())
+    assert any(all(getattr(p, name) == value for name, value in grid.one_point.items())
+               for p in points)
 
 
 def test_only_the_listed_parts_have_grids():
