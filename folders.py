@@ -30,6 +30,7 @@ RUN_FILES = (CONFIG, ACCURACIES, FAILED)  # any of them makes a run folder
 CHECKPOINT = "checkpoint.pt"
 # What else a run writes that the summaries read: after each task, and at its end.
 TRANSFER, TASK_AGNOSTIC, FECAM = "transfer.csv", "task_agnostic.csv", "fecam.csv"
+TASK_AGNOSTIC_STEPS = "task_agnostic_steps.csv"  # with FECAM: entropy per incremental step
 RUN_LOG = "run.log"  # a run's output under the local pool and SLURM
 # config.json keys (runs.job_record) that say how a run was executed, not what it is:
 # summaries do not tell configurations apart by them.

@@ -666,11 +666,13 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                             f"{title}, {point + ', ' if point else ''}seed {keys['seed']}: "
                             "accuracy (%)")
-    rows = task_agnostic.entropy_evaluation(model, tasks, config.sparsity,
-                                            config.evaluation_batch_size)
-    files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                    run_dir / folders.TASK_AGNOSTIC)
-    if config.fecam_evaluation:
+    found = task_agnostic.test_set_entropies(model, tasks, config.sparsity,
+                                             config.evaluation_batch_size)
+    files.write_csv(pd.DataFrame([{**keys, **row} for row in task_agnostic.entropy_rows(
+        found, tasks)]), run_dir / folders.TASK_AGNOSTIC)
+    if config.fecam_evaluation:  # the class-incremental evaluations, step by step
+        files.write_csv(pd.DataFrame([{**keys, **row} for row in task_agnostic.entropy_step_rows(
+            found, tasks)]), run_dir / folders.TASK_AGNOSTIC_STEPS)
         try:
             rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
                                                   config.evaluation_batch_size,

@@ -21,6 +21,27 @@ from hypermask import HyperMask, evaluation_batches, evaluation_mode
 # ----------------------------------------------------------------------- entropy
 
 
+def entropies(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The softmax entropy of N samples under each of T tasks' masks, and the class each
+    mask predicts.
+
+    Args:
+        logits: one [N, C_j] tensor per task j, for the same N samples.
+    Returns:
+        entropy [T, N], predicted class [T, N].
+    """
+    log_p = [l.log_softmax(1) for l in logits]  # finite where softmax underflows to 0
+    return (torch.stack([-(p.exp() * p).sum(1) for p in log_p]),
+            torch.stack([p.argmax(1) for p in log_p]))
+
+
+def choose(entropy: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sample, the task with the lowest entropy ([T, N]; ties go to the earlier
+    task) and its predicted class: chosen task [N], class [N]."""
+    chosen = entropy.argmin(0)  # first minimum
+    return chosen, classes.gather(0, chosen[None])[0]
+
+
 def choose_by_entropy(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """For each sample, the task with the lowest softmax entropy and its class.
 
@@ -29,40 +50,63 @@ def choose_by_entropy(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     Returns:
         chosen task [N] (ties go to the earlier task), predicted class [N].
     """
-    log_p = [l.log_softmax(1) for l in logits]
-    entropy = torch.stack([-(p.exp() * p).sum(1) for p in log_p])  # [T, N]
-    chosen = entropy.argmin(0)  # first minimum
-    classes = torch.stack([p.argmax(1) for p in log_p])  # [T, N]
-    return chosen, classes.gather(0, chosen[None])[0]
+    return choose(*entropies(logits))
 
 
 @torch.no_grad()
-def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
-                       batch_size: int | None = None) -> list[dict]:
-    """Entropy-based task inference on each task's test set under every task's mask.
+def test_set_entropies(model: HyperMask, tasks: list[Task], sparsity: float,
+                       batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every task's test set under every task's mask: for test set s, entropies [T, N_s]
+    and predicted classes [T, N_s] (`entropies`).
 
     Each test set goes through as one batch per mask unless `batch_size` is given
     (batch-statistics networks then give slightly different numbers).
-
-    Returns:
-        one row per task: task, task_identification_accuracy and accuracy
-        (percent; a sample is right only if its task and class both are).
     """
-    rows = []
+    found = []
     with evaluation_mode(model):
         weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
-        for i, task in enumerate(tasks):
-            right_task, right = [], []
-            for images, labels in evaluation_batches(task.test_x, task.test_y, batch_size):
-                x = task.transform(images, False)
-                logits = [model.target(x, weights=w)[:, :tasks[j].num_classes]
-                          for j, w in enumerate(weights)]
-                chosen, predicted = choose_by_entropy(logits)
-                right_task.append(chosen == i)
-                right.append(right_task[-1] & (predicted == labels))
-            rows.append({"task": i, "task_identification_accuracy": percent(torch.cat(right_task)),
-                         "accuracy": percent(torch.cat(right))})
+        for task in tasks:
+            batches = [entropies([model.target(task.transform(images, False), weights=w)
+                                  [:, :tasks[j].num_classes] for j, w in enumerate(weights)])
+                       for images, _ in evaluation_batches(task.test_x, task.test_y, batch_size)]
+            found.append(tuple(torch.cat(parts, dim=1) for parts in zip(*batches)))
+    return found
+
+
+def entropy_rows(found: list[tuple], tasks: list[Task]) -> list[dict]:
+    """Per task, every task's mask competing (test_set_entropies' `found`): task,
+    task_identification_accuracy and accuracy (percent; a sample is right only if its task
+    and class both are)."""
+    rows = []
+    for s, ((entropy, classes), task) in enumerate(zip(found, tasks)):
+        chosen, predicted = choose(entropy, classes)
+        rows.append({"task": s, "task_identification_accuracy": percent(chosen == s),
+                     "accuracy": percent((chosen == s) & (predicted == task.test_y))})
     return rows
+
+
+def entropy_step_rows(found: list[tuple], tasks: list[Task]) -> list[dict]:
+    """Per incremental step i, the masks of tasks 0..i competing on the union of their test
+    sets, as the authors evaluate the FeCAM setup: tasks_seen (i + 1),
+    task_identification_accuracy and accuracy (percent)."""
+    rows = []
+    for i in range(len(tasks)):
+        right_task = right = total = 0
+        for s, ((entropy, classes), task) in enumerate(zip(found[:i + 1], tasks)):
+            chosen, predicted = choose(entropy[:i + 1], classes[:i + 1])
+            right_task += (chosen == s).sum().item()
+            right += ((chosen == s) & (predicted == task.test_y)).sum().item()
+            total += len(task.test_y)
+        rows.append({"tasks_seen": i + 1, "task_identification_accuracy": 100 * right_task / total,
+                     "accuracy": 100 * right / total})
+    return rows
+
+
+def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
+                       batch_size: int | None = None) -> list[dict]:
+    """Entropy-based task inference on each task's test set under every task's mask
+    (entropy_rows of test_set_entropies)."""
+    return entropy_rows(test_set_entropies(model, tasks, sparsity, batch_size), tasks)
 
 
 # ------------------------------------------------------------------------- FeCAM

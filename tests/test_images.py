@@ -393,3 +393,19 @@ def test_every_image_benchmark_runs_end_to_end(dataset, part, cifar_root, tiny_r
         fecam = pd.read_csv(run / "fecam.csv")
         assert fecam["tasks_seen"].tolist() == [1, 2]
         assert fecam["accuracy"].between(0, 100).all()
+        # the entropy's incremental steps: the last is every mask on every test set
+        steps = pd.read_csv(run / "task_agnostic_steps.csv")
+        per_task = pd.read_csv(run / "task_agnostic.csv")
+        sizes = [size["test_samples"] for size in json.loads(
+            (run / "config.json").read_text())["task_sizes"]]
+        assert steps["tasks_seen"].tolist() == [1, 2]
+        assert steps["task_identification_accuracy"].iloc[0] == 100.0  # one mask, one task
+        assert steps["accuracy"].iloc[-1] == pytest.approx(
+            (per_task["accuracy"] * sizes).sum() / sum(sizes))
+        summary = pd.read_csv(run.parent / "summary.csv")
+        assert summary["task_agnostic_incremental_accuracy"].iloc[0] == pytest.approx(
+            steps["accuracy"].mean())
+        assert summary["fecam_average_accuracy"].iloc[0] == pytest.approx(
+            fecam["accuracy"].mean())
+    else:  # the class-incremental steps belong to the FeCAM setup's evaluations
+        assert not (run / "task_agnostic_steps.csv").exists()

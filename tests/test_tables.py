@@ -124,6 +124,9 @@ def test_table_gives_the_fecam_setups_class_incremental_accuracy_where_evaluated
                    if line.startswith(("| benchmark", "| CIFAR-100 FeCAM")))
     assert row[header.index("FeCAM class-incremental")] == "42.00 ± 2.00"
     assert "FeCAM class-incremental: the accuracy over the test sets of all tasks" in markdown
+    # the authors' number: the mean over steps (50.5 and 53.5)
+    assert row[header.index("FeCAM average incremental")] == "52.00 ± 1.50"
+    assert "FeCAM average incremental: its mean over the incremental steps" in markdown
     summary = evaluation.summarize_experiment(fecam)
     assert "| 42.00 ± 2.00 " in summary and "fecam_accuracy: FeCAM class-incremental" in summary
 

@@ -22,6 +22,30 @@ def test_lowest_entropy_task_wins_and_gives_the_class():
     assert task_agnostic.choose_by_entropy([tie, tie])[0].tolist() == [0]
 
 
+def test_incremental_steps_let_only_the_tasks_seen_compete():
+    """Step i: the masks of tasks 0..i on the union of their test sets (the authors' FeCAM
+    setup); the last step is every mask on every test set, the per-task rows' union."""
+    tasks = [random_task_with_labels([0, 1]), random_task_with_labels([1, 0, 0])]
+    found = [  # per test set: entropy [T=2, N], predicted class [T=2, N]
+        (torch.tensor([[0.9, 0.2], [0.1, 0.5]]), torch.tensor([[0, 1], [1, 1]])),
+        (torch.tensor([[0.3, 0.1, 0.9], [0.2, 0.4, 0.1]]), torch.tensor([[1, 0, 0], [1, 1, 0]]))]
+    steps = task_agnostic.entropy_step_rows(found, tasks)
+    # step 1: task 0's mask alone on task 0's test set: task right 2/2, classes 0, 1 right
+    # step 2: test set 0 chooses tasks 1, 0 (classes 1, 1): task right 1/2, class right 1/2;
+    #         test set 1 chooses tasks 1, 0, 1 (classes 1, 0, 0): task right 2/3, both 2/3
+    assert steps == [{"tasks_seen": 1, "task_identification_accuracy": 100.0, "accuracy": 100.0},
+                     {"tasks_seen": 2, "task_identification_accuracy": 60.0, "accuracy": 60.0}]
+    per_task = task_agnostic.entropy_rows(found, tasks)
+    assert [row["accuracy"] for row in per_task] == [50.0, pytest.approx(200 / 3)]
+
+
+def random_task_with_labels(labels: list[int]) -> Task:
+    """A Task whose test labels are `labels` (its images do not matter here)."""
+    x, y = torch.zeros(len(labels), 1), torch.tensor(labels)
+    return Task(x, y, x, y, x, y, num_classes=2, transform=lambda batch, training: batch,
+                input_shape=(1,))
+
+
 def test_shrinkage_by_hand():
     cov = torch.tensor([[2.0, 1.0], [1.0, 4.0]])
     assert torch.allclose(task_agnostic.shrink(cov), torch.tensor([[5.0, 2.0], [2.0, 7.0]]))
