@@ -317,6 +317,8 @@ def seeds_table(groups: list, title: str) -> str:
             if metric in runs and runs[metric].notna().any():
                 values = runs[metric].dropna()
                 row[metric] = mean_and_std(values.mean(), values.std(ddof=0), len(values))
+                if len(values) < len(runs):  # runs from before the metric existed
+                    row[metric] += f" ({len(values)} of {len(runs)} runs)"
         if any_at_chance:  # only then: the column would say "none" on every row
             row["at chance"] = chance.chance_cell(runs)
         rows.append(row)

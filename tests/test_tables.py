@@ -624,3 +624,22 @@ def test_every_metric_column_is_explained_under_its_table(results):
     table = evaluation.write_results_table(results)
     for name in evaluation.TABLE_METRICS:
         assert f"{name}: {evaluation.SEED_METRICS[name]}" in table
+
+
+def test_a_metric_that_only_some_runs_have_says_over_how_many(tmp_path):
+    """Runs from before a metric existed (here task_agnostic_steps.csv) have no value for
+    it: its cell says how many runs it averages rather than passing for every seed's."""
+    experiment = tmp_path / "CIFAR100_FeCAM_setup_part6_best"
+    for seed in (1, 2, 3):
+        make_run(experiment / f"seed_{seed}")
+    for seed, accuracy in ((1, 30.0), (2, 40.0)):
+        pd.DataFrame({"tasks_seen": [1, 2], "task_identification_accuracy": [100.0, 50.0],
+                      "accuracy": [accuracy, accuracy]}).to_csv(
+            experiment / f"seed_{seed}" / "task_agnostic_steps.csv", index=False)
+    summary = evaluation.summarize_experiment(experiment)
+    header, row = (line for line in summary.splitlines() if line.startswith("|")
+                   and "---" not in line)
+    cells = dict(zip(*([cell.strip() for cell in line.strip("|").split("|")]
+                       for line in (header, row))))
+    assert cells["task_agnostic_incremental_accuracy"] == "35.00 ± 5.00 (2 of 3 runs)"
+    assert cells["BWT"] == "-10.00 ± 0.00"  # every run has it: no count
