@@ -521,6 +521,8 @@ FECAM_COLUMNS = {
     "fecam_average_accuracy": ("FeCAM average incremental", "its mean over the incremental "
                                "steps (the test sets of tasks 0..i for every i), the number the "
                                "authors' FeCAM evaluation reports")}
+
+
 def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
     """Every run folder of an experiment that started: finished, unfinished or failed.
 

@@ -666,13 +666,14 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                             f"{title}, {point + ', ' if point else ''}seed {keys['seed']}: "
                             "accuracy (%)")
-    found = task_agnostic.test_set_entropies(model, tasks, config.sparsity,
-                                             config.evaluation_batch_size)
+    found = task_agnostic.entropy_counts(model, tasks, config.sparsity,
+                                         config.evaluation_batch_size)
     files.write_csv(pd.DataFrame([{**keys, **row} for row in task_agnostic.entropy_rows(
         found, tasks)]), run_dir / folders.TASK_AGNOSTIC)
-    if config.fecam_evaluation:  # the class-incremental evaluations, step by step
-        files.write_csv(pd.DataFrame([{**keys, **row} for row in task_agnostic.entropy_step_rows(
-            found, tasks)]), run_dir / folders.TASK_AGNOSTIC_STEPS)
+    if not config.fecam_evaluation:  # switched off on resume: no earlier launch's tables
+        for name in (folders.FECAM, folders.TASK_AGNOSTIC_STEPS):
+            (run_dir / name).unlink(missing_ok=True)
+    else:  # the class-incremental evaluations, step by step
         try:
             rows = task_agnostic.fecam_evaluation(model, tasks, config.sparsity,
                                                   config.evaluation_batch_size,
@@ -683,6 +684,8 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
                 from None
         files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
                         run_dir / folders.FECAM)
+        files.write_csv(pd.DataFrame([{**keys, **row} for row in task_agnostic.entropy_step_rows(
+            found, tasks)]), run_dir / folders.TASK_AGNOSTIC_STEPS)
     watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
     files.save({"hnet": cpu_copy(model.hnet.state_dict()),
                 "target": cpu_copy(model.target.state_dict())},

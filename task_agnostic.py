@@ -11,6 +11,8 @@ HyperMask is trained task-incrementally; these evaluations drop the task label:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -21,43 +23,50 @@ from hypermask import HyperMask, evaluation_batches, evaluation_mode
 # ----------------------------------------------------------------------- entropy
 
 
-def entropies(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The softmax entropy of N samples under each of T tasks' masks, and the class each
-    mask predicts.
+def entropy_and_class(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mask's softmax entropy [N] and predicted class [N] from its logits [N, C]."""
+    log_p = logits.log_softmax(1)  # finite where softmax underflows to 0
+    return -(log_p.exp() * log_p).sum(1), log_p.argmax(1)
+
+
+def lowest_entropy(per_mask) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each sample's task with the lowest entropy so far and that task's class, after each
+    mask joins in task order.
 
     Args:
-        logits: one [N, C_j] tensor per task j, for the same N samples.
-    Returns:
-        entropy [T, N], predicted class [T, N].
+        per_mask: (entropy [N], class [N]) of the same N samples under the masks of
+            tasks 0, 1, ... (entropy_and_class), one mask at a time.
+    Yields:
+        after mask j: chosen task [N] among tasks 0..j (ties go to the earlier task),
+        predicted class [N].
     """
-    log_p = [l.log_softmax(1) for l in logits]  # finite where softmax underflows to 0
-    return (torch.stack([-(p.exp() * p).sum(1) for p in log_p]),
-            torch.stack([p.argmax(1) for p in log_p]))
+    for j, (entropy, classes) in enumerate(per_mask):
+        if j == 0:
+            lowest, chosen, predicted = entropy, torch.zeros_like(classes), classes
+        else:
+            lower = entropy < lowest  # strictly: a tie keeps the earlier task
+            lowest = torch.where(lower, entropy, lowest)
+            chosen = torch.where(lower, j, chosen)
+            predicted = torch.where(lower, classes, predicted)
+        yield chosen, predicted
 
 
-def choose(entropy: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each sample, the task with the lowest entropy ([T, N]; ties go to the earlier
-    task) and its predicted class: chosen task [N], class [N]."""
-    chosen = entropy.argmin(0)  # first minimum
-    return chosen, classes.gather(0, chosen[None])[0]
-
-
-def choose_by_entropy(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each sample, the task with the lowest softmax entropy and its class.
-
-    Args:
-        logits: one [N, C_j] tensor per task j, for the same N samples.
-    Returns:
-        chosen task [N] (ties go to the earlier task), predicted class [N].
-    """
-    return choose(*entropies(logits))
+def step_counts(per_mask, labels: torch.Tensor, task_id: int) -> torch.Tensor:
+    """[T, 2]: per step j, how many of task task_id's test samples (true classes labels
+    [N]) get their task right, and how many their task and class both, when the masks of
+    tasks 0..j compete (lowest_entropy)."""
+    counts = []
+    for chosen, predicted in lowest_entropy(per_mask):
+        right_task = chosen == task_id
+        counts.append(torch.stack([right_task.sum(), (right_task & (predicted == labels)).sum()]))
+    return torch.stack(counts)
 
 
 @torch.no_grad()
-def test_set_entropies(model: HyperMask, tasks: list[Task], sparsity: float,
-                       batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every task's test set under every task's mask: for test set s, entropies [T, N_s]
-    and predicted classes [T, N_s] (`entropies`).
+def entropy_counts(model: HyperMask, tasks: list[Task], sparsity: float,
+                   batch_size: int | None = None) -> list[list[list[int]]]:
+    """step_counts of every task's test set under the masks of all tasks, one mask at a
+    time: for test set s, [T][2] counts.
 
     Each test set goes through as one batch per mask unless `batch_size` is given
     (batch-statistics networks then give slightly different numbers).
@@ -65,38 +74,34 @@ def test_set_entropies(model: HyperMask, tasks: list[Task], sparsity: float,
     found = []
     with evaluation_mode(model):
         weights = [model.task_weights(j, sparsity) for j in range(len(tasks))]
-        for task in tasks:
-            batches = [entropies([model.target(task.transform(images, False), weights=w)
-                                  [:, :tasks[j].num_classes] for j, w in enumerate(weights)])
-                       for images, _ in evaluation_batches(task.test_x, task.test_y, batch_size)]
-            found.append(tuple(torch.cat(parts, dim=1) for parts in zip(*batches)))
+        for s, task in enumerate(tasks):
+            counts = 0
+            for images, labels in evaluation_batches(task.test_x, task.test_y, batch_size):
+                x = task.transform(images, False)
+                per_mask = (entropy_and_class(model.target(x, weights=w)[:, :tasks[j].num_classes])
+                            for j, w in enumerate(weights))
+                counts = counts + step_counts(per_mask, labels, s)
+            found.append(counts.tolist())
     return found
 
 
-def entropy_rows(found: list[tuple], tasks: list[Task]) -> list[dict]:
-    """Per task, every task's mask competing (test_set_entropies' `found`): task,
+def entropy_rows(found: list, tasks: list[Task]) -> list[dict]:
+    """Per task, every task's mask competing (entropy_counts' `found`): task,
     task_identification_accuracy and accuracy (percent; a sample is right only if its task
     and class both are)."""
-    rows = []
-    for s, ((entropy, classes), task) in enumerate(zip(found, tasks)):
-        chosen, predicted = choose(entropy, classes)
-        rows.append({"task": s, "task_identification_accuracy": percent(chosen == s),
-                     "accuracy": percent((chosen == s) & (predicted == task.test_y))})
-    return rows
+    return [{"task": s, "task_identification_accuracy": 100 * counts[-1][0] / len(task.test_y),
+             "accuracy": 100 * counts[-1][1] / len(task.test_y)}
+            for s, (counts, task) in enumerate(zip(found, tasks))]
 
 
-def entropy_step_rows(found: list[tuple], tasks: list[Task]) -> list[dict]:
+def entropy_step_rows(found: list, tasks: list[Task]) -> list[dict]:
     """Per incremental step i, the masks of tasks 0..i competing on the union of their test
     sets, as the authors evaluate the FeCAM setup: tasks_seen (i + 1),
     task_identification_accuracy and accuracy (percent)."""
     rows = []
     for i in range(len(tasks)):
-        right_task = right = total = 0
-        for s, ((entropy, classes), task) in enumerate(zip(found[:i + 1], tasks)):
-            chosen, predicted = choose(entropy[:i + 1], classes[:i + 1])
-            right_task += (chosen == s).sum().item()
-            right += ((chosen == s) & (predicted == task.test_y)).sum().item()
-            total += len(task.test_y)
+        right_task, right = (sum(found[s][i][k] for s in range(i + 1)) for k in (0, 1))
+        total = sum(len(task.test_y) for task in tasks[:i + 1])
         rows.append({"tasks_seen": i + 1, "task_identification_accuracy": 100 * right_task / total,
                      "accuracy": 100 * right / total})
     return rows
@@ -105,8 +110,8 @@ def entropy_step_rows(found: list[tuple], tasks: list[Task]) -> list[dict]:
 def entropy_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
                        batch_size: int | None = None) -> list[dict]:
     """Entropy-based task inference on each task's test set under every task's mask
-    (entropy_rows of test_set_entropies)."""
-    return entropy_rows(test_set_entropies(model, tasks, sparsity, batch_size), tasks)
+    (entropy_rows of entropy_counts)."""
+    return entropy_rows(entropy_counts(model, tasks, sparsity, batch_size), tasks)
 
 
 # ------------------------------------------------------------------------- FeCAM
@@ -240,9 +245,3 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
             total += len(task.test_y)
         rows.append({"tasks_seen": i + 1, "accuracy": 100 * correct / total})
     return rows
-
-
-def percent(mask: torch.Tensor) -> float:
-    """The share of True entries in percent, from the exact count (not a float32 mean, whose
-    rounding writes 56.40000104904175 for 56.4)."""
-    return 100 * mask.sum().item() / mask.numel()

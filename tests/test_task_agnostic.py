@@ -12,23 +12,37 @@ import task_agnostic
 from batches import Task
 
 
+def choose_by_entropy(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen task and class once every mask (one [N, C] logits tensor each) competed."""
+    *_, last = task_agnostic.lowest_entropy(map(task_agnostic.entropy_and_class, logits))
+    return last
+
+
 def test_lowest_entropy_task_wins_and_gives_the_class():
     confident = torch.tensor([[8.0, 0.0], [0.0, 0.0], [0.0, 5.0]])
     unsure = torch.tensor([[0.1, 0.0], [0.0, 9.0], [1.0, 0.0]])
-    chosen, predicted = task_agnostic.choose_by_entropy([confident, unsure])
+    chosen, predicted = choose_by_entropy([confident, unsure])
     assert chosen.tolist() == [0, 1, 0]
     assert predicted.tolist() == [0, 1, 1]
     tie = torch.zeros(1, 2)
-    assert task_agnostic.choose_by_entropy([tie, tie])[0].tolist() == [0]
+    assert choose_by_entropy([tie, tie])[0].tolist() == [0]
+    # the same choice as the lowest entropy over every mask at once (first minimum)
+    logits = [torch.randn(50, 3, generator=torch.Generator().manual_seed(j)) for j in range(4)]
+    entropy = torch.stack([task_agnostic.entropy_and_class(l)[0] for l in logits])
+    assert torch.equal(choose_by_entropy(logits)[0], entropy.argmin(0))
 
 
 def test_incremental_steps_let_only_the_tasks_seen_compete():
     """Step i: the masks of tasks 0..i on the union of their test sets (the authors' FeCAM
     setup); the last step is every mask on every test set, the per-task rows' union."""
     tasks = [random_task_with_labels([0, 1]), random_task_with_labels([1, 0, 0])]
-    found = [  # per test set: entropy [T=2, N], predicted class [T=2, N]
-        (torch.tensor([[0.9, 0.2], [0.1, 0.5]]), torch.tensor([[0, 1], [1, 1]])),
-        (torch.tensor([[0.3, 0.1, 0.9], [0.2, 0.4, 0.1]]), torch.tensor([[1, 0, 0], [1, 1, 0]]))]
+    per_mask = [  # per test set, per mask: (entropy [N], predicted class [N])
+        [(torch.tensor([0.9, 0.2]), torch.tensor([0, 1])),
+         (torch.tensor([0.1, 0.5]), torch.tensor([1, 1]))],
+        [(torch.tensor([0.3, 0.1, 0.9]), torch.tensor([1, 0, 0])),
+         (torch.tensor([0.2, 0.4, 0.1]), torch.tensor([1, 1, 0]))]]
+    found = [task_agnostic.step_counts(masks, task.test_y, s).tolist()
+             for s, (masks, task) in enumerate(zip(per_mask, tasks))]
     steps = task_agnostic.entropy_step_rows(found, tasks)
     # step 1: task 0's mask alone on task 0's test set: task right 2/2, classes 0, 1 right
     # step 2: test set 0 chooses tasks 1, 0 (classes 1, 1): task right 1/2, class right 1/2;
@@ -172,9 +186,9 @@ def test_fecam_statistics_come_from_the_training_split_only(monkeypatch):
 
 
 def test_percentages_are_exact_counts_not_float32_means():
-    right = torch.zeros(1000, dtype=torch.bool)
-    right[:564] = True
-    assert task_agnostic.percent(right) == 56.4  # a float32 mean gives 56.40000104904175
+    task = random_task_with_labels([0] * 1000)
+    row, = task_agnostic.entropy_rows([[[564, 564]]], [task])
+    assert row["accuracy"] == 56.4  # a float32 mean gives 56.40000104904175
 
 
 def test_a_class_without_fecam_statistics_is_named_not_a_linear_algebra_error():
@@ -210,8 +224,12 @@ def test_a_run_whose_fecam_is_undefined_fails_in_one_line_and_finishes_without_i
         "penultimate features for every image; rerun the same command with "
         "--fecam_evaluation=False to finish the run without FeCAM")
     assert "FeCAM has no class statistics for task 1: its class 0 (" in error
+    run_dir = tmp_path / "SplitMNIST_part0_best" / "seed_3"
+    assert not (run_dir / "task_agnostic_steps.csv").exists()  # written beside fecam.csv only
+    for name in ("fecam.csv", "task_agnostic_steps.csv"):  # as a launch stopped later leaves
+        (run_dir / name).write_text("tasks_seen,accuracy\n1,50.0\n")
     monkeypatch.undo()
     assert run(mnist_root, tmp_path, "--fecam_evaluation=False") == 0
-    run_dir = tmp_path / "SplitMNIST_part0_best" / "seed_3"
     assert (run_dir / "final_weights.pt").exists() and not (run_dir / "fecam.csv").exists()
+    assert not (run_dir / "task_agnostic_steps.csv").exists()  # the summaries report neither
     assert "resuming" in capsys.readouterr().out  # not trained again
