@@ -19,7 +19,9 @@ Checks, each a command whose output is kept, the most telling first (--only pick
      within the spread over seeds; on a CPU: one thread against all). The CPU's
      demo starts in the background once checks 2 and 3 (which time CPU work) are done;
   7. image step: bench/image_step.py, as 5 for the image benchmarks;
-  8. profile: bench/profile_step.py, the paper-scale step's phases at tasks 1 and 10.
+  8. profile: bench/profile_step.py, the paper-scale step's phases at tasks 1 and 10;
+  9. thresholds: bench/quantile_ulps.py, the one-sort mask thresholds against the
+     device's own torch.quantile, in ulps (into steps.txt).
 Everything measured goes into --out (default $OUT, else Results/device_check/), at
 most 8 files. With --budget=SECONDS, checks that would start with under 30 s left are
 not run (and say so). The last line says `device check: K/N checks passed on <device>`.
@@ -213,7 +215,7 @@ def runs_per_gpu(gpu: bool, scratch: Path, log, out: Path, timeout: float) -> bo
 
 
 CHECKS = ("cuda tests", "reproduction time", "runs per gpu", "input layout", "train step",
-          "demo", "image step", "profile")
+          "demo", "image step", "profile", "thresholds")
 CPU_TIMED = ("reproduction time", "runs per gpu")  # the CPU's demo waits for these
 
 
@@ -245,6 +247,9 @@ def check_commands(gpu: bool, device: str, log, out: Path, left) -> dict:
             "profile_step", [PYTHON, "bench/profile_step.py", f"--device={device}",
                              *([] if gpu else ["--benchmark=SplitMNIST:0", "--tasks=1,5",
                                                "--steps=1"])], log, out, left(120))[0],
+        "thresholds": lambda: command(
+            "steps", [PYTHON, "bench/quantile_ulps.py", f"--device={device}",
+                      *([] if gpu else ["--seeds=3"])], log, out, left(60))[0],
     }
 
 

@@ -94,3 +94,11 @@ def test_median_seconds_warms_up_then_takes_the_median_per_call(monkeypatch):
     seconds = timing.median_seconds(lambda: calls.append(1), device="cpu", warmup=2,
                                     repeats=3, number=2)
     assert seconds == 3.0 and len(calls) == 2 + 3 * 2
+
+
+def test_the_threshold_count_covers_every_tensor_seed_and_percentile():
+    """bench/quantile_ulps.py counts each threshold once, by its distance in ulps."""
+    quantile_ulps = load("quantile_ulps")
+    counts = quantile_ulps.ulp_counts(seeds=2, device="cpu")
+    assert sum(counts.values()) == 2 * len(quantile_ulps.PERCENTS) * len(quantile_ulps.SIZES)
+    assert counts[0] > 0 and max(counts) <= 4  # as tests/test_masks.py holds them
