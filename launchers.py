@@ -301,7 +301,7 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
         return lines[-1] if lines else f"{job.run_dir} holds another run"
     if exitcode == ALREADY_RUNNING:  # its failed.txt would land in the other's live run
         return (f"it is already being trained by another process (see "
-                f"{job.run_dir / 'running.txt'}); wait for it to end (the same command with "
+                f"{job.run_dir / folders.RUNNING}); wait for it to end (the same command with "
                 "--status shows it)")
     failed = job.run_dir / folders.FAILED
     if exitcode == DISK_STOPPED and not failed.exists():  # no room even for failed.txt
@@ -563,7 +563,7 @@ def run_status(job: runs.Job) -> dict:
     if (run_dir / folders.ACCURACIES).exists():
         try:
             accuracies = folders.read_run_csv(run_dir / folders.ACCURACIES,
-                                                 ("trained_task", "accuracy"))
+                                              ("trained_task", "accuracy"))
         except UserError as error:  # said in its row: the pool and the others go on
             return row | {"state": f"damaged: {error}"}
         last = accuracies[accuracies["trained_task"] == accuracies["trained_task"].max()]

@@ -342,7 +342,7 @@ def one_writer(run_dir: Path):
     who holds it.
     """
     lock = filelock.FileLock(run_dir / "run.lock")
-    owner = run_dir / "running.txt"
+    owner = run_dir / folders.RUNNING
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
@@ -365,7 +365,7 @@ def liveness(run_dir: Path) -> str:
     """Whether an unfinished run's process lives, from its running.txt (one_writer):
     running, interrupted, or "running or interrupted" (a process of another machine)."""
     try:
-        owner = (run_dir / "running.txt").read_text()
+        owner = (run_dir / folders.RUNNING).read_text()
     except OSError:  # removed when the process ended: nothing holds the run
         return "interrupted"
     match = re.match(r"process (\d+) on (\S+),", owner)
@@ -668,8 +668,7 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
                             "accuracy (%)")
     found = task_agnostic.entropy_counts(model, tasks, config.sparsity,
                                          config.evaluation_batch_size)
-    files.write_csv(pd.DataFrame([{**keys, **row} for row in task_agnostic.entropy_rows(
-        found, tasks)]), run_dir / folders.TASK_AGNOSTIC)
+    write_rows(task_agnostic.entropy_rows(found, tasks), keys, run_dir / folders.TASK_AGNOSTIC)
     if not config.fecam_evaluation:  # switched off on resume: no earlier launch's tables
         for name in (folders.FECAM, folders.TASK_AGNOSTIC_STEPS):
             (run_dir / name).unlink(missing_ok=True)
@@ -682,15 +681,20 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
             raise RunFailed(f"FeCAM has no class statistics for {error}; rerun the same command "
                             "with --fecam_evaluation=False to finish the run without FeCAM") \
                 from None
-        files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]),
-                        run_dir / folders.FECAM)
-        files.write_csv(pd.DataFrame([{**keys, **row} for row in task_agnostic.entropy_step_rows(
-            found, tasks)]), run_dir / folders.TASK_AGNOSTIC_STEPS)
+        write_rows(rows, keys, run_dir / folders.FECAM)
+        write_rows(task_agnostic.entropy_step_rows(found, tasks), keys,
+                   run_dir / folders.TASK_AGNOSTIC_STEPS)
     watch.final(run_dir)  # before final_weights.pt: a run stopped here logs them again
     files.save({"hnet": cpu_copy(model.hnet.state_dict()),
                 "target": cpu_copy(model.target.state_dict())},
                run_dir / folders.FINAL_WEIGHTS)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def write_rows(rows: list[dict], keys: dict, path: Path) -> None:
+    """One of the run's final tables: each row led by the keys that name the run (dataset,
+    part, seed)."""
+    files.write_csv(pd.DataFrame([{**keys, **row} for row in rows]), path)
 
 
 def start_state(model, tasks: list, config, *, path: Path, device: torch.device,
