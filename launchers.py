@@ -34,6 +34,7 @@ import torch
 
 import files
 import folders
+import machine
 import runs
 from errors import UserError
 
@@ -415,7 +416,7 @@ def run_in_pool(jobs: list[runs.Job], max_parallel_runs: int | None = None, *,
     folders, whenever it changes (at most every refresh_seconds).
     """
     gpus = torch.cuda.device_count() if jobs[0].device.startswith(("auto", "cuda")) else 0
-    cpus = runs.cpu_threads()
+    cpus = machine.cpu_threads()
     workers = pool_workers(max_parallel_runs, gpus=gpus, runs_per_gpu=runs_per_gpu, cpus=cpus)
     threads = max(1, cpus // workers)
     # a run sees only its own GPU, as device 0

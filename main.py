@@ -23,6 +23,7 @@ import files
 import folders
 import launchers
 import loggers
+import machine
 import runs
 from datasets import HyperParameters
 from errors import UserError
@@ -235,7 +236,7 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
         return experiment_dir
     runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
     if settings["launcher"] == "local":  # SLURM's runs find their devices on their nodes
-        runs.check_device(settings["device"])  # an unusable one: one error, not one per run
+        machine.check_device(settings["device"])  # an unusable one: one error, not one per run
     if settings["launcher"] != "sequential" and any(
             folders.run_state(job.run_dir) != "finished" for job in jobs):
         # once here, so that parallel runs neither download nor decode the data each, nor
@@ -243,7 +244,8 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
         datasets.stored_data(dataset, settings["path_to_datasets"], settings["demo"])
     runs.make_folder(experiment_dir)
     configurations = len({job.config for job in jobs})
-    where = (f"on {runs.select_device(settings['device'])}" if settings["launcher"] == "sequential"
+    where = (f"on {machine.select_device(settings['device'])}"
+             if settings["launcher"] == "sequential"
              else f"with the {settings['launcher']} launcher")
     print(f"{experiment_dir.name}: {configurations} configuration(s), {len(jobs)} run(s) {where}"
           + (f" -- data: {datasets.DEMO_LABEL}" if settings["demo"] else ""))

@@ -87,7 +87,7 @@ def demo_starters(gpu: bool, scratch: Path) -> dict:
     small = ["--number_of_iterations=150", "--number_of_tasks=3"] if not gpu else []
     variants = ({"device": ["--device=cuda"], "cpu": ["--device=cpu"]} if gpu else
                 {"all threads": ["--device=cpu"], "one thread": ["--device=cpu"]})
-    # A run takes as many threads as CPUs it may run on (runs.cpu_threads reads the
+    # A run takes as many threads as CPUs it may run on (machine.cpu_threads reads the
     # affinity; OMP_NUM_THREADS does not limit it): taskset gives it fewer.
     threads = {"one thread": 1, "cpu": max(1, (os.cpu_count() or 2) // 4)}
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import output_layer  # noqa: E402
-import runs  # noqa: E402
+import machine  # noqa: E402
 
 OUTPUTS, HIDDEN = 2_036_010, 100  # Permuted MNIST's best configuration
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--block_rows", type=int, default=output_layer.BLOCK_ROWS)
     args = parser.parse_args()
     output_layer.BLOCK_ROWS = args.block_rows
-    runs.keep_freed_memory()  # as a run does: freed gradients come back without page faults
+    machine.keep_freed_memory()  # as a run does: freed gradients come back without page faults
     forms = {"h·Wᵀ": linear, "W·hᵀ": transposed}
     if args.device == "cpu":
         forms["shared"] = output_layer.SharedLinear.apply

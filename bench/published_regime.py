@@ -25,14 +25,14 @@ def final_accuracies(published: bool, seed: int, iterations: int, device) -> lis
     """Accuracy (percent) of tasks 0 and 1 after training both, in one regime."""
     import datasets
     import hypermask
-    import runs
+    import machine
 
     config = dataclasses.replace(
         datasets.get_benchmark("CIFAR100", 1).best, number_of_tasks=2,
         number_of_iterations=iterations, number_of_epochs=None, lr_scheduler=False,
         hnet_hidden_layers=(8,), embedding_size=8, learning_rate=5e-3, validation_size=100,
         published_regime=published)
-    runs.set_seed(seed)
+    machine.set_seed(seed)
     tasks = datasets.digit_image_tasks(config, 32, device)
     model = hypermask.build_model(config, tasks[0].input_shape, 5).to(device)
     for task_id, task in enumerate(tasks):
@@ -45,14 +45,14 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    import runs
+    import machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=100, help="per task")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    device = runs.select_device(args.device)
+    device = machine.select_device(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"device: {device} ({torch.get_num_threads()} threads); torch {torch.__version__}; "
           f"{args.iterations} iterations per task; seeds {seeds}")

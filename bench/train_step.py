@@ -84,11 +84,11 @@ def step_setup(dataset: str, part: int, task_id: int, device: str, captured: boo
 
     import datasets
     import hypermask
-    import runs
+    import machine
 
     config = config or datasets.get_benchmark(dataset, part).best
-    runs.use_device(torch.device(device), config.tf32)  # its GPU current, cuDNN deterministic
-    runs.keep_freed_memory()
+    machine.use_device(torch.device(device), config.tf32)  # its GPU current, cuDNN deterministic
+    machine.keep_freed_memory()
     torch.manual_seed(0)
     inputs, shape, classes = example_batch(dataset, config, device, part)
     model = hypermask.build_model(config, shape, classes).to(device)

@@ -14,7 +14,7 @@ import checkpoints
 import datasets
 import hypermask
 import main
-import runs
+import machine
 
 pytestmark = pytest.mark.cuda
 GPU = torch.device("cuda")
@@ -164,7 +164,7 @@ def test_loss_masks_and_gradients_on_the_gpu_equal_the_cpus():
     x, y = torch.rand(16, 32 * 32 * 3), torch.randint(0, 10, (16,))
     results = []
     for model, device in ((cpu_model, "cpu"), (gpu_model, GPU)):
-        runs.use_device(torch.device(device), tf32=False)
+        machine.use_device(torch.device(device), tf32=False)
         start = hypermask.task_start(model, 1)
         terms = hypermask.training_loss(model, x.to(device), y.to(device), task_id=1,
                                         num_classes=10, sparsity=30, start=start,

@@ -10,7 +10,7 @@ import datasets
 import files
 import hypermask
 import launchers
-import runs
+import machine
 
 GPU1 = torch.device("cuda", 1)
 
@@ -30,12 +30,12 @@ def test_use_device_sets_cudnn_and_tf32_explicitly(tf32, precision, restore_back
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
     current = []
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
-    runs.use_device(GPU1, tf32)
+    machine.use_device(GPU1, tf32)
     assert current == [GPU1]  # the pin-memory thread and "cuda" then mean GPU 1
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert torch.backends.cuda.matmul.fp32_precision == precision
     assert torch.backends.cudnn.conv.fp32_precision == precision
-    runs.use_device(torch.device("cpu"), tf32)
+    machine.use_device(torch.device("cpu"), tf32)
     assert current == [GPU1]
 
 
@@ -108,4 +108,4 @@ def test_the_thread_budget(slurm, share, expected, monkeypatch):
         monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     else:
         monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm)
-    assert runs.cpu_threads(share) == expected
+    assert machine.cpu_threads(share) == expected

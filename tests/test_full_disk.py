@@ -33,6 +33,7 @@ import files
 import hypermask
 import launchers
 import main
+import machine
 import runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -445,7 +446,7 @@ def test_the_checkpoint_estimate_is_what_torch_writes(mnist_root, tmp_path):
         state = {"next_task": 1, "accuracies": [], "log": [], "transfer": []}
         save = checkpoints.TaskCheckpoints(path, state, model, torch.device("cpu"), minutes=1e-9,
                                     stop=runs.StopRequest())
-        with runs.process_settings(threads=1):
+        with machine.process_settings(threads=1):
             hypermask.train_task(model, tasks[1], 1, config, after_step=save)
         written = path.stat().st_size
         assert estimate - checkpoints.CHECKPOINT_ALLOWANCE <= written <= estimate, changes

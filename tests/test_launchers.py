@@ -15,6 +15,7 @@ from conftest import OUTPUTS, broken_run, run_folder, tiny_options, wait_for
 import datasets
 import launchers
 import main
+import machine
 import runs
 from batches import augmentation_workers
 
@@ -34,7 +35,7 @@ def outputs(results, seed):
 def test_local_pool_gives_the_sequential_results(mnist_root, tmp_path, capsys, monkeypatch):
     # Two workers get half the CPUs each; the sequential run given as many (as
     # taskset would) sums floats in the same order, hence gives identical results.
-    share = max(1, runs.cpu_threads() // 2)
+    share = max(1, machine.cpu_threads() // 2)
     with monkeypatch.context() as patch:
         patch.setattr(os, "sched_getaffinity", lambda pid: set(range(share)))
         assert main.main(options(mnist_root, tmp_path / "seq", "--seeds=[1,2]")) == 0

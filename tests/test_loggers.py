@@ -17,6 +17,7 @@ import checkpoints
 import evaluation
 import hypermask
 import main
+import machine
 import runs
 
 ITERATIONS = 12
@@ -282,10 +283,10 @@ def test_config_records_where_the_run_ran_without_defining_the_run(mnist_root, t
     monkeypatch.undo()
     path = run_folder(tmp_path, 3) / "config.json"
     here = json.loads(path.read_text())
-    assert here["device"] == "cpu" and here["device_name"] == runs.device_name(
+    assert here["device"] == "cpu" and here["device_name"] == machine.device_name(
         torch.device("cpu")) != ""
     assert here["torch_version"] == torch.__version__ and here["hypnettorch_version"] == "0.0.4"
-    assert here["threads"] == runs.cpu_threads()
+    assert here["threads"] == machine.cpu_threads()
     elsewhere = {"device_name": "Another CPU", "torch_version": "2.99.0",
                  "hypnettorch_version": "0.0.5", "device": "cuda", "threads": 96}
     path.write_text(json.dumps(here | elsewhere))  # as if it began on another machine

@@ -13,7 +13,7 @@ import pytest
 
 import datasets
 import hypermask
-import runs
+import machine
 
 # (dataset, part) whose best configuration is trained, image size, and what makes
 # it fit in seconds: iterations per task, batch size, hypernetwork hidden layer,
@@ -39,7 +39,7 @@ def train_on_digits(name: str) -> list[list[float]]:
         batch_size=batch_size, hnet_hidden_layers=(hidden,), embedding_size=8,
         learning_rate=learning_rate, validation_size=100, model_selection="last")
     assert config.target_network == name
-    runs.set_seed(1)
+    machine.set_seed(1)
     tasks = datasets.digit_image_tasks(config, size)
     model = hypermask.build_model(config, tasks[0].input_shape, 5)
     rows = []
