@@ -41,6 +41,7 @@ import folders
 import hypermask
 import loggers
 import machine
+import plots
 import task_agnostic
 from checkpoints import (CHECKPOINT, TaskCheckpoints, cpu_copy, load_checkpoint, resume_point,
                          warn_about_space)
@@ -508,9 +509,9 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     final weights."""
     accuracies = pd.read_csv(run_dir / folders.ACCURACIES)
     point = folders.configuration_name(run_dir.name)  # a grid point's, else ""
-    evaluation.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
-                            f"{title}, {point + ', ' if point else ''}seed {keys['seed']}: "
-                            "accuracy (%)")
+    plots.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
+                       f"{title}, {point + ', ' if point else ''}seed {keys['seed']}: "
+                       "accuracy (%)")
     found = task_agnostic.entropy_counts(model, tasks, config.sparsity,
                                          config.evaluation_batch_size)
     write_rows(task_agnostic.entropy_rows(found, tasks), keys, run_dir / folders.TASK_AGNOSTIC)

@@ -30,7 +30,7 @@ PARTS = {  # (module, function): what it is
     ("task_agnostic", "entropy_counts"): "entropy task-agnostic evaluation",
     ("files", "save"): "checkpoints and final weights",
     ("runs", "write_run_tables"): "CSV tables",
-    ("evaluation", "plot_heatmap"): "heatmaps",
+    ("plots", "plot_heatmap"): "heatmaps",
     ("evaluation", "summarize_experiment"): "summary and its other plots",
 }
 

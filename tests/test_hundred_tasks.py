@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import datasets
-import evaluation
+import plots
 import hypermask
 import main
 
@@ -53,24 +53,24 @@ def count_cell_texts(monkeypatch) -> list:
 
 def test_heatmap_of_100_tasks_has_a_bounded_size_and_no_cell_numbers(tmp_path, monkeypatch):
     texts = count_cell_texts(monkeypatch)
-    evaluation.plot_heatmap(accuracy_matrices(1, 100)[0], tmp_path / "big.png", "100 tasks")
+    plots.plot_heatmap(accuracy_matrices(1, 100)[0], tmp_path / "big.png", "100 tasks")
     width, height = Image.open(tmp_path / "big.png").size
     assert width <= 1000 and height <= 800
     assert texts == []
-    evaluation.plot_heatmap(accuracy_matrices(1, 5)[0], tmp_path / "small.png", "5 tasks")
+    plots.plot_heatmap(accuracy_matrices(1, 5)[0], tmp_path / "small.png", "5 tasks")
     assert len(texts) == 15  # every value of a 5-task matrix is printed
     assert Image.open(tmp_path / "small.png").size == (660, 420)  # as before: 5.5 x 3.5 in
 
 
 def test_per_task_plot_of_100_tasks_has_a_bounded_size_and_thinned_ticks(tmp_path):
-    evaluation.plot_per_task(accuracy_matrices(3, 100), tmp_path / "per_task.png", "100 tasks")
+    plots.plot_per_task(accuracy_matrices(3, 100), tmp_path / "per_task.png", "100 tasks")
     width, height = Image.open(tmp_path / "per_task.png").size
     assert width <= 1200 and height <= 500
     fig, ax = plt.subplots()
-    evaluation.task_ticks(ax, 100)
+    plots.task_ticks(ax, 100)
     assert [t.get_text() for t in ax.get_xticklabels()] == \
         ["1"] + [str(k) for k in range(10, 101, 10)]
-    evaluation.task_ticks(ax, 7)
+    plots.task_ticks(ax, 7)
     assert [t.get_text() for t in ax.get_yticklabels()] == [str(k) for k in range(1, 8)]
     plt.close(fig)
 
@@ -79,9 +79,9 @@ def test_grid_plot_wraps_many_hyperparameters_into_rows(tmp_path):
     names = [f"h{k}" for k in range(6)]
     runs = pd.DataFrame({**{n: [0.1, 1.0, 0.1, 1.0] for n in names},
                          "mean_accuracy": [80.0, 90.0, 85.0, 95.0]})
-    evaluation.plot_grid(runs, names, tmp_path / "grid.png", "six hyperparameters")
+    plots.plot_grid(runs, names, tmp_path / "grid.png", "six hyperparameters")
     width, height = Image.open(tmp_path / "grid.png").size
-    assert width <= evaluation.GRID_COLUMNS * 3.2 * 120 and height == 2 * 3.2 * 120
+    assert width <= plots.GRID_COLUMNS * 3.2 * 120 and height == 2 * 3.2 * 120
 
 
 def test_a_run_past_20_tasks_ends_with_bounded_plots(mnist_root, tmp_path):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import evaluation
+import plots
 
 NAN = np.nan
 MATRIX = np.array([[90.0, NAN, NAN],
@@ -100,7 +101,7 @@ def test_unfinished_runs_are_listed_but_not_averaged(tmp_path):
 
 
 def test_heatmap_is_written(tmp_path):
-    evaluation.plot_heatmap(MATRIX, tmp_path / "heatmap.png", "test")
+    plots.plot_heatmap(MATRIX, tmp_path / "heatmap.png", "test")
     assert (tmp_path / "heatmap.png").stat().st_size > 1000
 
 

@@ -16,6 +16,7 @@ import chance
 import datasets
 import evaluation
 import folders
+import plots
 from errors import UserError
 
 
@@ -327,7 +328,7 @@ def test_grid_summary_marks_the_points_with_runs_at_chance(tmp_path, monkeypatch
     make_run(grid / "point_001_seed_1", last_row=(50.0, 90.0), beta=0.5, classes=2)
     make_run(grid / "point_001_seed_2", beta=0.5, classes=2)
     figures = []
-    monkeypatch.setattr(evaluation.plt, "close", figures.append)  # keep them to look at
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep them to look at
     text = evaluation.summarize_experiment(grid)
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
             for line in text.splitlines() if line.startswith("|")}
@@ -587,7 +588,7 @@ def test_plots_of_a_folder_of_several_configurations_name_the_one_shown(results,
     permuted = results / "PermutedMNIST_part0_best"
     make_run(permuted / "seed_5", last_row=(20.0, 30.0), beta=0.5)
     titles = []
-    monkeypatch.setattr(evaluation, "plot_heatmap", lambda matrix, path, title: titles.append(
+    monkeypatch.setattr(plots, "plot_heatmap", lambda matrix, path, title: titles.append(
         title))
     evaluation.summarize_experiment(permuted)
     assert titles == ["PermutedMNIST part 0, 2 seed(s), best configuration (beta=0.1): mean "
