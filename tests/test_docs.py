@@ -1,6 +1,7 @@
-"""The documentation's tables against the code they describe: the README's settings and
-docs/benchmarks.md's best configurations and grids."""
+"""The documentation against the code it describes: the README's settings,
+docs/benchmarks.md's best configurations and grids, docs/development.md's import order."""
 
+import ast
 import fnmatch
 import re
 from pathlib import Path
@@ -101,3 +102,32 @@ def test_the_grid_table_gives_every_grid_its_points_and_seeds():
     grids = {key: (len(datasets.configurations(benchmark, True, {})), benchmark.grid_seeds)
              for key, benchmark in datasets.BENCHMARKS.items() if benchmark.grid}
     assert grid_rows() == grids
+
+
+def module_imports(path: Path) -> set[str]:
+    """The top-level modules a file imports, leaving out those under `if TYPE_CHECKING:`
+    (annotations only, never run)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", None) == "TYPE_CHECKING"
+                   for node in ast.walk(block)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_modules_import_only_those_below_them_in_the_documented_order():
+    text = (REPO / "docs" / "development.md").read_text()
+    sentence = text[text.index("Each module imports only"):].split(".\n", 1)[0]
+    order = re.findall(r"`(\w+)`", sentence)
+    assert sorted(order) == sorted(path.stem for path in REPO.glob("*.py"))
+    upward = [f"{module} imports {name}" for position, module in enumerate(order)
+              for name in module_imports(REPO / f"{module}.py") & set(order[:position + 1])
+              if name != module]
+    assert not upward
