@@ -124,7 +124,7 @@ def module_imports(path: Path) -> set[str]:
 
 def test_modules_import_only_those_below_them_in_the_documented_order():
     text = (REPO / "docs" / "development.md").read_text()
-    sentence = text[text.index("Each module imports only"):].split(".\n", 1)[0]
+    sentence = re.split(r"\.\s", text[text.index("Each module imports only"):], maxsplit=1)[0]
     order = re.findall(r"`(\w+)`", sentence)
     assert sorted(order) == sorted(path.stem for path in REPO.glob("*.py"))
     upward = [f"{module} imports {name}" for position, module in enumerate(order)
