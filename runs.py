@@ -563,6 +563,21 @@ def start_state(model, tasks: list, config, *, path: Path, device: torch.device,
     return state
 
 
+def evaluate_after_task(model, tasks: list, task_id: int, config, state: dict, *, keys: dict,
+                        class_count: list[int]) -> list[float]:
+    """Row t of the accuracy matrix, A[t, j] for j <= t, added to the state's accuracies,
+    and A[t, t+1] (the next task under task t's networks and embedding: forward transfer)
+    to its transfer rows. Returns A[t, :t+1], percent."""
+    last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
+    state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
+                             "accuracy": accuracy, "classes": class_count[j]}
+                            for j, accuracy in enumerate(last)]
+    if task_id + 1 < len(tasks):
+        state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
+            model, tasks[task_id + 1], task_id, config)
+    return last
+
+
 def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
               stop: StopRequest, watch: loggers.RunLoggers, classes: list[list]) -> None:
     """Train every task not yet done, saving after each (and within each, see TaskCheckpoints)
@@ -602,13 +617,8 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
                                        after_step=after_step, make_step=make_step)
         state["log"] += [{"task": task_id, **sizes[task_id], **row} for row in rows]
         require_finite(model, task_id)
-        last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
-        state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
-                                 "accuracy": accuracy, "classes": class_count[j]}
-                                for j, accuracy in enumerate(last)]
-        if task_id + 1 < len(tasks):  # A[t, t+1] with the networks and embedding of task t
-            state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
-                model, tasks[task_id + 1], task_id, config)
+        last = evaluate_after_task(model, tasks, task_id, config, state, keys=keys,
+                                   class_count=class_count)
         state["next_task"] = task_id + 1
         write_run_tables(run_dir, state)
         watch.accuracies(task_id, last)
