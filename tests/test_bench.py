@@ -102,3 +102,9 @@ def test_the_threshold_count_covers_every_tensor_seed_and_percentile():
     counts = quantile_ulps.ulp_counts(seeds=2, device="cpu")
     assert sum(counts.values()) == 2 * len(quantile_ulps.PERCENTS) * len(quantile_ulps.SIZES)
     assert counts[0] > 0 and max(counts) <= 4  # as tests/test_masks.py holds them
+
+
+def test_the_write_benchmarks_checkpoint_has_the_size_it_names():
+    state = load("write_cost").checkpoint(megabytes=1, tensors=120)
+    assert len(state) == 120
+    assert sum(t.numel() * t.element_size() for t in state.values()) == 120 * 2083 * 4
