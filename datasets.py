@@ -525,7 +525,7 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
     """
     tasks = _benchmark_tasks(dataset, part, config, seed=seed, root=root, device=device,
                              demo=demo)
-    check_task_sizes(tasks, dataset, config)
+    check_task_sizes(tasks, dataset, config, class_ids(dataset, part, config, seed=seed))
     if dataset == "CIFAR100_FeCAM_setup" and config.published_regime:
         # every task gets task 0's outputs (docs/differences.md#2-output-width-per-task)
         for task in tasks:
@@ -611,17 +611,24 @@ def cifar_statistics(mean: tuple, std: tuple, config: HyperParameters) -> tuple:
 VALIDATION_PER_CLASS = ("TinyImageNet", "CIFAR100_FeCAM_setup")
 
 
-def check_task_sizes(tasks: list[Task], dataset: str, config: HyperParameters) -> None:
+def check_task_sizes(tasks: list[Task], dataset: str, config: HyperParameters,
+                     classes: list[list] | None = None) -> None:
     """Refuse tasks that cannot train, validate and test: a UserError naming the fix.
 
     Every task needs at least one batch of training samples, training samples
-    of each of its classes, and validation and test samples. A split that
-    fails this would train on nothing and report chance as a result.
+    and test samples of each of its classes, and validation samples. A split
+    that fails this would train on nothing, or score a task on some of its
+    classes only, and report that as a result. Tasks are numbered from 1, as
+    in the run's log; `classes` (class_ids) names each label's class.
     """
     per = " per class" if dataset in VALIDATION_PER_CLASS else ""
     setting = f"validation_size={config.validation_size}{per}"
     for task_id, task in enumerate(tasks):
-        where = f"{dataset} task {task_id}"
+        where = f"{dataset} task {task_id + 1}"
+
+        def named(label: int) -> str:
+            return (f"class {classes[task_id][label]} (label {label})" if classes
+                    else f"label {label}")
         train, validation, test = len(task.train_y), len(task.val_y), len(task.test_y)
         if train + validation == 0:
             raise UserError(f"{where} has no training images: the data hold none of its "
@@ -638,13 +645,17 @@ def check_task_sizes(tasks: list[Task], dataset: str, config: HyperParameters) -
                             "or validation_size")
         trained = torch.bincount(task.train_y, minlength=task.num_classes).tolist()
         validated = torch.bincount(task.val_y, minlength=task.num_classes).tolist()
-        for label, (n_train, n_validation) in enumerate(zip(trained, validated)):
+        tested = torch.bincount(task.test_y, minlength=task.num_classes).tolist()
+        for label, (n_train, n_validation, n_test) in enumerate(zip(trained, validated, tested)):
             if n_train == 0 and n_validation == 0:
-                raise UserError(f"{where} has no training images of its class {label}: check "
+                raise UserError(f"{where} has no training images of its {named(label)}: check "
                                 "the files in path_to_datasets")
             if n_train == 0:
-                raise UserError(f"{where} class {label} has {n_validation} training images "
+                raise UserError(f"{where} {named(label)} has {n_validation} training images "
                                 f"and {setting} takes them all; lower validation_size")
+            if n_test == 0:
+                raise UserError(f"{where} has no test images of its {named(label)}: check the "
+                                "files in path_to_datasets")
 
 
 def task_sizes(tasks: list[Task]) -> list[dict]:
@@ -742,7 +753,10 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
     tasks = []
     for ids in classes[:config.number_of_tasks]:
         wanted = torch.as_tensor(np.asarray(ids), device=train_y.device)  # [k] class ids
-        relabel = torch.full((int(train_y.max()) + 1,), -1, device=train_y.device)
+        # [largest class id + 1]: -1, or the label of a class of this task; files that lack
+        # the task's classes leave it without images (check_task_sizes says so)
+        size = max(int(train_y.max()), int(test_y.max()), int(wanted.max())) + 1
+        relabel = torch.full((size,), -1, device=train_y.device)
         relabel[wanted] = torch.arange(len(wanted), device=train_y.device)
         x, y = train_x[relabel[train_y] >= 0], relabel[train_y[relabel[train_y] >= 0]]
         test = relabel[test_y] >= 0

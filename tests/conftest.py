@@ -139,15 +139,17 @@ def mnist_root(tmp_path_factory) -> Path:
 
 
 def make_cifar100(root: Path, per_class_train: int = 6, per_class_test: int = 2,
-                  seed: int = 0) -> Path:
-    """cifar-100-python/{train,test,meta} pickles as torchvision unpacks them (tiny)."""
+                  seed: int = 0, classes: tuple[int, int] = (100, 100)) -> Path:
+    """cifar-100-python/{train,test,meta} pickles as torchvision unpacks them (tiny); the
+    training and test files hold classes 0..classes[0]-1 and 0..classes[1]-1."""
     import pickle
 
     rng = np.random.RandomState(seed)
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
-    for name, per_class in (("train", per_class_train), ("test", per_class_test)):
-        labels = np.tile(np.arange(100), per_class)
+    for name, per_class, count in (("train", per_class_train, classes[0]),
+                                   ("test", per_class_test, classes[1])):
+        labels = np.tile(np.arange(count), per_class)
         images = rng.randint(0, 256, size=(len(labels), 3072), dtype=np.uint8)
         batch = {"filenames": [f"{i}.png" for i in range(len(labels))], "batch_label": name,
                  "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(),
