@@ -445,24 +445,25 @@ def train_with_progress(model, task, task_id: int, config, *, seed: int,
 
 
 @contextlib.contextmanager
-def out_of_memory_names(where: str):
+def out_of_memory_names(where: str, advice: str | None = None):
     """An out-of-memory error (GPU or CPU) becomes RunFailed: where it happened and what
-    to change."""
+    to change (`advice`, else what lowers a run's memory)."""
     try:
         yield
     except torch.OutOfMemoryError as error:
         detail = str(error).splitlines()[0] if str(error) else "out of memory"
-        raise RunFailed(f"ran out of GPU memory in {where} ({detail}); rerun the same command "
-                        "to resume from the last checkpoint with a smaller "
-                        "evaluation_batch_size (evaluations), runs_per_gpu (runs sharing "
-                        "a GPU) or batch_size, or on a GPU with more memory") from None
+        raise RunFailed(f"ran out of GPU memory in {where} ({detail}); " + (
+            advice or "rerun the same command to resume from the last checkpoint with a "
+            "smaller evaluation_batch_size (evaluations), runs_per_gpu (runs sharing a GPU) "
+            "or batch_size, or on a GPU with more memory")) from None
     except RuntimeError as error:  # torch's CPU allocator raises a plain RuntimeError
         if "DefaultCPUAllocator" not in str(error):
             raise
         detail = str(error).splitlines()[0].split("DefaultCPUAllocator: ")[-1]
-        raise RunFailed(f"ran out of CPU memory in {where} ({detail}); use smaller networks "
-                        "(target_hidden_layers, hnet_hidden_layers), a smaller batch_size or "
-                        "evaluation_batch_size, or a machine with more memory") from None
+        raise RunFailed(f"ran out of CPU memory in {where} ({detail}); " + (
+            advice or "use smaller networks (target_hidden_layers, hnet_hidden_layers), a "
+            "smaller batch_size or evaluation_batch_size, or a machine with more memory")
+        ) from None
 
 
 def require_finite(model, task_id: int) -> None:
@@ -678,8 +679,11 @@ def _run(job: Job) -> None:
               "to schedule it)")
     machine.keep_freed_memory()
     machine.set_seed(seed)
-    tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
-                                device=device, demo=job.demo)
+    with out_of_memory_names("loading the tasks", "every task's images are kept on the "
+                             "device: use fewer tasks (number_of_tasks) or a device with more "
+                             "memory"):
+        tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
+                                    device=device, demo=job.demo)
     record |= {"data_source": data_files.data_source(dataset, job.path_to_datasets, job.demo),
                "task_sizes": datasets.task_sizes(tasks),
                "task_classes": datasets.task_classes(dataset, part, config, seed=seed,

@@ -7,6 +7,7 @@ import pytest
 from conftest import make_cifar100, make_tiny_imagenet, tiny_options
 
 import data_files
+import datasets
 import errors
 import main
 import runs
@@ -175,3 +176,20 @@ def test_an_unfinished_run_is_not_resumed_on_data_of_other_sizes(mnist_root, tmp
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {run} holds an unfinished run begun on other data (task 2: ")
     assert "'training_samples': 7" in err and "\n" not in err
+
+
+def test_running_out_of_memory_while_loading_the_tasks_is_one_line(mnist_root, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Permuted MNIST keeps its tasks on the device (part 1: about 7 GB), so a small GPU or a
+    memory limit runs out before any network is built."""
+    def too_large(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 7340032000 bytes.")
+
+    monkeypatch.setattr(datasets, "load_tasks", too_large)
+    code = main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert ("ran out of CPU memory in loading the tasks (can't allocate memory: you tried to "
+            "allocate 7340032000 bytes.); every task's images are kept on the device: use fewer "
+            "tasks (number_of_tasks)") in err
