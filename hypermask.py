@@ -598,9 +598,15 @@ def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
     (batch-statistics networks then give slightly different numbers).
     """
     x_all, y_all = getattr(task, f"{split}_x"), getattr(task, f"{split}_y")
-    correct, finite = 0, True
+    correct = 0
     with evaluation_mode(model):
-        weights = model.task_weights(task_id, sparsity)
+        scores = model.hnet_outputs([task_id])[0]
+        # A NaN score falls below every threshold, so its mask entry is 0: a NaN
+        # hypernetwork still gives finite weights and a plausible accuracy.
+        if not torch.isfinite(scores).all():
+            raise Diverged(f"task {task_id + 1}'s hypernetwork gives NaN or infinite outputs")
+        weights = model.masked_weights(model.mask(scores, sparsity))
+        finite = True
         for x, y in evaluation_batches(x_all, y_all, batch_size):
             logits = model.target(task.transform(x, False), weights=weights)
             finite = finite & torch.isfinite(logits).all()  # on the device: one sync below

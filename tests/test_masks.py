@@ -384,3 +384,21 @@ def test_outputs_that_overflow_from_finite_weights_are_divergence_not_an_accurac
     with pytest.raises(hypermask.Diverged, match="task 1's network gives NaN or infinite "
                                                  "outputs on its test images"):
         hypermask.evaluate(model, task, 0, 0)
+
+
+def test_a_nan_hypernetwork_is_divergence_although_its_masks_are_finite():
+    """A NaN score falls below every threshold: its mask entry is 0, the network is its output
+    bias, and loss and accuracy look like numbers (the audit's case: sparsity 30)."""
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(8,),
+                                 hnet_hidden_layers=(4,), embedding_size=2)
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (5,), 2)
+    task = random_task(5, 2)
+    with torch.no_grad():
+        for weight in model.hnet.parameters():
+            weight.fill_(float("nan"))
+    weights = model.masked_weights(model.mask(model.hnet_outputs([0])[0], 30.0))
+    assert all(torch.isfinite(weight).all() for weight in weights)
+    with pytest.raises(hypermask.Diverged, match="^task 1's hypernetwork gives NaN or infinite "
+                                                 "outputs$"):
+        hypermask.evaluate(model, task, 0, 30.0, split="val")
