@@ -373,26 +373,26 @@ def configurations(benchmark: Benchmark, grid_search: bool,
             overridden field is no longer varied by the grid).
     """
     overrides = overrides or {}
-    refuse_ignored_settings(benchmark.dataset, overrides)
     if not grid_search:
         if benchmark.best is None:
             best = [p for (d, p), b in BENCHMARKS.items() if d == benchmark.dataset and b.best]
             raise UserError(f"{benchmark.dataset} part {benchmark.part} exists only as a grid "
                             f"search: set create_grid_search=True, or use part {best}")
-        best = dataclasses.replace(benchmark.best, **overrides)
-        check_task_count(benchmark.dataset, benchmark.part, best)
-        return [best]
-    if not benchmark.grid:
+        points = [dataclasses.replace(benchmark.best, **overrides)]
+    elif not benchmark.grid:
         raise UserError(f"{benchmark.dataset} part {benchmark.part} has no grid search; "
                         "set create_grid_search=False")
-    base = benchmark.grid_base or benchmark.best
-    grid = {name: values for name, values in benchmark.grid.items() if name not in overrides}
-    points = []
-    for values in itertools.product(*grid.values()):
-        point = dataclasses.replace(base, **dict(zip(grid, values)), **overrides)
+    else:
+        base = benchmark.grid_base or benchmark.best
+        grid = {name: values for name, values in benchmark.grid.items() if name not in overrides}
+        points = []
+        for values in itertools.product(*grid.values()):
+            point = dataclasses.replace(base, **dict(zip(grid, values)), **overrides)
+            if point not in points:
+                points.append(point)
+    for point in points:
         check_task_count(benchmark.dataset, benchmark.part, point)
-        if point not in points:
-            points.append(point)
+        refuse_ignored_settings(benchmark.dataset, overrides, point)
     return points
 
 
@@ -404,9 +404,15 @@ def check_task_count(dataset: str, part: int, config: HyperParameters) -> None:
                         f"number_of_tasks to at most {available}")
 
 
-def refuse_ignored_settings(dataset: str, overrides: dict) -> None:
-    """A UserError for a setting this dataset's tasks would ignore: the run's record would
-    claim what it did not do."""
+def refuse_ignored_settings(dataset: str, overrides: dict, config: HyperParameters) -> None:
+    """A UserError for a setting given (`overrides`) that the run of `config` would ignore:
+    its record would claim what it did not do."""
+    if "target_hidden_layers" in overrides and config.target_network != "MLP":
+        raise UserError(f"target_hidden_layers applies to the MLP only; {config.target_network} "
+                        "has a fixed architecture: leave target_hidden_layers out")
+    if "chunk_embedding_size" in overrides and config.chunk_size is None:
+        raise UserError("chunk_embedding_size applies to a chunked hypernetwork only: set "
+                        "chunk_size too, or leave chunk_embedding_size out")
     if overrides.get("augmentation") and dataset == "PermutedMNIST":
         raise UserError("PermutedMNIST has no augmentation (nor has the reference's): leave "
                         "augmentation=False")

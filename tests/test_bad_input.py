@@ -52,6 +52,10 @@ import runs
     ("--demo --create_grid_search=True", "--demo runs each MNIST benchmark's small demo "
                                          "configuration, which has no grid"),
     ("--dataset=PermutedMNIST --augmentation=True", "PermutedMNIST has no augmentation"),
+    ("--dataset=CIFAR100 --number_of_epochs=None", "target_hidden_layers applies to the MLP "
+                                                   "only; ResNet-20 has a fixed architecture"),
+    ("--dataset=CIFAR100 --part=1 --number_of_epochs=None --target_network=MLP "
+     "--chunk_embedding_size=9", "chunk_embedding_size applies to a chunked hypernetwork only"),
     ("--batched_augmentation=True", "batched_augmentation applies to the "
                                     "CIFAR100_FeCAM_setup's augmentation only, not to "
                                     "SplitMNIST's"),
@@ -77,7 +81,10 @@ def test_impossible_values_are_refused_up_front(argument, message, mnist_root, t
 ])
 def test_networks_that_cannot_be_built_are_one_line_errors(argument, message, mnist_root,
                                                            tmp_path, capsys):
-    code = main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", argument))
+    options = tiny_options(mnist_root, tmp_path, "--seeds=[1]", argument)
+    if "--target_network" in argument:  # a fixed architecture: no hidden layers to set
+        options = [o for o in options if not o.startswith("--target_hidden_layers")]
+    code = main.main(options)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err
     assert message in err
