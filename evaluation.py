@@ -27,7 +27,7 @@ from datasets import CLASSES_REDRAWN, recorded_defaults
 from errors import UserError
 from files import write_csv, write_text  # every write goes there
 from folders import (
-    ACCURACIES, CONFIG, EVALUATION_SETTINGS, EXPERIMENT_FOLDER, FECAM, MACHINE_COLUMNS, PUBLISHED,
+    ACCURACIES, CONFIG, EXPERIMENT_FOLDER, FECAM, MACHINE_COLUMNS, PUBLISHED,
     RUN_FILES, TASK_AGNOSTIC, TASK_AGNOSTIC_STEPS, TRANSFER, configuration_name, experiment_folders,
     experiments_by_name, failure, read_config, read_run_csv, run_state)
 
@@ -106,8 +106,12 @@ SEED_METRICS = {
                               "number the authors' FeCAM evaluation reports",
 }
 METRICS = ["mean_accuracy", "std_accuracy", *SEED_METRICS]
-# What a run read, from its config.json: described in summary.md, not a setting.
+# What a run read, from its config.json, described in summary.md's Data line. Runs that
+# read data of other sizes are other configurations; a data folder that moved is not.
 DATA_COLUMNS = ("data_source", "data_size")
+# Recorded settings that change no number: they never split a configuration. The other
+# evaluation settings (evaluation_batch_size: batch statistics; fecam_with_validation) do.
+NEUTRAL_SETTINGS = ("data_source", "fecam_evaluation")
 # config.json's record of each task's classes (datasets.task_classes): in run_summary's
 # row as JSON text, not a setting (it follows the seed), and not in summary.csv (config.json
 # holds it).
@@ -184,6 +188,18 @@ def refuse_missing_results(run_dir: Path, config: dict) -> None:
                         "the run folder to run it again")
 
 
+def data_sources(runs: pd.DataFrame) -> str:
+    """', read from DIR: 5 tasks of ...' for each place and size the runs read their data
+    from ("" for runs from before task sizes were recorded)."""
+    if "data_source" not in runs:
+        return ""
+    read = runs[runs["data_source"].map(lambda source: isinstance(source, str))]
+    places = read.reindex(columns=["data_source", "data_size"]).drop_duplicates()
+    return "".join(f"{', read from' if k == 0 else '; and from'} {source}"
+                   + (f": {size}" if isinstance(size, str) else "")
+                   for k, (source, size) in enumerate(places.itertuples(index=False)))
+
+
 def data_size(task_sizes: list[dict]) -> str:
     """'5 tasks of 800 training, 200 validation and 1,902–2,115 test images'."""
     def span(key: str) -> str:
@@ -233,11 +249,12 @@ def configuration_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]
 
 
 def setting_columns(runs: pd.DataFrame) -> list[str]:
-    """The columns of run_summary rows that define a configuration: not metrics, notes,
-    where it ran, its data's description or evaluation settings."""
+    """The columns of run_summary rows whose values a configuration's runs share: every
+    recorded setting and the data's sizes; not metrics, notes, where it ran, or the
+    NEUTRAL_SETTINGS."""
     return [c for c in runs.columns
-            if c not in [*METRICS, *MACHINE_COLUMNS, *DATA_COLUMNS, *EVALUATION_SETTINGS,
-                         TASK_CLASSES, *RUN_NOTES, "configuration", "state"]]
+            if c not in [*METRICS, *MACHINE_COLUMNS, *NEUTRAL_SETTINGS, TASK_CLASSES,
+                         *RUN_NOTES, "configuration", "state"]]
 
 
 def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
@@ -248,9 +265,13 @@ def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         group's runs) pairs.
     """
     settings = setting_columns(runs)
-    varying = [c for c in settings if runs[c].map(str).nunique() > 1]
-    key = runs[settings].map(str).agg("|".join, axis=1)
-    return [({c: group[c].iloc[0] for c in varying}, group)
+    keys = runs[settings].astype(object).where(runs[settings].notna(), None)  # null: None
+    sizes = runs["data_size"].dropna().unique() if "data_size" in runs else []
+    if len(sizes) == 1:  # runs from before data sizes were recorded go with the rest
+        keys = keys.assign(data_size=sizes[0])
+    varying = [c for c in settings if keys[c].map(str).nunique() > 1]
+    key = keys.map(str).agg("|".join, axis=1)
+    return [({c: keys.loc[group.index[0], c] for c in varying}, group)
             for _, group in runs.groupby(key, sort=False)]
 
 
@@ -308,7 +329,9 @@ def seeds_table(groups: list, title: str) -> str:
     any_at_chance = any(chance.chance_runs(runs) for _, runs in groups)
     for varying, runs in groups:
         points = sorted({configuration_name(run) for run in runs["run"]} - {""})
-        row = ({"point": ", ".join(points)} if points else {}) | varying | {"seeds": len(runs)}
+        row = (({"point": ", ".join(points)} if points else {})
+               | {name: setting_text(value) for name, value in varying.items()}
+               | {"seeds": len(runs)})
         for metric in SEED_METRICS:
             if metric in runs and runs[metric].notna().any():
                 values = runs[metric].dropna()
@@ -319,9 +342,7 @@ def seeds_table(groups: list, title: str) -> str:
             row["at chance"] = chance.chance_cell(runs)
         rows.append(row)
     first = groups[0][1].iloc[0]
-    data = first["data"]
-    if isinstance(first.get("data_source"), str):  # runs before task sizes were recorded: NaN
-        data += f", read from {first['data_source']}: {first['data_size']}"
+    data = first["data"] + data_sources(pd.concat([runs for _, runs in groups]))
     # runs recorded before the setting existed have no such column: the fixed regime
     regime = ("published: the reference's defects that change numbers are kept "
               "(published_regime=True)" if str(first.get("published_regime")) == "True" else

@@ -265,15 +265,21 @@ def test_benchmark_names_follow_the_datasets_of_the_repository():
 
 def test_seeds_recorded_before_a_new_setting_or_with_record_only_changes_are_one_configuration(
         tmp_path):
-    """A run from before published_regime existed is the same run (runs.finished)."""
+    """A run from before published_regime existed is the same run (runs.finished); where it
+    ran and whether FeCAM ran change no number. The evaluation batch does (batch
+    statistics): a seed evaluated in batches of 1000 is another configuration."""
     experiment = tmp_path / "A" / "SplitMNIST_part0_best"
     make_run(experiment / "seed_1")  # no published_regime in its config.json
     make_run(experiment / "seed_2", last_row=(84.0, 90.0), published_regime=False,
-             evaluation_batch_size=1000, fecam_evaluation=False, threads=4)
+             fecam_evaluation=False, threads=4, data_source="/moved/here")
     text = evaluation.summarize_experiment(experiment)
     rows = [line for line in text.splitlines() if line.startswith("|")][2:]
     assert len(rows) == 1 and "86.00 ± 1.00" in rows[0]  # both seeds, in one row
     assert not (experiment / "grid.png").exists()
+    make_run(experiment / "seed_3", last_row=(60.0, 70.0), evaluation_batch_size=1000)
+    text = evaluation.summarize_experiment(experiment)
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    assert len(rows) == 2 and "86.00 ± 1.00" in rows[0] and "65.00" in rows[1]
     for side, config in (("old", {}), ("new", {"published_regime": False})):
         make_run(tmp_path / side / "SplitMNIST_part0_best" / "seed_1", **config)
     assert "Configurations differ" not in evaluation.compare(tmp_path / "old", tmp_path / "new")
@@ -644,3 +650,27 @@ def test_a_metric_that_only_some_runs_have_says_over_how_many(tmp_path):
                        for line in (header, row))))
     assert cells["task_agnostic_incremental_accuracy"] == "35.00 ± 5.00 (2 of 3 runs)"
     assert cells["BWT"] == "-10.00 ± 0.00"  # every run has it: no count
+
+
+def test_seeds_that_read_data_of_other_sizes_are_other_configurations(tmp_path):
+    """The audit's case: seeds on a 400- and a 200-image MNIST were one mean, under the first
+    seed's Data line. A run from before sizes were recorded joins the sizes all others share;
+    a data folder that moved splits nothing."""
+    experiment = tmp_path / "SplitMNIST_part0_best"
+    small, large = ([{"training_samples": n, "validation_samples": 4, "test_samples": 20}] * 2
+                    for n in (36, 76))
+    make_run(experiment / "seed_1")  # no record of its data
+    make_run(experiment / "seed_2", data_source="/data/a", task_sizes=large)
+    make_run(experiment / "seed_3", data_source="/moved/a", task_sizes=large)
+    text = evaluation.summarize_experiment(experiment)
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    assert len(rows) == 1 and "|       3 |" in rows[0]
+    assert ("read from /data/a: 2 tasks of 76 training, 4 validation and 20 test images; and "
+            "from /moved/a: 2 tasks of 76") in text
+    make_run(experiment / "seed_4", last_row=(50.0, 50.0), data_source="/data/b",
+             task_sizes=small)
+    text = evaluation.summarize_experiment(experiment)
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    assert len(rows) == 3  # seed 1's data are unknown now: it stays apart
+    assert any("2 tasks of 36 training" in row and "|       1 |" in row for row in rows)
+    assert "; and from /data/b: 2 tasks of 36 training" in text
