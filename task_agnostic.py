@@ -233,15 +233,31 @@ def fecam_evaluation(model: HyperMask, tasks: list[Task], sparsity: float,
         # distance[s][t]: [N_s, C_t], test samples of task s under task t's mask
         distance = [[mahalanobis(task_features(model, s, s.test_x, w, batch_size), *statistics[t])
                      for t, w in enumerate(weights)] for s in tasks]
+    return fecam_rows(distance, [task.test_y for task in tasks])
+
+
+def fecam_rows(distance: list[list[torch.Tensor]], labels: list[torch.Tensor]) -> list[dict]:
+    """FeCAM's accuracy over tasks 0..i for every i, from the distances.
+
+    A test image of task s is right when its nearest class, over the classes of
+    tasks 0..i, is its own: in task s, with its label.
+
+    Args:
+        distance: distance[s][t], [N_s, C_t]: task s's test images to task t's classes.
+        labels: labels[s], [N_s]: their labels within task s.
+    Returns:
+        one row per i: tasks_seen (i + 1) and accuracy (percent) on the union of the
+        test sets of tasks 0..i.
+    """
     rows = []
-    for i in range(len(tasks)):
+    for i in range(len(labels)):
         correct = total = 0
-        for s, task in enumerate(tasks[:i + 1]):
+        for s, truth in enumerate(labels[:i + 1]):
             nearest = torch.stack([distance[s][t].min(1).values for t in range(i + 1)])
             chosen = nearest.argmin(0)  # [N]: the task of the nearest class
             predicted = torch.stack([distance[s][t].argmin(1) for t in range(i + 1)])
             predicted = predicted.gather(0, chosen[None])[0]
-            correct += ((chosen == s) & (predicted == task.test_y)).sum().item()
-            total += len(task.test_y)
+            correct += ((chosen == s) & (predicted == truth)).sum().item()
+            total += len(truth)
         rows.append({"tasks_seen": i + 1, "accuracy": 100 * correct / total})
     return rows

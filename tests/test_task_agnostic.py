@@ -1,6 +1,7 @@
 """Task-agnostic inference: entropy-based task choice and FeCAM, on cases with known answers."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -65,6 +66,37 @@ def test_shrinkage_by_hand():
     assert torch.allclose(task_agnostic.shrink(cov), torch.tensor([[5.0, 2.0], [2.0, 7.0]]))
     diagonal = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
     assert torch.allclose(task_agnostic.shrink(diagonal), torch.tensor([[5.0, 0.0], [0.0, 7.0]]))
+
+
+def test_shrinkage_averages_only_the_non_zero_off_diagonal_entries():
+    """Diagonal mean 4; off-diagonal entries 0, 1, 1 (twice each): only the 1s count."""
+    cov = torch.tensor([[2.0, 0.0, 1.0], [0.0, 4.0, 1.0], [1.0, 1.0, 6.0]])
+    assert torch.equal(task_agnostic.shrink(cov),
+                       torch.tensor([[6.0, 1.0, 2.0], [1.0, 8.0, 2.0], [2.0, 2.0, 10.0]]))
+
+
+def test_class_statistics_shrink_twice_then_invert_the_correlation():
+    """By hand: features (-1, 0), (0, -2), (1, 2) have mean 0 and covariance
+    [[1, 1], [1, 4]]. Shrunk once: [[3.5, 2], [2, 6.5]]; twice: [[8.5, 4], [4, 11.5]],
+    correlation r = 4 / sqrt(8.5 * 11.5), precision 1 / (1 - r^2) [[1, -r], [-r, 1]]
+    (FeCAM's 1e-8 added to every entry moves it by about 1e-8)."""
+    features = torch.tensor([[-1.0, 0.0], [0.0, -2.0], [1.0, 2.0]])
+    prototypes, precisions = task_agnostic.class_statistics(features, torch.zeros(3).long(), 1)
+    r = 4 / math.sqrt(8.5 * 11.5)
+    expected = torch.tensor([[1, -r], [-r, 1]], dtype=torch.float64) / (1 - r * r)
+    assert torch.equal(prototypes, torch.zeros(1, 2, dtype=torch.float64))
+    assert torch.allclose(precisions[0], expected, rtol=0, atol=1e-6)
+
+
+def test_fecam_counts_an_image_right_only_in_its_own_task_with_its_label():
+    """Two tasks of two classes, one test image each. Task 0's image is nearest to task 1's
+    class 0, which has its label but not its task: wrong. Task 1's image is nearest to its
+    own class 1: right. With task 0 alone, its image's nearest class is its class 0."""
+    distance = [[torch.tensor([[1.0, 5.0]]), torch.tensor([[0.5, 9.0]])],
+                [torch.tensor([[9.0, 9.0]]), torch.tensor([[3.0, 2.0]])]]
+    labels = [torch.tensor([0]), torch.tensor([1])]
+    assert task_agnostic.fecam_rows(distance, labels) == [
+        {"tasks_seen": 1, "accuracy": 100.0}, {"tasks_seen": 2, "accuracy": 50.0}]
 
 
 def test_mahalanobis_matches_a_direct_computation():
