@@ -60,7 +60,8 @@ def test_corrupt_mnist_file_is_named(tmp_path, mnist_root):
 
 
 @pytest.mark.parametrize("name, label", [("t10k-labels-idx1-ubyte", 200),
-                                         ("train-labels-idx1-ubyte", 12)])
+                                         ("train-labels-idx1-ubyte", 12),
+                                         ("train-labels-idx1-ubyte", 10)])  # the first not
 def test_an_mnist_label_that_is_no_digit_is_refused(tmp_path, name, label):
     """A test label of 200 would be scored as a wrong answer, a training label of 12 crash
     cross_entropy: both files are named instead."""
