@@ -10,9 +10,15 @@ import torch
 from PIL import Image
 
 import datasets
-import plots
 import hypermask
 import main
+import plots
+
+
+def image_size(path) -> tuple[int, int]:
+    """A PNG's (width, height) in pixels, the file closed again."""
+    with Image.open(path) as image:
+        return image.size
 
 
 def test_permuted_mnist_part_1_runs_100_distinct_tasks_over_three_seeds(mnist_root, tmp_path,
@@ -54,17 +60,17 @@ def count_cell_texts(monkeypatch) -> list:
 def test_heatmap_of_100_tasks_has_a_bounded_size_and_no_cell_numbers(tmp_path, monkeypatch):
     texts = count_cell_texts(monkeypatch)
     plots.plot_heatmap(accuracy_matrices(1, 100)[0], tmp_path / "big.png", "100 tasks")
-    width, height = Image.open(tmp_path / "big.png").size
+    width, height = image_size(tmp_path / "big.png")
     assert width <= 1000 and height <= 800
     assert texts == []
     plots.plot_heatmap(accuracy_matrices(1, 5)[0], tmp_path / "small.png", "5 tasks")
     assert len(texts) == 15  # every value of a 5-task matrix is printed
-    assert Image.open(tmp_path / "small.png").size == (660, 420)  # as before: 5.5 x 3.5 in
+    assert image_size(tmp_path / "small.png") == (660, 420)  # as before: 5.5 x 3.5 in
 
 
 def test_per_task_plot_of_100_tasks_has_a_bounded_size_and_thinned_ticks(tmp_path):
     plots.plot_per_task(accuracy_matrices(3, 100), tmp_path / "per_task.png", "100 tasks")
-    width, height = Image.open(tmp_path / "per_task.png").size
+    width, height = image_size(tmp_path / "per_task.png")
     assert width <= 1200 and height <= 500
     fig, ax = plt.subplots()
     plots.task_ticks(ax, 100)
@@ -80,7 +86,7 @@ def test_grid_plot_wraps_many_hyperparameters_into_rows(tmp_path):
     runs = pd.DataFrame({**{n: [0.1, 1.0, 0.1, 1.0] for n in names},
                          "mean_accuracy": [80.0, 90.0, 85.0, 95.0]})
     plots.plot_grid(runs, names, tmp_path / "grid.png", "six hyperparameters")
-    width, height = Image.open(tmp_path / "grid.png").size
+    width, height = image_size(tmp_path / "grid.png")
     assert width <= plots.GRID_COLUMNS * 3.2 * 120 and height == 2 * 3.2 * 120
 
 
@@ -96,5 +102,5 @@ def test_a_run_past_20_tasks_ends_with_bounded_plots(mnist_root, tmp_path):
     for plot, (max_width, max_height) in (("seed_1/heatmap.png", (1000, 800)),
                                           ("mean_heatmap.png", (1000, 800)),
                                           ("per_task_accuracy.png", (1200, 500))):
-        width, height = Image.open(experiment / plot).size
+        width, height = image_size(experiment / plot)
         assert width <= max_width and height <= max_height, plot

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import datasets
 import hypermask
+import machine
 import output_layer
 from conftest import config_for, same_results
 
@@ -96,14 +97,19 @@ def test_only_large_plain_hypernetworks_on_a_cpu_share_their_output_layer():
     def applies(config) -> bool:
         return output_layer.applies(hypermask.build_model(config, (28, 28), 10).hnet)
 
-    if torch.get_num_threads() < 2:
-        pytest.skip("one thread: the layer is never shared")
     large = config_for("SplitMNIST", 0, hnet_hidden_layers=(100,))  # 475,202 × 100 weights
-    assert applies(large)
-    assert not applies(dataclasses.replace(large, chunk_size=1000))
-    assert not applies(config_for("SplitMNIST", 0))  # 475,202 × 25: faster unshared
-    # the demo's networks keep hypnettorch's layer, hence their numbers bit for bit
-    assert not any(applies(config) for config in datasets.DEMO.values())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # as on any machine with two cores or more
+        assert applies(large)
+        assert not applies(dataclasses.replace(large, chunk_size=1000))
+        assert not applies(config_for("SplitMNIST", 0))  # 475,202 × 25: faster unshared
+        # the demo's networks keep hypnettorch's layer, hence their numbers bit for bit
+        assert not any(applies(config) for config in datasets.DEMO.values())
+        torch.set_num_threads(1)
+        assert not applies(large)  # one thread: nothing to share the rows with
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_step_with_the_shared_layer_gives_the_loss_and_gradients_to_rounding(monkeypatch):
@@ -167,8 +173,7 @@ def test_a_run_with_the_shared_layer_resumes_to_the_uninterrupted_results(
     interrupted run resumes to the files of the uninterrupted one, byte for byte."""
     from test_resume import interrupt_at_task, run
 
-    if torch.get_num_threads() < 2:
-        pytest.skip("one thread: the layer is never shared")
+    monkeypatch.setattr(machine, "cpu_threads", lambda share=None: 2)  # a 1-CPU machine too
     calls = []
 
     def counted(hnet, task_ids):
