@@ -9,6 +9,7 @@ datasets.HyperParameters), can be overridden on the command line:
 
 import ast
 import dataclasses
+import difflib
 import re
 import sys
 import textwrap
@@ -103,9 +104,37 @@ def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
         elif name in hints:
             hyperparameters[name] = _check_type(name, value, hints[name])
         else:
-            raise UserError(f"unknown option --{name}; settings: {', '.join(SETTINGS)}; "
-                            f"hyperparameters: {', '.join(hints)}")
+            raise UserError(f"unknown option --{name}{_did_you_mean(name, [*SETTINGS, *hints])}"
+                            f"; settings: {', '.join(SETTINGS)}; hyperparameters: "
+                            f"{', '.join(hints)}")
     return settings, hyperparameters
+
+
+def _did_you_mean(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def settings_block() -> str:
+    """The text of the block of settings at the top of this file."""
+    return re.search(r"# -+ edit these\n(.*?)\n# -+\n", Path(__file__).read_text(), re.S)[1]
+
+
+def check_settings_block() -> None:
+    """A UserError for a setting the block at the top of this file lacks (deleted or
+    commented out), or for a name it sets that is no setting (a misspelling would
+    otherwise be ignored, its setting keeping its value)."""
+    if missing := [name for name in SETTINGS if name not in globals()]:
+        raise UserError(f"the settings at the top of main.py lack {', '.join(missing)} "
+                        "(deleted or commented out?): put the line back; the README's "
+                        "settings table gives each default")
+    assigned = [target.id for node in ast.parse(settings_block()).body
+                if isinstance(node, ast.Assign) for target in node.targets
+                if isinstance(target, ast.Name)]
+    if unknown := [name for name in assigned if name not in SETTINGS]:
+        raise UserError(f"the settings at the top of main.py set {unknown[0]!r}, which is no "
+                        f"setting{_did_you_mean(unknown[0], list(SETTINGS))}; settings: "
+                        f"{', '.join(SETTINGS)}")
 
 
 def resolve(argv: list[str]) -> tuple[dict, dict, dict]:
@@ -116,17 +145,27 @@ def resolve(argv: list[str]) -> tuple[dict, dict, dict]:
     setting with argv's own added.
     """
     overrides, hyperparameters = parse_overrides(argv)
-    settings = {name: _check_setting(name, globals()[name]) for name in SETTINGS} | overrides
+    check_settings_block()
+    settings = {name: _block_setting(name) for name in SETTINGS} | overrides
     return settings, settings["hyperparameters"] | hyperparameters, overrides
+
+
+def _block_setting(name: str):
+    """A setting as the block at the top of this file sets it, checked; an error says where
+    the value came from."""
+    value = globals()[name]
+    try:
+        return _check_setting(name, value)
+    except UserError as error:
+        raise UserError(f"{error} (set at the top of main.py: {name} = {value!r})") from None
 
 
 def usage() -> str:
     """What --help prints: how to override, the settings block at the top of this file
     (each setting's default and choices), and the hyperparameters' names."""
-    block = re.search(r"# -+ edit these\n(.*?)\n# -+\n", Path(__file__).read_text(), re.S)
     names = ", ".join(typing.get_type_hints(HyperParameters))
     return (f"{__doc__.strip()}\n\nSettings (--name=value), as set at the top of main.py:\n\n"
-            f"{block[1]}\n\nHyperparameters (--name=value; each benchmark's values are in "
+            f"{settings_block()}\n\nHyperparameters (--name=value; each benchmark's values are in "
             f"datasets.py and docs/benchmarks.md):\n{textwrap.fill(names, 79)}")
 
 

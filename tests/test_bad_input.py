@@ -98,6 +98,34 @@ def test_an_impossible_value_in_mains_block_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(main, "launcher", "slurmm")  # a typo in the editable block
     assert main.main([]) == 2
     assert "--launcher must be one of" in capsys.readouterr().err
+    monkeypatch.setattr(main, "seeds", (1, 2))  # a tuple where a list is meant
+    assert main.main(["--status"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "(set at the top of main.py: seeds = (1, 2))")
+
+
+def test_a_setting_missing_from_or_misspelt_in_mains_block_is_refused(monkeypatch, capsys):
+    """A commented-out line was a KeyError from deep inside; a misspelt one was ignored,
+    its setting keeping its value (the best configuration ran instead of the grid)."""
+    monkeypatch.delattr(main, "seeds")
+    assert main.main(["--status"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: the settings at the top of main.py lack seeds (deleted or commented out?): "
+        "put the line back; the README's settings table gives each default")
+    monkeypatch.undo()
+    block = main.settings_block()
+    monkeypatch.setattr(main, "settings_block", lambda: block + "\ncreate_grid_serach = True")
+    assert main.main(["--status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the settings at the top of main.py set 'create_grid_serach', "
+                          "which is no setting (did you mean create_grid_search?)")
+    assert "\n" not in err.strip()
+
+
+def test_a_misspelt_option_gets_a_suggestion(capsys):
+    assert main.main(["--datset=SplitMNIST"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: unknown option --datset (did you mean dataset?); settings: ")
 
 
 def test_damaged_cifar100_and_tiny_imagenet_files_are_named(tmp_path):

@@ -31,7 +31,9 @@ def test_overrides_are_parsed_and_typed():
 
 
 @pytest.mark.parametrize("argument, message", [
-    ("--betta=0.1", r"unknown option --betta; settings: .*dataset.*hyperparameters: .*beta"),
+    ("--betta=0.1",
+     r"unknown option --betta \(did you mean beta\?\); settings: .*dataset.*"
+     r"hyperparameters: .*beta"),
     ("--number_of_iterations=many", "--number_of_iterations expects int or None, not 'many'"),
     ("--number_of_iterations=1.5", "expects int"),
     ("--sparsity=[1]", "--sparsity expects float"),
