@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -50,7 +49,7 @@ OTHER_RUN = 5  # refused: its folder holds another run (runs.OtherRun)
 # ------------------------------------------------------------ sequential
 
 
-class RunLog(io.TextIOBase):
+class RunLog(runs.SparedOutput):
     """run.log, appended to; what cannot be written (the disk is full) is left out.
 
     A full disk must not stop a run from a print in the middle of a step: the
@@ -59,28 +58,15 @@ class RunLog(io.TextIOBase):
     """
 
     def __init__(self, path: Path):
-        super().__init__()
         try:
-            self.file = open(path, "a")
+            super().__init__(open(path, "a"))
         except OSError as error:
             raise files.WriteFailed(path, error, kept=path.exists()) from None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        with contextlib.suppress(OSError):
-            self.file.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        with contextlib.suppress(OSError):
-            self.file.flush()
 
     def close(self) -> None:
         super().close()  # flushes
         with contextlib.suppress(OSError):
-            self.file.close()
+            self.stream.close()
 
 
 def run_logged(job: runs.Job) -> str | None:
@@ -376,7 +362,8 @@ class Pool:
 
     @contextlib.contextmanager
     def forwarding_stop_signals(self):
-        """SIGTERM and Ctrl-C: no new runs; the runs in flight save their state and stop."""
+        """SIGTERM, Ctrl-C and SIGHUP (the terminal closed): no new runs; the runs in flight
+        save their state and stop."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -392,7 +379,8 @@ class Pool:
             print(f"\n{signal.Signals(signum).name}: no new runs; the runs in flight stop "
                   "after saving their state", flush=True)
 
-        previous = {signum: signal.signal(signum, handler) for signum in runs.STOP_SIGNALS[:2]}
+        previous = {signum: signal.signal(signum, handler) for signum in runs.STOP_SIGNALS
+                    if signum != getattr(signal, "SIGUSR2", None)}  # SLURM's, to its own runs
         try:
             yield
         finally:

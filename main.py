@@ -356,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     if "--help" in argv or "-h" in argv:
         print(usage())
         return 0
+    with runs.spared_output():  # a closed terminal or pipe must not stop the runs
+        return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
+    """main's work: every message printed, every error one line; the exit code."""
     try:
         settings, hyperparameters, overrides = resolve(argv)
         started = time.perf_counter()

@@ -13,6 +13,7 @@ runs.
 from __future__ import annotations
 
 import contextlib
+import io
 import dataclasses
 import itertools
 import json
@@ -80,7 +81,7 @@ class AlreadyRunning(UserError):
 
 
 class Preempted(Exception):
-    """A run stopped on request (SIGTERM, SIGINT, SIGUSR2) after saving its state."""
+    """A run stopped on request (a STOP_SIGNALS signal) after saving its state."""
 
     def __init__(self, signum: int, saved: str):
         self.signum = signum
@@ -101,13 +102,14 @@ class StopRequest:
             raise Preempted(self.signum, saved)
 
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2")
-                     if hasattr(signal, name))  # SIGUSR2: submitit's time-limit warning
+# SIGHUP: the terminal closed (a dropped SSH session); SIGUSR2: submitit's time-limit warning
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR2")
+                     if hasattr(signal, name))
 
 
 @contextlib.contextmanager
 def stop_signals():
-    """SIGTERM, SIGINT and SIGUSR2 ask the run to stop at its next step boundary.
+    """SIGTERM, SIGINT, SIGHUP and SIGUSR2 ask the run to stop at its next step boundary.
 
     The run then saves a checkpoint and raises Preempted; the handlers that
     were there before (submitit's among them) are back when the block ends. A
@@ -353,6 +355,47 @@ def failed_writes_stop(run_dir: Path, num_tasks: int):
 def clock_time() -> str:
     """The time of day as a line prefix: "[HH:MM:SS] "."""
     return time.strftime("[%H:%M:%S] ")
+
+
+class SparedOutput(io.TextIOBase):
+    """A text stream that leaves out what it cannot write, so that a print never stops a
+    run: a terminal gone (SIGHUP), a pipe whose reader quit (`| head`, a `tee` killed), a
+    full disk under run.log. The run's own files say a failed write (files.WriteFailed)."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream, self.lost = stream, False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.lost = True
+
+
+@contextlib.contextmanager
+def spared_output():
+    """stdout and stderr as SparedOutput inside the block. A stream found lost writes to
+    /dev/null afterwards, so that Python's own flush at exit raises nothing either."""
+    spared = SparedOutput(sys.stdout), SparedOutput(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(spared[0]), contextlib.redirect_stderr(spared[1]):
+            yield
+    finally:
+        for output in spared:
+            if output.lost:
+                with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), output.stream.fileno())
 
 
 class ProgressBar:

@@ -47,7 +47,7 @@ def checkpoint_in_task(run: Path, task: int) -> dict | None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM", "SIGHUP"])  # SIGHUP: terminal closed
 def test_a_run_stopped_mid_task_resumes_to_identical_files(mnist_root, tmp_path, stop):
     # A checkpoint every 6 ms: one after nearly every step.
     args = options(mnist_root, tmp_path / "cut", "--seeds=[5]", "--number_of_iterations=150",
@@ -62,9 +62,9 @@ def test_a_run_stopped_mid_task_resumes_to_identical_files(mnist_root, tmp_path,
     assert state["next_task"] == 1 and not (run / "final_weights.pt").exists()
     iteration = state["task_in_progress"]["iteration"]
     assert 0 < iteration < 150
-    if stop == "SIGTERM":  # saved at the next step boundary, then a message and exit
-        assert process.returncode == 128 + signal.SIGTERM
-        assert (f"stopped by SIGTERM: saved task 2 at iteration {iteration} in "
+    if stop != "SIGKILL":  # saved at the next step boundary, then a message and exit
+        assert process.returncode == 128 + getattr(signal, stop)
+        assert (f"stopped by {stop}: saved task 2 at iteration {iteration} in "
                 f"{run / 'checkpoint.pt'}; rerun the same command") in err
     code = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
                           text=True)
@@ -73,6 +73,30 @@ def test_a_run_stopped_mid_task_resumes_to_identical_files(mnist_root, tmp_path,
     assert main.main(options(mnist_root, tmp_path / "whole", "--seeds=[5]",
                              "--number_of_iterations=150", "--checkpoint_minutes=0.0001")) == 0
     same_results(run, run_folder(tmp_path / "whole", 5))
+
+
+@pytest.mark.slow
+def test_a_run_whose_output_pipe_closes_trains_on_to_the_end(mnist_root, tmp_path):
+    """`python main.py | head -2`, or a `tee` killed: the reader quits, the run goes on."""
+    process = launch(options(mnist_root, tmp_path, "--seeds=[1]", "--number_of_iterations=50"))
+    process.stdout.readline()
+    process.stdout.close()  # every later print meets a closed pipe
+    err = process.stderr.read()
+    assert process.wait() == 0 and "Traceback" not in err and "Error" not in err, err
+    assert (run_folder(tmp_path, 1) / "final_weights.pt").exists()
+
+
+def test_output_that_cannot_be_written_is_left_out():
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise OSError(5, "Input/output error")  # EIO: the terminal closed
+
+    output = runs.SparedOutput(Gone())
+    assert output.write("progress\n") == 9 and output.lost
+    output.flush()  # no error either
 
 
 def test_training_batches_continue_mid_epoch_from_their_state(cifar_root):
