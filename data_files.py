@@ -140,8 +140,12 @@ def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
 
     folder = Path(root) / "cifar-100-python"
     if not all((folder / name).exists() for name in ("train", "test")):
+        # torchvision unpacks the archive found there only if its MD5 is the official one
+        archive = (f" (the cifar-100-python.tar.gz in {Path(root)} is not the official one, "
+                   "whose MD5 torchvision checks: replace it)"
+                   if (Path(root) / "cifar-100-python.tar.gz").exists() else "")
         download(lambda: CIFAR100(root, train=True, download=True),
-                 f"CIFAR-100 is not in {folder}",
+                 f"CIFAR-100 is not in {folder}{archive}",
                  "put cifar-100-python.tar.gz (or its unpacked cifar-100-python folder with "
                  f"train, test and meta) in {Path(root)}")
     arrays = []
@@ -221,6 +225,10 @@ def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
                             "again")
         return arrays
     root = folder.parent
+    if not (folder / "wnids.txt").exists() and any((folder / part).exists()
+                                                   for part in ("train", "val")):
+        raise UserError(f"{folder} lacks wnids.txt, the list of its 200 classes (its line "
+                        "order numbers them): put it back from tiny-imagenet-200.zip")
     if not (folder / "wnids.txt").exists():
         from torchvision.datasets.utils import download_and_extract_archive
 

@@ -39,12 +39,35 @@ def test_missing_and_corrupt_cifar100(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv, "download_and_extract_archive",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(errors.UserError, match="CIFAR-100 is not in .*cifar-100-python"):
+    with pytest.raises(errors.UserError, match="CIFAR-100 is not in .*cifar-100-python and "):
+        data_files.load_cifar100(tmp_path)
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"not the archive")  # the audit's case
+    with pytest.raises(errors.UserError, match=r"cifar-100-python \(the cifar-100-python.tar.gz "
+                       "in .* is not the official one, whose MD5 torchvision checks: replace"):
         data_files.load_cifar100(tmp_path)
     root = make_cifar100(tmp_path / "broken")
     (root / "cifar-100-python" / "test").write_bytes(b"not a pickle")
     with pytest.raises(errors.UserError, match="test is unreadable.*delete"):
         data_files.load_cifar100(root)
+
+
+def test_missing_and_partial_tiny_imagenet(tmp_path, monkeypatch):
+    """Nothing there: the download, which fails offline, then where to put the files. A
+    folder without wnids.txt: that file named, and no 240 MB download started."""
+    import torchvision.datasets.utils as tv
+
+    monkeypatch.setattr(tv, "download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(errors.UserError, match="Tiny ImageNet is not in .*tiny-imagenet-200 "
+                       r"and could not be downloaded \(OSError\); unpack tiny-imagenet-200.zip"):
+        data_files.load_tiny_imagenet(tmp_path)
+    folder = make_tiny_imagenet(tmp_path / "partial", per_class_train=1) / "tiny-imagenet-200"
+    (folder / "wnids.txt").unlink()
+    monkeypatch.setattr(tv, "download_and_extract_archive",
+                        lambda *a, **k: pytest.fail("downloaded over a partial folder"))
+    with pytest.raises(errors.UserError, match=f"^{folder} lacks wnids.txt, the list of its 200 "
+                       "classes"):
+        data_files.load_tiny_imagenet(folder.parent)
 
 
 def test_split_cifar100_tasks(cifar_root):
