@@ -110,9 +110,13 @@ class HyperParameters:
                                 f"not {getattr(self, name)!r}")
         if not 0 <= self.sparsity < 100:
             raise UserError(f"sparsity is a percentage in [0, 100), not {self.sparsity}")
-        if (self.number_of_iterations is None) == (self.number_of_epochs is None):
-            raise UserError("set exactly one of number_of_iterations and number_of_epochs "
-                            "(the other to None)")
+        if self.number_of_iterations is not None and self.number_of_epochs is not None:
+            raise UserError(f"number_of_iterations={self.number_of_iterations} and "
+                            f"number_of_epochs={self.number_of_epochs} are both set: set the "
+                            "other to None, e.g. add --number_of_epochs=None to run "
+                            "number_of_iterations")
+        if self.number_of_iterations is None and self.number_of_epochs is None:
+            raise UserError("neither number_of_iterations nor number_of_epochs is set: set one")
         for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size",
                      "chunk_embedding_size", "number_of_iterations", "number_of_epochs",
                      "chunk_size", "evaluation_batch_size"):

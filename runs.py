@@ -255,10 +255,11 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
     differences = ", ".join(describe_difference(k, saved.get(k), as_saved.get(k))
                             for k in changed if k not in RECORD_ONLY)
     if differences:
-        advice = ("use another --results_dir (a grid search's points are numbered in its "
-                  "order: an override that removes a grid dimension renumbers them)"
-                  if folders.run_state(run_dir) == "finished"
+        advice = ("use another --results_dir" if folders.run_state(run_dir) == "finished"
                   else "use another --results_dir or delete that folder")
+        if folders.configuration_name(run_dir.name):
+            advice += (" (a grid search's points are numbered in its order: an override that "
+                       "removes a grid dimension renumbers them)")
         raise OtherRun(f"{run_dir} holds a run with another configuration ({differences}); "
                        + advice)
     if "task_sizes" in changed and "task_sizes" in saved and trained_unfinished(run_dir):
@@ -711,7 +712,8 @@ def _run(job: Job) -> None:
                                             job.run_dir)
     record = job_record(job)
     if finished(run_dir, record):
-        print(f"  already finished: {run_dir} (delete it to run again)")
+        print(f"  already finished: {run_dir} (delete it, or use another --results_dir, to run "
+              "it again: a finished run is neither trained nor evaluated again, nor logged)")
         return
     device = machine.select_device(job.device)
     machine.use_device(device, config.tf32)

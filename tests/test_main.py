@@ -125,6 +125,7 @@ def test_finished_runs_are_kept_and_other_configurations_refused(mnist_root, tmp
     err = capsys.readouterr().err
     assert code == 2 and "another configuration (beta: 0.0005 there, 0.5 now)" in err
     assert "delete" not in err  # a finished result: never advised away
+    assert err.strip().endswith("use another --results_dir")  # no grid here to renumber
 
 
 def test_a_run_from_before_a_new_field_is_still_the_same_run(mnist_root, tmp_path, capsys):
