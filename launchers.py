@@ -78,6 +78,7 @@ def run_logged(job: runs.Job) -> str | None:
     raised, not reported as failures of this run alone; the middle two write no failed.txt.
     """
     runs.make_folder(job.run_dir)
+    runs.refuse_if_running(job.run_dir)  # its run.log is the other process's to write
     try:
         log = RunLog(job.run_dir / folders.RUN_LOG)
     except files.WriteFailed as error:  # failed.txt, if it fits; raised like the run's own

@@ -194,10 +194,7 @@ def one_writer(run_dir: Path):
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        holder = owner.read_text().strip() if owner.exists() else "another process"
-        raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
-                             "end (the same command with --status shows it) or stop that "
-                             "process") from None
+        raise already_running(run_dir) from None
     except OSError as error:  # the lock file cannot be created: a read-only folder, say
         raise files.WriteFailed(run_dir / "run.lock", error, kept=False) from None
     try:
@@ -207,6 +204,26 @@ def one_writer(run_dir: Path):
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+def already_running(run_dir: Path) -> AlreadyRunning:
+    owner = run_dir / folders.RUNNING
+    holder = owner.read_text().strip() if owner.exists() else "another process"
+    return AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to end "
+                          "(the same command with --status shows it) or stop that process")
+
+
+def refuse_if_running(run_dir: Path) -> None:
+    """AlreadyRunning if another process holds run_dir's lock (one_writer's) now: before a
+    launcher writes its run.log there. A probe only: one_writer still decides."""
+    lock = filelock.FileLock(run_dir / "run.lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise already_running(run_dir) from None
+    except OSError:  # one_writer says it in one line
+        return
+    lock.release()
 
 
 def liveness(run_dir: Path) -> str:

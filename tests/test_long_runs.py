@@ -165,6 +165,7 @@ def test_a_second_launch_of_a_running_run_is_refused(mnist_root, tmp_path, capsy
         assert main.main([*args, "--launcher=local"]) == 2
         assert "already being trained" in capsys.readouterr().out
         assert not (run / "failed.txt").exists()
+        assert not (run / "run.log").exists()  # the pool's log stays out of another's run
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # a stale lock: the process is gone
         first.wait()
