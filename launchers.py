@@ -547,15 +547,15 @@ def run_status(job: runs.Job) -> dict:
     try:
         runs.changed_settings(run_dir, runs.job_record(job))
     except runs.OtherRun as error:  # what a launch with these options would refuse
-        return row | {"state": f"other run: {error}"}
+        return row | {"state": f"other run: {error}", "tasks_done": None}  # not this job's
     except UserError as error:  # a damaged config.json: said in its row, the others go on
-        return row | {"state": f"damaged: {error}"}
+        return row | {"state": f"damaged: {error}", "tasks_done": None}
     if (run_dir / folders.ACCURACIES).exists():
         try:
             accuracies = folders.read_run_csv(run_dir / folders.ACCURACIES,
                                               ("trained_task", "accuracy"))
         except UserError as error:  # said in its row: the pool and the others go on
-            return row | {"state": f"damaged: {error}"}
+            return row | {"state": f"damaged: {error}", "tasks_done": None}
         last = accuracies[accuracies["trained_task"] == accuracies["trained_task"].max()]
         row |= {"tasks_done": int(last["trained_task"].iloc[0]) + 1,
                 "mean_accuracy": round(float(last["accuracy"].mean()), 2)}
@@ -584,5 +584,7 @@ def progress_text(jobs: list[runs.Job]) -> str:
 
 
 def status_table(jobs: list[runs.Job]) -> str:
-    """Every run of an experiment and its state, as a markdown table."""
-    return pd.DataFrame([run_status(job) for job in jobs]).to_markdown(index=False)
+    """Every run of an experiment and its state, as a markdown table; n/a where a number is
+    not known (no task done, or the folder holds another run)."""
+    table = pd.DataFrame([run_status(job) for job in jobs], dtype=object)
+    return table.where(table.notna(), "n/a").to_markdown(index=False)

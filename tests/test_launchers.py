@@ -221,7 +221,12 @@ def test_a_damaged_run_table_is_a_state_in_the_pools_progress_and_status_not_a_c
     assert launchers.run_status(jobs[0])["state"].startswith(
         f"damaged: {jobs[0].run_dir / 'accuracies.csv'} is corrupt or incomplete")
     assert launchers.progress_text(jobs).startswith("1 damaged, 1 interrupted")
-    assert "damaged: " in launchers.status_table(jobs)
+    table = launchers.status_table(jobs)
+    assert "damaged: " in table
+    # nothing known of the damaged run's progress, none of the interrupted run's accuracy
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[3:5]]
+            for line in table.splitlines()[2:]}
+    assert rows == {"seed_1": ["n/a", "n/a"], "seed_2": ["0", "n/a"]}
     (jobs[1].run_dir / "config.json").write_text("{")
     assert launchers.run_status(jobs[1])["state"].startswith(
         f"damaged: {jobs[1].run_dir / 'config.json'} is corrupt or incomplete")
