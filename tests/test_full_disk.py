@@ -579,10 +579,10 @@ def test_a_run_log_on_a_full_disk_loses_lines_not_the_run(tmp_path, monkeypatch)
         def flush(self):
             self.write("")
 
-    real, log.file = log.file, Full()
+    real, log.stream = log.stream, Full()
     assert log.write("lost\n") == 5
     log.flush()
-    log.file = real
+    log.stream = real
     log.write("kept again\n")
     log.close()
     assert (tmp_path / "run.log").read_text() == "kept\nkept again\n"
