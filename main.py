@@ -199,6 +199,8 @@ def _check_setting(name: str, value):
     if name in ("results_dir", "path_to_datasets") and not str(value).strip():
         example = "./Results" if name == "results_dir" else "./Data"
         raise UserError(f"--{name} is empty: give a folder, e.g. --{name}={example}")
+    if name in ("results_dir", "path_to_datasets") and Path(str(value)).is_file():
+        raise UserError(f"--{name} is a file, {value}: give a folder")
     if name == "device" and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(value)):
         raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {value!r}")
     allowed = SETTINGS[name]

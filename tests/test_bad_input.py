@@ -37,6 +37,7 @@ import runs
     ("--seeds=[4294967296]", "--seeds must lie between 0 and 2**32 - 1"),
     ("--seeds=[1,2,1]", "--seeds repeats 1: give each seed once"),
     ("--results_dir=", "--results_dir is empty: give a folder, e.g. --results_dir=./Results"),
+    ("--path_to_datasets=README.md", "--path_to_datasets is a file, README.md: give a folder"),
     ("--device=meta", "--device must be auto, cpu, mps, cuda or cuda:N, not 'meta'"),
     ("--device=cuda:abc", "--device must be auto, cpu, mps, cuda or cuda:N"),
     ("--part=9", "SplitMNIST has no part 9"),

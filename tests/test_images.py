@@ -103,6 +103,14 @@ def test_fecam_splits_have_correct_offsets_and_outputs(cifar_root, part, sizes):
     assert sorted(seen) == list(range(100))  # every class exactly once: no overlap
 
 
+def test_fecam_class_order_is_fecams():
+    """Spot checks by hand against FeCAM's published order: its start, its end and the
+    classes around the 50-class first task's edge."""
+    order = datasets.FECAM_CLASS_ORDER
+    assert order[:8] == [87, 0, 52, 58, 44, 91, 68, 97] and order[-4:] == [54, 26, 35, 39]
+    assert order[48:52] == [80, 73, 1, 28]
+
+
 def test_fecam_validation_split_depends_on_the_seed(cifar_root):
     config = config_for("CIFAR100_FeCAM_setup", 6, validation_size=2)
     load = lambda seed: datasets.load_tasks("CIFAR100_FeCAM_setup", 6, config, seed=seed,  # noqa
