@@ -112,9 +112,9 @@ class HyperParameters:
             raise UserError(f"sparsity is a percentage in [0, 100), not {self.sparsity}")
         if self.number_of_iterations is not None and self.number_of_epochs is not None:
             raise UserError(f"number_of_iterations={self.number_of_iterations} and "
-                            f"number_of_epochs={self.number_of_epochs} are both set: set the "
-                            "other to None, e.g. add --number_of_epochs=None to run "
-                            "number_of_iterations")
+                            f"number_of_epochs={self.number_of_epochs} are both set: set one "
+                            "to None (add --number_of_epochs=None to run by iterations, or "
+                            "--number_of_iterations=None to run by epochs)")
         if self.number_of_iterations is None and self.number_of_epochs is None:
             raise UserError("neither number_of_iterations nor number_of_epochs is set: set one")
         for name in ("number_of_tasks", "batch_size", "embedding_size", "validation_size",

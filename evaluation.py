@@ -269,10 +269,18 @@ def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     sizes = runs["data_size"].dropna().unique() if "data_size" in runs else []
     if len(sizes) == 1:  # runs from before data sizes were recorded go with the rest
         keys = keys.assign(data_size=sizes[0])
+    if "fecam_with_validation" in keys:  # changes a number only where FeCAM ran
+        keys.loc[~fecam_ran(runs), "fecam_with_validation"] = None
     varying = [c for c in settings if keys[c].map(str).nunique() > 1]
     key = keys.map(str).agg("|".join, axis=1)
     return [({c: keys.loc[group.index[0], c] for c in varying}, group)
             for _, group in runs.groupby(key, sort=False)]
+
+
+def fecam_ran(runs: pd.DataFrame) -> pd.Series:
+    """Whether each run evaluated FeCAM (fecam_evaluation recorded True)."""
+    recorded = runs.get("fecam_evaluation", pd.Series(False, index=runs.index))
+    return recorded.map(lambda value: value is True or value == 1.0)
 
 
 def settings_label(varying: dict) -> str:
@@ -302,8 +310,9 @@ def overridden_settings(run: pd.Series, varying: set) -> str:
     """'beta=0.001, number_of_iterations=30': the run's hyperparameters that differ from its
     benchmark's configuration (the demo's for the demo; for a grid point, its grid's base,
     or a value outside the grid's list for a setting the grid searches: an override that
-    fixed it), published_regime left to the regime line and the `varying` settings to the
-    table's columns; "" for a benchmark not known here."""
+    fixed it), published_regime left to the regime line, the `varying` settings to the
+    table's columns, and what changes no number left out (NEUTRAL_SETTINGS;
+    fecam_with_validation where FeCAM did not run); "" for a benchmark not known here."""
     benchmark = datasets.BENCHMARKS.get((run.get("dataset"), run.get("part")))
     grid = {}
     if run.get("data") == datasets.DEMO_LABEL:
@@ -319,8 +328,11 @@ def overridden_settings(run: pd.Series, varying: set) -> str:
     # config.json's spelling: tuples as lists
     expected = {name: json.loads(json.dumps(grid.get(name, [value])))
                 for name, value in dataclasses.asdict(base).items()}
+    neutral = {*NEUTRAL_SETTINGS, "published_regime"}  # the regime: a line of its own
+    if not fecam_ran(pd.DataFrame([run])).iloc[0]:
+        neutral.add("fecam_with_validation")
     return ", ".join(f"{name}={setting_text(run[name])}" for name, values in expected.items()
-                     if name in run and name not in varying | {"published_regime"}
+                     if name in run and name not in varying | neutral
                      and not (isinstance(run[name], float) and np.isnan(run[name]))
                      and run[name] not in values)
 

@@ -37,8 +37,9 @@ RUNNING = "running.txt"  # which process trains the run, while one does (runs.on
 # summaries do not tell configurations apart by them.
 MACHINE_COLUMNS = ("threads", "cuda_graphs", "device", "device_name", "torch_version",
                    "hypnettorch_version")
-# Settings a resumed run may change without becoming another run (runs.RECORD_ONLY):
-# summaries do not tell configurations apart by them either.
+# Settings a resumed run may change without becoming another run (runs.RECORD_ONLY).
+# Summaries tell configurations apart by those that change numbers
+# (evaluation.NEUTRAL_SETTINGS lists the others).
 EVALUATION_SETTINGS = ("evaluation_batch_size", "fecam_evaluation", "fecam_with_validation")
 # The columns that number tasks: they index the accuracy matrix, so every row needs them.
 TASK_COLUMNS = ("trained_task", "evaluated_task")

@@ -380,7 +380,7 @@ class Pool:
             print(f"\n{signal.Signals(signum).name}: no new runs; the runs in flight stop "
                   "after saving their state", flush=True)
 
-        previous = {signum: signal.signal(signum, handler) for signum in runs.STOP_SIGNALS
+        previous = {signum: signal.signal(signum, handler) for signum in runs.handled_stop_signals()
                     if signum != getattr(signal, "SIGUSR2", None)}  # SLURM's, to its own runs
         try:
             yield

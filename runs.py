@@ -107,6 +107,14 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SI
                      if hasattr(signal, name))
 
 
+def handled_stop_signals() -> list[int]:
+    """STOP_SIGNALS but SIGHUP where the process ignores it: started under nohup, a run
+    must outlive its terminal, not stop with it."""
+    return [signum for signum in STOP_SIGNALS
+            if not (signum == getattr(signal, "SIGHUP", None)
+                    and signal.getsignal(signum) is signal.SIG_IGN)]
+
+
 @contextlib.contextmanager
 def stop_signals():
     """SIGTERM, SIGINT, SIGHUP and SIGUSR2 ask the run to stop at its next step boundary.
@@ -135,7 +143,7 @@ def stop_signals():
                                       "progress)" if signum == signal.SIGINT else ""),
               flush=True)
 
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, handler) for signum in handled_stop_signals()}
     try:
         yield request
     finally:
@@ -387,6 +395,19 @@ class SparedOutput(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def isatty(self) -> bool:  # a terminal keeps its progress bars (runs.train_with_progress)
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")
+
     def write(self, text: str) -> int:
         try:
             self.stream.write(text)
@@ -405,6 +426,9 @@ class SparedOutput(io.TextIOBase):
 def spared_output():
     """stdout and stderr as SparedOutput inside the block. A stream found lost writes to
     /dev/null afterwards, so that Python's own flush at exit raises nothing either."""
+    if sys.stdout is None or sys.stderr is None:  # started with a stream closed: print() skips
+        yield
+        return
     spared = SparedOutput(sys.stdout), SparedOutput(sys.stderr)
     try:
         with contextlib.redirect_stdout(spared[0]), contextlib.redirect_stderr(spared[1]):
@@ -413,7 +437,9 @@ def spared_output():
         for output in spared:
             if output.lost:
                 with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), output.stream.fileno())
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, output.stream.fileno())
+                    os.close(devnull)
 
 
 class ProgressBar:

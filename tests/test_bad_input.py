@@ -24,8 +24,8 @@ import runs
     ("--beta=-1", "beta must be a number of at least 0, not -1.0"),
     ("--lam=-1", "lam must be a number of at least 0, not -1.0"),
     ("--dataset=CIFAR100 --number_of_iterations=3", "number_of_iterations=3 and "
-     "number_of_epochs=200 are both set: set the other to None, e.g. add "
-     "--number_of_epochs=None"),
+     "number_of_epochs=200 are both set: set one to None (add --number_of_epochs=None to run "
+     "by iterations, or --number_of_iterations=None to run by epochs)"),
     ("--number_of_iterations=None", "neither number_of_iterations nor number_of_epochs is set"),
     ("--sparsity=100", "sparsity is a percentage in [0, 100), not 100"),
     ("--sparsity=-1", "sparsity is a percentage in [0, 100), not -1"),

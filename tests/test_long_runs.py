@@ -1,5 +1,6 @@
 """Long runs: mid-task checkpoints, stop signals, one writer per run, divergence, dead workers."""
 
+import io
 import os
 import signal
 import subprocess
@@ -97,6 +98,37 @@ def test_output_that_cannot_be_written_is_left_out():
     output = runs.SparedOutput(Gone())
     assert output.write("progress\n") == 9 and output.lost
     output.flush()  # no error either
+    assert not output.isatty()
+
+
+def test_a_terminal_behind_spared_output_is_still_a_terminal():
+    """The progress bar needs isatty (runs.train_with_progress); the review found it lost."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert runs.SparedOutput(Terminal()).isatty()
+
+
+def test_nohup_keeps_a_run_alive_when_its_terminal_closes():
+    """Under nohup SIGHUP is ignored: the run must not turn it into a stop."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert signal.SIGHUP not in runs.handled_stop_signals()
+        with runs.stop_signals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert signal.SIGHUP in runs.handled_stop_signals()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_closed_stdout_is_no_traceback(mnist_root, tmp_path):
+    """`python main.py ... >&-`: Python's sys.stdout is None, which print() skips."""
+    code = subprocess.run([sys.executable, "main.py", *options(mnist_root, tmp_path), "--status"],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: os.close(1))
+    assert code.returncode == 0 and "Traceback" not in code.stderr, code.stderr
 
 
 def test_training_batches_continue_mid_epoch_from_their_state(cifar_root):

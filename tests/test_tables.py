@@ -97,7 +97,7 @@ def test_table_command_writes_markdown_csv_and_booktabs_latex(results, capsys):
     # these runs are not the benchmark's best configuration, and the row says so
     assert cells == ["Permuted MNIST", "0", "2", "MLP 40-30", "86.00 ± 1.00", "-8.00 ± 2.00",
                      "35.00 ± 5.00", "8.00 ± 2.00", "number_of_tasks=2, target_hidden_layers="
-                     "[40, 30], beta=0.1, fecam_with_validation=True", "2",
+                     "[40, 30], beta=0.1", "2",
                      "1 unfinished, 1 failed"]
     assert "its numbers are not the paper's setting" in markdown
     assert "| Permuted MNIST (demo sample) |" in markdown
@@ -284,6 +284,25 @@ def test_seeds_recorded_before_a_new_setting_or_with_record_only_changes_are_one
     text = evaluation.summarize_experiment(experiment)
     rows = [line for line in text.splitlines() if line.startswith("|")][2:]
     assert len(rows) == 2 and "86.00 ± 1.00" in rows[0] and "65.00" in rows[1]
+
+
+def test_fecam_with_validation_tells_configurations_apart_only_where_fecam_ran(tmp_path):
+    """A run from before fecam_with_validation existed reads True (its default), an MNIST
+    run records False: without FeCAM the setting changes no number, and they are one."""
+    experiment = tmp_path / "SplitMNIST_part0_best"
+    make_run(experiment / "seed_1")  # no fecam_with_validation: True
+    make_run(experiment / "seed_2", fecam_with_validation=False, fecam_evaluation=False)
+    text = evaluation.summarize_experiment(experiment)
+    assert len([line for line in text.splitlines() if line.startswith("|")][2:]) == 1
+    assert "fecam_with_validation" not in text
+    fecam = tmp_path / "CIFAR100_FeCAM_setup_part6_best"
+    for seed, with_validation in ((1, True), (2, False)):
+        make_run(fecam / f"seed_{seed}", fecam_evaluation=True,
+                 fecam_with_validation=with_validation)
+        pd.DataFrame({"tasks_seen": [1, 2], "accuracy": [60.0, 40.0]}).to_csv(
+            fecam / f"seed_{seed}" / "fecam.csv", index=False)
+    text = evaluation.summarize_experiment(fecam)
+    assert len([line for line in text.splitlines() if line.startswith("|")][2:]) == 2
     for side, config in (("old", {}), ("new", {"published_regime": False})):
         make_run(tmp_path / side / "SplitMNIST_part0_best" / "seed_1", **config)
     assert "Configurations differ" not in evaluation.compare(tmp_path / "old", tmp_path / "new")
