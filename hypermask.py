@@ -603,15 +603,16 @@ def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
         scores = model.hnet_outputs([task_id])[0]
         # A NaN score falls below every threshold, so its mask entry is 0: a NaN
         # hypernetwork still gives finite weights and a plausible accuracy.
-        if not torch.isfinite(scores).all():
-            raise Diverged(f"task {task_id + 1}'s hypernetwork gives NaN or infinite outputs")
+        scores_finite = torch.isfinite(scores).all()
         weights = model.masked_weights(model.mask(scores, sparsity))
-        finite = True
+        finite = scores_finite
         for x, y in evaluation_batches(x_all, y_all, batch_size):
             logits = model.target(task.transform(x, False), weights=weights)
             finite = finite & torch.isfinite(logits).all()  # on the device: one sync below
             correct += (logits[:, :task.num_classes].argmax(1) == y).sum()
     if not finite:  # finite weights can still overflow: argmax over NaN is no accuracy
+        if not scores_finite:
+            raise Diverged(f"task {task_id + 1}'s hypernetwork gives NaN or infinite outputs")
         raise Diverged(f"task {task_id + 1}'s network gives NaN or infinite outputs on its "
                        f"{split} images")
     return 100.0 * correct.item() / len(y_all)
