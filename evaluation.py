@@ -106,11 +106,10 @@ SEED_METRICS = {
                               "number the authors' FeCAM evaluation reports",
 }
 METRICS = ["mean_accuracy", "std_accuracy", *SEED_METRICS]
-# What a run read, from its config.json, described in summary.md's Data line. Runs that
-# read data of other sizes are other configurations; a data folder that moved is not.
-DATA_COLUMNS = ("data_source", "data_size")
 # Recorded settings that change no number: they never split a configuration. The other
-# evaluation settings (evaluation_batch_size: batch statistics; fecam_with_validation) do.
+# evaluation settings (evaluation_batch_size: batch statistics; fecam_with_validation) do,
+# and so does data_size (data of other sizes), while data_source (where the data folder
+# lies) does not: summary.md's Data line names both.
 NEUTRAL_SETTINGS = ("data_source", "fecam_evaluation")
 # config.json's record of each task's classes (datasets.task_classes): in run_summary's
 # row as JSON text, not a setting (it follows the seed), and not in summary.csv (config.json
@@ -270,17 +269,18 @@ def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     if len(sizes) == 1:  # runs from before data sizes were recorded go with the rest
         keys = keys.assign(data_size=sizes[0])
     if "fecam_with_validation" in keys:  # changes a number only where FeCAM ran
-        keys.loc[~fecam_ran(runs), "fecam_with_validation"] = None
+        ran = runs.get("fecam_evaluation", pd.Series(False, index=runs.index)).map(fecam_ran)
+        keys.loc[~ran, "fecam_with_validation"] = None
     varying = [c for c in settings if keys[c].map(str).nunique() > 1]
     key = keys.map(str).agg("|".join, axis=1)
     return [({c: keys.loc[group.index[0], c] for c in varying}, group)
             for _, group in runs.groupby(key, sort=False)]
 
 
-def fecam_ran(runs: pd.DataFrame) -> pd.Series:
-    """Whether each run evaluated FeCAM (fecam_evaluation recorded True)."""
-    recorded = runs.get("fecam_evaluation", pd.Series(False, index=runs.index))
-    return recorded.map(lambda value: value is True or value == 1.0)
+def fecam_ran(fecam_evaluation) -> bool:
+    """Whether a run evaluated FeCAM, from its recorded fecam_evaluation (True, or 1.0 in a
+    column that another run's missing value made float)."""
+    return fecam_evaluation is True or fecam_evaluation == 1.0
 
 
 def settings_label(varying: dict) -> str:
@@ -329,7 +329,7 @@ def overridden_settings(run: pd.Series, varying: set) -> str:
     expected = {name: json.loads(json.dumps(grid.get(name, [value])))
                 for name, value in dataclasses.asdict(base).items()}
     neutral = {*NEUTRAL_SETTINGS, "published_regime"}  # the regime: a line of its own
-    if not fecam_ran(pd.DataFrame([run])).iloc[0]:
+    if not fecam_ran(run.get("fecam_evaluation")):
         neutral.add("fecam_with_validation")
     return ", ".join(f"{name}={setting_text(run[name])}" for name, values in expected.items()
                      if name in run and name not in varying | neutral
