@@ -33,6 +33,7 @@ TRANSFER, TASK_AGNOSTIC, FECAM = "transfer.csv", "task_agnostic.csv", "fecam.csv
 TASK_AGNOSTIC_STEPS = "task_agnostic_steps.csv"  # with FECAM: entropy per incremental step
 RUN_LOG = "run.log"  # a run's output under the local pool and SLURM
 RUNNING = "running.txt"  # which process trains the run, while one does (runs.one_writer)
+LOCK = "run.lock"  # the OS file lock of the process that trains the run (runs.take_lock)
 # config.json keys (runs.job_record) that say how a run was executed, not what it is:
 # summaries do not tell configurations apart by them.
 MACHINE_COLUMNS = ("threads", "cuda_graphs", "device", "device_name", "torch_version",

@@ -197,14 +197,8 @@ def one_writer(run_dir: Path):
     killed with SIGKILL leaves nothing that blocks its rerun. running.txt says
     who holds it.
     """
-    lock = filelock.FileLock(run_dir / "run.lock")
+    lock = take_lock(run_dir)
     owner = run_dir / folders.RUNNING
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise already_running(run_dir) from None
-    except OSError as error:  # the lock file cannot be created: a read-only folder, say
-        raise files.WriteFailed(run_dir / "run.lock", error, kept=False) from None
     try:
         files.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n", owner)
@@ -214,24 +208,28 @@ def one_writer(run_dir: Path):
         lock.release()
 
 
-def already_running(run_dir: Path) -> AlreadyRunning:
-    owner = run_dir / folders.RUNNING
-    holder = owner.read_text().strip() if owner.exists() else "another process"
-    return AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to end "
-                          "(the same command with --status shows it) or stop that process")
+def take_lock(run_dir: Path) -> filelock.FileLock:
+    """run_dir's lock, acquired without waiting; AlreadyRunning, saying who holds it, if
+    another process does."""
+    lock = filelock.FileLock(run_dir / folders.LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        owner = run_dir / folders.RUNNING
+        holder = owner.read_text().strip() if owner.exists() else "another process"
+        raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
+                             "end (the same command with --status shows it) or stop that "
+                             "process") from None
+    except OSError as error:  # the lock file cannot be created: a read-only folder, say
+        raise files.WriteFailed(run_dir / folders.LOCK, error, kept=False) from None
+    return lock
 
 
 def refuse_if_running(run_dir: Path) -> None:
     """AlreadyRunning if another process holds run_dir's lock (one_writer's) now: before a
     launcher writes its run.log there. A probe only: one_writer still decides."""
-    lock = filelock.FileLock(run_dir / "run.lock")
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise already_running(run_dir) from None
-    except OSError:  # one_writer says it in one line
-        return
-    lock.release()
+    with contextlib.suppress(files.WriteFailed):  # one_writer says it in one line
+        take_lock(run_dir).release()
 
 
 def liveness(run_dir: Path) -> str:
