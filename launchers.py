@@ -503,8 +503,10 @@ def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
     import submitit
 
     if executor is None:
-        if shutil.which("sbatch") is None:
-            raise UserError("launcher='slurm' needs SLURM, and sbatch is not on this machine; "
+        missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+        if missing:  # submitit's executor needs srun too, and would raise a traceback
+            raise UserError(f"launcher='slurm' needs SLURM, and {' and '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not on this machine; "
                             "use launcher='local' or 'sequential'")
         executor = submitit.AutoExecutor(folder=experiment_dir / "slurm_logs", cluster="slurm")
         executor.update_parameters(

@@ -93,11 +93,18 @@ def test_submitit_executors_run_the_job_function(mnist_root, tmp_path, executor)
     assert delayed.args == (jobs[0],)
 
 
-def test_slurm_without_slurm_is_a_one_line_error(mnist_root, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+@pytest.mark.parametrize("present, missing", [((), "sbatch and srun are"),
+                                               (("sbatch",), "srun is")])
+def test_slurm_without_slurm_is_a_one_line_error(mnist_root, tmp_path, capsys, monkeypatch,
+                                                 present, missing):
+    for command in present:
+        (tmp_path / command).write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / command).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # none of SLURM's commands but these
     assert main.main(options(mnist_root, tmp_path, "--launcher=slurm")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: launcher='slurm' needs SLURM") and "\n" not in err
+    assert err.startswith(f"error: launcher='slurm' needs SLURM, and {missing} not on this "
+                          "machine") and "\n" not in err
 
 
 @pytest.mark.slow
@@ -254,7 +261,9 @@ def test_an_sbatch_that_refuses_the_array_is_one_line_with_its_reason(
     fake.write_text("#!/bin/sh\necho 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
                     "echo 'sbatch: fatal: Could not establish a configuration source' >&2\n"
                     "exit 1\n")
-    fake.chmod(0o755)
+    (fake.parent / "srun").write_text("#!/bin/sh\nexit 1\n")  # never called, only looked up
+    for command in fake.parent.iterdir():
+        command.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     assert main.main(tiny_options(mnist_root, tmp_path, "--launcher=slurm")) == 2
     err = capsys.readouterr().err  # sbatch's own lines, then ours: no traceback
