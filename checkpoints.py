@@ -148,7 +148,7 @@ def warn(line: str) -> None:
     """A warning line in the run's output; where that is a log (the local pool, SLURM),
     on the process's own stderr too, so that the launcher's terminal shows it."""
     print(line, flush=True)
-    shown = getattr(sys.stdout, "stream", sys.stdout)  # behind runs.SparedOutput, if it is
+    shown = getattr(sys.stdout, "stream", sys.stdout)  # behind machine.SparedOutput, if it is
     if shown is not sys.__stdout__ and sys.__stderr__ is not None:
         print(line, file=sys.__stderr__, flush=True)
 

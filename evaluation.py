@@ -22,6 +22,7 @@ import pandas as pd
 
 import chance
 import datasets
+import machine
 import plots
 from datasets import CLASSES_REDRAWN, recorded_defaults
 from errors import UserError
@@ -29,7 +30,7 @@ from files import write_csv, write_text  # every write goes there
 from folders import (
     ACCURACIES, CONFIG, EXPERIMENT_FOLDER, FECAM, MACHINE_COLUMNS, PUBLISHED,
     RUN_FILES, TASK_AGNOSTIC, TASK_AGNOSTIC_STEPS, TRANSFER, configuration_name, experiment_folders,
-    experiments_by_name, failure, read_config, read_run_csv, run_state)
+    experiments_by_name, failure, not_started, read_config, read_run_csv, run_state)
 
 # classes: the evaluated task's number of classes, what its accuracy is held against
 # (chance.at_chance); recorded since 2026-12-07, older runs fall back on their benchmark's
@@ -229,6 +230,12 @@ def summarize_experiment(experiment_dir: Path) -> str:
         text += f"\nUnfinished runs (not in the table): {', '.join(unfinished)}\n"
     for run, error in zip(table.loc[failed, "run"], table.loc[failed].get("failed", [])):
         text += f"\nFailed run (not in the table): {run}: {error}\n"
+    waiting, planned = not_started(experiment_dir)
+    if waiting:  # a launch cut short, or SLURM jobs still queued: the ranking is partial
+        shown = ", ".join(waiting[:10]) + (f" and {len(waiting) - 10} more"
+                                           if len(waiting) > 10 else "")
+        text += (f"\nNot started (not in the table): {len(waiting)} of the {planned} runs "
+                 f"the last launch planned: {shown}; rerun that command to run them\n")
     write_text(text, experiment_dir / "summary.md")
     plot_experiment(groups, experiment_dir, table)
     return text
@@ -337,6 +344,20 @@ def overridden_settings(run: pd.Series, varying: set) -> str:
                      and run[name] not in values)
 
 
+def held_searches(run: pd.Series, varying: set) -> str:
+    """'beta=0.001, lam=0.001': for a grid point, the settings its grid searches over more
+    than one value that hold one value of the grid's list across the table (not among the
+    `varying` settings): fixed by an override, or the other points not finished; "" for
+    a run of no grid. A value outside the list is overridden_settings'."""
+    benchmark = datasets.BENCHMARKS.get((run.get("dataset"), run.get("part")))
+    if benchmark is None or not configuration_name(str(run.get("run", ""))):
+        return ""
+    return ", ".join(f"{name}={setting_text(run[name])}"
+                     for name, values in benchmark.grid.items()
+                     if len(values) > 1 and name in run and name not in varying
+                     and run[name] in json.loads(json.dumps(values)))
+
+
 def seeds_table(groups: list, title: str) -> str:
     """Markdown in the paper's format: mean ± std over seeds (population std)."""
     if not groups:
@@ -364,10 +385,12 @@ def seeds_table(groups: list, title: str) -> str:
               "(published_regime=True)" if str(first.get("published_regime")) == "True" else
               "fixed: the reference's defects are fixed (published_regime=False)")
     overridden = overridden_settings(first, set(groups[0][0]))
+    held = held_searches(first, set(groups[0][0]))
     return "\n".join([
         f"# {title}", "",
         f"Regime: {regime}; see docs/differences.md#the-published-regime.", ""]
         + ([f"Settings other than the benchmark's: {overridden}.", ""] if overridden else [])
+        + ([f"Searched settings with one value in every row: {held}.", ""] if held else [])
         + [
         f"Data: {data}. Accuracy in percent after the last task, mean ± std over seeds "
         "(population std). "
@@ -834,11 +857,12 @@ def main(argv: list[str]) -> int:
         args = parse_arguments(argv)
     except SystemExit as stop:  # argparse has printed its one line
         return stop.code
-    try:
-        return run_command(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with machine.spared_output():  # `| head` must not end in a traceback
+        try:
+            return run_command(args)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
 
 def run_command(args: argparse.Namespace) -> int:

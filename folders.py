@@ -34,6 +34,9 @@ TASK_AGNOSTIC_STEPS = "task_agnostic_steps.csv"  # with FECAM: entropy per incre
 RUN_LOG = "run.log"  # a run's output under the local pool and SLURM
 RUNNING = "running.txt"  # which process trains the run, while one does (runs.one_writer)
 LOCK = "run.lock"  # the OS file lock of the process that trains the run (runs.take_lock)
+# In an experiment folder: its run folders' names as the last launch planned them, one a
+# line (main.run_experiment), so that a summary names the runs that never started.
+PLANNED = "planned_runs.txt"
 # config.json keys (runs.job_record) that say how a run was executed, not what it is:
 # summaries do not tell configurations apart by them.
 MACHINE_COLUMNS = ("threads", "cuda_graphs", "device", "device_name", "torch_version",
@@ -180,10 +183,26 @@ def experiment_name(dataset: str, part: int, *, grid: bool, demo: bool,
     return name + (PUBLISHED if published else "")
 
 
+RUN_NAME = re.compile(r"(point_\d+_)?seed_\d+")  # run_name's names
+
+
 def run_name(seed: int, point: int | None = None) -> str:
     """A run's folder name: "seed_1" in a best-configuration experiment, "point_003_seed_1"
     for a grid's point 3."""
     return f"seed_{seed}" if point is None else f"point_{point:03d}_seed_{seed}"
+
+
+def not_started(experiment_dir: Path) -> tuple[list[str], int]:
+    """The runs the experiment's last launch planned (PLANNED) that have not started, and
+    how many it planned; ([], 0) where no launch recorded its plan."""
+    path = Path(experiment_dir) / PLANNED
+    if not path.is_file():
+        return [], 0
+    with readable(path):
+        planned = [name for name in path.read_text(errors="replace").split()
+                   if RUN_NAME.fullmatch(name)]
+    return ([name for name in planned if run_state(path.parent / name) == "not started"],
+            len(planned))
 
 
 def configuration_name(run: str) -> str:

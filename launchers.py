@@ -49,7 +49,7 @@ OTHER_RUN = 5  # refused: its folder holds another run (runs.OtherRun)
 # ------------------------------------------------------------ sequential
 
 
-class RunLog(runs.SparedOutput):
+class RunLog(machine.SparedOutput):
     """run.log, appended to; what cannot be written (the disk is full) is left out.
 
     A full disk must not stop a run from a print in the middle of a step: the

@@ -5,7 +5,8 @@ fixes how it computes there (`use_device`: deterministic cuDNN, TF32 only if
 asked), takes its share of the CPUs (`cpu_threads`), seeds every generator once
 (`set_seed`) and records where it ran (`where_it_runs`, for config.json);
 `process_settings` puts every process-wide setting back afterwards, so runs in one
-process do not change one another.
+process do not change one another. `spared_output` keeps a closed terminal or pipe
+from stopping a command (main.py's and evaluation.py's).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib.metadata
+import io
 import os
 import platform
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +173,62 @@ def process_settings(threads: int):
         (threads, cudnn.deterministic, cudnn.benchmark, matmul.fp32_precision,
          cudnn.conv.fp32_precision) = saved
         torch.set_num_threads(threads)
+
+
+class SparedOutput(io.TextIOBase):
+    """A text stream that leaves out what it cannot write, so that a print never stops a
+    command: a terminal gone (SIGHUP), a pipe whose reader quit (`| head`, a `tee` killed), a
+    full disk under run.log. The run's own files say a failed write (files.WriteFailed)."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream, self.lost = stream, False
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # a terminal keeps its progress bars (runs.train_with_progress)
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")
+
+    def write(self, text: str) -> int:
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.lost = True
+
+
+@contextlib.contextmanager
+def spared_output():
+    """stdout and stderr as SparedOutput inside the block. A stream found lost writes to
+    /dev/null afterwards, so that Python's own flush at exit raises nothing either."""
+    if sys.stdout is None or sys.stderr is None:  # started with a stream closed: print() skips
+        yield
+        return
+    spared = SparedOutput(sys.stdout), SparedOutput(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(spared[0]), contextlib.redirect_stderr(spared[1]):
+            yield
+    finally:
+        for output in spared:
+            if output.lost:
+                with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, output.stream.fileno())
+                    os.close(devnull)

@@ -284,6 +284,8 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
         # each fail alike when the files are missing
         datasets.stored_data(dataset, settings["path_to_datasets"], settings["demo"])
     runs.make_folder(experiment_dir)
+    files.write_text("".join(f"{job.run_dir.name}\n" for job in jobs),
+                     experiment_dir / folders.PLANNED)
     configurations = len({job.config for job in jobs})
     where = (f"on {machine.select_device(settings['device'])}"
              if settings["launcher"] == "sequential"
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--help" in argv or "-h" in argv:
         print(usage())
         return 0
-    with runs.spared_output():  # a closed terminal or pipe must not stop the runs
+    with machine.spared_output():  # a closed terminal or pipe must not stop the runs
         return run_command(argv)
 
 

@@ -13,7 +13,6 @@ runs.
 from __future__ import annotations
 
 import contextlib
-import io
 import dataclasses
 import itertools
 import json
@@ -379,65 +378,6 @@ def failed_writes_stop(run_dir: Path, num_tasks: int):
 def clock_time() -> str:
     """The time of day as a line prefix: "[HH:MM:SS] "."""
     return time.strftime("[%H:%M:%S] ")
-
-
-class SparedOutput(io.TextIOBase):
-    """A text stream that leaves out what it cannot write, so that a print never stops a
-    run: a terminal gone (SIGHUP), a pipe whose reader quit (`| head`, a `tee` killed), a
-    full disk under run.log. The run's own files say a failed write (files.WriteFailed)."""
-
-    def __init__(self, stream):
-        super().__init__()
-        self.stream, self.lost = stream, False
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:  # a terminal keeps its progress bars (runs.train_with_progress)
-        try:
-            return self.stream.isatty()
-        except (OSError, ValueError, AttributeError):
-            return False
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    @property
-    def encoding(self) -> str:
-        return getattr(self.stream, "encoding", "utf-8")
-
-    def write(self, text: str) -> int:
-        try:
-            self.stream.write(text)
-        except (OSError, ValueError):  # ValueError: the stream was closed
-            self.lost = True
-        return len(text)
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except (OSError, ValueError):
-            self.lost = True
-
-
-@contextlib.contextmanager
-def spared_output():
-    """stdout and stderr as SparedOutput inside the block. A stream found lost writes to
-    /dev/null afterwards, so that Python's own flush at exit raises nothing either."""
-    if sys.stdout is None or sys.stderr is None:  # started with a stream closed: print() skips
-        yield
-        return
-    spared = SparedOutput(sys.stdout), SparedOutput(sys.stderr)
-    try:
-        with contextlib.redirect_stdout(spared[0]), contextlib.redirect_stderr(spared[1]):
-            yield
-    finally:
-        for output in spared:
-            if output.lost:
-                with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, output.stream.fileno())
-                    os.close(devnull)
 
 
 class ProgressBar:

@@ -487,7 +487,7 @@ def test_a_warning_from_a_logged_run_reaches_the_launchers_terminal(capfd):
         checkpoints.warn("  warning: 1 kB free")
     assert log.getvalue() == "  warning: 1 kB free\n"
     assert capfd.readouterr().err == "  warning: 1 kB free\n"
-    with contextlib.redirect_stdout(runs.SparedOutput(sys.__stdout__)):  # main's terminal
+    with contextlib.redirect_stdout(machine.SparedOutput(sys.__stdout__)):  # main's terminal
         checkpoints.warn("  warning: 2 kB free")
     assert capfd.readouterr() == ("  warning: 2 kB free\n", "")  # once, not twice
 

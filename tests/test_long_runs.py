@@ -17,6 +17,7 @@ import checkpoints
 import datasets
 import hypermask
 import launchers
+import machine
 import main
 import runs
 from batches import TrainingBatches
@@ -95,7 +96,7 @@ def test_output_that_cannot_be_written_is_left_out():
         def flush(self):
             raise OSError(5, "Input/output error")  # EIO: the terminal closed
 
-    output = runs.SparedOutput(Gone())
+    output = machine.SparedOutput(Gone())
     assert output.write("progress\n") == 9 and output.lost
     output.flush()  # no error either
     assert not output.isatty()
@@ -107,7 +108,7 @@ def test_a_terminal_behind_spared_output_is_still_a_terminal():
         def isatty(self):
             return True
 
-    assert runs.SparedOutput(Terminal()).isatty()
+    assert machine.SparedOutput(Terminal()).isatty()
 
 
 def test_nohup_keeps_a_run_alive_when_its_terminal_closes():

@@ -102,6 +102,7 @@ def test_end_to_end_writes_every_output(mnist_root, tmp_path, dataset):
     summary = pd.read_csv(experiment / "summary.csv")
     assert {"seed", "beta", "mean_accuracy", "std_accuracy", "ACC", "BWT"} <= set(summary.columns)
     assert (experiment / "summary.md").read_text().startswith(f"# {dataset}_part0_best")
+    assert (experiment / "planned_runs.txt").read_text() == "seed_1\n"
 
 
 def test_same_seed_gives_identical_results(mnist_root, tmp_path):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import evaluation
+import folders
 import plots
 
 NAN = np.nan
@@ -98,6 +99,19 @@ def test_unfinished_runs_are_listed_but_not_averaged(tmp_path):
     assert summary["finished"].tolist() == [True, False]
     assert re.search(r"\|\s*1\s*\|\s*85.00\s*\|", text)  # one seed, the finished one: no spread
     assert "Unfinished runs (not in the table): seed_2" in text
+
+
+def test_planned_runs_that_never_started_are_named(tmp_path):
+    """A grid cut short: its ranking is over the points that ran, and says which did not."""
+    write_run(tmp_path / "point_000_seed_1", 1, (80.0, 90.0))
+    (tmp_path / "point_000_seed_2").mkdir()  # created, never begun: not started
+    names = [f"point_{k:03d}_seed_{seed}" for k in range(7) for seed in (1, 2)]
+    (tmp_path / folders.PLANNED).write_text("\n".join(names) + "\n")
+    text = evaluation.summarize_experiment(tmp_path)
+    assert ("Not started (not in the table): 13 of the 14 runs the last launch planned: "
+            + ", ".join(names[1:11]) + " and 3 more; rerun that command to run them") in text
+    (tmp_path / folders.PLANNED).write_text("point_000_seed_1\n")
+    assert "Not started" not in evaluation.summarize_experiment(tmp_path)
 
 
 def test_heatmap_is_written(tmp_path):

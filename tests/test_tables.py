@@ -7,6 +7,10 @@ ACC = (a0 + a1) / 2, BWT = a0 - 90, FWT = p - 20, forgetting = 90 - a0.
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +22,8 @@ import evaluation
 import folders
 import plots
 from errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, beta=0.1,
@@ -610,6 +616,30 @@ def test_summary_names_the_settings_other_than_the_benchmarks(tmp_path):
         evaluation.summarize_experiment(fixed)
 
 
+def test_a_grid_summary_names_searched_settings_that_hold_one_value(tmp_path):
+    """The audit's grid with beta, lam and masking fixed by overrides to values of their
+    lists: its one row, without them, could not be told from the grid's other points."""
+    benchmark = datasets.get_benchmark("PermutedMNIST", 0)
+    searched = [name for name, values in benchmark.grid.items() if len(values) > 1]
+    assert len(searched) >= 2
+    base = dataclasses.asdict(benchmark.grid_base or benchmark.best)
+    point = json.loads(json.dumps(base | {name: values[-1]
+                                          for name, values in benchmark.grid.items()}))
+    grid = tmp_path / "PermutedMNIST_part0_grid"
+    make_run(grid / "point_000_seed_1", **point)
+    assert ("\nSearched settings with one value in every row: " + ", ".join(
+        f"{name}={evaluation.setting_text(point[name])}" for name in searched) + ".\n"
+            ) in evaluation.summarize_experiment(grid)
+    values = benchmark.grid[searched[0]]  # a second point varies the first: not named
+    make_run(grid / "point_001_seed_1", **(point | {searched[0]: values[0]}))
+    text = evaluation.summarize_experiment(grid)
+    assert "Searched settings with one value in every row: " + ", ".join(
+        f"{name}={evaluation.setting_text(point[name])}" for name in searched[1:]) + ".\n" in text
+    best = tmp_path / "PermutedMNIST_part0_best"  # no grid: no such line
+    make_run(best / "seed_1", **point)
+    assert "Searched settings" not in evaluation.summarize_experiment(best)
+
+
 def test_compare_meets_one_configuration_with_its_namesake_in_a_folder_of_two(tmp_path):
     a, b = write_pair(tmp_path)
     make_run(b / "PermutedMNIST_part0_best" / "seed_5", last_row=(20.0, 30.0), beta=0.5)
@@ -725,3 +755,14 @@ def test_table_rows_say_which_settings_are_not_the_benchmarks(tmp_path):
     rows = [line for line in (tmp_path / "paper" / "results_table.md").read_text().splitlines()
             if line.startswith("| Split MNIST")]
     assert "| none " in rows[0]
+
+
+def test_a_table_piped_into_head_ends_without_a_traceback(results):
+    """`python evaluation.py --table DIR | head -1`: the reader quits before the table ends."""
+    reader, writer = os.pipe()
+    os.close(reader)  # a reader that has quit: every write meets a broken pipe
+    done = subprocess.run([sys.executable, "evaluation.py", "--table", str(results)],
+                          cwd=REPO, stdout=writer, stderr=subprocess.PIPE, text=True)
+    os.close(writer)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert (results / "results_table.md").exists()
