@@ -542,13 +542,17 @@ def run_status(job: runs.Job) -> dict:
     """A run's state from its folder (folders.run_state) with its progress: not started,
     running, interrupted, or running or interrupted (its process on another machine), and at
     which task; failed (and why), stopped (its disk is full or read-only: what to do),
-    finished; "other run" where the folder holds another configuration than the job's."""
+    finished; "another configuration" (its `differences` beside) where the folder holds a
+    run of other settings than the job's, "other run" where it holds other data."""
     run_dir, total = job.run_dir, job.config.number_of_tasks
     row = {"run": run_dir.name, "state": folders.run_state(run_dir), "tasks_done": 0,
            "mean_accuracy": float("nan")}
     try:
         runs.changed_settings(run_dir, runs.job_record(job))
     except runs.OtherRun as error:  # what a launch with these options would refuse
+        if error.differences:  # status_table says them once for the runs that share them
+            return row | {"state": "another configuration", "tasks_done": None,
+                          "differences": error.differences}
         return row | {"state": f"other run: {error}", "tasks_done": None}  # not this job's
     except UserError as error:  # a damaged config.json: said in its row, the others go on
         return row | {"state": f"damaged: {error}", "tasks_done": None}
@@ -587,6 +591,17 @@ def progress_text(jobs: list[runs.Job]) -> str:
 
 def status_table(jobs: list[runs.Job]) -> str:
     """Every run of an experiment and its state, as a markdown table; n/a where a number is
-    not known (no task done, or the folder holds another run)."""
-    table = pd.DataFrame([run_status(job) for job in jobs], dtype=object)
-    return table.where(table.notna(), "n/a").to_markdown(index=False)
+    not known (no task done, or the folder holds another run). Above it, a line for each
+    set of differences of runs of another configuration (the options of another launch)."""
+    rows = [run_status(job) for job in jobs]
+    others = {}
+    for row in rows:
+        if "differences" in row:
+            others.setdefault(row.pop("differences"), []).append(row["run"])
+    lines = []
+    for differences, names in others.items():
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        lines.append(f"{len(names)} run folder(s) ({shown}) hold another configuration "
+                     f"({differences}): give --status the options they were launched with")
+    table = pd.DataFrame(rows, dtype=object)
+    return "\n".join(lines + [table.where(table.notna(), "n/a").to_markdown(index=False)])

@@ -72,7 +72,12 @@ class RunFailed(UserError):
 
 class OtherRun(UserError):
     """The run folder holds another run (another configuration, other classes or data):
-    nothing may be written into it."""
+    nothing may be written into it. `differences`: the settings that differ, as in the
+    message ("beta: 0.0005 there, 0.5 now"), where the configuration differs."""
+
+    def __init__(self, message: str, differences: str = ""):
+        super().__init__(message)
+        self.differences = differences
 
 
 class AlreadyRunning(UserError):
@@ -283,7 +288,7 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
             advice += (" (a grid search's points are numbered in its order: an override that "
                        "removes a grid dimension renumbers them)")
         raise OtherRun(f"{run_dir} holds a run with another configuration ({differences}); "
-                       + advice)
+                       + advice, differences)
     if "task_sizes" in changed and "task_sizes" in saved and trained_unfinished(run_dir):
         refuse_other_data(run_dir, saved, as_saved["task_sizes"])
     return [f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed]

@@ -293,6 +293,16 @@ def test_status_tells_a_live_run_from_an_interrupted_one_and_names_another_confi
     owner.write_text("process 1 on another-node, since today\n")  # a SLURM node, say
     assert launchers.run_status(job)["state"] == "running or interrupted (task 1/5)"
     other = dataclasses.replace(job, config=dataclasses.replace(config, beta=0.5))
-    state = launchers.run_status(other)["state"]
-    assert state.startswith(f"other run: {job.run_dir} holds a run with another configuration "
-                            "(beta: ")
+    status = launchers.run_status(other)
+    assert status["state"] == "another configuration"
+    assert status["differences"] == f"beta: {config.beta} there, 0.5 now"
+    # said once above the table for the runs that share it, not in every row
+    others = [dataclasses.replace(other, run_dir=tmp_path / f"seed_{k}") for k in (2, 3, 4, 5)]
+    for job_k in others:
+        job_k.run_dir.mkdir()
+        (job_k.run_dir / "config.json").write_text(json.dumps(runs.job_record(job)))
+    text = launchers.status_table([other, *others])
+    assert text.startswith(f"5 run folder(s) (seed_1, seed_2, seed_3, ...) hold another "
+                           f"configuration (beta: {config.beta} there, 0.5 now): give --status "
+                           "the options they were launched with\n|")
+    assert text.count("another configuration") == 6 and text.count("beta") == 1
