@@ -28,9 +28,10 @@ from datasets import CLASSES_REDRAWN, recorded_defaults
 from errors import UserError
 from files import write_csv, write_text  # every write goes there
 from folders import (
-    ACCURACIES, CONFIG, EXPERIMENT_FOLDER, FECAM, MACHINE_COLUMNS, PUBLISHED,
-    RUN_FILES, TASK_AGNOSTIC, TASK_AGNOSTIC_STEPS, TRANSFER, configuration_name, experiment_folders,
-    experiments_by_name, failure, not_started, read_config, read_run_csv, run_state)
+    ACCURACIES, CONFIG, EXPERIMENT_FOLDER, FECAM, MACHINE_COLUMNS, PUBLISHED, RUN_FILES,
+    RUN_NAME, TASK_AGNOSTIC, TASK_AGNOSTIC_STEPS, TRANSFER, configuration_name,
+    experiment_folders, experiments_by_name, failure, not_started, read_config, read_run_csv,
+    run_state)
 
 # classes: the evaluated task's number of classes, what its accuracy is held against
 # (chance.at_chance); recorded since 2026-12-07, older runs fall back on their benchmark's
@@ -137,6 +138,10 @@ def run_summary(run_dir: Path) -> dict | None:
         return None
     error = failure(run_dir)
     config = recorded_defaults() | read_config(config_path)
+    named = int(run_dir.name.rsplit("_", 1)[-1]) if RUN_NAME.fullmatch(run_dir.name) else None
+    if named is not None and config["seed"] != named:  # a copy: it would count twice
+        raise UserError(f"{run_dir} holds the run of seed {config['seed']} ({CONFIG}), not of "
+                        f"seed {named}: move that folder out of the experiment folder")
     if state == "finished":
         refuse_missing_results(run_dir, config)
     sizes = config.pop("task_sizes", None)
@@ -149,9 +154,13 @@ def run_summary(run_dir: Path) -> dict | None:
     accuracies = read_run_csv(accuracy_path, MATRIX_COLUMNS)
     matrix = accuracy_matrix(accuracies)
     t = len(matrix)
+    finished = state == "finished"
+    if finished:  # its tables cover every task: a cut one would be averaged as whole
+        whole_rows = sum(not np.isnan(matrix[i, :i + 1]).any() for i in range(t))
+        refuse_incomplete(accuracy_path, whole_rows, config)
     # None for tasks beyond the recorded sizes (an accuracies.csv of more tasks, hand-made)
     test_samples = ([size["test_samples"] for size in sizes or []] + [None] * t)[:t]
-    row = {"run": run_dir.name, **config, "finished": state == "finished",
+    row = {"run": run_dir.name, **config, "finished": finished,
            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
            "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix),
@@ -159,12 +168,17 @@ def run_summary(run_dir: Path) -> dict | None:
                matrix[-1], chance.class_counts(accuracies, config), test_samples), **error}
     if (run_dir / TRANSFER).exists():
         transfer = read_run_csv(run_dir / TRANSFER, (
-            "previous_network_accuracy", "random_init_accuracy")).iloc[:t]
+            "previous_network_accuracy", "random_init_accuracy"))
+        if finished:
+            refuse_incomplete(run_dir / TRANSFER, len(transfer), config)
+        transfer = transfer.iloc[:t]
         row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
                                       transfer["random_init_accuracy"].to_numpy())
     if (run_dir / TASK_AGNOSTIC).exists():
         agnostic = read_run_csv(run_dir / TASK_AGNOSTIC,
                                 ("accuracy", "task_identification_accuracy"))
+        if finished:
+            refuse_incomplete(run_dir / TASK_AGNOSTIC, len(agnostic), config)
         row["task_agnostic_accuracy"] = agnostic["accuracy"].mean()
         row["task_identification_accuracy"] = agnostic["task_identification_accuracy"].mean()
     if (run_dir / TASK_AGNOSTIC_STEPS).exists():
@@ -172,8 +186,20 @@ def run_summary(run_dir: Path) -> dict | None:
         row["task_agnostic_incremental_accuracy"] = steps["accuracy"].mean()
     if (run_dir / FECAM).exists():  # row i: over the test sets of tasks 0..i
         fecam = read_run_csv(run_dir / FECAM, ("accuracy",))["accuracy"]
+        if finished:
+            refuse_incomplete(run_dir / FECAM, len(fecam), config)
         row["fecam_accuracy"], row["fecam_average_accuracy"] = fecam.iloc[-1], fecam.mean()
     return row
+
+
+def refuse_incomplete(path: Path, tasks: int, config: dict) -> None:
+    """A UserError for a finished run's table that covers `tasks` tasks (whole rows of the
+    accuracy matrix; rows of the other tables), not the run's number_of_tasks."""
+    expected = config.get("number_of_tasks")
+    if type(expected) is int and tasks != expected:
+        raise UserError(f"{path} is corrupt or incomplete (it covers {tasks} of the run's "
+                        f"{expected} tasks); delete the run folder {path.parent} to run it "
+                        "again")
 
 
 def refuse_missing_results(run_dir: Path, config: dict) -> None:
@@ -230,6 +256,9 @@ def summarize_experiment(experiment_dir: Path) -> str:
         text += f"\nUnfinished runs (not in the table): {', '.join(unfinished)}\n"
     for run, error in zip(table.loc[failed, "run"], table.loc[failed].get("failed", [])):
         text += f"\nFailed run (not in the table): {run}: {error}\n"
+    if strays := stray_folders(experiment_dir):
+        text += (f"\nNot named as a run (seed_N or point_K_seed_N), not in the table: "
+                 f"{', '.join(strays)}\n")
     waiting, planned = not_started(experiment_dir)
     if waiting:  # a launch cut short, or SLURM jobs still queued: the ranking is partial
         shown = ", ".join(waiting[:10]) + (f" and {len(waiting) - 10} more"
@@ -466,11 +495,19 @@ def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
     rows = []
     for folder in sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir()):
         state = run_state(folder)
-        if state == "not started":
+        if state == "not started" or not RUN_NAME.fullmatch(folder.name):  # stray_folders
             continue
         row = run_summary(folder) or {"run": folder.name, "finished": False, **failure(folder)}
         rows.append({**row, "configuration": configuration_name(folder.name), "state": state})
     return pd.DataFrame(rows)
+
+
+def stray_folders(experiment_dir: Path) -> list[str]:
+    """Folders of an experiment that hold run files under a name no run has ("seed_1.bak",
+    a copy kept before a rerun): left out of its summaries, which would count it as a
+    seed of its own."""
+    return [p.name for p in sorted(Path(experiment_dir).iterdir()) if p.is_dir()
+            and not RUN_NAME.fullmatch(p.name) and run_state(p) != "not started"]
 
 
 def paper_order(experiment_name: str) -> tuple:

@@ -93,17 +93,20 @@ def config_problem(config) -> str | None:
     and data sizes they read, of the wrong type."""
     if not isinstance(config, dict):
         return "not a JSON object"
-    if type(config.get("seed")) is not int:
-        return f"seed {config.get('seed')!r} is not a whole number"
-    if not isinstance(config.get("data", ""), str):
-        return f"data {config['data']!r} is not a text"
+    for key, kind, meaning in (("seed", int, "a whole number"), ("part", int, "a whole number"),
+                               ("dataset", str, "a text"), ("data", str, "a text")):
+        if key not in config:  # runs.job_record has written them since the first launch
+            return f"no {key}"
+        if type(config[key]) is not kind:
+            return f"{key} {config[key]!r} is not {meaning}"
     sizes = config.get("task_sizes", [])
     if not isinstance(sizes, list) or not all(
             isinstance(size, dict) and all(type(size.get(key)) is int and size[key] >= 0
                                            for key in SIZE_KEYS) for size in sizes):
         return f"task_sizes is not a list of {', '.join(SIZE_KEYS)} counts per task"
     if sizes and len(sizes) != config.get("number_of_tasks"):
-        return f"task_sizes has {len(sizes)} tasks, number_of_tasks {config.get('number_of_tasks')}"
+        return (f"task_sizes has {len(sizes)} tasks, number_of_tasks "
+                f"{config.get('number_of_tasks')!r}")
     return None
 
 

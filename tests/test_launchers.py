@@ -245,7 +245,8 @@ def test_a_folder_holding_another_run_stops_the_launch_and_keeps_that_run(
     """Nothing is written into it: a failed.txt there would mark the other run failed."""
     other = tmp_path / "SplitMNIST_part0_best" / "seed_2"
     other.mkdir(parents=True)
-    (other / "config.json").write_text(json.dumps({"dataset": "SplitMNIST", "seed": 99}))
+    (other / "config.json").write_text(json.dumps({"dataset": "SplitMNIST", "part": 0,
+                                                          "data": "SplitMNIST", "seed": 99}))
     code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", f"--launcher={launcher}"))
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1

@@ -8,6 +8,7 @@ ACC = (a0 + a1) / 2, BWT = a0 - 90, FWT = p - 20, forgetting = 90 - a0.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,26 +31,30 @@ def make_run(folder, *, last_row=(80.0, 90.0), previous=50.0, finished=True, bet
              classes=10, **config):
     """A run folder: config.json (plus `config`), accuracies.csv (`classes` per task; None:
     no such column, as runs from before it), transfer.csv, task_agnostic.csv (and
-    final_weights.pt)."""
+    final_weights.pt). A config of more than the two tasks repeats task 1's numbers."""
     folder.mkdir(parents=True)
     experiment = folder.parent.name.removeprefix("demo_")
     dataset, _, rest = experiment.partition("_part")
     seed = int(folder.name.rsplit("_", 1)[1])
+    tasks = config.get("number_of_tasks", 2)
+    tasks = tasks if type(tasks) is int else 2  # a hand-edited one: the files of two
     (folder / "config.json").write_text(json.dumps(
         {"dataset": dataset, "part": int(rest.split("_")[0]), "seed": seed, "data": dataset,
          "number_of_tasks": 2, "target_network": "MLP", "target_hidden_layers": [40, 30],
          "beta": beta, **config}))
-    rows = [(0, 0, 90.0), (1, 0, last_row[0]), (1, 1, last_row[1])]
+    rows = [(0, 0, 90.0)] + [(t, j, last_row[j == t]) for t in range(1, tasks)
+                             for j in range(t + 1)]
     accuracies = pd.DataFrame([(dataset, 0, seed, *r, classes) for r in rows],
                               columns=evaluation.ACCURACY_COLUMNS)
     if classes is None:
         accuracies = accuracies.drop(columns="classes")
     accuracies.to_csv(folder / "accuracies.csv", index=False)
-    pd.DataFrame({"task": [0, 1], "random_init_accuracy": [10.0, 20.0],
-                  "previous_network_accuracy": [np.nan, previous]}).to_csv(
+    pd.DataFrame({"task": range(tasks), "random_init_accuracy": [10.0] + [20.0] * (tasks - 1),
+                  "previous_network_accuracy": [np.nan] + [previous] * (tasks - 1)}).to_csv(
         folder / "transfer.csv", index=False)
-    pd.DataFrame({"task": [0, 1], "task_identification_accuracy": [100.0, 80.0],
-                  "accuracy": [90.0, 70.0]}).to_csv(folder / "task_agnostic.csv", index=False)
+    pd.DataFrame({"task": range(tasks), "task_identification_accuracy": [100.0] + [80.0] * (
+        tasks - 1), "accuracy": [90.0] + [70.0] * (tasks - 1)}).to_csv(
+        folder / "task_agnostic.csv", index=False)
     if finished:
         (folder / "final_weights.pt").write_bytes(b"")
 
@@ -428,7 +433,7 @@ def test_a_damaged_run_file_is_one_line_naming_it_and_what_to_do(tmp_path, capsy
                                                                   problem):
     run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
     make_run(run)
-    pd.DataFrame({"accuracy": [50.0], "task_identification_accuracy": [60.0]}).to_csv(
+    pd.DataFrame({"accuracy": [50.0] * 2, "task_identification_accuracy": [60.0] * 2}).to_csv(
         run / "task_agnostic.csv", index=False)
     (run / name).write_text(text)
     assert evaluation.main([str(tmp_path)]) == 2
@@ -528,6 +533,11 @@ def test_a_finished_fecam_run_needs_its_fecam_table(tmp_path):
     ({"seed": None}, "seed None is not a whole number"),
     ({"seed": "one"}, "seed 'one' is not a whole number"),
     ({"data": None}, "data None is not a text"),
+    ({"part": "0"}, "part '0' is not a whole number"),
+    ({"dataset": 7}, "dataset 7 is not a text"),
+    ({"number_of_tasks": "2",  # the audit's hand edit: "2" reads like 2
+      "task_sizes": [{"training_samples": 5, "validation_samples": 1, "test_samples": 5}] * 2},
+     "task_sizes has 2 tasks, number_of_tasks '2'"),
     ({"task_sizes": "x"}, "task_sizes is not a list of training_samples, validation_samples, "
                           "test_samples counts per task"),
     ({"task_sizes": [{}, {}]}, "task_sizes is not a list"),
@@ -543,6 +553,40 @@ def test_a_hand_edited_config_is_a_one_line_error(tmp_path, config, problem, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {run / 'config.json'} is corrupt or incomplete ({problem}")
     assert "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["accuracies.csv", "transfer.csv", "task_agnostic.csv",
+                                  "fecam.csv"])
+def test_a_finished_runs_table_cut_short_is_refused(tmp_path, capsys, name):
+    """The audit's finished 3-task run whose last task's rows were deleted: averaged as
+    whole, its ACC rose from 81.67 to 92.50."""
+    run = tmp_path / "CIFAR100_FeCAM_setup_part6_best" / "seed_1"
+    make_run(run, number_of_tasks=3, fecam_evaluation=True)
+    pd.DataFrame({"task": [0, 1, 2], "accuracy": [61.0, 40.0, 30.0]}).to_csv(run / "fecam.csv")
+    assert evaluation.main([str(tmp_path), "--table"]) == 0  # whole: fine
+    table = pd.read_csv(run / name)
+    last = (table["trained_task"] < 2) if name == "accuracies.csv" else table.index < 2
+    table[last].to_csv(run / name, index=False)
+    assert evaluation.main([str(tmp_path), "--table"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {run / name} is corrupt or incomplete (it covers 2 of the run's 3 tasks); "
+        f"delete the run folder {run} to run it again\n")
+    (run / "final_weights.pt").unlink()  # unfinished: its tasks so far, not in the table
+    assert evaluation.main([str(tmp_path), "--table"]) == 0
+
+
+@pytest.mark.parametrize("key", ["dataset", "part", "data", "seed"])
+def test_a_config_without_a_key_the_summaries_read_is_a_one_line_error(tmp_path, key, capsys):
+    """The audit's evaluation.py met a KeyError in the plots (main.py said another run)."""
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    make_run(run)
+    config = json.loads((run / "config.json").read_text())
+    del config[key]
+    (run / "config.json").write_text(json.dumps(config))
+    assert evaluation.main([str(run.parent)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {run / 'config.json'} is corrupt or incomplete (no {key}); "
+                   f"delete the run folder {run} to run it again\n")
 
 
 @pytest.mark.parametrize("classes", ["abc", -3, 1, 0, 2.5])
@@ -624,7 +668,8 @@ def test_a_grid_summary_names_searched_settings_that_hold_one_value(tmp_path):
     assert len(searched) >= 2
     base = dataclasses.asdict(benchmark.grid_base or benchmark.best)
     point = json.loads(json.dumps(base | {name: values[-1]
-                                          for name, values in benchmark.grid.items()}))
+                                          for name, values in benchmark.grid.items()}
+                                  | {"number_of_tasks": 2}))
     grid = tmp_path / "PermutedMNIST_part0_grid"
     make_run(grid / "point_000_seed_1", **point)
     assert ("\nSearched settings with one value in every row: " + ", ".join(
@@ -766,3 +811,21 @@ def test_a_table_piped_into_head_ends_without_a_traceback(results):
     os.close(writer)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert (results / "results_table.md").exists()
+
+
+def test_a_copied_run_folder_is_no_second_seed(tmp_path, capsys):
+    """The audit's backup before a rerun, seed_1.bak: counted as a seed of its own, it made
+    two seeds of one with a spread of 0."""
+    experiment = tmp_path / "SplitMNIST_part0_best"
+    make_run(experiment / "seed_1")
+    shutil.copytree(experiment / "seed_1", experiment / "seed_1.bak")
+    text = evaluation.summarize_experiment(experiment)
+    assert pd.read_csv(experiment / "summary.csv")["run"].tolist() == ["seed_1"]
+    assert ("Not named as a run (seed_N or point_K_seed_N), not in the table: seed_1.bak"
+            in text)
+    assert evaluation.results_table(tmp_path)[0]["seeds"].tolist() == [1]
+    shutil.move(experiment / "seed_1.bak", experiment / "seed_2")  # a copy under a run's name
+    assert evaluation.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {experiment / 'seed_2'} holds the run of seed 1 (config.json), not of seed 2: "
+        "move that folder out of the experiment folder\n")

@@ -156,8 +156,8 @@ def test_a_run_folder_from_before_task_classes_resumes(mnist_root, tmp_path, mon
 
 
 def tiny_record(**changes) -> dict:
-    return {**datasets.recorded_defaults(), "dataset": "TinyImageNet", "part": 1, "seed": 5,
-            **changes}
+    return {**datasets.recorded_defaults(), "dataset": "TinyImageNet", "data": "TinyImageNet",
+            "part": 1, "seed": 5, **changes}
 
 
 def test_other_classes_are_another_run(tmp_path):
