@@ -28,6 +28,10 @@ from folders import CHECKPOINT
 if TYPE_CHECKING:
     import runs
 
+# A run's state between tasks (runs.start_state): what a checkpoint holds besides the
+# networks, the random generators and the task in progress.
+RUN_STATE = ("next_task", "accuracies", "log", "transfer")
+
 
 def cpu_copy(state_dict: dict) -> dict:
     """A state dict with every tensor on the CPU: loadable on a machine without a GPU."""
@@ -58,12 +62,13 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
+def load_checkpoint(path: Path, model, device: torch.device, num_tasks: int) -> dict | None:
     """Restore model and random generators from a run's checkpoint; return its rows.
 
-    A checkpoint that cannot be read is a UserError; random generators that
-    cannot be restored are a warning: the networks and rows are good, only
-    bit-identity with an uninterrupted run is lost.
+    A checkpoint that cannot be read, or whose rows do not fit a run of `num_tasks`
+    tasks, is a UserError; random generators that cannot be restored are a
+    warning: the networks and rows are good, only bit-identity with an
+    uninterrupted run is lost.
     """
     if not path.exists():
         return None
@@ -71,8 +76,11 @@ def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint.pop("model"))
         rng = checkpoint.pop("rng")
+        problem = state_problem(checkpoint, num_tasks)
     except Exception as error:  # truncated zip, foreign pickle, missing keys: all unusable
-        raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}); "
+        problem = type(error).__name__
+    if problem:
+        raise UserError(f"checkpoint {path} is corrupt or incomplete ({problem}); "
                         "delete it to restart this run from its first task") from None
     try:
         set_rng_state(rng, device)
@@ -81,6 +89,25 @@ def load_checkpoint(path: Path, model, device: torch.device) -> dict | None:
               f"({type(error).__name__}: {error}); the run goes on from its checkpoint, "
               "but will not repeat an uninterrupted run bit for bit")
     return checkpoint
+
+
+def state_problem(state: dict, num_tasks: int) -> str | None:
+    """What makes a checkpoint's run state unusable for a run of num_tasks tasks (None:
+    nothing): a missing key (another version's checkpoint), or tasks done that its rows
+    do not hold, which the rerun would skip and report as trained."""
+    missing = [key for key in RUN_STATE if key not in state]
+    progress = state.get("task_in_progress")
+    if isinstance(progress, dict):
+        missing += [f"task_in_progress.{key}" for key in hypermask.TrainingState.SAVED
+                    if key not in progress]
+    if missing:
+        return f"no {', '.join(missing)}"
+    done = state["next_task"]
+    if type(done) is not int or not 0 <= done <= num_tasks - (progress is not None):
+        return f"next_task {done!r} in a run of {num_tasks} tasks"
+    if len(state["accuracies"]) != done * (done + 1) // 2 or len(state["transfer"]) != num_tasks:
+        return f"its accuracy or transfer rows do not fit {done} tasks done of {num_tasks}"
+    return None
 
 
 class TaskCheckpoints:

@@ -468,6 +468,9 @@ class TrainingState:
     best_accuracy: float = -1.0  # model_selection "best_val": the best validation so far
     best_state: dict | None = None  # ... and the networks that reached it
     seconds: float = 0.0  # training time of this task in earlier processes
+    # state_dict's keys, all of which training_state reads back (a checkpoint's check)
+    SAVED = ("iteration", "optimizer", "scheduler", "hnet_targets", "start_params", "batches",
+             "log", "best_accuracy", "best_state", "seconds")
 
     def state_dict(self) -> dict:
         return {"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),

@@ -578,7 +578,7 @@ def start_state(model, tasks: list, config, *, path: Path, device: torch.device,
                 keys: dict) -> dict:
     """The run's state from its checkpoint at `path`, saying where it resumes; or, for a
     new run, a state before task 1 with the untrained networks' accuracy on each task."""
-    state = load_checkpoint(path, model, device)
+    state = load_checkpoint(path, model, device, len(tasks))
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
         return {"next_task": 0, "accuracies": [], "log": [], "transfer": [

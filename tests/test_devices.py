@@ -67,15 +67,16 @@ def test_a_random_state_that_cannot_be_restored_is_a_warning_not_corruption(
     path = tmp_path / "checkpoint.pt"
     state = (checkpoints.rng_state(torch.device("cpu"))
              | {"cuda": torch.zeros(16, dtype=torch.uint8)})
-    files.save({"next_task": 1, "model": saved.state_dict(), "rng": state}, path)
+    rows = {"next_task": 1, "accuracies": [{"accuracy": 90.0}], "log": [], "transfer": [{}] * 2}
+    files.save({**rows, "model": saved.state_dict(), "rng": state}, path)
 
     def fewer_gpus(state, device="cuda"):
         raise RuntimeError("Invalid device index")
 
     monkeypatch.setattr(torch.cuda, "set_rng_state", fewer_gpus)
     model = hypermask.build_model(config, (784,), 2)
-    checkpoint = checkpoints.load_checkpoint(path, model, GPU1)
-    assert checkpoint == {"next_task": 1}
+    checkpoint = checkpoints.load_checkpoint(path, model, GPU1, 2)
+    assert checkpoint == rows
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  saved.state_dict().values()))
     out = capsys.readouterr().out

@@ -329,6 +329,7 @@ def test_a_checkpoint_with_one_start_tensor_per_masked_tensor_resumes():
     state = hypermask.training_state(model, task, 1, CONFIG)
     next(state.batches)  # a task in progress
     saved = state.state_dict()
+    assert tuple(saved) == hypermask.TrainingState.SAVED  # what a checkpoint's check requires
     assert saved["start_params"].shape == (sum(model.numels),)
     saved["start_params"] = [p.clone() for p in model.unflatten(saved["start_params"])]
     resumed = hypermask.training_state(model, task, 1, CONFIG, saved)

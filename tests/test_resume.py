@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import torch
 from conftest import tiny_options
 
 import evaluation
@@ -108,6 +109,33 @@ def test_corrupt_checkpoint_is_a_one_line_error(mnist_root, tmp_path, monkeypatc
     assert run(mnist_root, tmp_path) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: checkpoint {checkpoint} is corrupt") and "\n" not in err
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda state: state.pop("transfer"), "no transfer"),
+    (lambda state: state.update(task_in_progress={"iteration": 3, "log": []}),
+     "no task_in_progress.optimizer, task_in_progress.scheduler, "),
+    (lambda state: state.update(next_task=5), "next_task 5 in a run of 3 tasks"),
+    (lambda state: state.update(next_task=2), "its accuracy or transfer rows do not fit 2 "
+                                              "tasks done of 3"),
+])
+def test_a_checkpoint_of_another_version_is_a_one_line_error(mnist_root, tmp_path, monkeypatch,
+                                                             capsys, edit, problem):
+    """The audit's edited checkpoints: a KeyError deep inside, or (next_task=5) a run of one
+    task reported finished."""
+    interrupt_at_task(monkeypatch, 1)
+    assert run(mnist_root, tmp_path) == 130
+    monkeypatch.undo()
+    checkpoint = tmp_path / "SplitMNIST_part0_best" / "seed_3" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    edit(state)
+    torch.save(state, checkpoint)
+    capsys.readouterr()
+    assert run(mnist_root, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {checkpoint} is corrupt or incomplete ({problem}")
+    assert err.endswith("; delete it to restart this run from its first task\n")
+    assert not (checkpoint.parent / "final_weights.pt").exists()
 
 
 def test_evaluation_cli_regenerates_the_tables(mnist_root, tmp_path, capsys):
