@@ -178,6 +178,15 @@ class Job:
     wandb_entity: str | None = None
 
 
+# Job fields that config.json does not record as asked (job_record): where the run reads
+# and writes, how often it saves, who watches it, the device and threads it asks for (the
+# record holds those it got: machine.where_it_runs, `threads`). None may change a number
+# the run writes beyond the machine's rounding: a field that does must be recorded, or a
+# rerun with another value would take the finished run for its own.
+UNRECORDED = ("run_dir", "path_to_datasets", "device", "threads", "checkpoint_minutes",
+              "logger", "wandb_project", "wandb_entity")
+
+
 # -------------------------------------------------------- the run folder
 
 

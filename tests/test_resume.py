@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import tiny_options
 
+import datasets
 import evaluation
 import main
 import runs
@@ -164,3 +165,26 @@ def test_evaluation_cli_refuses_a_folder_without_results(tmp_path, capsys):
 def test_evaluation_cli_usage(argv, capsys):
     assert evaluation.main(argv) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_every_job_field_but_the_unrecorded_is_in_config_json(tmp_path):
+    """A field that changes numbers must be recorded, or a rerun with another value takes
+    the finished run for its own (the ease-of-change audit's gradient-clip knob): each
+    field not in runs.UNRECORDED, changed, changes the record."""
+    import dataclasses
+
+    config = datasets.get_benchmark("SplitMNIST", 0).best
+    job = runs.Job(config, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
+
+    def other(value):
+        if isinstance(value, datasets.HyperParameters):
+            return dataclasses.replace(value, beta=value.beta * 2)
+        return (not value if isinstance(value, bool) else 1 if value is None
+                else value + 1 if isinstance(value, int) else f"{value}x")
+
+    fields = [field.name for field in dataclasses.fields(runs.Job)]
+    assert set(runs.UNRECORDED) <= set(fields)
+    for name in fields:
+        if name not in runs.UNRECORDED:
+            changed = dataclasses.replace(job, **{name: other(getattr(job, name))})
+            assert runs.job_record(changed) != runs.job_record(job), name
