@@ -571,7 +571,8 @@ def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: 
         mnist = [t.to(device) for t in stored]
         if dataset == "PermutedMNIST":
             return permuted_mnist_tasks(*mnist, config=config, seed=seed)
-        return split_mnist_tasks(*mnist, config=config)
+        return split_mnist_tasks(*mnist, classes=class_ids(dataset, part, config, seed=seed),
+                                 config=config)
     data = [torch.from_numpy(a).to(device) for a in stored]
     classes = class_ids(dataset, part, config, seed=seed)
     # Random validation splits are ours: the authors' Tiny ImageNet split permutes files in
@@ -719,8 +720,9 @@ def permuted_mnist_tasks(train_images, train_labels, test_images, test_labels, *
 
 
 def split_mnist_tasks(train_images, train_labels, test_images, test_labels, *,
-                      config: HyperParameters) -> list[Task]:
-    """SplitMNIST: task i holds digits {2i, 2i+1}, labelled 0 and 1.
+                      classes: list, config: HyperParameters) -> list[Task]:
+    """SplitMNIST: task i holds the digits classes[i] (class_ids: 2i and 2i+1), labelled
+    0 and 1 in that order.
 
     The first `validation_size` training samples of each task are its
     validation set. Training batches get RandomCrop(28, padding=4) when
@@ -729,24 +731,16 @@ def split_mnist_tasks(train_images, train_labels, test_images, test_labels, *,
     authors' loader (hypnettorch's MNISTData) normalises only inside its
     augmentation transforms, as its CIFAR-100 loader does (cifar_statistics).
     """
-    if config.number_of_tasks > 5:
-        raise UserError(f"SplitMNIST has at most 5 tasks, not {config.number_of_tasks}")
     transform = (_mnist_augmented if config.augmentation
                  else _mnist_raw if config.published_regime else _mnist_plain)
-    v = config.validation_size
-    tasks = []
-    for t in range(config.number_of_tasks):
-        train = (train_labels == 2 * t) | (train_labels == 2 * t + 1)
-        test = (test_labels == 2 * t) | (test_labels == 2 * t + 1)
-        x, y = train_images[train], train_labels[train] - 2 * t
-        tasks.append(Task(train_x=x[v:], train_y=y[v:], val_x=x[:v], val_y=y[:v],
-                          test_x=test_images[test], test_y=test_labels[test] - 2 * t,
-                          num_classes=2, transform=transform, input_shape=(784,)))
-    return tasks
+    return class_split_tasks(train_images, train_labels, test_images, test_labels,
+                             classes=classes, config=config, rng=None, transform=transform,
+                             input_shape=(784,))
 
 
 def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config: HyperParameters,
-                      rng: np.random.RandomState | None, transform) -> list[Task]:
+                      rng: np.random.RandomState | None, transform,
+                      input_shape: tuple | None = None) -> list[Task]:
     """Tasks that each hold a subset of the classes, relabelled 0..k-1.
 
     Args:
@@ -757,6 +751,7 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
         rng: None: the first `validation_size` training samples of each task
             validate; else `validation_size` random samples of every class.
         transform: stored batch -> network input (see image_transform).
+        input_shape: what the transform gives per sample (None: a stored image's shape).
     """
     if config.number_of_tasks > len(classes):
         raise UserError(f"this benchmark has {len(classes)} tasks, not {config.number_of_tasks}")
@@ -783,7 +778,7 @@ def class_split_tasks(train_x, train_y, test_x, test_y, *, classes: list, config
         tasks.append(Task(train_x=x[~validation], train_y=y[~validation], val_x=x[validation],
                           val_y=y[validation], test_x=test_x[test], test_y=relabel[test_y[test]],
                           num_classes=len(wanted), transform=transform,
-                          input_shape=tuple(train_x.shape[1:])))
+                          input_shape=input_shape or tuple(train_x.shape[1:])))
     return tasks
 
 
