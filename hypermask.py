@@ -578,7 +578,7 @@ def validate(model: HyperMask, task: Task, task_id: int, config: HyperParameters
         raise Diverged(f"task {task_id + 1}, iteration {state.iteration}: the loss is "
                        f"{row['loss']}{last}")
     accuracy = evaluate(model, task, task_id,
-                        sparsity if config.published_regime else config.sparsity,
+                        sparsity=sparsity if config.published_regime else config.sparsity,
                         split="val", batch_size=config.evaluation_batch_size)
     if config.published_regime:
         model.eval()
@@ -593,9 +593,11 @@ def validate(model: HyperMask, task: Task, task_id: int, config: HyperParameters
 
 
 @torch.no_grad()
-def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
+def evaluate(model: HyperMask, task: Task, task_id: int, *, sparsity: float,
              split: str = "test", batch_size: int | None = None) -> float:
-    """Accuracy in percent of task `task_id`'s masked network on one split.
+    """Accuracy in percent on one split of `task`'s data of task `task_id`'s masked network
+    (its embedding and mask): the data's own task but for forward transfer, which
+    evaluates the next task's data under the current task's network.
 
     The whole split goes through as one batch unless `batch_size` is given
     (batch-statistics networks then give slightly different numbers).
@@ -616,8 +618,8 @@ def evaluate(model: HyperMask, task: Task, task_id: int, sparsity: float, *,
     if not finite:  # finite weights can still overflow: argmax over NaN is no accuracy
         if not scores_finite:
             raise Diverged(f"task {task_id + 1}'s hypernetwork gives NaN or infinite outputs")
-        raise Diverged(f"task {task_id + 1}'s network gives NaN or infinite outputs on its "
-                       f"{split} images")
+        raise Diverged(f"task {task_id + 1}'s network gives NaN or infinite outputs on the "
+                       f"{split} images it was evaluated on")
     return 100.0 * correct.item() / len(y_all)
 
 

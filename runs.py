@@ -512,9 +512,10 @@ def require_finite(model, task_id: int) -> None:
                                  "after training")
 
 
-def evaluate(model, task, task_id: int, config) -> float:
-    """Test accuracy of `task` under task `task_id`'s mask at the configured sparsity."""
-    return hypermask.evaluate(model, task, task_id, config.sparsity,
+def test_accuracy(model, task, task_id: int, config) -> float:
+    """Test accuracy of `task`'s data under task `task_id`'s network at the configured
+    sparsity and evaluation batch size (hypermask.evaluate)."""
+    return hypermask.evaluate(model, task, task_id, sparsity=config.sparsity,
                               batch_size=config.evaluation_batch_size)
 
 
@@ -591,7 +592,7 @@ def start_state(model, tasks: list, config, *, path: Path, device: torch.device,
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
         return {"next_task": 0, "accuracies": [], "log": [], "transfer": [
-            {**keys, "task": j, "random_init_accuracy": evaluate(model, task, j, config),
+            {**keys, "task": j, "random_init_accuracy": test_accuracy(model, task, j, config),
              "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
     if "task_in_progress" in state:
         print(f"  resuming task {state['next_task'] + 1} at iteration "
@@ -608,12 +609,12 @@ def evaluate_after_task(model, tasks: list, task_id: int, config, state: dict, *
     """Row t of the accuracy matrix, A[t, j] for j <= t, added to the state's accuracies,
     and A[t, t+1] (the next task under task t's networks and embedding: forward transfer)
     to its transfer rows. Returns A[t, :t+1], percent."""
-    last = [evaluate(model, tasks[j], j, config) for j in range(task_id + 1)]
+    last = [test_accuracy(model, tasks[j], j, config) for j in range(task_id + 1)]
     state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
                              "accuracy": accuracy, "classes": class_count[j]}
                             for j, accuracy in enumerate(last)]
     if task_id + 1 < len(tasks):
-        state["transfer"][task_id + 1]["previous_network_accuracy"] = evaluate(
+        state["transfer"][task_id + 1]["previous_network_accuracy"] = test_accuracy(
             model, tasks[task_id + 1], task_id, config)
     return last
 

@@ -37,7 +37,8 @@ def final_accuracies(published: bool, seed: int, iterations: int, device) -> lis
     model = hypermask.build_model(config, tasks[0].input_shape, 5).to(device)
     for task_id, task in enumerate(tasks):
         hypermask.train_task(model, task, task_id, config)
-    return [hypermask.evaluate(model, task, j, config.sparsity) for j, task in enumerate(tasks)]
+    return [hypermask.evaluate(model, task, j, sparsity=config.sparsity)
+            for j, task in enumerate(tasks)]
 
 
 def main() -> None:

@@ -243,7 +243,7 @@ def test_dropout_stays_on_after_evaluation(cifar_root):
     task = datasets.load_tasks("CIFAR100", 1, config, seed=1, root=cifar_root, device=CPU)[0]
     model = hypermask.build_model(config, (32, 32, 3), 10)
     model.train()
-    hypermask.evaluate(model, task, 0, 0)
+    hypermask.evaluate(model, task, 0, sparsity=0)
     assert model.training and all(m.training for m in model.modules())
     x = task.transform(task.train_x[:4], False)
     torch.manual_seed(0)

@@ -378,13 +378,13 @@ def test_outputs_that_overflow_from_finite_weights_are_divergence_not_an_accurac
     torch.manual_seed(0)
     model = hypermask.build_model(config, (5,), 2)
     task = random_task(5, 2)
-    assert 0 <= hypermask.evaluate(model, task, 0, 0) <= 100
+    assert 0 <= hypermask.evaluate(model, task, 0, sparsity=0) <= 100
     with torch.no_grad():  # finite, and too large for float32 once summed over the inputs
         for weight in model.target.internal_params:
             weight.fill_(3e38)
     with pytest.raises(hypermask.Diverged, match="task 1's network gives NaN or infinite "
-                                                 "outputs on its test images"):
-        hypermask.evaluate(model, task, 0, 0)
+                                                 "outputs on the test images"):
+        hypermask.evaluate(model, task, 0, sparsity=0)
 
 
 def test_a_nan_hypernetwork_is_divergence_although_its_masks_are_finite():
@@ -402,4 +402,4 @@ def test_a_nan_hypernetwork_is_divergence_although_its_masks_are_finite():
     assert all(torch.isfinite(weight).all() for weight in weights)
     with pytest.raises(hypermask.Diverged, match="^task 1's hypernetwork gives NaN or infinite "
                                                  "outputs$"):
-        hypermask.evaluate(model, task, 0, 30.0, split="val")
+        hypermask.evaluate(model, task, 0, sparsity=30.0, split="val")

@@ -52,9 +52,9 @@ def test_published_regime_validates_the_first_task_at_the_ramped_sparsity(
     used = []
     evaluate = hypermask.evaluate
 
-    def spy(model, task, task_id, sparsity, **kwargs):
+    def spy(model, task, task_id, *, sparsity, **kwargs):
         used.append((task_id, sparsity))
-        return evaluate(model, task, task_id, sparsity, **kwargs)
+        return evaluate(model, task, task_id, sparsity=sparsity, **kwargs)
 
     monkeypatch.setattr(hypermask, "evaluate", spy)
     for task_id in (0, 1):
@@ -296,7 +296,8 @@ def test_published_cifar100_networks_get_raw_pixels_without_augmentation(
     task = datasets.load_tasks(dataset, part, config, seed=1, root=cifar_root, device=CPU)[0]
     model = hypermask.build_model(config, (32, 32, 3), task.num_classes)
     expected = None if published and not augmentation else statistics
-    [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, config.sparsity))
+    [tested] = network_inputs(model, lambda: hypermask.evaluate(
+        model, task, 0, sparsity=config.sparsity))
     assert torch.equal(tested, pixels(task.test_x, expected))
     trained, validated = network_inputs(model, lambda: hypermask.train_task(model, task, 0,
                                                                             config))
@@ -323,7 +324,8 @@ def test_published_split_mnist_networks_get_raw_pixels_without_augmentation(
     model = hypermask.build_model(config, (784,), 2)
     x = task.test_x.float() / 255
     expected = x if published and not augmentation else (x - 0.1307) / 0.3081
-    [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, config.sparsity))
+    [tested] = network_inputs(model, lambda: hypermask.evaluate(
+        model, task, 0, sparsity=config.sparsity))
     assert torch.equal(tested, expected.flatten(1))
     trained, _ = network_inputs(model, lambda: hypermask.train_task(model, task, 0, config))
     assert (trained.min() >= 0) == (published and not augmentation)
@@ -340,7 +342,7 @@ def test_tiny_imagenet_networks_get_normalised_pixels_in_both_regimes(tmp_path):
         task = datasets.load_tasks("TinyImageNet", 1, config, seed=5, root=root,
                                    device=CPU)[0]
         model = hypermask.build_model(config, (64, 64, 3), task.num_classes)
-        [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, 0))
+        [tested] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, sparsity=0))
         assert torch.equal(tested, pixels(task.test_x, statistics))
 
 
@@ -379,6 +381,7 @@ def test_split_cifar100_test_inputs_are_hypnettorchs_in_the_published_regime(
                         validation_size=1, augmentation=augmentation, published_regime=published)
     task = datasets.load_tasks("CIFAR100", 1, config, seed=1, root=cifar_root, device=CPU)[0]
     model = hypermask.build_model(config, (32, 32, 3), task.num_classes)
-    [ours] = network_inputs(model, lambda: hypermask.evaluate(model, task, 0, config.sparsity))
+    [ours] = network_inputs(model, lambda: hypermask.evaluate(
+        model, task, 0, sparsity=config.sparsity))
     assert theirs.dtype == ours.dtype and theirs.shape == ours.shape
     assert torch.equal(ours, theirs) == (published or augmentation)

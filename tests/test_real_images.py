@@ -45,7 +45,7 @@ def train_on_digits(name: str) -> list[list[float]]:
     rows = []
     for task_id, task in enumerate(tasks):
         hypermask.train_task(model, task, task_id, config)
-        rows.append([hypermask.evaluate(model, tasks[j], j, config.sparsity)
+        rows.append([hypermask.evaluate(model, tasks[j], j, sparsity=config.sparsity)
                      for j in range(task_id + 1)])
     return rows
 

@@ -148,7 +148,7 @@ def test_fecam_and_entropy_on_a_synthetic_two_task_setup():
     model = hypermask.build_model(config, input_shape=(8,), num_outputs=2)
     for t, data in enumerate(tasks):
         hypermask.train_task(model, data, t, config)
-    assert hypermask.evaluate(model, tasks[1], 1, 0) == 100.0
+    assert hypermask.evaluate(model, tasks[1], 1, sparsity=0) == 100.0
     fecam = task_agnostic.fecam_evaluation(model, tasks, sparsity=0)
     assert [row["tasks_seen"] for row in fecam] == [1, 2]
     assert fecam[0]["accuracy"] == 100.0 and fecam[1]["accuracy"] >= 90.0

@@ -93,7 +93,7 @@ def test_a_task_is_scored_on_its_own_output_units():
             weight.zero_()
         model.target.internal_params[-1].copy_(torch.tensor([10.0, 0.0, 1000.0, 1000.0]))
     expected = 100.0 * (task.test_y == 0).float().mean().item()
-    assert hypermask.evaluate(model, task, 0, 0.0) == expected > 0
+    assert hypermask.evaluate(model, task, 0, sparsity=0.0) == expected > 0
 
 
 def test_forward_transfer_scores_the_next_task_under_the_trained_tasks_networks(
@@ -102,11 +102,11 @@ def test_forward_transfer_scores_the_next_task_under_the_trained_tasks_networks(
     would be b_{t+1}, the untrained score)."""
     calls = []
 
-    def evaluate(model, task, task_id, config):
+    def test_accuracy(model, task, task_id, config):
         calls.append((id(task), task_id))
         return 50.0
 
-    monkeypatch.setattr(runs, "evaluate", evaluate)
+    monkeypatch.setattr(runs, "test_accuracy", test_accuracy)
     assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]")) == 0
     (first, _), (second, _) = calls[:2]  # b_j: each task under its own, untrained, mask
     assert calls[2:] == [(first, 0), (second, 0), (first, 0), (second, 1)]
