@@ -88,3 +88,6 @@ def graphed_step(model, optimizer, start, *, task_id: int, num_classes: int,
     """hypermask.eager_step's step, replayed from a CUDA graph (a step maker for train_task)."""
     return GraphedStep(model, optimizer, start, task_id=task_id, num_classes=num_classes,
                        config=config)
+
+
+graphed_step.capturable = True  # its optimiser's step is captured too (hypermask.train_task)

@@ -537,12 +537,13 @@ def train_task(model: HyperMask, task: Task, task_id: int, config: HyperParamete
         after_step: called after every iteration with the training state (the
             caller shows progress and may save state.state_dict() there).
         make_step: eager_step, or a maker of the same step replayed from a CUDA
-            graph (capture.graphed_step).
+            graph (capture.graphed_step), which says so by its attribute
+            `capturable = True`: the optimiser is made for capture.
     """
     per_epoch = math.ceil(len(task.train_y) / config.batch_size)
     num_iterations = task_iterations(task, config)
     state = training_state(model, task, task_id, config, resume,
-                           capturable=make_step is not eager_step)
+                           capturable=getattr(make_step, "capturable", False))
     step = make_step(model, state.optimizer, state.start, task_id=task_id,
                      num_classes=task.num_classes, config=config)
     started = time.perf_counter() - state.seconds

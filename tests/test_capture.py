@@ -1,12 +1,14 @@
 """What makes a step capturable, checked on the CPU; the capture itself is in test_cuda.py."""
 
 import dataclasses
+import functools
 
 import pytest
 import torch
 from conftest import random_task, semi_binary_masks
 from torch.overrides import TorchFunctionMode
 
+import capture
 import datasets
 import hypermask
 import launchers
@@ -119,6 +121,27 @@ def test_a_run_resumes_with_the_other_kind_of_step():
                                 num_classes=2, config=config)
     terms = step(task.train_x[:16], task.train_y[:16], 0.0)  # a capturable step fails on a CPU
     assert terms["loss"].grad_fn is None  # values only: the step's graph is not kept alive
+
+
+@pytest.mark.parametrize("maker, capturable", [
+    (lambda: hypermask.eager_step, False),
+    (lambda: functools.partial(hypermask.eager_step), False),  # a knob threaded through it
+    (lambda: capture.graphed_step, True)])
+def test_the_step_maker_says_whether_the_optimiser_is_captured(monkeypatch, maker, capturable):
+    """Told by an attribute, not by identity: a wrapped eager step had made Adam capturable."""
+    seen = []
+
+    def training_state(*args, capturable=False, **kwargs):
+        seen.append(capturable)
+        raise StopIteration  # the optimiser's kind is all this test needs
+
+    monkeypatch.setattr(hypermask, "training_state", training_state)
+    config = dataclasses.replace(datasets.get_benchmark("SplitMNIST", 0).best,
+                                 target_hidden_layers=(8,), hnet_hidden_layers=(4,))
+    model = hypermask.build_model(config, (784,), 2)
+    with pytest.raises(StopIteration):
+        hypermask.train_task(model, random_task(784, 2), 0, config, make_step=maker())
+    assert seen == [capturable]
 
 
 # ------------------------------------------------------------ several runs on one GPU

@@ -108,8 +108,8 @@ def train_one_task(make_step, *, sparsity=30, epochs=3, lower_lr_at=None):
                                  number_of_epochs=epochs)
     torch.manual_seed(0)
     model = hypermask.build_model(config, (32, 32, 3), 10).to(GPU)
-    optimizer = hypermask.make_optimizer(model, config, capturable=make_step is not
-                                         hypermask.eager_step)
+    optimizer = hypermask.make_optimizer(model, config,
+                                         capturable=getattr(make_step, "capturable", False))
     start = hypermask.task_start(model, 0)
     step = make_step(model, optimizer, start, task_id=0, num_classes=10, config=config)
     generator = torch.Generator(device=GPU).manual_seed(1)
