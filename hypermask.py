@@ -383,7 +383,8 @@ def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id
         sparsity: p for this iteration.
         start: the regularisers' reference points for this task.
     Returns:
-        loss, task_loss, hnet_term (β·R_hnet/max(1,t)), target_term (λ·R_target).
+        loss, task_loss, hnet_term (β·R_hnet/t, zero at t = 0), target_term
+        (λ·R_target).
     """
     # The current task's and every earlier task's outputs in one call: [t + 1, n_outputs].
     # One split (its backward is one concatenation), not two views whose
@@ -395,13 +396,14 @@ def training_loss(model: HyperMask, x: torch.Tensor, y: torch.Tensor, *, task_id
     task_loss = F.cross_entropy(logits[:, :num_classes], y)
     hnet_term = target_term = torch.zeros((), device=x.device)
     if task_id > 0:
-        # Σ_j ‖hnet(e_j) − h*_j‖², the squares and their gradient each in one pass.
+        # R_hnet = (1/t)·Σ_j ‖hnet(e_j) − h*_j‖², the squares and their gradient each in
+        # one pass.
         hnet_reg = F.mse_loss(previous, start.hnet_targets, reduction="sum") / task_id
         drift = params - start.start_params  # θ − θ^start
         if config.norm_regularizer_masking:
             drift = drift * mask
         target_reg = drift.abs().sum()
-        hnet_term = config.beta * hnet_reg / max(1, task_id)
+        hnet_term = config.beta * hnet_reg / task_id  # the reference divides twice: β/t²
         target_term = config.lam * target_reg
     loss = task_loss + hnet_term + target_term
     return dict(loss=loss, task_loss=task_loss, hnet_term=hnet_term, target_term=target_term)
