@@ -215,10 +215,11 @@ def configuration_name(run: str) -> str:
 
 
 def experiment_folders(root: Path) -> list[Path]:
-    """Every experiment folder at or below root: the parents of run folders (RUN_FILES); a
-    run file lying in root itself names no experiment below it."""
+    """Every experiment folder at or below root: the parents of run folders (folders named
+    as runs, RUN_NAME, holding RUN_FILES); a run file lying in root itself names no
+    experiment below it."""
     return sorted({p.parent.parent for name in RUN_FILES for p in Path(root).rglob(name)
-                   if len(p.relative_to(root).parts) >= 2})
+                   if len(p.relative_to(root).parts) >= 2 and RUN_NAME.fullmatch(p.parent.name)})
 
 
 def experiments_by_name(root: Path) -> dict[str, Path]:

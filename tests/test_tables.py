@@ -824,6 +824,10 @@ def test_a_copied_run_folder_is_no_second_seed(tmp_path, capsys):
     assert ("Not named as a run (seed_N or point_K_seed_N), not in the table: seed_1.bak"
             in text)
     assert evaluation.results_table(tmp_path)[0]["seeds"].tolist() == [1]
+    alone = tmp_path / "alone"  # an experiment of nothing but a copy: no experiment
+    shutil.copytree(experiment / "seed_1.bak", alone / experiment.name / "seed_1.bak")
+    assert evaluation.main([str(alone)]) == evaluation.main([str(alone), "--table"]) == 2
+    assert capsys.readouterr().err.startswith("error: no results (run folders with ")
     shutil.move(experiment / "seed_1.bak", experiment / "seed_2")  # a copy under a run's name
     assert evaluation.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
