@@ -580,12 +580,13 @@ def validate(model: HyperMask, task: Task, task_id: int, config: HyperParameters
                 f"{state.log[-1]['iteration']})" if state.log else "")
         raise Diverged(f"task {task_id + 1}, iteration {state.iteration}: the loss is "
                        f"{row['loss']}{last}")
-    accuracy = evaluate(model, task, task_id,
-                        sparsity=sparsity if config.published_regime else config.sparsity,
-                        split="val", batch_size=config.evaluation_batch_size)
+    # the fixed regime validates at p, the published one at the ramped p of this step
+    validation_sparsity = sparsity if config.published_regime else config.sparsity
+    accuracy = evaluate(model, task, task_id, sparsity=validation_sparsity, split="val",
+                        batch_size=config.evaluation_batch_size)
     if config.published_regime:
         model.eval()
-    state.log.append(row | {"sparsity": sparsity,
+    state.log.append(row | {"sparsity": sparsity, "validation_sparsity": validation_sparsity,
                             "learning_rate": state.optimizer.param_groups[0]["lr"],
                             "validation_accuracy": accuracy,
                             "seconds": round(state.seconds, 3)})

@@ -22,7 +22,8 @@ import runs
 
 ITERATIONS = 12
 TRAINING_TAGS = {f"train/{name}" for name in ("loss", "task_loss", "hnet_term", "target_term",
-                                               "sparsity", "learning_rate",
+                                               "sparsity", "validation_sparsity",
+                                               "learning_rate",
                                                "validation_accuracy")}
 RESULTS = ("accuracies.csv", "transfer.csv", "task_agnostic.csv")
 # The loggers' packages are optional (requirements.txt installs them, as CI does).

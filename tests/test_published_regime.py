@@ -57,12 +57,16 @@ def test_published_regime_validates_the_first_task_at_the_ramped_sparsity(
         return evaluate(model, task, task_id, sparsity=sparsity, **kwargs)
 
     monkeypatch.setattr(hypermask, "evaluate", spy)
+    log = []
     for task_id in (0, 1):
-        hypermask.train_task(model, tasks[task_id], task_id, config)
+        log += hypermask.train_task(model, tasks[task_id], task_id, config)
     # validation after iterations 0 and 2 (the last) of each task
     first = [20.0, 60.0] if published else [60.0, 60.0]
     assert [task_id for task_id, _ in used] == [0, 0, 1, 1]
     assert [sparsity for _, sparsity in used] == pytest.approx(first + [60.0, 60.0])
+    # the log says the sparsity each validation used beside the step's (the numbers audit)
+    assert [row["validation_sparsity"] for row in log] == pytest.approx(first + [60.0, 60.0])
+    assert [row["sparsity"] for row in log] == pytest.approx([20.0, 60.0, 60.0, 60.0])
 
 
 def make_tiny_cache(root):
