@@ -128,6 +128,17 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def total_memory(device: torch.device) -> int | None:
+    """The device's memory in bytes: a GPU's, or the machine's RAM for a CPU; None where
+    it cannot be told (mps)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        with contextlib.suppress(ValueError, OSError):
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) once per run."""
     random.seed(seed)

@@ -734,6 +734,7 @@ def _run(job: Job) -> None:
     with out_of_memory_names("building the networks"):
         model = hypermask.build_model(config, tasks[0].input_shape,
                                       max(t.num_classes for t in tasks)).to(device)
+    refuse_oversized_fecam(model, tasks, config, device)
     make_folder(run_dir)  # only now: missing data leave no folder
     with stop_signals() as stop, one_writer(run_dir), \
             failed_writes_stop(run_dir, config.number_of_tasks):
@@ -751,6 +752,18 @@ def _run(job: Job) -> None:
                           f"lam={config.lam}); no accuracy of the diverged task was written")
         except RunFailed as error:
             fail(run_dir, str(error))
+
+
+def refuse_oversized_fecam(model, tasks: list, config, device: torch.device) -> None:
+    """A UserError before training when FeCAM's statistics could not fit in the device's
+    memory: they are computed after the last task, and would fail hours later."""
+    needed, total = task_agnostic.fecam_bytes(model, tasks), machine.total_memory(device)
+    if config.fecam_evaluation and total is not None and needed > total:
+        classes = sum(task.num_classes for task in tasks)
+        raise UserError(f"fecam_evaluation needs {files.size_text(needed)} for its {classes} "
+                        f"class precision matrices (float64, one per class, as wide as the "
+                        f"output layer's input), more than the {files.size_text(total)} of "
+                        f"{machine.describe_device(device)}; set fecam_evaluation=False")
 
 
 def run_one(job: Job) -> None:

@@ -160,6 +160,13 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor,
     return torch.stack(prototypes), torch.stack(precisions)
 
 
+def fecam_bytes(model: HyperMask, tasks: list[Task]) -> int:
+    """The bytes of class_statistics' precision matrices for every class of the tasks: one
+    float64 D x D matrix each, D the output layer's input (ZenkeNet at 64x64: 12,544)."""
+    features = model.target.param_shapes[-2][1]  # the output layer's weight: [classes, D]
+    return sum(task.num_classes for task in tasks) * features ** 2 * 8
+
+
 def mahalanobis(features: torch.Tensor, prototypes: torch.Tensor,
                 precisions: torch.Tensor) -> torch.Tensor:
     """Squared Mahalanobis distances of L2-normalised features to L2-normalised prototypes.

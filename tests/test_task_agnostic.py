@@ -265,3 +265,33 @@ def test_a_run_whose_fecam_is_undefined_fails_in_one_line_and_finishes_without_i
     assert (run_dir / "final_weights.pt").exists() and not (run_dir / "fecam.csv").exists()
     assert not (run_dir / "task_agnostic_steps.csv").exists()  # the summaries report neither
     assert "resuming" in capsys.readouterr().out  # not trained again
+
+
+def test_fecam_bytes_are_one_float64_matrix_per_class_of_the_penultimate_width():
+    """The numbers audit's case: Tiny ImageNet's ZenkeNet (12,544 features), 200 classes:
+    252 GB, which would fail only after all 40 tasks had trained."""
+    config = dataclasses.replace(datasets.get_benchmark("TinyImageNet", 1).best,
+                                 hnet_hidden_layers=(2,), embedding_size=2)
+    model = hypermask.build_model(config, input_shape=(64, 64, 3), num_outputs=5)
+    x = torch.rand(2, 64, 64, 3)
+    width = task_agnostic.penultimate_features(model, x.flatten(1),
+                                               model.task_weights(0, sparsity=0)).shape[1]
+    assert width == 12544
+    tasks = [Task(*[torch.zeros(1)] * 6, num_classes=5, transform=None, input_shape=())] * 40
+    assert task_agnostic.fecam_bytes(model, tasks) == 200 * 12544 ** 2 * 8
+
+
+def test_a_fecam_that_cannot_fit_is_refused_before_training(mnist_root, tmp_path, monkeypatch,
+                                                            capsys):
+    from test_resume import run
+
+    import machine
+
+    monkeypatch.setattr(machine, "total_memory", lambda device: 1000)
+    assert run(mnist_root, tmp_path) == 2  # with --fecam_evaluation=True
+    assert capsys.readouterr().err == (
+        "error: fecam_evaluation needs 3 kB for its 6 class precision matrices (float64, one "
+        "per class, as wide as the output layer's input), more than the 1 kB of cpu ("
+        f"{torch.get_num_threads()} CPU thread(s)); set fecam_evaluation=False\n")
+    assert not (tmp_path / "SplitMNIST_part0_best" / "seed_3").exists()  # nothing trained
+    assert run(mnist_root, tmp_path, "--fecam_evaluation=False") == 0
