@@ -100,7 +100,10 @@ def run_logged(job: runs.Job) -> str | None:
                 raise
             return str(error)
         except Exception as error:  # reported to the launcher; the other runs go on
-            traceback.print_exc()
+            if isinstance(error, UserError):  # a failure said in one line: no traceback
+                print(f"error: {error}")
+            else:
+                traceback.print_exc()
             message = str(error) if isinstance(error, UserError) else \
                 f"{type(error).__name__}: {error}"
             if not isinstance(error, runs.RunFailed):  # which wrote failed.txt itself
@@ -277,12 +280,17 @@ def first_line(result: subprocess.CompletedProcess) -> str:
 def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | None:
     """What went wrong with a pool run, from its process's exit code and failed.txt.
 
-    With `stopping` (the pool was asked to stop), a run killed by the stop signal it was
-    sent is stopped, not failed: it had not installed its handlers yet (still loading).
+    With `stopping` (the pool was asked to stop), a run that saved and stopped is no error,
+    nor one killed by the stop signal it was sent (it had not installed its handlers yet:
+    still loading). Without, a run stopped by a signal from elsewhere (`kill` of its
+    process) is reported: the launch did not do what it was asked.
     """
-    if exitcode == 0 or exitcode in STOPPED_EXIT_CODES or (stopping and -exitcode in
-                                                          runs.STOP_SIGNALS):
+    if exitcode == 0 or (stopping and (exitcode in STOPPED_EXIT_CODES
+                                       or -exitcode in runs.STOP_SIGNALS)):
         return None
+    if exitcode in STOPPED_EXIT_CODES:  # its state saved, no failed.txt: it is interrupted
+        return (f"stopped by {signal.Signals(exitcode - 128).name} from outside the launcher, "
+                "its state saved; rerun the same command to continue it")
     if exitcode == OTHER_RUN:  # its reason is the last line of the run's log, not failed.txt
         log = (job.run_dir / folders.RUN_LOG).read_text(errors="replace")
         lines = log.strip().splitlines()
@@ -433,7 +441,8 @@ def run_pool(jobs: list[runs.Job], pool: Pool, refresh_seconds: float) -> list[s
                 failures.append(f"{job.run_dir}: {error} (log: {job.run_dir / folders.RUN_LOG})")
                 disk = error.startswith(files.STOPPED)  # its disk is full or read-only
                 stopping = len(failures) - 1 if disk else stopping
-                print(f"{'STOPPED' if disk else 'FAILED'} {failures[-1]}", flush=True)
+                stopped = disk or error.startswith("stopped by")
+                print(f"{'STOPPED' if stopped else 'FAILED'} {failures[-1]}", flush=True)
             if pool.disk_stopped and pool.queue:
                 not_started, pool.queue = [job.run_dir.name for job in pool.queue], []
                 failures[stopping] += (f"; {len(not_started)} other run(s) not started, their "

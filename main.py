@@ -147,7 +147,20 @@ def resolve(argv: list[str]) -> tuple[dict, dict, dict]:
     overrides, hyperparameters = parse_overrides(argv)
     check_settings_block()
     settings = {name: _block_setting(name) for name in SETTINGS} | overrides
+    refuse_other_launchers_settings(settings, overrides)
     return settings, settings["hyperparameters"] | hyperparameters, overrides
+
+
+def refuse_other_launchers_settings(settings: dict, overrides: dict) -> None:
+    """A UserError for a launcher's setting on the command line beside another launcher:
+    it would be ignored (the runs would train here, one after another)."""
+    for name in overrides:
+        wanted = ("slurm" if name.startswith("slurm_") else
+                  "local" if name in ("max_parallel_runs", "runs_per_gpu") else None)
+        if wanted and settings["launcher"] != wanted:
+            raise UserError(f"--{name} applies to launcher='{wanted}', and the launcher is "
+                            f"'{settings['launcher']}': add --launcher={wanted}, or leave "
+                            f"--{name} out")
 
 
 def _block_setting(name: str):

@@ -1,5 +1,6 @@
 """Launchers: a local process pool, submitit's executors, failures, kills, status."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -152,6 +153,17 @@ def test_a_slurm_job_uses_its_cpus_per_task(mnist_root, tmp_path, monkeypatch):
     assert seen == [(1, 1), (1, 1)]
     assert json.loads((job.run_dir / "config.json").read_text())["threads"] == 1
     assert torch.get_num_threads() == threads  # the caller's own setting comes back
+
+
+def test_a_failure_said_in_one_line_gets_no_traceback_in_the_log(mnist_root, tmp_path):
+    """The launch audit's diverged run: a 30-line chained traceback in run.log, where the
+    launcher and --status said it in one line."""
+    job, = tiny_jobs(mnist_root, tmp_path)
+    job = dataclasses.replace(job, config=dataclasses.replace(job.config, learning_rate=1e30))
+    error = launchers.run_logged(job)
+    assert error.startswith("diverged: task 1")
+    log = (job.run_dir / "run.log").read_text()
+    assert "Traceback" not in log and log.rstrip().endswith(f"error: {error}")
 
 
 def test_logs_get_plain_progress_lines_not_a_redrawn_bar(mnist_root, tmp_path):

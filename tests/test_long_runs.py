@@ -321,7 +321,12 @@ def test_a_stop_during_the_final_evaluations_stops_before_the_next_run(mnist_roo
 def test_exit_codes_of_stopped_pool_runs(tmp_path):
     job = runs.Job(None, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
     for signum in runs.STOP_SIGNALS:  # a run that saved and stopped exits 128 + signal
-        assert launchers.exit_error(job, 128 + signum) is None
+        assert launchers.exit_error(job, 128 + signum, stopping=True) is None
+        # stopped from elsewhere (the launch audit's `kill -TERM` of one worker): said, and
+        # the launch ends in an error, not "done"
+        assert launchers.exit_error(job, 128 + signum) == (
+            f"stopped by {signal.Signals(signum).name} from outside the launcher, its state "
+            "saved; rerun the same command to continue it")
     # killed by the stop signal the pool forwarded before the run's handlers were set up
     assert launchers.exit_error(job, -signal.SIGTERM, stopping=True) is None
     assert "killed by SIGTERM" in launchers.exit_error(job, -signal.SIGTERM)  # not asked to stop

@@ -233,3 +233,23 @@ def test_the_demo_refuses_what_it_would_ignore(argument, message, capsys, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--slurm_partition='gpu'"], "--slurm_partition applies to launcher='slurm', and the "
+                                  "launcher is 'sequential': add --launcher=slurm, or leave "
+                                  "--slurm_partition out"),
+    (["--max_parallel_runs=2"], "--max_parallel_runs applies to launcher='local', and the "
+                                "launcher is 'sequential'"),
+    (["--launcher=slurm", "--runs_per_gpu=2"], "--runs_per_gpu applies to launcher='local', "
+                                               "and the launcher is 'slurm'"),
+])
+def test_a_launchers_setting_beside_another_launcher_is_refused(arguments, message, capsys,
+                                                                tmp_path):
+    """The launch audit's --slurm_partition without --launcher=slurm trained on the login
+    node, one run after another, without a word."""
+    assert main.main(["--demo", *arguments, f"--results_dir={tmp_path}",
+                      "--number_of_iterations=1", "--device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
