@@ -534,14 +534,25 @@ def submit_to_slurm(jobs: list[runs.Job], experiment_dir: Path, settings: dict,
                         "settings (partition, time, GPUs, memory)") from None
     ids = {str(job.run_dir.name): s.job_id for job, s in zip(jobs, submitted)}
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        files.write_text(json.dumps(ids, indent=2), experiment_dir / "slurm_jobs.json")
+    try:  # an earlier submission's ids stay for the runs not submitted again
+        files.write_text(json.dumps(earlier_job_ids(experiment_dir) | ids, indent=2),
+                         experiment_dir / "slurm_jobs.json")
     except files.WriteFailed as error:
         raise error.advise(f"note the job ids, submitted all the same: "
                            f"{', '.join(ids.values())}") from None
     print(f"submitted {len(submitted)} run(s): job ids {', '.join(ids.values())} "
           f"(saved in {experiment_dir / 'slurm_jobs.json'})")
     return submitted
+
+
+def earlier_job_ids(experiment_dir: Path) -> dict:
+    """slurm_jobs.json of an earlier submission (run folder -> job id); {} if there is none
+    or it cannot be read (it is only a record: rewritten whole)."""
+    try:
+        ids = json.loads((experiment_dir / "slurm_jobs.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return ids if isinstance(ids, dict) else {}
 
 
 # ---------------------------------------------------------------- status

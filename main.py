@@ -306,11 +306,16 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
     print(f"{experiment_dir.name}: {configurations} configuration(s), {len(jobs)} run(s) {where}"
           + (f" -- data: {datasets.DEMO_LABEL}" if settings["demo"] else ""))
     if settings["launcher"] == "slurm":
-        launchers.submit_to_slurm(jobs, experiment_dir, settings)
-        print(f"follow them with `python main.py --status` (same options); when they are "
-              f"done, `python evaluation.py {experiment_dir}` writes the summary")
-        return experiment_dir
-    if settings["launcher"] == "local":
+        pending = [job for job in jobs if folders.run_state(job.run_dir) != "finished"]
+        if len(pending) < len(jobs):  # a job each would only say "already finished"
+            print(f"{len(jobs) - len(pending)} run(s) already finished: not submitted")
+        if pending:
+            launchers.submit_to_slurm(pending, experiment_dir, settings)
+            print(f"follow them with `python main.py --status` (same options); when they are "
+                  f"done, `python evaluation.py {experiment_dir}` writes the summary")
+            return experiment_dir
+        failures = []
+    elif settings["launcher"] == "local":
         failures = launchers.run_in_pool(jobs, settings["max_parallel_runs"],
                                     runs_per_gpu=settings["runs_per_gpu"])
     else:

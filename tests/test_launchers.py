@@ -89,6 +89,11 @@ def test_submitit_executors_run_the_job_function(mnist_root, tmp_path, executor)
     assert set(ids) == {"seed_1", "seed_2"}
     for job in jobs:
         assert (job.run_dir / "final_weights.pt").exists()
+    # a second submission of one run keeps the other's id (the launch audit's resubmission
+    # had replaced the file, losing the id of the job still training)
+    again = launchers.submit_to_slurm(jobs[1:], experiment, settings, executor=chosen)
+    assert json.loads((experiment / "slurm_jobs.json").read_text()) == {
+        "seed_1": ids["seed_1"], "seed_2": again[0].job_id}
     # requeueing (preemption, time limit) resubmits the same job, which resumes
     delayed = launchers.SlurmRun().checkpoint(jobs[0])
     assert delayed.args == (jobs[0],)
@@ -319,3 +324,19 @@ def test_status_tells_a_live_run_from_an_interrupted_one_and_names_another_confi
                            f"configuration (beta: {config.beta} there, 0.5 now): give --status "
                            "the options they were launched with\n|")
     assert text.count("another configuration") == 6 and text.count("beta") == 1
+
+
+def test_slurm_submits_only_the_runs_not_finished(mnist_root, tmp_path, monkeypatch, capsys):
+    """The launch audit's resubmission asked SLURM for a job (a GPU, 32 GB) per finished
+    run, each only to say "already finished"."""
+    assert main.main(options(mnist_root, tmp_path, "--seeds=[1]")) == 0
+    submitted = []
+    monkeypatch.setattr(launchers, "submit_to_slurm",
+                        lambda jobs, folder, settings: submitted.append(
+                            [job.run_dir.name for job in jobs]))
+    assert main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--launcher=slurm")) == 0
+    assert submitted == [["seed_2"]]
+    assert "1 run(s) already finished: not submitted" in capsys.readouterr().out
+    assert main.main(options(mnist_root, tmp_path, "--seeds=[1]", "--launcher=slurm")) == 0
+    assert submitted == [["seed_2"]]  # nothing to submit: the summary, as after a launch
+    assert "# SplitMNIST_part0_best" in capsys.readouterr().out
