@@ -476,6 +476,7 @@ class SlurmRun:
         try:
             return run_logged(job)
         except (runs.AlreadyRunning, runs.OtherRun) as error:  # no failed.txt: another's folder
+            print(f"error: {error}", file=sys.stderr, flush=True)  # the job's .err says why
             return str(error)
         except files.WriteFailed as error:  # the disk is full or read-only: the job's log says
             print(f"error: {error}", file=sys.stderr, flush=True)  # it (each job stops so)
@@ -484,7 +485,13 @@ class SlurmRun:
             print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
             handler = signal.getsignal(stop.signum)
             if stop.signum == getattr(signal, "SIGUSR2", None) and callable(handler):
-                handler(stop.signum, None)  # exits
+                try:
+                    handler(stop.signum, None)  # requeues the job and exits
+                except Exception as error:  # submitit's UncompletedJobError: requeues used up
+                    print(f"error: the time limit ended this job, which is not requeued again "
+                          f"({error}); its run's state is saved: submit the same command "
+                          "again, with a larger slurm_time_minutes", file=sys.stderr,
+                          flush=True)
             # preempted or requeued: SLURM starts the job again by itself; no traceback,
             # and no result for submitit (it would read as an error)
             sys.exit(128 + stop.signum)

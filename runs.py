@@ -90,7 +90,9 @@ class Preempted(Exception):
     def __init__(self, signum: int, saved: str):
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name}: saved {saved}; rerun the "
-                         "same command to continue from there")
+                         "same command to continue from there" + (
+                             " (a SLURM job that SLURM requeues continues by itself)"
+                             if "SLURM_JOB_ID" in os.environ else ""))
 
 
 class StopRequest:

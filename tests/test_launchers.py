@@ -340,3 +340,34 @@ def test_slurm_submits_only_the_runs_not_finished(mnist_root, tmp_path, monkeypa
     assert main.main(options(mnist_root, tmp_path, "--seeds=[1]", "--launcher=slurm")) == 0
     assert submitted == [["seed_2"]]  # nothing to submit: the summary, as after a launch
     assert "# SplitMNIST_part0_best" in capsys.readouterr().out
+
+
+def test_a_slurm_job_says_in_one_line_why_it_ends(tmp_path, monkeypatch, capsys):
+    """The launch audit: a job whose requeues were used up ended in two tracebacks; a job
+    refused by its folder said why only inside submitit's result file."""
+    job = runs.Job(None, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
+
+    def used_up(signum, frame):
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setattr(launchers, "run_logged", lambda job: (_ for _ in ()).throw(
+        runs.Preempted(signal.SIGUSR2, "task 1 at iteration 9")))
+    previous = signal.signal(signal.SIGUSR2, used_up)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            launchers.SlurmRun()(job)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stop.value.code == 128 + signal.SIGUSR2
+    err = capsys.readouterr().err
+    assert err == (
+        "stopped by SIGUSR2: saved task 1 at iteration 9; rerun the same command to continue "
+        "from there (a SLURM job that SLURM requeues continues by itself)\n"
+        "error: the time limit ended this job, which is not requeued again (Job not requeued "
+        "because: timed-out too many times.); its run's state is saved: submit the same "
+        "command again, with a larger slurm_time_minutes\n")
+    monkeypatch.setattr(launchers, "run_logged", lambda job: (_ for _ in ()).throw(
+        runs.AlreadyRunning("it is being trained by process 12")))
+    assert launchers.SlurmRun()(job) == "it is being trained by process 12"
+    assert capsys.readouterr().err == "error: it is being trained by process 12\n"
