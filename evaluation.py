@@ -264,7 +264,9 @@ def summarize_experiment(experiment_dir: Path) -> str:
         shown = ", ".join(waiting[:10]) + (f" and {len(waiting) - 10} more"
                                            if len(waiting) > 10 else "")
         text += (f"\nNot started (not in the table): {len(waiting)} of the {planned} runs "
-                 f"the last launch planned: {shown}; rerun that command to run them\n")
+                 f"the last launch planned: {shown}; `python main.py --status` with its options "
+                 "tells queued SLURM jobs from a launch cut short, which that command, run "
+                 "again, continues\n")
     write_text(text, experiment_dir / "summary.md")
     plot_experiment(groups, experiment_dir, table)
     return text

@@ -482,12 +482,16 @@ class SlurmRun:
             print(f"error: {error}", file=sys.stderr, flush=True)  # it (each job stops so)
             return str(error)
         except runs.Preempted as stop:  # state saved; for submitit's time-limit signal, let
-            print(stop, file=sys.stderr, flush=True)  # its handler requeue the job now
+            # its handler requeue the job now
+            print(f"{stop} (a job that SLURM requeues continues by itself)", file=sys.stderr,
+                  flush=True)
             handler = signal.getsignal(stop.signum)
             if stop.signum == getattr(signal, "SIGUSR2", None) and callable(handler):
+                from submitit.core.utils import UncompletedJobError
+
                 try:
                     handler(stop.signum, None)  # requeues the job and exits
-                except Exception as error:  # submitit's UncompletedJobError: requeues used up
+                except UncompletedJobError as error:  # its requeues for a time limit used up
                     print(f"error: the time limit ended this job, which is not requeued again "
                           f"({error}); its run's state is saved: submit the same command "
                           "again, with a larger slurm_time_minutes", file=sys.stderr,

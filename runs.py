@@ -90,9 +90,7 @@ class Preempted(Exception):
     def __init__(self, signum: int, saved: str):
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name}: saved {saved}; rerun the "
-                         "same command to continue from there" + (
-                             " (a SLURM job that SLURM requeues continues by itself)"
-                             if "SLURM_JOB_ID" in os.environ else ""))
+                         "same command to continue from there")
 
 
 class StopRequest:
@@ -514,7 +512,7 @@ def require_finite(model, task_id: int) -> None:
                                  "after training")
 
 
-def test_accuracy(model, task, task_id: int, config) -> float:
+def accuracy_on_test_split(model, task, task_id: int, config) -> float:
     """Test accuracy of `task`'s data under task `task_id`'s network at the configured
     sparsity and evaluation batch size (hypermask.evaluate)."""
     return hypermask.evaluate(model, task, task_id, sparsity=config.sparsity,
@@ -594,7 +592,8 @@ def start_state(model, tasks: list, config, *, path: Path, device: torch.device,
     if state is None:
         # b_j of forward transfer: the untrained networks under task j's (random) mask
         return {"next_task": 0, "accuracies": [], "log": [], "transfer": [
-            {**keys, "task": j, "random_init_accuracy": test_accuracy(model, task, j, config),
+            {**keys, "task": j,
+             "random_init_accuracy": accuracy_on_test_split(model, task, j, config),
              "previous_network_accuracy": float("nan")} for j, task in enumerate(tasks)]}
     if "task_in_progress" in state:
         print(f"  resuming task {state['next_task'] + 1} at iteration "
@@ -611,13 +610,13 @@ def evaluate_after_task(model, tasks: list, task_id: int, config, state: dict, *
     """Row t of the accuracy matrix, A[t, j] for j <= t, added to the state's accuracies,
     and A[t, t+1] (the next task under task t's networks and embedding: forward transfer)
     to its transfer rows. Returns A[t, :t+1], percent."""
-    last = [test_accuracy(model, tasks[j], j, config) for j in range(task_id + 1)]
+    last = [accuracy_on_test_split(model, tasks[j], j, config) for j in range(task_id + 1)]
     state["accuracies"] += [{**keys, "trained_task": task_id, "evaluated_task": j,
                              "accuracy": accuracy, "classes": class_count[j]}
                             for j, accuracy in enumerate(last)]
     if task_id + 1 < len(tasks):
-        state["transfer"][task_id + 1]["previous_network_accuracy"] = test_accuracy(
-            model, tasks[task_id + 1], task_id, config)
+        state["transfer"][task_id + 1]["previous_network_accuracy"] = \
+            accuracy_on_test_split(model, tasks[task_id + 1], task_id, config)
     return last
 
 
@@ -761,7 +760,7 @@ def refuse_oversized_fecam(model, tasks: list, config, device: torch.device) -> 
     memory: they are computed after the last task, and would fail hours later."""
     needed, total = task_agnostic.fecam_bytes(model, tasks), machine.total_memory(device)
     if config.fecam_evaluation and total is not None and needed > total:
-        classes = sum(task.num_classes for task in tasks)
+        classes = sum(int(task.train_y.max()) + 1 for task in tasks)
         raise UserError(f"fecam_evaluation needs {files.size_text(needed)} for its {classes} "
                         f"class precision matrices (float64, one per class, as wide as the "
                         f"output layer's input), more than the {files.size_text(total)} of "

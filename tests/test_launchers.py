@@ -347,10 +347,11 @@ def test_a_slurm_job_says_in_one_line_why_it_ends(tmp_path, monkeypatch, capsys)
     refused by its folder said why only inside submitit's result file."""
     job = runs.Job(None, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
 
-    def used_up(signum, frame):
-        raise RuntimeError("Job not requeued because: timed-out too many times.")
+    from submitit.core.utils import UncompletedJobError
 
-    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    def used_up(signum, frame):
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
     monkeypatch.setattr(launchers, "run_logged", lambda job: (_ for _ in ()).throw(
         runs.Preempted(signal.SIGUSR2, "task 1 at iteration 9")))
     previous = signal.signal(signal.SIGUSR2, used_up)
@@ -363,7 +364,7 @@ def test_a_slurm_job_says_in_one_line_why_it_ends(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert err == (
         "stopped by SIGUSR2: saved task 1 at iteration 9; rerun the same command to continue "
-        "from there (a SLURM job that SLURM requeues continues by itself)\n"
+        "from there (a job that SLURM requeues continues by itself)\n"
         "error: the time limit ended this job, which is not requeued again (Job not requeued "
         "because: timed-out too many times.); its run's state is saved: submit the same "
         "command again, with a larger slurm_time_minutes\n")

@@ -109,7 +109,8 @@ def test_planned_runs_that_never_started_are_named(tmp_path):
     (tmp_path / folders.PLANNED).write_text("\n".join(names) + "\n")
     text = evaluation.summarize_experiment(tmp_path)
     assert ("Not started (not in the table): 13 of the 14 runs the last launch planned: "
-            + ", ".join(names[1:11]) + " and 3 more; rerun that command to run them") in text
+            + ", ".join(names[1:11]) + " and 3 more; `python main.py --status` with its "
+            "options tells queued SLURM jobs from a launch cut short") in text
     (tmp_path / folders.PLANNED).write_text("point_000_seed_1\n")
     assert "Not started" not in evaluation.summarize_experiment(tmp_path)
 

@@ -102,11 +102,11 @@ def test_forward_transfer_scores_the_next_task_under_the_trained_tasks_networks(
     would be b_{t+1}, the untrained score)."""
     calls = []
 
-    def test_accuracy(model, task, task_id, config):
+    def accuracy_on_test_split(model, task, task_id, config):
         calls.append((id(task), task_id))
         return 50.0
 
-    monkeypatch.setattr(runs, "test_accuracy", test_accuracy)
+    monkeypatch.setattr(runs, "accuracy_on_test_split", accuracy_on_test_split)
     assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]")) == 0
     (first, _), (second, _) = calls[:2]  # b_j: each task under its own, untrained, mask
     assert calls[2:] == [(first, 0), (second, 0), (first, 0), (second, 1)]
