@@ -629,9 +629,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
     label = f"{job.dataset}{' (demo sample)' if job.demo else ''}"
     keys = {"dataset": label, "part": job.part, "seed": job.seed}
     sizes = datasets.task_sizes(tasks)  # [{training_samples, ...}] per task, for the log rows
-    # each task's classes, what its accuracy is held against (labels 0..k-1, every class
-    # trained: datasets.check_task_sizes; not num_classes, which may be wider)
-    class_count = [int(task.train_y.max()) + 1 for task in tasks]
+    class_count = trained_classes(tasks)
     state = start_state(model, tasks, config, path=run_dir / CHECKPOINT, device=device,
                         keys=keys)
     checkpoints = TaskCheckpoints(run_dir / CHECKPOINT, state, model, device,
@@ -755,12 +753,21 @@ def _run(job: Job) -> None:
             fail(run_dir, str(error))
 
 
+def trained_classes(tasks: list) -> list[int]:
+    """Each task's number of classes, what its accuracy is held against: its labels are
+    0..k-1 and every class is trained (datasets.check_task_sizes); not num_classes, which
+    may be wider (the published FeCAM setup's output layer)."""
+    return [int(task.train_y.max()) + 1 for task in tasks]
+
+
 def refuse_oversized_fecam(model, tasks: list, config, device: torch.device) -> None:
     """A UserError before training when FeCAM's statistics could not fit in the device's
     memory: they are computed after the last task, and would fail hours later."""
-    needed, total = task_agnostic.fecam_bytes(model, tasks), machine.total_memory(device)
-    if config.fecam_evaluation and total is not None and needed > total:
-        classes = sum(int(task.train_y.max()) + 1 for task in tasks)
+    if not config.fecam_evaluation:
+        return
+    classes = sum(trained_classes(tasks))
+    needed, total = task_agnostic.fecam_bytes(model, classes), machine.total_memory(device)
+    if total is not None and needed > total:
         raise UserError(f"fecam_evaluation needs {files.size_text(needed)} for its {classes} "
                         f"class precision matrices (float64, one per class, as wide as the "
                         f"output layer's input), more than the {files.size_text(total)} of "

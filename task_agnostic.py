@@ -160,11 +160,10 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor,
     return torch.stack(prototypes), torch.stack(precisions)
 
 
-def fecam_bytes(model: HyperMask, tasks: list[Task]) -> int:
-    """The bytes of class_statistics' precision matrices for every class of the tasks: one
-    float64 D x D matrix each, D the output layer's input (ZenkeNet at 64x64: 12,544)."""
+def fecam_bytes(model: HyperMask, classes: int) -> int:
+    """The bytes of class_statistics' precision matrices for `classes` classes: one float64
+    D x D matrix each, D the output layer's input (ZenkeNet at 64x64: 12,544)."""
     features = model.target.param_shapes[-2][1]  # the output layer's weight: [classes, D]
-    classes = sum(int(task.train_y.max()) + 1 for task in tasks)  # not the output width
     return classes * features ** 2 * 8
 
 
