@@ -291,8 +291,8 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
     runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
     if settings["launcher"] == "local":  # SLURM's runs find their devices on their nodes
         machine.check_device(settings["device"])  # an unusable one: one error, not one per run
-    if settings["launcher"] != "sequential" and any(
-            folders.run_state(job.run_dir) != "finished" for job in jobs):
+    pending = [job for job in jobs if folders.run_state(job.run_dir) != "finished"]
+    if settings["launcher"] != "sequential" and pending:
         # once here, so that parallel runs neither download nor decode the data each, nor
         # each fail alike when the files are missing
         datasets.stored_data(dataset, settings["path_to_datasets"], settings["demo"])
@@ -306,7 +306,6 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
     print(f"{experiment_dir.name}: {configurations} configuration(s), {len(jobs)} run(s) {where}"
           + (f" -- data: {datasets.DEMO_LABEL}" if settings["demo"] else ""))
     if settings["launcher"] == "slurm":
-        pending = [job for job in jobs if folders.run_state(job.run_dir) != "finished"]
         if len(pending) < len(jobs):  # a job each would only say "already finished"
             print(f"{len(jobs) - len(pending)} run(s) already finished: not submitted")
         if pending:
