@@ -160,36 +160,45 @@ def run_summary(run_dir: Path) -> dict | None:
         refuse_incomplete(accuracy_path, whole_rows, config)
     # None for tasks beyond the recorded sizes (an accuracies.csv of more tasks, hand-made)
     test_samples = ([size["test_samples"] for size in sizes or []] + [None] * t)[:t]
-    row = {"run": run_dir.name, **config, "finished": finished,
-           "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
-           "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
-           "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix),
-           "tasks_at_chance": chance.tasks_at_chance(
-               matrix[-1], chance.class_counts(accuracies, config), test_samples), **error}
+    return {"run": run_dir.name, **config, "finished": finished,
+            "trained_tasks": t, "mean_accuracy": float(np.mean(matrix[-1])),
+            "std_accuracy": float(np.std(matrix[-1])), "ACC": average_accuracy(matrix),
+            "BWT": backward_transfer(matrix), "forgetting": forgetting(matrix),
+            "tasks_at_chance": chance.tasks_at_chance(
+                matrix[-1], chance.class_counts(accuracies, config), test_samples), **error,
+            **later_tables(run_dir, config, tasks=t, finished=finished)}
+
+
+def later_tables(run_dir: Path, config: dict, *, tasks: int, finished: bool) -> dict:
+    """The metrics of a run's tables other than accuracies.csv that it has written, over
+    its first `tasks` tasks (a finished run's must cover all: refuse_incomplete)."""
+    metrics = {}
     if (run_dir / TRANSFER).exists():
         transfer = read_run_csv(run_dir / TRANSFER, (
             "previous_network_accuracy", "random_init_accuracy"))
         if finished:
             refuse_incomplete(run_dir / TRANSFER, len(transfer), config)
-        transfer = transfer.iloc[:t]
-        row["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
-                                      transfer["random_init_accuracy"].to_numpy())
+        transfer = transfer.iloc[:tasks]
+        metrics["FWT"] = forward_transfer(transfer["previous_network_accuracy"].to_numpy(),
+                                          transfer["random_init_accuracy"].to_numpy())
     if (run_dir / TASK_AGNOSTIC).exists():
         agnostic = read_run_csv(run_dir / TASK_AGNOSTIC,
                                 ("accuracy", "task_identification_accuracy"))
         if finished:
             refuse_incomplete(run_dir / TASK_AGNOSTIC, len(agnostic), config)
-        row["task_agnostic_accuracy"] = agnostic["accuracy"].mean()
-        row["task_identification_accuracy"] = agnostic["task_identification_accuracy"].mean()
+        metrics["task_agnostic_accuracy"] = agnostic["accuracy"].mean()
+        metrics["task_identification_accuracy"] = \
+            agnostic["task_identification_accuracy"].mean()
     if (run_dir / TASK_AGNOSTIC_STEPS).exists():
         steps = read_run_csv(run_dir / TASK_AGNOSTIC_STEPS, ("accuracy",))
-        row["task_agnostic_incremental_accuracy"] = steps["accuracy"].mean()
+        metrics["task_agnostic_incremental_accuracy"] = steps["accuracy"].mean()
     if (run_dir / FECAM).exists():  # row i: over the test sets of tasks 0..i
         fecam = read_run_csv(run_dir / FECAM, ("accuracy",))["accuracy"]
         if finished:
             refuse_incomplete(run_dir / FECAM, len(fecam), config)
-        row["fecam_accuracy"], row["fecam_average_accuracy"] = fecam.iloc[-1], fecam.mean()
-    return row
+        metrics["fecam_accuracy"], metrics["fecam_average_accuracy"] = \
+            fecam.iloc[-1], fecam.mean()
+    return metrics
 
 
 def refuse_incomplete(path: Path, tasks: int, config: dict) -> None:
