@@ -10,9 +10,12 @@ turns these arrays into tasks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -66,13 +69,13 @@ def load_mnist(root: str | Path) -> tuple[torch.Tensor, ...]:
     if not all((raw / name).exists() for name in MNIST_FILES):
         # torchvision unpacks .gz archives found there only if their MD5 is the official one
         archives = " (its .gz archives there are not all the official ones, whose MD5 " \
-                   "torchvision checks)" if any(raw.glob("*.gz")) else ""
+                   "torchvision checks: gunzip them there)" if any(raw.glob("*.gz")) else ""
         download(lambda: MNIST(root, train=True, download=True),
                  f"MNIST is not in {raw}{archives}",
                  f"put {', '.join(MNIST_FILES)} there (or their .gz archives), or run "
                  "`python main.py --demo`, which works offline")
     arrays = [read_idx(raw / name, dims) for name, dims in zip(MNIST_FILES, (3, 1, 3, 1))]
-    again = f"delete {raw} to download MNIST again"
+    again = f"or, with a network, delete {raw} to download MNIST again"
     for images, labels, (name, labels_name) in ((*arrays[:2], MNIST_FILES[:2]),
                                                 (*arrays[2:], MNIST_FILES[2:])):
         if images.shape[1:] != (28, 28):
@@ -98,8 +101,8 @@ def read_idx(path: Path, dims: int) -> torch.Tensor:
             raise ValueError(f"label {int(array.max())} is not a digit 0..9")
     except Exception as error:
         raise UserError(f"{path} is not a readable MNIST file ({type(error).__name__}: "
-                        f"{error}); replace it (delete {path.parent} to download MNIST "
-                        "again)") from None
+                        f"{error}); replace it (or, with a network, delete {path.parent} to "
+                        "download MNIST again)") from None
     return array
 
 
@@ -147,7 +150,7 @@ def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
         download(lambda: CIFAR100(root, train=True, download=True),
                  f"CIFAR-100 is not in {folder}{archive}",
                  "put cifar-100-python.tar.gz (or its unpacked cifar-100-python folder with "
-                 f"train, test and meta) in {Path(root)}")
+                 f"train and test) in {Path(root)}")
     arrays = []
     for name in ("train", "test"):
         try:
@@ -155,12 +158,16 @@ def load_cifar100(root: str | Path) -> tuple[np.ndarray, ...]:
                 batch = pickle.load(f, encoding="latin1")
             images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(batch["fine_labels"], dtype=np.int64)
-            if len(images) != len(labels) or labels.min() < 0 or labels.max() > 99:
-                raise ValueError("images and labels do not match")
+            if len(images) != len(labels):
+                raise ValueError(f"{len(images)} images and {len(labels)} labels")
+            if len(labels) and not 0 <= labels.min() <= labels.max() <= 99:
+                raise ValueError(f"label {labels.max() if labels.max() > 99 else labels.min()} "
+                                 "is not a class 0..99")
             arrays += [np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels]
         except Exception as error:  # truncated or foreign pickle
-            raise UserError(f"{folder / name} is unreadable ({type(error).__name__}); delete "
-                            f"{folder} to download it again") from None
+            raise UserError(f"{folder / name} is unreadable ({type(error).__name__}: {error}); "
+                            f"replace it (or, with a network, delete {folder} to download "
+                            "CIFAR-100 again)") from None
     return tuple(arrays)
 
 
@@ -219,10 +226,11 @@ def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
         train_x, test_x = (read_cached(cache / f"{name}.npy") for name in ("train_x", "test_x"))
         arrays = (train_x, read_cached(cache / "train_y.npy", labels_for=train_x),
                   test_x, read_cached(cache / "test_y.npy", labels_for=test_x))
-        if (np.bincount(arrays[1], minlength=200) == 0).any():  # decoded before files were checked
-            raise UserError(f"the image cache {cache} lacks whole classes (decoded from an "
-                            f"incomplete tiny-imagenet-200); delete {cache} to decode the JPEGs "
-                            "again")
+        for labels, split in ((arrays[1], "training"), (arrays[3], "test")):
+            if len(set(np.bincount(labels, minlength=200))) > 1:  # decoded before the checks
+                raise UserError(f"the image cache {cache} holds {split} classes of different "
+                                "sizes (decoded from an incomplete tiny-imagenet-200); delete "
+                                f"{cache} to decode the JPEGs again")
         return arrays
     root = folder.parent
     if not (folder / "wnids.txt").exists() and any((folder / part).exists()
@@ -230,21 +238,53 @@ def cached_or_decoded_tiny_imagenet(folder: Path) -> tuple[np.ndarray, ...]:
         raise UserError(f"{folder} lacks wnids.txt, the list of its 200 classes (its line "
                         "order numbers them): put it back from tiny-imagenet-200.zip")
     if not (folder / "wnids.txt").exists():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download(lambda: download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root)),
-                 f"Tiny ImageNet is not in {folder}",
-                 f"unpack tiny-imagenet-200.zip in {Path(root)} (wnids.txt, "
-                 "train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)")
+        unpack_tiny_imagenet(root)
     arrays = decode_tiny_imagenet(folder)
+    try:
+        write_cache(cache, arrays)
+    except OSError as error:  # a read-only dataset folder (shared on a cluster): decode each time
+        reason = error.strerror or type(error).__name__
+        print(f"warning: the decoded images could not be cached in {cache} ({reason}): each "
+              "run decodes the JPEGs again; copy tiny-imagenet-200 to a "
+              "writable folder and set path_to_datasets there to decode them once",
+              file=sys.stderr)
+    return arrays
+
+
+def unpack_tiny_imagenet(root: Path) -> None:
+    """Unpack root/tiny-imagenet-200.zip, downloaded first if it is not there."""
+    from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+
+    archive = root / "tiny-imagenet-200.zip"
+    if not archive.exists():
+        download(lambda: download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root)),
+                 f"Tiny ImageNet is not in {root / 'tiny-imagenet-200'}",
+                 f"unpack tiny-imagenet-200.zip in {root} (wnids.txt, "
+                 "train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)")
+        return
+    try:
+        extract_archive(str(archive), str(root))
+    except Exception as error:  # BadZipFile, zlib.error: a truncated or damaged download
+        folder = root / "tiny-imagenet-200"
+        raise UserError(f"{archive} is damaged ({type(error).__name__}); replace it (from "
+                        f"{TINY_IMAGENET_URL})" + (f" and delete the folder {folder} it left "
+                        "unpacked in part" if folder.exists() else "")) from None
+
+
+def write_cache(cache: Path, arrays: tuple) -> None:
+    """Save the decoded Tiny ImageNet arrays as cache/<name>.npy, each file whole or absent."""
     cache.mkdir(exist_ok=True)
     for name in TINY_IMAGENET_ARRAYS:  # a crash while writing leaves no mix of old and new
         (cache / f"{name}.npy").unlink(missing_ok=True)
     for name, array in zip(TINY_IMAGENET_ARRAYS, arrays):
-        with open(cache / f"{name}.npy.tmp", "wb") as f:
-            np.save(f, array)
-        os.replace(cache / f"{name}.npy.tmp", cache / f"{name}.npy")
-    return arrays
+        temporary = cache / f"{name}.npy.tmp"
+        try:
+            with open(temporary, "wb") as f:
+                np.save(f, array)
+            os.replace(temporary, cache / f"{name}.npy")
+        finally:  # a full disk: no 1 GB half-file left behind
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
 
 
 def read_cached(path: Path, labels_for: np.ndarray | None = None) -> np.ndarray:
@@ -293,10 +333,11 @@ def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
     """(JPEG path, class id) pairs of train/ and val/, checked before anything is decoded.
 
     Raises:
-        UserError: a class folder without images, a missing or malformed
-            val_annotations.txt, or a val image listed there but missing: the
-            archive was unpacked in part, and a cache of part of the data would
-            stand in for the whole.
+        UserError: a class folder without images, classes of different sizes (the
+            official archive has 500 training and 50 val images of each), a
+            missing or malformed val_annotations.txt, or a val image listed there
+            but missing or one there but not listed: the archive was unpacked in
+            part, and a cache of part of the data would stand in for the whole.
     """
     wnids = sorted(tiny_imagenet_wnids(folder))  # the cache's numbering (load_tiny_imagenet)
     class_id = {wnid: i for i, wnid in enumerate(wnids)}
@@ -311,7 +352,26 @@ def tiny_imagenet_files(folder: Path) -> tuple[list, list]:
     for path, _ in test:
         if not path.exists():
             raise UserError(f"{path} is missing; {again}")
+    unlisted = sorted({path.name for path in (folder / "val" / "images").glob("*.JPEG")}
+                      - {path.name for path, _ in test})
+    if unlisted:
+        raise UserError(f"{folder / 'val' / 'images'} holds {len(unlisted)} image(s) that "
+                        f"val/val_annotations.txt does not list, {unlisted[0]} the first; "
+                        f"{again}")
+    for pairs, split in ((train, "train"), (test, "val")):
+        refuse_uneven_classes(Counter(label for _, label in pairs), wnids, split, again)
     return train, test
+
+
+def refuse_uneven_classes(sizes: Counter, wnids: list[str], split: str, again: str) -> None:
+    """A UserError naming the first class of `split` whose image count differs from the most
+    common one: every class of the archive is the same size, so one was unpacked in part."""
+    usual = Counter(sizes[label] for label in range(len(wnids))).most_common(1)[0][0]
+    for label, wnid in enumerate(wnids):
+        if sizes[label] != usual:
+            raise UserError(f"{split}/ holds {sizes[label]} image(s) of class {wnid} and "
+                            f"{usual} of most others (the official archive: the same number "
+                            f"of each); {again}")
 
 
 def tiny_imagenet_val_files(folder: Path, class_id: dict, again: str) -> list:
@@ -320,7 +380,7 @@ def tiny_imagenet_val_files(folder: Path, class_id: dict, again: str) -> list:
     annotations = folder / "val" / "val_annotations.txt"
     if not annotations.exists():
         raise UserError(f"{annotations} is missing; {again}")
-    test = []
+    test, seen = [], set()
     lines = annotations.read_text(errors="replace").splitlines()  # a foreign file: a bad line
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -332,6 +392,10 @@ def tiny_imagenet_val_files(folder: Path, class_id: dict, again: str) -> list:
         if fields[1] not in class_id:
             raise UserError(f"{annotations} line {number} names {fields[1][:30]!r}, which "
                             f"wnids.txt does not list; {again}")
+        if fields[0] in seen:  # counted twice, it would weigh twice in the test accuracy
+            raise UserError(f"{annotations} line {number} lists {fields[0][:40]!r} a second "
+                            f"time; {again}")
+        seen.add(fields[0])
         test.append((folder / "val" / "images" / fields[0], class_id[fields[1]]))
     if not test:
         raise UserError(f"{annotations} lists no images; {again}")
@@ -349,5 +413,6 @@ def _decode_jpeg(path: Path) -> np.ndarray:
         raise UserError(f"{path} is not a readable JPEG ({type(error).__name__}); replace it "
                         "from tiny-imagenet-200.zip") from None
     if pixels.shape != (64, 64, 3):
-        raise UserError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels, not 64x64")
+        raise UserError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels, not 64x64; "
+                        "replace it from tiny-imagenet-200.zip")
     return pixels

@@ -209,6 +209,8 @@ def _check_setting(name: str, value):
     if name == "seeds" and value and len(set(value)) < len(value):  # one folder per seed
         repeated = sorted({s for s in value if value.count(s) > 1})
         raise UserError(f"--seeds repeats {', '.join(map(str, repeated))}: give each seed once")
+    if name in ("results_dir", "path_to_datasets") and str(value).startswith("~"):
+        value = str(Path(value).expanduser())  # "~/Data" in the block: no shell expands it
     if name in ("results_dir", "path_to_datasets") and not str(value).strip():
         example = "./Results" if name == "results_dir" else "./Data"
         raise UserError(f"--{name} is empty: give a folder, e.g. --{name}={example}")

@@ -35,7 +35,8 @@ def test_missing_mnist_says_where_to_put_it(tmp_path, monkeypatch):
     raw = tmp_path / "MNIST" / "raw"  # torchvision made it
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not the official archive")
     with pytest.raises(errors.UserError, match=r"raw \(its .gz archives there are not all the "
-                                               r"official ones, whose MD5 torchvision checks\)"):
+                                               r"official ones, whose MD5 torchvision checks: "
+                                               r"gunzip them there\)"):
         data_files.load_mnist(tmp_path)
 
 

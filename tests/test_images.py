@@ -1,6 +1,9 @@
 """Image benchmarks: files in their real on-disk formats, class splits, networks, runs."""
 
 import json
+import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +31,6 @@ def test_cifar100_is_read_from_torchvisions_pickles(cifar_root):
     assert test_x.shape == (200, 32, 32, 3)
     assert sorted(set(train_y.tolist())) == list(range(100))
     # channel-first rows of the pickle become NHWC images
-    import pickle
     with open(cifar_root / "cifar-100-python" / "train", "rb") as f:
         raw = pickle.load(f, encoding="latin1")["data"]
     assert np.array_equal(train_x[7, :, :, 1], raw[7, 1024:2048].reshape(32, 32))
@@ -47,8 +49,38 @@ def test_missing_and_corrupt_cifar100(tmp_path, monkeypatch):
         data_files.load_cifar100(tmp_path)
     root = make_cifar100(tmp_path / "broken")
     (root / "cifar-100-python" / "test").write_bytes(b"not a pickle")
-    with pytest.raises(errors.UserError, match="test is unreadable.*delete"):
+    with pytest.raises(errors.UserError, match="test is unreadable.*replace it"):
         data_files.load_cifar100(root)
+    root = make_cifar100(tmp_path / "labels")
+    with open(root / "cifar-100-python" / "train", "rb") as f:
+        batch = pickle.load(f)
+    batch["fine_labels"][5] = 100  # the reason said, not only "unreadable"
+    with open(root / "cifar-100-python" / "train", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(errors.UserError, match=r"train is unreadable \(ValueError: label 100 is "
+                                               r"not a class 0..99\); replace it"):
+        data_files.load_cifar100(root)
+
+
+def test_a_tiny_imagenet_zip_in_the_data_folder_is_unpacked_or_named_as_damaged(tmp_path,
+                                                                               monkeypatch):
+    """The archive put beside where it unpacks (no network): unpacked and read; truncated,
+    named as damaged, not as a failed download."""
+    import torchvision.datasets.utils as tv
+
+    monkeypatch.setattr(tv, "download_and_extract_archive",
+                        lambda *a, **k: pytest.fail("downloaded beside the archive"))
+    made = make_tiny_imagenet(tmp_path / "made", per_class_train=1)
+    data = tmp_path / "Data"
+    archive = Path(shutil.make_archive(str(data / "tiny-imagenet-200"), "zip", made,
+                                       "tiny-imagenet-200"))
+    train_x = data_files.load_tiny_imagenet(data)[0]
+    assert train_x.shape == (200, 64, 64, 3) and (data / "tiny-imagenet-200" / "wnids.txt").exists()
+    shutil.rmtree(data / "tiny-imagenet-200")
+    archive.write_bytes(archive.read_bytes()[:5000])
+    with pytest.raises(errors.UserError, match=f"^{archive} is damaged \\(BadZipFile\\); replace "
+                                                 "it \\(from http"):
+        data_files.load_tiny_imagenet(data)
 
 
 def test_missing_and_partial_tiny_imagenet(tmp_path, monkeypatch):
@@ -182,8 +214,61 @@ def test_an_incompletely_unpacked_tiny_imagenet_is_refused_and_not_cached(tmp_pa
     train_y = data_files.load_tiny_imagenet(root)[1]
     assert np.bincount(train_y).tolist() == [1] * 200
     np.save(cache / "train_y.npy", np.where(train_y == 7, 8, train_y))  # decoded before the check
-    with pytest.raises(errors.UserError, match=f"the image cache {cache} lacks whole classes"):
+    with pytest.raises(errors.UserError, match=f"the image cache {cache} holds training classes "
+                                                 "of different sizes"):
         data_files.load_tiny_imagenet(root)
+    np.save(cache / "train_y.npy", train_y)
+    test_y = np.load(cache / "test_y.npy")
+    np.save(cache / "test_y.npy", np.where(test_y == 7, 8, test_y))  # labels of a shorter list
+    with pytest.raises(errors.UserError, match=f"the image cache {cache} holds test classes "):
+        data_files.load_tiny_imagenet(root)
+
+
+def test_tiny_imagenet_classes_of_other_sizes_are_refused_and_not_cached(tmp_path):
+    """One training image gone, a val image that val_annotations.txt does not list (a cut
+    file: the test set would shrink without a word), or one listed twice: refused."""
+    root = make_tiny_imagenet(tmp_path, per_class_train=2)
+    folder = root / "tiny-imagenet-200"
+    wnid = sorted((folder / "wnids.txt").read_text().split())[7]
+    jpeg = next((folder / "train" / wnid / "images").glob("*.JPEG"))
+    saved = jpeg.read_bytes()
+    jpeg.unlink()
+    with pytest.raises(errors.UserError, match=f"^train/ holds 1 image\\(s\\) of class {wnid} "
+                                                 "and 2 of most others"):
+        data_files.load_tiny_imagenet(root)
+    jpeg.write_bytes(saved)
+    annotations = folder / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    annotations.write_text("\n".join(lines[:100]) + "\n")
+    with pytest.raises(errors.UserError, match=f"^{folder / 'val' / 'images'} holds 100 "
+                       "image\\(s\\) that val/val_annotations.txt does not list, val_100.JPEG"):
+        data_files.load_tiny_imagenet(root)
+    annotations.write_text("\n".join([*lines, lines[3]]) + "\n")
+    with pytest.raises(errors.UserError, match=f"^{annotations} line 201 lists 'val_3.JPEG' a "
+                                                 "second time"):
+        data_files.load_tiny_imagenet(root)
+    (folder / "val" / "images" / "val_3.JPEG").unlink()
+    annotations.write_text("\n".join(lines[:3] + lines[4:]) + "\n")
+    third = sorted((folder / "wnids.txt").read_text().split())[3]  # val_3.JPEG's class
+    with pytest.raises(errors.UserError, match=f"^val/ holds 0 image\\(s\\) of class {third} "):
+        data_files.load_tiny_imagenet(root)
+    assert not (folder / "uint8_cache").exists()
+
+
+def test_a_tiny_imagenet_that_cannot_be_cached_is_read_with_a_warning(tmp_path, monkeypatch,
+                                                                      capsys):
+    """A read-only dataset folder (shared on a cluster): the decoded arrays, and one line."""
+    root = make_tiny_imagenet(tmp_path, per_class_train=1)
+
+    def read_only(cache, arrays):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(data_files, "write_cache", read_only)
+    train_x, train_y, test_x, test_y = data_files.load_tiny_imagenet(root)
+    assert train_x.shape == (200, 64, 64, 3) and np.bincount(test_y).tolist() == [1] * 200
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("warning: the decoded images could not be cached in ") and \
+        "(Read-only file system): each run decodes the JPEGs again" in err
 
 
 def test_tiny_imagenet_tasks(tiny_root):

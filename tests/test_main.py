@@ -30,6 +30,16 @@ def test_overrides_are_parsed_and_typed():
     assert type(hyper["beta"]) is float
 
 
+def test_a_home_folder_in_a_path_setting_is_expanded(tmp_path, monkeypatch):
+    """"~/Data" in main.py's block is not expanded by a shell: the files in the home folder
+    were reported missing, with advice to delete them."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(main, "results_dir", "~/Results")
+    settings, _, _ = main.resolve(["--path_to_datasets=~/Data"])
+    assert (settings["path_to_datasets"], settings["results_dir"]) == \
+        (str(tmp_path / "Data"), str(tmp_path / "Results"))
+
+
 @pytest.mark.parametrize("argument, message", [
     ("--betta=0.1",
      r"unknown option --betta \(did you mean beta\?\); settings: .*dataset.*"
