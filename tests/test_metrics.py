@@ -72,6 +72,7 @@ def test_summary_ranks_configurations_and_averages_seeds(tmp_path):
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(summary) == 3
     assert summary.loc[0, "mean_accuracy"] == pytest.approx(85.0)
+    assert summary.loc[0, "std_accuracy"] == pytest.approx(5.0)  # population std of 80, 90
     assert summary.loc[0, "BWT"] == pytest.approx(-10.0)
     assert summary.loc[0, "FWT"] == pytest.approx(30.0)
     assert summary.loc[0, "forgetting"] == pytest.approx(10.0)

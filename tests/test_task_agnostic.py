@@ -51,8 +51,10 @@ def test_incremental_steps_let_only_the_tasks_seen_compete():
     #         test set 1 chooses tasks 1, 0, 1 (classes 1, 0, 0): task right 2/3, both 2/3
     assert steps == [{"tasks_seen": 1, "task_identification_accuracy": 100.0, "accuracy": 100.0},
                      {"tasks_seen": 2, "task_identification_accuracy": 60.0, "accuracy": 60.0}]
-    per_task = task_agnostic.entropy_rows(found, tasks)
+    per_task = task_agnostic.entropy_rows(found, tasks)  # every mask competing: step 2's
     assert [row["accuracy"] for row in per_task] == [50.0, pytest.approx(200 / 3)]
+    assert [row["task_identification_accuracy"] for row in per_task] == \
+        [50.0, pytest.approx(200 / 3)]  # test set 0 with its mask alone: 100
 
 
 def random_task_with_labels(labels: list[int]) -> Task:
@@ -216,6 +218,49 @@ def test_fecam_statistics_come_from_the_training_split_only(monkeypatch):
     with_validation, with_outliers = results["with validation"][0], results["with outliers"][0]
     assert [n for n, _, _ in with_validation] == [90, 90]
     assert not torch.equal(with_validation[0][1], with_outliers[0][1])
+
+
+def test_each_tasks_fecam_statistics_are_taken_under_its_own_mask(monkeypatch):
+    """Task t's class statistics: its training images under its own embedding's mask (under
+    the last task's, FeCAM fell from 100 to 63 % in an audit)."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(16,),
+                                 hnet_hidden_layers=(8,), embedding_size=4)
+    model = hypermask.build_model(config, input_shape=(8,), num_outputs=2)
+    tasks = [separable_task(0), separable_task(4), separable_task(2)]
+    seen, real = [], task_agnostic.task_features
+
+    def spy(model, task, images, weights, batch_size):
+        seen.append((images, weights))
+        return real(model, task, images, weights, batch_size)
+
+    monkeypatch.setattr(task_agnostic, "task_features", spy)
+    task_agnostic.fecam_evaluation(model, tasks, sparsity=30)
+    with torch.no_grad():
+        masked = [model.task_weights(t, 30) for t in range(len(tasks))]
+    for t, task in enumerate(tasks):
+        weights, = [w for images, w in seen if images is task.train_x]
+        assert all(torch.equal(a, b) for a, b in zip(weights, masked[t]))
+        assert not all(torch.equal(a, b) for a, b in zip(weights, masked[t - 1]))
+
+
+def test_task_inference_reads_only_each_tasks_own_output_units():
+    """An output layer wider than a task (the FeCAM setup: 50 units, tasks of 10 classes):
+    the entropy and the class of a task's mask come from its own units only."""
+    torch.manual_seed(0)
+    model = hypermask.build_model(dataclasses.replace(
+        datasets.DEMO["SplitMNIST"], target_hidden_layers=(8,), hnet_hidden_layers=(4,),
+        embedding_size=2), input_shape=(5,), num_outputs=4)
+    with torch.no_grad():  # logits = the output bias: units 2, 3 would win and be sure
+        for weight in model.target.internal_params:
+            weight.zero_()
+        model.target.internal_params[-1].copy_(torch.tensor([3.0, 0.0, 50.0, 50.0]))
+    tasks = [dataclasses.replace(random_task_with_labels(labels), test_x=torch.zeros(
+        len(labels), 5), input_shape=(5,)) for labels in ([0, 0, 1], [0, 1])]
+    found = task_agnostic.entropy_counts(model, tasks, sparsity=0)
+    # task 0's mask is chosen for every image; it predicts class 0 (its units 0, 1), right
+    # for two of test set 0's images (units 2, 3 would predict class 2: none right)
+    assert found == [[[3, 2], [3, 2]], [[0, 0], [0, 0]]]
 
 
 def test_percentages_are_exact_counts_not_float32_means():

@@ -1,10 +1,12 @@
 """What training a task keeps and measures: the best networks (model_selection), the
-plateau schedule, whole epochs of batches, each task's own output units, and the
-forward-transfer entry A[t, t+1] under task t's networks."""
+plateau schedule, whole epochs of batches, each task's own output units, the
+forward-transfer entry A[t, t+1] under task t's networks, and the sparsity a run tests at."""
 
+import copy
 import dataclasses
 import math
 
+import pytest
 import torch
 from conftest import random_task, tiny_options
 
@@ -12,6 +14,7 @@ import datasets
 import hypermask
 import main
 import runs
+import task_agnostic
 from batches import TrainingBatches
 
 CONFIG = dataclasses.replace(datasets.DEMO["SplitMNIST"], target_hidden_layers=(8,),
@@ -29,13 +32,13 @@ def validations_scoring(monkeypatch, scores: list[float]) -> None:
         scores) if split == "val" else real(*args, split=split, **kwargs))
 
 
-def trained_snapshots(config, monkeypatch, scores) -> tuple[list[dict], dict]:
+def trained_snapshots(config, monkeypatch, scores, task=None) -> tuple[list[dict], dict]:
     """The networks after each iteration of one task, and those train_task leaves."""
     validations_scoring(monkeypatch, scores)
     torch.manual_seed(0)
     model = hypermask.build_model(config, (5,), 2)
     snapshots = []
-    hypermask.train_task(model, random_task(5, 2), 0, config, after_step=lambda state: (
+    hypermask.train_task(model, task or random_task(5, 2), 0, config, after_step=lambda state: (
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})))
     return snapshots, model.state_dict()
 
@@ -49,6 +52,9 @@ def test_best_val_keeps_the_networks_of_the_best_validation(monkeypatch):
     snapshots, kept = trained_snapshots(config, monkeypatch, [50.0, 90.0, 10.0])
     assert not same(snapshots[1], snapshots[2])  # training moved on after the best
     assert same(kept, snapshots[1])  # after iteration 2, validated at 90 %
+    monkeypatch.undo()
+    snapshots, kept = trained_snapshots(config, monkeypatch, [50.0, 90.0, 90.0])
+    assert not same(snapshots[1], snapshots[2]) and same(kept, snapshots[1])  # a tie: the first
 
 
 def test_last_keeps_the_last_networks(monkeypatch):
@@ -94,6 +100,13 @@ def test_a_task_is_scored_on_its_own_output_units():
         model.target.internal_params[-1].copy_(torch.tensor([10.0, 0.0, 1000.0, 1000.0]))
     expected = 100.0 * (task.test_y == 0).float().mean().item()
     assert hypermask.evaluate(model, task, 0, sparsity=0.0) == expected > 0
+    # and trained on them: the cross-entropy of the first 2 logits, not of all 4
+    x, y = task.train_x[:8], torch.zeros(8, dtype=torch.long)
+    terms = hypermask.training_loss(model, x, y, task_id=0, num_classes=2, sparsity=0.0,
+                                    start=hypermask.task_start(model, 0), config=CONFIG)
+    logits = model.target(x, weights=model.task_weights(0, 0.0))
+    assert torch.equal(terms["task_loss"], torch.nn.functional.cross_entropy(logits[:, :2], y))
+    assert terms["task_loss"].item() < 1e-3  # class 0 leads class 1 by the masked bias
 
 
 def test_forward_transfer_scores_the_next_task_under_the_trained_tasks_networks(
@@ -108,5 +121,61 @@ def test_forward_transfer_scores_the_next_task_under_the_trained_tasks_networks(
 
     monkeypatch.setattr(runs, "accuracy_on_test_split", accuracy_on_test_split)
     assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]")) == 0
-    (first, _), (second, _) = calls[:2]  # b_j: each task under its own, untrained, mask
+    (first, own_first), (second, own_second) = calls[:2]  # b_j: each task under its own,
+    assert (own_first, own_second) == (0, 1)  # untrained, mask
     assert calls[2:] == [(first, 0), (second, 0), (first, 0), (second, 1)]
+
+
+def test_a_run_tests_and_infers_tasks_at_the_configured_sparsity(mnist_root, tmp_path,
+                                                                  monkeypatch):
+    """accuracies.csv, transfer.csv and task_agnostic.csv measure the networks at p (at
+    p = 0 an audit's run read 96.14 where 96.62 was right)."""
+    tested, inferred = [], []
+    evaluate, entropy_counts = hypermask.evaluate, task_agnostic.entropy_counts
+
+    def evaluate_spy(*args, split="test", **kwargs):
+        if split == "test":
+            tested.append(kwargs["sparsity"])
+        return evaluate(*args, split=split, **kwargs)
+
+    def entropy_spy(model, tasks, sparsity, *args):
+        inferred.append(sparsity)
+        return entropy_counts(model, tasks, sparsity, *args)
+
+    monkeypatch.setattr(hypermask, "evaluate", evaluate_spy)
+    monkeypatch.setattr(task_agnostic, "entropy_counts", entropy_spy)
+    assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", "--sparsity=30")) == 0
+    assert len(tested) == 2 + 2 + 2 and set(tested) == {30} and inferred == [30]  # b, A
+
+
+class Stopped(Exception):
+    pass
+
+
+def test_a_best_val_task_resumed_mid_task_keeps_the_best_networks_of_before(monkeypatch):
+    """The image benchmarks' best_val runs are the long ones that are stopped and resumed:
+    the best networks, validated before the stop, are kept after it."""
+    config = dataclasses.replace(CONFIG, model_selection="best_val", number_of_iterations=5)
+    scores = [50.0, 90.0, 10.0, 20.0, 30.0]  # the best at iteration 2, before the stop
+    torch.manual_seed(0)
+    task = random_task(5, 2)
+    whole, _ = trained_snapshots(config, monkeypatch, scores, task=task)
+    monkeypatch.undo()
+    saved = {}
+
+    def stop_after_three(state):
+        if state.iteration == 3:
+            saved.update(state=copy.deepcopy(state.state_dict()),
+                         networks=copy.deepcopy(model.state_dict()), rng=torch.get_rng_state())
+            raise Stopped
+
+    validations_scoring(monkeypatch, scores)
+    torch.manual_seed(0)
+    model = hypermask.build_model(config, (5,), 2)
+    with pytest.raises(Stopped):
+        hypermask.train_task(model, task, 0, config, after_step=stop_after_three)
+    model = hypermask.build_model(config, (5,), 2)
+    model.load_state_dict(saved["networks"])
+    torch.set_rng_state(saved["rng"])
+    hypermask.train_task(model, task, 0, config, resume=saved["state"])
+    assert same(model.state_dict(), whole[1])  # after iteration 2, validated at 90 %
