@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import pickle
 import sys
@@ -35,6 +36,18 @@ def data_source(dataset: str, root: str | Path, demo: bool) -> str:
     if dataset not in folders:
         raise ValueError(f"no data folder for {dataset} (docs/development.md#adding-a-benchmark)")
     return str(Path(root).resolve() / folders[dataset])
+
+
+def fingerprint(arrays: tuple) -> str:
+    """16 hex digits of a BLAKE2b hash over a loader's arrays (dtypes, shapes, bytes): tells
+    two datasets of the same sizes apart, e.g. a run's data swapped before it resumes."""
+    digest = hashlib.blake2b(digest_size=8)
+    for array in arrays:
+        array = np.ascontiguousarray(array.cpu().numpy() if isinstance(array, torch.Tensor)
+                                     else array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
 
 
 def download(fetch: Callable[[], object], missing: str, instructions: str) -> None:

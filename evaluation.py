@@ -113,6 +113,9 @@ METRICS = ["mean_accuracy", "std_accuracy", *SEED_METRICS]
 # and so does data_size (data of other sizes), while data_source (where the data folder
 # lies) does not: summary.md's Data line names both.
 NEUTRAL_SETTINGS = ("data_source", "fecam_evaluation")
+# What a run records of its data (the sizes, the contents' hash), which runs from before it
+# was recorded lack: unknown, not other data (by_configuration, configuration_differences).
+DATA_RECORDS = ("data_size", "data_fingerprint")
 # config.json's record of each task's classes (datasets.task_classes): in run_summary's
 # row as JSON text, not a setting (it follows the seed), and not in summary.csv (config.json
 # holds it).
@@ -312,9 +315,9 @@ def by_configuration(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     """
     settings = setting_columns(runs)
     keys = runs[settings].astype(object).where(runs[settings].notna(), None)  # null: None
-    sizes = runs["data_size"].dropna().unique() if "data_size" in runs else []
-    if len(sizes) == 1:  # runs from before data sizes were recorded go with the rest
-        keys = keys.assign(data_size=sizes[0])
+    for name in DATA_RECORDS:  # runs from before it was recorded go with the rest
+        if name in runs and len(values := runs[name].dropna().unique()) == 1:
+            keys[name] = values[0]
     if "fecam_with_validation" in keys:  # changes a number only where FeCAM ran
         ran = runs.get("fecam_evaluation", pd.Series(False, index=runs.index)).map(fecam_ran)
         keys.loc[~ran, "fecam_with_validation"] = None
@@ -725,7 +728,9 @@ def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> lis
     ignored = set(METRICS) | set(RUN_NOTES) | {"configuration", "state", TASK_CLASSES}
     columns = (set(runs_a.columns) | set(runs_b.columns)) - ignored
     return sorted(c for c in columns
-                  if setting_text(first_value(runs_a, c)) != setting_text(first_value(runs_b, c)))
+                  if setting_text(first_value(runs_a, c)) != setting_text(first_value(runs_b, c))
+                  and not (c in DATA_RECORDS
+                           and None in (first_value(runs_a, c), first_value(runs_b, c))))
 
 
 def shared_tasks_agree(classes_a: list, classes_b: list) -> bool:

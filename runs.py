@@ -51,7 +51,7 @@ from errors import UserError
 
 # config.json keys that describe a run but do not define it: a rerun may change them.
 RECORD_ONLY = (*folders.EVALUATION_SETTINGS, *folders.MACHINE_COLUMNS,
-               "data_source", "task_sizes")
+               "data_source", "task_sizes", "data_fingerprint")
 
 
 # config.json keys that follow from the defining ones and the data files (each task's
@@ -298,8 +298,9 @@ def changed_settings(run_dir: Path, record: dict) -> list[str]:
                        "removes a grid dimension renumbers them)")
         raise OtherRun(f"{run_dir} holds a run with another configuration ({differences}); "
                        + advice, differences)
-    if "task_sizes" in changed and "task_sizes" in saved and trained_unfinished(run_dir):
-        refuse_other_data(run_dir, saved, as_saved["task_sizes"])
+    other_data = [k for k in ("task_sizes", "data_fingerprint") if k in changed and k in saved]
+    if other_data and trained_unfinished(run_dir):
+        refuse_other_data(run_dir, saved, as_saved)
     return [f"{k} {saved.get(k)!r} -> {as_saved.get(k)!r}" for k in changed]
 
 
@@ -309,16 +310,20 @@ def trained_unfinished(run_dir: Path) -> bool:
     return trained and folders.run_state(run_dir) != "finished"
 
 
-def refuse_other_data(run_dir: Path, saved: dict, task_sizes: list[dict]) -> None:
-    """A UserError for an unfinished run whose data now give tasks of other sizes: resuming
-    would index its checkpoint's batch order into other images and mix two datasets."""
+def refuse_other_data(run_dir: Path, saved: dict, now: dict) -> None:
+    """A UserError for an unfinished run whose data now give tasks of other sizes, or other
+    contents (data_fingerprint): resuming would mix two datasets in one run (and, with other
+    sizes, index its checkpoint's batch order into other images)."""
+    there = saved.get("task_sizes") or []
     # the first task whose sizes differ (the task counts agree: number_of_tasks is compared)
-    task = next((j for j, (there, now) in enumerate(zip(saved["task_sizes"], task_sizes))
-                 if there != now), 0)
-    raise OtherRun(f"{run_dir} holds an unfinished run begun on other data (task {task + 1}: "
-                    f"{saved['task_sizes'][task]} then, {task_sizes[task]} now, from "
-                    f"{saved.get('data_source')}); put those data back or delete that folder to "
-                    "start the run again")
+    task = next((j for j, sizes in enumerate(zip(there, now["task_sizes"]))
+                 if sizes[0] != sizes[1]), None)
+    what = (f"task {task + 1}: {there[task]} then, {now['task_sizes'][task]} now" if task is
+            not None else f"of the same sizes, other contents: data_fingerprint "
+            f"{saved['data_fingerprint']} then, {now['data_fingerprint']} now")
+    raise OtherRun(f"{run_dir} holds an unfinished run begun on other data ({what}, from "
+                   f"{saved.get('data_source')}); put those data back or delete that folder to "
+                   "start the run again")
 
 
 def describe_difference(key: str, there, now) -> str:
@@ -725,6 +730,8 @@ def _run(job: Job) -> None:
         tasks = datasets.load_tasks(dataset, part, config, seed=seed, root=job.path_to_datasets,
                                     device=device, demo=job.demo)
     record |= {"data_source": data_files.data_source(dataset, job.path_to_datasets, job.demo),
+               "data_fingerprint": data_files.fingerprint(datasets.stored_data(
+                   dataset, job.path_to_datasets, job.demo)),
                "task_sizes": datasets.task_sizes(tasks),
                "task_classes": datasets.task_classes(dataset, part, config, seed=seed,
                                                      root=job.path_to_datasets),

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_cifar100, make_tiny_imagenet, tiny_options
+from conftest import make_cifar100, make_mnist, make_tiny_imagenet, tiny_options
 
 import data_files
 import datasets
@@ -219,6 +219,30 @@ def test_an_unfinished_run_is_not_resumed_on_data_of_other_sizes(mnist_root, tmp
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {run} holds an unfinished run begun on other data (task 2: ")
     assert "'training_samples': 7" in err and "\n" not in err
+
+
+def test_an_unfinished_run_is_not_resumed_on_other_data_of_the_same_sizes(mnist_root, tmp_path,
+                                                                          capsys):
+    """Data files swapped for others of the same sizes (an audit resumed a run so, and its
+    first task had trained on other images than the rest): data_fingerprint tells them apart;
+    seeds run on either are not averaged as one configuration."""
+    other_root = make_mnist(tmp_path / "other", seed=1)
+    options = tiny_options(mnist_root, tmp_path, "--seeds=[1]")
+    assert main.main(options) == 0
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    fingerprint = json.loads((run / "config.json").read_text())["data_fingerprint"]
+    assert len(fingerprint) == 16
+    (run / "final_weights.pt").unlink()  # unfinished: it would resume
+    capsys.readouterr()
+    assert main.main([*options, f"--path_to_datasets={other_root}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {run} holds an unfinished run begun on other data (of the "
+                          f"same sizes, other contents: data_fingerprint {fingerprint} then, ")
+    assert "\n" not in err
+    assert main.main(options) == 0  # its own data back: it resumes
+    assert main.main([*tiny_options(other_root, tmp_path, "--seeds=[2]")]) == 0
+    summary = (tmp_path / "SplitMNIST_part0_best" / "summary.md").read_text()
+    assert summary.count("| data_fingerprint") == 1 and summary.count(fingerprint) == 1
 
 
 def test_running_out_of_memory_while_loading_the_tasks_is_one_line(mnist_root, tmp_path, capsys,
