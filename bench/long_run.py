@@ -26,7 +26,7 @@ import sample_data  # noqa: E402  (bench/ is on sys.path when run)
 
 PARTS = {  # (module, function): what it is
     ("runs", "train_with_progress"): "training (validation included)",
-    ("runs", "evaluate"): "evaluation after each task (+ transfer)",
+    ("runs", "accuracy_on_test_split"): "evaluation after each task (+ transfer)",
     ("task_agnostic", "entropy_counts"): "entropy task-agnostic evaluation",
     ("files", "save"): "checkpoints and final weights",
     ("runs", "write_run_tables"): "CSV tables",

@@ -108,3 +108,10 @@ def test_the_write_benchmarks_checkpoint_has_the_size_it_names():
     state = load("write_cost").checkpoint(megabytes=1, tensors=120)
     assert len(state) == 120
     assert sum(t.numel() * t.element_size() for t in state.values()) == 120 * 2083 * 4
+
+
+def test_every_part_the_long_run_benchmark_times_exists():
+    """bench/long_run.py wraps these functions; a renamed one stopped it at startup."""
+    long_run = load("long_run")
+    for module, function in long_run.PARTS:
+        assert hasattr(importlib.import_module(module), function), f"{module}.{function}"
