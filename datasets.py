@@ -384,8 +384,10 @@ def configurations(benchmark: Benchmark, grid_search: bool,
                             f"search: set create_grid_search=True, or use part {best}")
         points = [dataclasses.replace(benchmark.best, **overrides)]
     elif not benchmark.grid:
+        grids = [p for (d, p), b in BENCHMARKS.items() if d == benchmark.dataset and b.grid]
         raise UserError(f"{benchmark.dataset} part {benchmark.part} has no grid search; "
-                        "set create_grid_search=False")
+                        "set create_grid_search=False"
+                        + (f", or use part {grids} for its grid" if grids else ""))
     else:
         base = benchmark.grid_base or benchmark.best
         grid = {name: values for name, values in benchmark.grid.items() if name not in overrides}

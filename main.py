@@ -291,19 +291,20 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
         print(f"{experiment_dir}:\n{launchers.status_table(jobs)}")
         return experiment_dir
     runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
+    # An unusable device or missing data: one error before the experiment's folder is made,
+    # not one per run, nor a folder holding only the plan.
     if settings["launcher"] == "local":  # SLURM's runs find their devices on their nodes
-        machine.check_device(settings["device"])  # an unusable one: one error, not one per run
+        machine.check_device(settings["device"])  # the pool's process opens no CUDA context
+    elif settings["launcher"] == "sequential":
+        device = machine.select_device(settings["device"])
     pending = [job for job in jobs if folders.run_state(job.run_dir) != "finished"]
-    if settings["launcher"] != "sequential" and pending:
-        # once here, so that parallel runs neither download nor decode the data each, nor
-        # each fail alike when the files are missing
+    if pending:  # once here, so that parallel runs neither download nor decode the data each
         datasets.stored_data(dataset, settings["path_to_datasets"], settings["demo"])
     runs.make_folder(experiment_dir)
     files.write_text("".join(f"{job.run_dir.name}\n" for job in jobs),
                      experiment_dir / folders.PLANNED)
     configurations = len({job.config for job in jobs})
-    where = (f"on {machine.select_device(settings['device'])}"
-             if settings["launcher"] == "sequential"
+    where = (f"on {device}" if settings["launcher"] == "sequential"
              else f"with the {settings['launcher']} launcher")
     print(f"{experiment_dir.name}: {configurations} configuration(s), {len(jobs)} run(s) {where}"
           + (f" -- data: {datasets.DEMO_LABEL}" if settings["demo"] else ""))

@@ -64,6 +64,10 @@ def test_bad_overrides_are_refused(argument, message):
 @pytest.mark.parametrize("argument, message", [
     ("--dataset=MNIST", "unknown dataset 'MNIST'"),
     ("--dataset=TinyImageNet --part=2", "exists only as a grid search"),
+    ("--dataset=CIFAR100_FeCAM_setup --part=1 --create_grid_search=True",
+     "part 1 has no grid search; set create_grid_search=False, or use part [6] for its grid"),
+    ("--dataset=PermutedMNIST --part=1 --create_grid_search=True",
+     "part 1 has no grid search; set create_grid_search=False"),
     ("--part=5", "has no part 5"),
     ("--optimizer=sgd", "optimizer must be one of adam, rmsprop, not 'sgd'"),
     ("--model_selection=best", "model_selection must be one of last, best_val"),
@@ -199,7 +203,17 @@ def test_missing_data_stops_before_creating_a_run_folder(tmp_path, capsys, monke
     # said once, before any run starts: not once per parallel run
     assert code == 2 and err.startswith("error: MNIST is not in") and "--demo" in err
     assert err.count("MNIST is not in") == 1
-    assert not list((tmp_path / "results").glob("*/seed_*"))
+    assert not list((tmp_path / "results").rglob("*"))  # no folder holding only the plan
+
+
+@pytest.mark.parametrize("launcher", ["sequential", "local"])
+def test_an_unusable_device_stops_before_creating_a_folder(mnist_root, tmp_path, capsys,
+                                                           launcher):
+    code = main.main([f"--path_to_datasets={mnist_root}", f"--launcher={launcher}",
+                      f"--results_dir={tmp_path}", *TINY, "--device=cuda:7"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "cuda:7" in err and "\n" not in err
+    assert not list(tmp_path.rglob("*"))
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--dataset=SplitMNIST", "-h"]])
