@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,33 @@ def test_profile_step_refuses_bad_arguments_before_profiling(arguments, monkeypa
         load("profile_step").main()
     assert stop.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("profile_step.py: error: ")
+
+
+def test_the_device_check_starts_afresh_says_its_commit_and_leaves_no_scratch(tmp_path,
+                                                                             monkeypatch):
+    """A rerun into the same folder mixed its files with the first run's; /tmp kept a
+    device_check_<pid> folder per run; the log did not say which code ran."""
+    import subprocess
+
+    device_check = load("device_check")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["device_check.py", f"--out={out}", "--only=thresholds"])
+    assert device_check.main() == 0
+    first_line = (out / "device_check.log").read_text().splitlines()[0]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH.parent,
+                            capture_output=True, text=True).stdout.strip()
+    assert f"; commit {commit or 'unknown'}" in first_line
+    assert time.strftime("%Y-%m-%d") in first_line
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(SystemExit, match="is not an empty folder: give a new or empty one"):
+        device_check.main()
+    monkeypatch.setattr(device_check, "check_commands", lambda *arguments: {
+        "thresholds": lambda: 1 / 0})
+    monkeypatch.setattr(sys, "argv", ["device_check.py", f"--out={tmp_path / 'again'}",
+                                      "--only=thresholds"])
+    with pytest.raises(ZeroDivisionError):
+        device_check.main()
+    assert list(scratch.iterdir()) == []
