@@ -60,8 +60,9 @@ def usable_device(name: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here: run on a GPU machine or use --device=cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        sys.exit(f"no {name} here: this machine has {torch.cuda.device_count()} CUDA "
-                 f"device(s), cuda:0 on")
+        count = torch.cuda.device_count()
+        sys.exit(f"no {name} here: this machine has {count} CUDA device(s), cuda:0 to "
+                 f"cuda:{count - 1}; use one of them or --device=cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         sys.exit("no MPS device here: use --device=cpu")
     if device.type not in ("cpu", "cuda", "mps"):
