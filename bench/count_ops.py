@@ -34,7 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_step import example_batch  # noqa: E402  (bench/ is on sys.path when run)
+# bench/ is on sys.path when run
+from train_step import chosen_benchmarks, example_batch  # noqa: E402
 
 
 # Operations that allocate memory and launch no kernel.
@@ -120,19 +121,15 @@ def main() -> None:
     import datasets
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="DATASET:PART,... instead of every best configuration")
+    parser.add_argument("--only", help="DATASET:PART,... instead of every best configuration "
+                                       "(DATASET alone: all its parts)")
     parser.add_argument("--top", type=int, default=0,
                         help="also list each step's most frequent kernel operations")
     parser.add_argument("--small", action="store_true",
                         help="8-unit hidden layers, batches of 4 (the same operations, faster)")
     args = parser.parse_args()
-    benchmarks = [(d, p) for (d, p), b in datasets.BENCHMARKS.items() if b.best is not None]
-    if args.only:
-        chosen = [(d, int(p or 0)) for d, _, p in (item.partition(":")
-                                                   for item in args.only.split(","))]
-        if not set(chosen) <= set(benchmarks):
-            parser.error(f"--only: choose among {', '.join(f'{d}:{p}' for d, p in benchmarks)}")
-        benchmarks = chosen
+    benchmarks = chosen_benchmarks(parser, args.only, [
+        (d, p) for (d, p), b in datasets.BENCHMARKS.items() if b.best is not None])
     print(f"{'benchmark':<26}{'target':<15}{'task':>5}{'kernel ops':>12}{'views etc.':>12}")
     for dataset, part in benchmarks:
         config = datasets.get_benchmark(dataset, part).best

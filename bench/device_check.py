@@ -22,16 +22,22 @@ Checks, each a command whose output is kept, the most telling first (--only pick
   8. profile: bench/profile_step.py, the paper-scale step's phases at tasks 1 and 10;
   9. thresholds: bench/quantile_ulps.py, the one-sort mask thresholds against the
      device's own torch.quantile, in ulps (into steps.txt).
-Everything measured goes into --out (default $OUT, else Results/device_check/), at
-most 8 files. With --budget=SECONDS, checks that would start with under 30 s left are
+Everything measured goes into --out (default $OUT, else a new
+Results/device_check/<date_time>/), at most 8 files; a folder that holds files already
+is refused, so that a rerun's files never mix with an earlier run's. The log's first line
+gives the device, the commit of the tree and the date; the scratch files (CIFAR-format
+data, the runs and demos) go into a temporary folder removed at the end, also after a
+failure. With --budget=SECONDS, checks that would start with under 30 s left are
 not run (and say so). The last line says `device check: K/N checks passed on <device>`.
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -253,50 +259,66 @@ def check_commands(gpu: bool, device: str, log, out: Path, left) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT") or "Results/device_check")
-    parser.add_argument("--budget", type=float, default=float("inf"),
-                        help="seconds for all checks: those that no longer fit are not run "
-                             "(a lent GPU's minutes are few); the most telling run first")
-    parser.add_argument("--only", help=f"some of the checks, comma-separated: {', '.join(CHECKS)}")
-    args = parser.parse_args()
-    chosen = args.only.split(",") if args.only else list(CHECKS)
-    if not set(chosen) <= set(CHECKS):
-        parser.error(f"--only: choose among {', '.join(CHECKS)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"device_check_{os.getpid()}"
-    scratch.mkdir(parents=True, exist_ok=True)
+def fresh_folder(out: str | None) -> Path:
+    """The folder this check writes to, empty: `out` (--out or $OUT) if it holds no files,
+    else a new Results/device_check/<date_time>/. A folder with files ends the check in one
+    line: a rerun's files would mix with the earlier ones (several checks append to one)."""
+    folder = Path(out or f"Results/device_check/{time.strftime('%Y-%m-%d_%H%M%S')}")
+    if folder.is_file() or (folder.is_dir() and any(folder.iterdir())):
+        sys.exit(f"device check: {folder} is not an empty folder: give a new or empty one "
+                 f"with --out (or move its files away)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def provenance() -> str:
+    """The commit of this tree (with `+ changes` where it differs from it) and the date."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                                capture_output=True, timeout=30).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=REPO, text=True, capture_output=True,
+                                 timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, changed = "", ""
+    commit = (commit + (" + uncommitted changes" if changed else "")) or "unknown (no git here)"
+    return f"commit {commit}; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+
+
+def run_checks(chosen: list[str], out: Path, scratch: Path, budget: float) -> int:
+    """Run the chosen checks, writing to `out` (scratch files in `scratch`); 0 if all passed."""
     name, gpu = device_name()
     device = "cuda" if gpu else "cpu"
     started = time.perf_counter()
-    deadline = started + args.budget
+    deadline = started + budget
 
     def left(most: float) -> float:
         return min(most, deadline - time.perf_counter())
 
     demos = demo_starters(gpu, scratch) if "demo" in chosen else {}
     with open(out / "device_check.log", "w") as log:
-        log.write(f"device check on {name}\n")
+        log.write(f"device check on {name}; {provenance()}\n")
         checks_to_run = check_commands(gpu, device, log, out, left) | {
             "runs per gpu": lambda: runs_per_gpu(gpu, scratch, log, out, left(400 if gpu
                                                                              else 600)),
             "demo": lambda: compare_demos(demos, device, log, out, left(600 if gpu else 900))}
         checks = {}
-        for check in chosen:
-            cpu_timed_to_come = set(CPU_TIMED) & (set(chosen) - set(checks))
-            if gpu and demos and not cpu_timed_to_come and callable(demos["cpu"][1]):
-                demos["cpu"] = (demos["cpu"][0], demos["cpu"][1]())  # beside the GPU checks
-            if left(60) < 30:  # under half a minute left: not started
-                checks[check] = None
-                continue
-            log.write(f"--- {check} ({time.perf_counter() - started:.0f} s in)\n")
-            log.flush()
-            checks[check] = checks_to_run[check]()
-        for _, process in demos.values():  # a demo started but not compared: no time left
-            if isinstance(process, subprocess.Popen) and process.poll() is None:
-                process.kill()
+        try:
+            for check in chosen:
+                cpu_timed_to_come = set(CPU_TIMED) & (set(chosen) - set(checks))
+                if gpu and demos and not cpu_timed_to_come and callable(demos["cpu"][1]):
+                    demos["cpu"] = (demos["cpu"][0], demos["cpu"][1]())  # beside the GPU checks
+                if left(60) < 30:  # under half a minute left: not started
+                    checks[check] = None
+                    continue
+                log.write(f"--- {check} ({time.perf_counter() - started:.0f} s in)\n")
+                log.flush()
+                checks[check] = checks_to_run[check]()
+        finally:
+            for _, process in demos.values():  # a demo started but not compared
+                if isinstance(process, subprocess.Popen) and process.poll() is None:
+                    process.kill()
+                    process.wait()
         passed = sum(ok is not None and bool(ok) for ok in checks.values())
         summary = {"device": name, "seconds": round(time.perf_counter() - started),
                    "checks": {k: "not run: no time left" if v is None else
@@ -306,6 +328,27 @@ def main() -> int:
     print(text)
     print(f"device check: {passed}/{len(checks)} checks passed on {name}")
     return 0 if passed == len(checks) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT"),
+                        help="an empty or new folder (default $OUT, else a new "
+                             "Results/device_check/<date_time>/)")
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds for all checks: those that no longer fit are not run "
+                             "(a lent GPU's minutes are few); the most telling run first")
+    parser.add_argument("--only", help=f"some of the checks, comma-separated: {', '.join(CHECKS)}")
+    args = parser.parse_args()
+    chosen = args.only.split(",") if args.only else list(CHECKS)
+    if not set(chosen) <= set(CHECKS):
+        parser.error(f"--only: choose among {', '.join(CHECKS)}")
+    out = fresh_folder(args.out)
+    scratch = Path(tempfile.mkdtemp(prefix="device_check_", dir=os.environ.get("TMPDIR")))
+    try:
+        return run_checks(chosen, out, scratch, args.budget)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the CIFAR files and runs, demos' results
 
 
 if __name__ == "__main__":

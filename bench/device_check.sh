@@ -2,7 +2,7 @@
 # The GPU path proven in one command (the same checks on the CPU where there is no GPU).
 # On a bare GPU machine with only this tree: pure-Python packages missing there travel as
 # wheels in .whl/ (docs/development.md); they are installed into /tmp/site first.
-# Writes its files to $OUT (else Results/device_check/); the last line is
+# Writes its files to $OUT (else a new Results/device_check/<date_time>/); the last line is
 # `device check: K/N checks passed on <device>`.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import timing  # noqa: E402  (bench/ is on sys.path when run)
-from train_step import TIMINGS, step_setup  # noqa: E402
+from train_step import TIMINGS, chosen_benchmarks, step_setup  # noqa: E402
 
 BENCHMARKS = [("CIFAR100", 0), ("CIFAR100", 1), ("TinyImageNet", 0), ("TinyImageNet", 1)]
 
@@ -121,16 +121,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--only", help="DATASET:PART,... among the image benchmarks")
-    parser.add_argument("--task", type=int, help="task number from 1 (default: the last)")
+    parser.add_argument("--steps", type=timing.at_least(1), default=20)
+    parser.add_argument("--only", help="DATASET:PART,... among the image benchmarks "
+                                       "(DATASET alone: all its parts)")
+    parser.add_argument("--task", type=timing.at_least(1),
+                        help="task number from 1 (default: the last)")
     parser.add_argument("--small", action="store_true", help="an 8-unit hypernetwork")
     args = parser.parse_args()
-    cases = BENCHMARKS
-    if args.only:
-        cases = [(d, int(p)) for d, _, p in (i.partition(":") for i in args.only.split(","))]
-        if not set(cases) <= set(BENCHMARKS):
-            parser.error(f"--only: choose among {', '.join(f'{d}:{p}' for d, p in BENCHMARKS)}")
+    args.device = timing.usable_device(args.device)
+    cases = chosen_benchmarks(parser, args.only, BENCHMARKS)
+    fewest = min(datasets.get_benchmark(d, p).best.number_of_tasks for d, p in cases)
+    if (args.task or 1) > fewest:
+        parser.error(f"--task={args.task}: a benchmark chosen has only {fewest} tasks")
     print(f"device: {args.device}; {'captured' if args.device.startswith('cuda') else 'eager'} "
           f"steps on a fixed batch, the median of {min(TIMINGS, args.steps)} timed groups "
           f"({args.steps} steps or a few more)")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import output_layer  # noqa: E402
 import machine  # noqa: E402
+import timing  # noqa: E402  (bench/timing.py)
 
 OUTPUTS, HIDDEN = 2_036_010, 100  # Permuted MNIST's best configuration
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--block_rows", type=int, default=output_layer.BLOCK_ROWS)
     args = parser.parse_args()
+    args.device = timing.usable_device(args.device)
     output_layer.BLOCK_ROWS = args.block_rows
     machine.keep_freed_memory()  # as a run does: freed gradients come back without page faults
     forms = {"h·Wᵀ": linear, "W·hᵀ": transposed}

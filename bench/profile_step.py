@@ -1,11 +1,12 @@
 """Where a paper-scale training step spends its time: phases and the costliest operations.
 
 Profiles the step of a benchmark's best configuration (default: Permuted MNIST,
-206M-parameter hypernetwork) at the given tasks with torch.profiler, each task
-in its own process. Prints per task the wall time of the step's phases (loss:
-hypernetwork forward, masks, target network and regularisers; backward;
-optimizer), the page faults per step (fresh memory being touched), and the
-operations with the most self time with their input shapes.
+206M-parameter hypernetwork) at the given tasks (default: its first and its
+last) with torch.profiler, each task in its own process. Prints per task the
+wall time of the step's phases (loss: hypernetwork forward, masks, target
+network and regularisers; backward; optimizer), the page faults per step (fresh
+memory being touched), and the operations with the most self time with their
+input shapes.
 
     python bench/profile_step.py [--benchmark=PermutedMNIST:0] [--tasks=1,10] [--device=cuda]
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own start/stop lines: off
 
 import timing  # noqa: E402  (bench/ is on sys.path when run)
-from train_step import step_setup  # noqa: E402
+from train_step import chosen_cases, step_setup  # noqa: E402
 
 PHASES = ("loss", "backward", "optimizer")
 
@@ -90,21 +91,23 @@ def shapes(inputs: list) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", default="PermutedMNIST:0", help="DATASET:PART")
-    parser.add_argument("--tasks", default="1,10", help="task numbers from 1")
+    parser.add_argument("--tasks", help="task numbers from 1 (default: the first and the last)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--top", type=int, default=8, help="operations listed per task")
+    parser.add_argument("--steps", type=timing.at_least(1), default=3)
+    parser.add_argument("--top", type=timing.at_least(0), default=8,
+                        help="operations listed per task")
     args = parser.parse_args()
-    dataset, _, part = args.benchmark.partition(":")
+    args.device = timing.usable_device(args.device)
+    cases = chosen_cases(parser, args.benchmark, args.tasks)  # checked: a one-line error
     import torch
 
     print(f"device: {args.device}; torch {torch.__version__}; {torch.get_num_threads()} "
           f"threads; {args.steps} profiled steps after 2 warm-up steps")
     spawn = multiprocessing.get_context("spawn")
-    for task in (int(t) for t in args.tasks.split(",")):
+    for dataset, part, task_id, _ in cases:
         with spawn.Pool(1) as pool:
-            print(pool.apply(profile, (dataset, int(part or 0), task - 1, args.device,
-                                       args.steps, args.top)), flush=True)
+            print(pool.apply(profile, (dataset, part, task_id, args.device, args.steps,
+                                       args.top)), flush=True)
 
 
 if __name__ == "__main__":

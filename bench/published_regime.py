@@ -47,12 +47,15 @@ def main() -> None:
     import torch
 
     import machine
+    import timing
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=100, help="per task")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.device != "auto":  # machine.select_device picks one for auto
+        timing.usable_device(args.device)
     device = machine.select_device(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"device: {device} ({torch.get_num_threads()} threads); torch {torch.__version__}; "

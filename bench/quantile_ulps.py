@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hypermask  # noqa: E402
+import timing  # noqa: E402  (bench/timing.py)
 
 # ResNet-20's maskable tensors' sizes, in the order of its parameters (as the tests')
 SIZES = [432, 16, 2304, 16, 4608, 32, 9216, 32, 18432, 64, 36864, 64, 640, 10, 7, 3]
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    args.device = timing.usable_device(args.device)
     counts = ulp_counts(args.seeds, args.device)
     total = sum(counts.values())
     print(f"{total} thresholds ({len(SIZES)} ResNet-20-sized tensors, {args.seeds} seeds, "

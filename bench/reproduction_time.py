@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sample_data  # noqa: E402  (bench/ is on sys.path when run)
 import timing  # noqa: E402
-from train_step import BYTES_PER_PARAMETER, bandwidth_now, in_own_process, step_bytes  # noqa
+from train_step import (BYTES_PER_PARAMETER, bandwidth_now, chosen_benchmarks,  # noqa: E402
+                        in_own_process, step_bytes)
 
 RUNS_PER_GPU_TARGET = 3.0  # five runs on one GPU: 3x the runs per hour of one (issue 23)
 
@@ -183,21 +184,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--only", help="DATASET:PART,... instead of every best configuration")
+    parser.add_argument("--steps", type=timing.at_least(1), default=3)
+    parser.add_argument("--only", help="DATASET:PART,... instead of every best configuration "
+                                       "(DATASET alone: all its parts)")
     parser.add_argument("--pipeline", action="store_true",
                         help="also measure FeCAM's augmentation workers against the steps")
     parser.add_argument("--workers", help="worker counts for --pipeline (default 1, 2, 4, 8 "
                                           "up to this machine's CPUs)")
     parser.add_argument("--batches", type=int, default=45, help="timed batches per worker count")
     args = parser.parse_args()
-    benchmarks = [(d, p) for (d, p), b in datasets.BENCHMARKS.items() if b.best is not None]
-    if args.only:
-        chosen = [(d, int(p)) for d, _, p in (item.partition(":") for item in
-                                              args.only.split(","))]
-        if not set(chosen) <= set(benchmarks):
-            parser.error(f"--only: choose among {', '.join(f'{d}:{p}' for d, p in benchmarks)}")
-        benchmarks = chosen
+    args.device = timing.usable_device(args.device)
+    benchmarks = chosen_benchmarks(parser, args.only, [
+        (d, p) for (d, p), b in datasets.BENCHMARKS.items() if b.best is not None])
     workers = ([int(w) for w in args.workers.split(",")] if args.workers else
                [w for w in (1, 2, 4, 8) if w <= (os.cpu_count() or 1)])
     captured = args.device.startswith("cuda")

@@ -2,10 +2,14 @@
 
 A GPU runs what it is given later than Python hands it over, so a host clock
 means something only after the device has finished: `synchronize` waits for it
-(a no-op on a CPU). `median_seconds` is the one timer of the bench scripts.
+(a no-op on a CPU). `median_seconds` is the one timer of the bench scripts, and
+`usable_device` their one check of --device (a device that is not there ends a
+script with one line, not a traceback), `at_least` that of their counts.
 """
 
+import argparse
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -39,3 +43,43 @@ def median_seconds(work: Callable[[], object], *, device, warmup: int = 1, repea
         synchronize(device)
         timings.append((time.perf_counter() - started) / number)
     return statistics.median(timings)
+
+
+def usable_device(name: str) -> str:
+    """`name` if it names a device this machine has (cpu, cuda, cuda:N, mps); else the
+    script ends here with one line saying what to use instead (exit status 1).
+
+    Found without using the device: a CUDA context is opened only by the work itself.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        sys.exit(f"--device={name} is no device: use --device=cpu or --device=cuda (cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device here: run on a GPU machine or use --device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        sys.exit(f"no {name} here: this machine has {count} CUDA device(s), cuda:0 to "
+                 f"cuda:{count - 1}; use one of them or --device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        sys.exit("no MPS device here: use --device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        sys.exit(f"--device={name}: the bench scripts run on cpu, cuda (cuda:N) or mps")
+    return name
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (else argparse's one-line error)."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"give a whole number of at least {minimum}, "
+                                             f"not {text!r}")
+        return value
+
+    return whole_number

@@ -283,9 +283,28 @@ def in_own_process(*arguments) -> tuple:
         return pool.apply(measure, arguments)
 
 
+def chosen_benchmarks(parser: argparse.ArgumentParser, only: str | None,
+                      allowed: list) -> list:
+    """The (dataset, part) pairs of --only=DATASET:PART,... (a DATASET alone: every part of
+    it in `allowed`); without --only, all of `allowed`. Anything else: parser.error."""
+    if not only:
+        return list(allowed)
+    chosen = []
+    for item in only.split(","):
+        dataset, colon, part = item.strip().partition(":")
+        parts = [p for d, p in allowed if d == dataset and (not colon or str(p) == part)]
+        if not parts:
+            known = ", ".join(f"{d}:{p}" for d, p in allowed)
+            parser.error(f"--only: {item!r} is not among {known} (DATASET:PART, or DATASET "
+                         f"for all its parts)")
+        chosen += [(dataset, p) for p in parts if (dataset, p) not in chosen]
+    return chosen
+
+
 def chosen_cases(parser: argparse.ArgumentParser, benchmark: str | None,
                  tasks: str | None) -> list | None:
-    """(dataset, part, task_id, batched) for --benchmark and --tasks (None: neither given)."""
+    """(dataset, part, task_id, batched) for --benchmark and --tasks (None: neither given);
+    --tasks alone: those tasks of Permuted MNIST part 0."""
     import datasets
     import errors
 
@@ -306,10 +325,11 @@ def chosen_cases(parser: argparse.ArgumentParser, benchmark: str | None,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=timing.at_least(1), default=5)
     parser.add_argument("--benchmark", help="DATASET:PART, e.g. PermutedMNIST:1")
     parser.add_argument("--tasks", help="task numbers from 1, e.g. 1,50,100")
     args = parser.parse_args()
+    args.device = timing.usable_device(args.device)
     cases = chosen_cases(parser, args.benchmark, args.tasks)
     if cases is not None:
         run_cases(cases, args.device, args.steps)

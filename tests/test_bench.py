@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,106 @@ def test_every_part_the_long_run_benchmark_times_exists():
     long_run = load("long_run")
     for module, function in long_run.PARTS:
         assert hasattr(importlib.import_module(module), function), f"{module}.{function}"
+
+
+TIMED_SCRIPTS = ["train_step", "image_step", "output_layer", "quantile_ulps", "published_regime",
+                 "profile_step", "input_layout", "reproduction_time"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("script", TIMED_SCRIPTS)
+def test_the_scripts_refuse_cuda_in_one_line_without_a_gpu(script, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--device=cuda"])
+    with pytest.raises(SystemExit) as stop:
+        load(script).main()
+    assert stop.value.code == "no CUDA device here: run on a GPU machine or use --device=cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_script_given_cuda_without_a_gpu_prints_one_line_and_fails():
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(BENCH / "quantile_ulps.py"), "--device=cuda"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "no CUDA device here: run on a GPU machine or use --device=cpu"]
+
+
+def test_a_device_that_is_no_device_is_refused_in_one_line():
+    with pytest.raises(SystemExit, match="--device=gpu is no device: use --device=cpu"):
+        load("timing").usable_device("gpu")
+    assert load("timing").usable_device("cpu") == "cpu"
+
+
+def test_only_takes_a_benchmark_with_or_without_its_part():
+    """--only=CIFAR100 is every part of it (it stopped reproduction_time on int(''))."""
+    import argparse
+
+    chosen = load("train_step").chosen_benchmarks
+    allowed = [("SplitMNIST", 0), ("CIFAR100", 0), ("CIFAR100", 1)]
+    parser = argparse.ArgumentParser()
+    assert chosen(parser, None, allowed) == allowed
+    assert chosen(parser, "CIFAR100", allowed) == [("CIFAR100", 0), ("CIFAR100", 1)]
+    assert chosen(parser, "CIFAR100:1,SplitMNIST,CIFAR100", allowed) == [
+        ("CIFAR100", 1), ("SplitMNIST", 0), ("CIFAR100", 0)]
+    for bad in ("CIFAR100:2", "CIFAR100:x", "TinyImageNet", "CIFAR100:"):
+        with pytest.raises(SystemExit) as stop:
+            chosen(parser, bad, allowed)
+        assert stop.value.code == 2, bad
+
+
+def test_image_step_times_image_networks_only():
+    """--tasks alone used to time Permuted MNIST's MLP (train_step's default benchmark)."""
+    import argparse
+
+    cases = load("image_step").chosen_image_cases
+    parser = argparse.ArgumentParser()
+    networks = {datasets.get_benchmark(d, p).best.target_network
+                for d, p, _, _ in cases(parser, None, None) + cases(parser, None, "1")}
+    assert "MLP" not in networks and {"ResNet-20", "ZenkeNet"} <= networks
+    assert cases(parser, None, "2") == [("CIFAR100", 0, 1, True), ("CIFAR100", 1, 1, True)]
+    with pytest.raises(SystemExit):
+        cases(parser, "SplitMNIST:0", None)
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--benchmark=Foo:0"], ["--benchmark=SplitMNIST:x"], ["--benchmark=SplitMNIST:0",
+                                                         "--tasks=6"],
+    ["--tasks=a"], ["--tasks=0"], ["--steps=0"], ["--top=-1"]])
+def test_profile_step_refuses_bad_arguments_before_profiling(arguments, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["profile_step.py", *arguments])
+    with pytest.raises(SystemExit) as stop:
+        load("profile_step").main()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("profile_step.py: error: ")
+
+
+def test_the_device_check_starts_afresh_says_its_commit_and_leaves_no_scratch(tmp_path,
+                                                                             monkeypatch):
+    """A rerun into the same folder mixed its files with the first run's; /tmp kept a
+    device_check_<pid> folder per run; the log did not say which code ran."""
+    import subprocess
+
+    device_check = load("device_check")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["device_check.py", f"--out={out}", "--only=thresholds"])
+    assert device_check.main() == 0
+    first_line = (out / "device_check.log").read_text().splitlines()[0]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH.parent,
+                            capture_output=True, text=True).stdout.strip()
+    assert f"; commit {commit or 'unknown'}" in first_line
+    assert time.strftime("%Y-%m-%d") in first_line
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(SystemExit, match="is not an empty folder: give a new or empty one"):
+        device_check.main()
+    monkeypatch.setattr(device_check, "check_commands", lambda *arguments: {
+        "thresholds": lambda: 1 / 0})
+    monkeypatch.setattr(sys, "argv", ["device_check.py", f"--out={tmp_path / 'again'}",
+                                      "--only=thresholds"])
+    with pytest.raises(ZeroDivisionError):
+        device_check.main()
+    assert list(scratch.iterdir()) == []
