@@ -96,8 +96,8 @@ SEED_METRICS = {
     "BWT": "backward transfer",
     "FWT": "forward transfer",
     "forgetting": "Chaudhry et al. 2018",
-    "task_agnostic_accuracy": "accuracy with each test image's task inferred by the lowest "
-                              "entropy",
+    "task_agnostic_accuracy": "mean over tasks of the accuracy with each test image's task "
+                              "inferred by the lowest entropy",
     "task_identification_accuracy": "how often that inferred task was right",
     # with fecam_evaluation (the FeCAM setup), the authors' class-incremental protocol
     "task_agnostic_incremental_accuracy": "the mean over incremental steps i of that "
@@ -470,9 +470,14 @@ def plot_experiment(groups: list, experiment_dir: Path, table: pd.DataFrame) -> 
     plots.plot_heatmap(matrices.mean(0), experiment_dir / "mean_heatmap.png",
                        f"{name}: mean accuracy (%)")
     plots.plot_per_task(matrices, experiment_dir / "per_task_accuracy.png", name)
+    grid = experiment_dir / "grid.png"
     if len(groups) > 1 or varying:
-        plots.plot_grid(table[table["finished"]], list(varying), experiment_dir / "grid.png",
-                        f"{runs['dataset'].iloc[0]} part {part} grid search")
+        kind = ("grid search" if configuration_name(runs["run"].iloc[0])
+                else f"{len(groups)} configurations")
+        plots.plot_grid(table[table["finished"]], list(varying), grid,
+                        f"{runs['dataset'].iloc[0]} part {part} {kind}")
+    else:  # an earlier summary's, of configurations that no longer count
+        grid.unlink(missing_ok=True)
 
 
 EXPERIMENT_PLOTS = ("mean_heatmap.png", "per_task_accuracy.png", "grid.png")
@@ -493,7 +498,10 @@ FECAM_COLUMNS = {
                        "tasks with the task unknown (n/a: not evaluated)"),
     "fecam_average_accuracy": ("FeCAM average incremental", "its mean over the incremental "
                                "steps (the test sets of tasks 0..i for every i), the number the "
-                               "authors' FeCAM evaluation reports")}
+                               "authors' FeCAM evaluation reports"),
+    "task_agnostic_incremental_accuracy": (
+        "entropy average incremental", "the mean over the incremental steps of the accuracy "
+        "with each test image's task inferred by the lowest entropy among tasks 0..i's masks")}
 
 
 def experiment_runs(experiment_dir: Path) -> pd.DataFrame:
@@ -571,7 +579,8 @@ def table_row(experiment_dir: Path, runs: pd.DataFrame, settings: str = "") -> d
            + (f" ({', '.join(notes)})" if notes else "") + (f" [{settings}]" if settings else ""),
            "part": int(match["part"]), "tasks": first_value(runs, "number_of_tasks"),
            "target_network": network,
-           "overrides": overridden_settings(recorded.iloc[0], set()) if len(recorded) else ""}
+           "overrides": overridden_settings(recorded.iloc[0], set()) if len(recorded) else "",
+           **{name: first_value(runs, name) for name in (*DATA_RECORDS, "data_source")}}
     for metric in [*TABLE_METRICS, *FECAM_COLUMNS]:
         values = finished[metric] if metric in finished else pd.Series(dtype=float)
         row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=0)
@@ -646,6 +655,17 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def data_lines(table: pd.DataFrame) -> list[str]:
+    """Under the table, the data each row's runs read: sizes, folder and fingerprint (a row
+    on other files of the benchmark's format reads like the paper's otherwise)."""
+    lines = [f"- {benchmark}: {size}, read from {source} (data_fingerprint {fingerprint})"
+             for benchmark, size, source, fingerprint in table.reindex(
+                 columns=["benchmark", "data_size", "data_source", "data_fingerprint"])
+             .fillna("not recorded").itertuples(index=False)
+             if size != "not recorded"]
+    return ["Data per row:", "", *lines, ""] if lines else []
+
+
 def write_results_table(root: Path) -> str | None:
     """results_table.md, .csv and .tex in root; the Markdown text (None: no row, no file)."""
     root = Path(root)
@@ -670,6 +690,7 @@ def write_results_table(root: Path) -> str | None:
            if table["settings"].astype(bool).any() else ""), "",
         markdown(readable), ""]
         + ([chance.CHANCE_NOTE, ""] if "at chance" in readable else [])
+        + data_lines(table)
         + ([f"Not in the table (grid searches, whose summary.md ranks their points, and "
              f"folders not named like experiments): {', '.join(left_out)}", ""]
            if left_out else []))
@@ -699,12 +720,17 @@ def configurations_below(root: Path) -> dict[tuple[str, str], pd.DataFrame]:
     return found
 
 
+# Percent points below which |B - A| and the spread count as equal: a run compared with
+# itself and another differs from their std by rounding (1e-13 here), not beyond it.
+ROUNDING = 1e-9
+
+
 def compare_runs(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[dict]:
     """One row per metric that both sets of finished runs have.
 
     The spread is the larger of the two population stds over seeds; a
-    difference `exceeds` it when |mean_B - mean_A| > spread (None when both
-    sides have a single run: no spread to compare with).
+    difference `exceeds` it when |mean_B - mean_A| > spread beyond float rounding
+    (None when both sides have a single run: no spread to compare with).
     """
     rows = []
     for metric in SEED_METRICS:
@@ -718,19 +744,21 @@ def compare_runs(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[dict]:
         rows.append({"metric": metric, "seeds_A": len(a), "seeds_B": len(b),
                      "mean_A": a.mean(), "std_A": a.std(ddof=0), "mean_B": b.mean(),
                      "std_B": b.std(ddof=0), "difference": difference, "spread": spread,
-                     "exceeds": None if len(a) == len(b) == 1 else bool(abs(difference) > spread)})
+                     "exceeds": None if len(a) == len(b) == 1
+                     else bool(abs(difference) - spread > ROUNDING)})
     return rows
 
 
 def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> list[str]:
-    """The recorded settings whose values differ between two sets of runs of one experiment."""
+    """The recorded settings whose values differ between two sets of runs of one experiment,
+    with both values: "beta (A 0.001, B 0.01)"."""
     # task_classes are compared seed by seed: class_differences
     ignored = set(METRICS) | set(RUN_NOTES) | {"configuration", "state", TASK_CLASSES}
     columns = (set(runs_a.columns) | set(runs_b.columns)) - ignored
-    return sorted(c for c in columns
-                  if setting_text(first_value(runs_a, c)) != setting_text(first_value(runs_b, c))
-                  and not (c in DATA_RECORDS
-                           and None in (first_value(runs_a, c), first_value(runs_b, c))))
+    values = {c: [setting_text(first_value(runs, c)) for runs in (runs_a, runs_b)]
+              for c in sorted(columns)}
+    return [f"{c} (A {a}, B {b})" for c, (a, b) in values.items() if a != b
+            and not (c in DATA_RECORDS and "None" in (a, b))]
 
 
 def shared_tasks_agree(classes_a: list, classes_b: list) -> bool:
@@ -781,6 +809,32 @@ def matched_experiments(keys_a, keys_b) -> list[tuple]:
         if len(matches) == 1 and sum(regime_free(k) == regime_free(key) for k in left_a) == 1:
             pairs.append((key, matches[0]))
     return pairs
+
+
+def pair_notes(runs_a: pd.DataFrame, runs_b: pd.DataFrame, label: str) -> list[str]:
+    """Under the comparison, what differs between the finished runs of a pair besides the
+    method's numbers: settings, seeds, the tasks' classes."""
+    notes = []
+    if differing := configuration_differences(runs_a, runs_b):
+        notes.append(f"Configurations differ in {label}: {'; '.join(differing)}")
+    seeds_a, seeds_b = (sorted(int(seed) for seed in runs["seed"].dropna())
+                        if "seed" in runs else [] for runs in (runs_a, runs_b))
+    if seeds_a != seeds_b:  # the difference then mixes the method's change with the seeds'
+        notes.append(f"Seeds differ in {label}: A {', '.join(map(str, seeds_a))}; "
+                     f"B {', '.join(map(str, seeds_b))}")
+    return notes + class_differences(runs_a, runs_b, label)
+
+
+def runs_left_out(runs: pd.DataFrame, side: str, label: str) -> list[str]:
+    """Under the comparison, one side's runs of a pair that are not in its numbers (failed,
+    unfinished) and its finished runs with tasks at chance: a change that makes a seed
+    diverge must not pass for one with fewer seeds."""
+    notes = [f"{side}'s {state} run(s) of {label}, not in its numbers: "
+             + ", ".join(runs.loc[runs["state"] == state, "run"])
+             for state in ("failed", "unfinished") if (runs["state"] == state).any()]
+    if at_chance := chance.chance_runs(runs[runs["state"] == "finished"]):
+        notes.append(f"{side}'s runs of {label} with tasks at chance: {'; '.join(at_chance)}")
+    return notes
 
 
 def configuration_pairs(a: dict, b: dict) -> list[tuple]:
@@ -835,16 +889,11 @@ def compare(root_a: Path, root_b: Path) -> str:
         if runs_a.empty or runs_b.empty:
             notes.append(f"Not compared, no finished run in {'A' if runs_a.empty else 'B'}: "
                          f"{label}")
-            continue
-        rows += [{"experiment": label, **row} for row in compare_runs(runs_a, runs_b)]
-        if differing := configuration_differences(runs_a, runs_b):
-            notes.append(f"Configurations differ in {label}: {', '.join(differing)}")
-        seeds_a, seeds_b = (sorted(int(seed) for seed in runs["seed"].dropna())
-                            if "seed" in runs else [] for runs in (runs_a, runs_b))
-        if seeds_a != seeds_b:  # the difference then mixes the method's change with the seeds'
-            notes.append(f"Seeds differ in {label}: A {', '.join(map(str, seeds_a))}; "
-                         f"B {', '.join(map(str, seeds_b))}")
-        notes += class_differences(runs_a, runs_b, label)
+        else:
+            rows += [{"experiment": label, **row} for row in compare_runs(runs_a, runs_b)]
+            notes += pair_notes(runs_a, runs_b, label)
+        notes += [note for side, runs in (("A", a[key_a]), ("B", b[key_b]))
+                  for note in runs_left_out(runs, side, label)]
     for only, side in ((a.keys() - {k for k, _ in pairs}, "A"),
                        (b.keys() - {k for _, k in pairs}, "B")):
         if only:

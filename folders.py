@@ -40,7 +40,7 @@ PLANNED = "planned_runs.txt"
 # config.json keys (runs.job_record) that say how a run was executed, not what it is:
 # summaries do not tell configurations apart by them.
 MACHINE_COLUMNS = ("threads", "cuda_graphs", "device", "device_name", "torch_version",
-                   "hypnettorch_version")
+                   "hypnettorch_version", "code_version")
 # Settings a resumed run may change without becoming another run (runs.RECORD_ONLY).
 # Summaries tell configurations apart by those that change numbers
 # (evaluation.NEUTRAL_SETTINGS lists the others).

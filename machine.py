@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import importlib.metadata
 import io
 import os
 import platform
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -114,7 +116,26 @@ def where_it_runs(device: torch.device) -> dict:
     elsewhere may change them)."""
     return {"device": str(device), "device_name": device_name(device),
             "torch_version": torch.__version__,
-            "hypnettorch_version": importlib.metadata.version("hypnettorch")}
+            "hypnettorch_version": importlib.metadata.version("hypnettorch"),
+            "code_version": code_version()}
+
+
+@functools.cache
+def code_version() -> str | None:
+    """This code's git commit ("3f2c1a9b0d4e"), with "+changes" where the project's modules
+    (the *.py beside this file) differ from it; None outside a git checkout."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        commit, changed = git("rev-parse", "--short=12", "HEAD"), git(
+            "diff", "--quiet", "HEAD", "--", ":(glob)*.py")
+    except (OSError, subprocess.SubprocessError):  # no git, or a hung one
+        return None
+    if commit.returncode:
+        return None
+    return commit.stdout.strip() + ("+changes" if changed.returncode == 1 else "")
 
 
 def device_name(device: torch.device) -> str:

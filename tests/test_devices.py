@@ -1,6 +1,10 @@
 """Devices without a GPU: the CUDA calls a run makes, checked with mocks of torch.cuda."""
 
 import os
+import runpy
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +114,25 @@ def test_the_thread_budget(slurm, share, expected, monkeypatch):
     else:
         monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm)
     assert machine.cpu_threads(share) == expected
+
+
+def test_code_version_is_the_commit_and_says_when_the_modules_differ(tmp_path, monkeypatch):
+    """config.json's code_version: which code made a result (another may move last digits)."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    shutil.copy(Path(machine.__file__), tmp_path / "machine.py")
+    (tmp_path / "README.md").write_text("front page\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    copy = runpy.run_path(str(tmp_path / "machine.py"))["code_version"]
+    commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    assert copy() == commit and len(commit) == 12
+    (tmp_path / "README.md").write_text("other words\n")  # no module changed
+    assert copy.__wrapped__() == commit
+    (tmp_path / "machine.py").write_text("# changed\n", encoding="utf-8")
+    assert copy.__wrapped__() == commit + "+changes"
+    shutil.rmtree(tmp_path / ".git")
+    assert copy.__wrapped__() is None  # not a git checkout

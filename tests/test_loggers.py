@@ -288,14 +288,16 @@ def test_config_records_where_the_run_ran_without_defining_the_run(mnist_root, t
         torch.device("cpu")) != ""
     assert here["torch_version"] == torch.__version__ and here["hypnettorch_version"] == "0.0.4"
     assert here["threads"] == machine.cpu_threads()
+    assert here["code_version"] == machine.code_version() is not None
     elsewhere = {"device_name": "Another CPU", "torch_version": "2.99.0",
-                 "hypnettorch_version": "0.0.5", "device": "cuda", "threads": 96}
+                 "hypnettorch_version": "0.0.5", "device": "cuda", "threads": 96,
+                 "code_version": "0123456789ab"}
     path.write_text(json.dumps(here | elsewhere))  # as if it began on another machine
     capsys.readouterr()
     assert run(mnist_root, tmp_path, seeds="[3,4]") == 0  # resumes here
     out = capsys.readouterr().out
     assert "resuming with changed settings" in out and "'Another CPU' -> " in out
-    assert "'2.99.0' -> " in out and "96 -> " in out
+    assert "'2.99.0' -> " in out and "96 -> " in out and "'0123456789ab' -> " in out
     assert json.loads(path.read_text()) == here
     # runs of one configuration on two machines are one row of the summary
     other = run_folder(tmp_path, 4) / "config.json"

@@ -113,6 +113,7 @@ def test_table_command_writes_markdown_csv_and_booktabs_latex(results, capsys):
     assert "its numbers are not the paper's setting" in markdown
     assert "| Permuted MNIST (demo sample) |" in markdown
     assert "not named like experiments): SplitMNIST_part1_grid" in markdown
+    assert "Data per row:" not in markdown  # these runs recorded no data
     csv = pd.read_csv(results / "results_table.csv")
     assert csv.loc[0, "ACC_mean"] == pytest.approx(86.0) and len(csv) == 7
     latex = (results / "results_table.tex").read_text()
@@ -129,6 +130,8 @@ def test_table_gives_the_fecam_setups_class_incremental_accuracy_where_evaluated
     for seed, accuracies in ((1, [61.0, 40.0]), (2, [63.0, 44.0])):  # after tasks 1 and 2
         pd.DataFrame({"task": [0, 1], "accuracy": accuracies}).to_csv(
             fecam / f"seed_{seed}" / "fecam.csv", index=False)
+        pd.DataFrame({"tasks_seen": [1, 2], "accuracy": [a + 10 for a in accuracies]}).to_csv(
+            fecam / f"seed_{seed}" / "task_agnostic_steps.csv", index=False)
     assert evaluation.main([str(results), "--table"]) == 0
     table = pd.read_csv(results / "results_table.csv").set_index("experiment")
     assert table.loc[fecam.name, ["fecam_accuracy_mean", "fecam_accuracy_std"]].tolist() == [
@@ -143,6 +146,9 @@ def test_table_gives_the_fecam_setups_class_incremental_accuracy_where_evaluated
     # the authors' number: the mean over steps (50.5 and 53.5)
     assert row[header.index("FeCAM average incremental")] == "52.00 ± 1.50"
     assert "FeCAM average incremental: its mean over the incremental steps" in markdown
+    # the entropy's counterpart, the authors' other reported number
+    assert row[header.index("entropy average incremental")] == "62.00 ± 1.50"
+    assert "entropy average incremental: the mean over the incremental steps" in markdown
     summary = evaluation.summarize_experiment(fecam)
     assert "| 42.00 ± 2.00 " in summary and "fecam_accuracy: FeCAM class-incremental" in summary
 
@@ -217,7 +223,36 @@ def test_compare_rows_with_one_run_each_have_no_spread_and_name_changed_settings
     text = evaluation.compare(tmp_path / "A", tmp_path / "B")
     assert comparison_cells(text, "ACC")[2:] == ["1/1", "85.00", "75.00", "-10.00",
                                                  "n/a", "n/a"]  # one run each: no spread
-    assert "Configurations differ in SplitMNIST_part0_best: beta" in text
+    assert "Configurations differ in SplitMNIST_part0_best: beta (A 0.1, B 0.5)" in text
+
+
+def test_compare_names_the_runs_not_in_its_numbers_and_tasks_at_chance(tmp_path):
+    """A change that makes a seed diverge must not pass for a comparison over fewer seeds."""
+    for side in "AB":
+        for seed in (1, 2, 3):
+            make_run(tmp_path / side / "SplitMNIST_part0_best" / f"seed_{seed}")
+    b = tmp_path / "B" / "SplitMNIST_part0_best"
+    (b / "seed_2" / "final_weights.pt").unlink()
+    (b / "seed_2" / "failed.txt").write_text("diverged: loss is NaN\n")
+    (b / "seed_3" / "final_weights.pt").unlink()
+    shutil.rmtree(b / "seed_1")
+    make_run(b / "seed_1", last_row=(50.0, 90.0), classes=2)  # task 0 at chance
+    text = evaluation.compare(tmp_path / "A", tmp_path / "B")
+    assert ("B's failed run(s) of SplitMNIST_part0_best, not in its numbers: seed_2"
+            in text)
+    assert "B's unfinished run(s) of SplitMNIST_part0_best, not in its numbers: seed_3" in text
+    assert "B's runs of SplitMNIST_part0_best with tasks at chance: seed 1 (task 1)" in text
+    assert "A's" not in text
+
+
+def test_a_difference_equal_to_the_spread_is_not_beyond_it(tmp_path):
+    """B is A's first seed alone: |B - A| equals A's std up to float rounding."""
+    for seed, accuracy in ((1, 60.4), (2, 61.7)):  # ACC: |B - A| - std is 7e-15 here
+        make_run(tmp_path / "A" / "SplitMNIST_part0_best" / f"seed_{seed}",
+                 last_row=(accuracy, 90.0))
+    make_run(tmp_path / "B" / "SplitMNIST_part0_best" / "seed_1", last_row=(60.4, 90.0))
+    cells = comparison_cells(evaluation.compare(tmp_path / "A", tmp_path / "B"), "ACC")
+    assert cells[3:] == ["75.53 ± 0.32", "75.20", "-0.33", "0.32", "no"]  # both 0.325
 
 
 def test_compare_matches_grid_searches_point_by_point(tmp_path):
@@ -295,6 +330,10 @@ def test_seeds_recorded_before_a_new_setting_or_with_record_only_changes_are_one
     text = evaluation.summarize_experiment(experiment)
     rows = [line for line in text.splitlines() if line.startswith("|")][2:]
     assert len(rows) == 2 and "86.00 ± 1.00" in rows[0] and "65.00" in rows[1]
+    assert (experiment / "grid.png").exists()  # two configurations of a best folder
+    shutil.rmtree(experiment / "seed_3")
+    evaluation.summarize_experiment(experiment)
+    assert not (experiment / "grid.png").exists()  # it showed a run that no longer counts
 
 
 def test_fecam_with_validation_tells_configurations_apart_only_where_fecam_ran(tmp_path):
@@ -781,6 +820,19 @@ def test_seeds_that_read_data_of_other_sizes_are_other_configurations(tmp_path):
     assert len(rows) == 3  # seed 1's data are unknown now: it stays apart
     assert any("2 tasks of 36 training" in row and "|       1 |" in row for row in rows)
     assert "; and from /data/b: 2 tasks of 36 training" in text
+
+
+def test_table_rows_say_which_data_they_read(tmp_path):
+    """Other files in the benchmark's format read like the paper's data but for this."""
+    sizes = [{"training_samples": 480, "validation_samples": 120, "test_samples": 100}] * 2
+    make_run(tmp_path / "SplitMNIST_part0_best" / "seed_1", task_sizes=sizes,
+             data_source="/data/small", data_fingerprint="0123456789abcdef")
+    text = evaluation.write_results_table(tmp_path)
+    assert ("- Split MNIST: 2 tasks of 480 training, 120 validation and 100 test images, read "
+            "from /data/small (data_fingerprint 0123456789abcdef)") in text
+    csv = pd.read_csv(tmp_path / "results_table.csv")
+    assert csv.loc[0, ["data_source", "data_fingerprint"]].tolist() == [
+        "/data/small", "0123456789abcdef"]
 
 
 def test_table_rows_say_which_settings_are_not_the_benchmarks(tmp_path):
