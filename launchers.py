@@ -44,6 +44,7 @@ STOPPED_EXIT_CODES = tuple(128 + signum for signum in runs.STOP_SIGNALS)  # save
 ALREADY_RUNNING = 3  # refused: another process trains its folder (runs.AlreadyRunning)
 DISK_STOPPED = 4  # a write failed: the disk is full, over quota or read-only (its failed.txt)
 OTHER_RUN = 5  # refused: its folder holds another run (runs.OtherRun)
+INTERRUPTED = 6  # stopped at once by a second Ctrl-C: its last checkpoint kept, no failed.txt
 
 
 # ------------------------------------------------------------ sequential
@@ -285,9 +286,12 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
     still loading). Without, a run stopped by a signal from elsewhere (`kill` of its
     process) is reported: the launch did not do what it was asked.
     """
-    if exitcode == 0 or (stopping and (exitcode in STOPPED_EXIT_CODES
+    if exitcode == 0 or (stopping and (exitcode in (*STOPPED_EXIT_CODES, INTERRUPTED)
                                        or -exitcode in runs.STOP_SIGNALS)):
         return None
+    if exitcode == INTERRUPTED:  # a Ctrl-C the pool did not see (sent to the run alone)
+        return ("stopped at once by a second SIGINT from outside the launcher, its last "
+                "checkpoint kept; rerun the same command to continue it")
     if exitcode in STOPPED_EXIT_CODES:  # its state saved, no failed.txt: it is interrupted
         return (f"stopped by {signal.Signals(exitcode - 128).name} from outside the launcher, "
                 "its state saved; rerun the same command to continue it")
@@ -304,6 +308,8 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
         return (f"{files.STOPPED[0]} or read-only: a write into {job.run_dir} failed and "
                 f"{failed.name} could not be written either; make space there, then rerun the "
                 "same command to continue the run from its last checkpoint")
+    if exitcode < 0 and folders.run_state(job.run_dir) == "finished":
+        return None  # killed after its results were saved (closing its loggers, say)
     if exitcode < 0:  # killed by a signal: nothing could write failed.txt
         name = signal.Signals(-exitcode).name
         saved = (job.run_dir / folders.CHECKPOINT).exists()
@@ -332,6 +338,8 @@ def _pool_run(job: runs.Job, gpu: str | None, environment: dict | None = None) -
         sys.exit(OTHER_RUN)
     except files.WriteFailed as failed:  # its failed.txt written by run_logged, if it fit
         sys.exit(DISK_STOPPED if failed.shared else 1)
+    except KeyboardInterrupt:  # a second Ctrl-C (the pool says it once for every run)
+        sys.exit(INTERRUPTED)
     sys.exit(1 if error else 0)
 
 
@@ -343,6 +351,7 @@ class Pool:
         self.environments = environments or {}  # slot -> its runs' environment (CUDA MPS)
         self.context = multiprocessing.get_context("spawn")
         self.stopped: int | None = None  # the signal that stopped the pool
+        self.interrupted = False  # a run stopped at once (a second Ctrl-C), not saved
         self.disk_stopped = False  # a run stopped by a full or read-only disk (no new runs)
 
     def start_queued(self) -> None:
@@ -364,6 +373,7 @@ class Pool:
             job, slot = self.running.pop(process)
             self.free.append(slot)
             self.disk_stopped |= process.exitcode == DISK_STOPPED
+            self.interrupted |= process.exitcode == INTERRUPTED
             error = exit_error(job, process.exitcode, stopping=self.stopped is not None)
             if error:
                 failed.append((job, error))
@@ -378,6 +388,10 @@ class Pool:
             return
 
         def handler(signum, frame):
+            if signum == signal.SIGINT and self.stopped is not None:  # Ctrl-C again
+                print("\nSIGINT again: the runs that get it stop at once, each keeping its "
+                      "last checkpoint", flush=True)
+                return
             self.stopped = signum
             self.queue.clear()
             # Ctrl-C reaches the runs by itself, a `kill -INT` of the pool does not: SIGTERM
@@ -455,6 +469,8 @@ def run_pool(jobs: list[runs.Job], pool: Pool, refresh_seconds: float) -> list[s
             if text != shown:  # not every refresh: the clock alone would change
                 print(runs.clock_time() + text, flush=True)
                 shown = text
+    if pool.interrupted:  # main says what a second Ctrl-C keeps
+        raise KeyboardInterrupt
     if pool.stopped is not None:
         raise runs.Preempted(pool.stopped, "every run in flight, in its folder")
     return failures

@@ -138,6 +138,18 @@ def code_version() -> str | None:
     return commit.stdout.strip() + ("+changes" if changed.returncode == 1 else "")
 
 
+def process_started(pid: int) -> float | None:
+    """When process pid began (seconds since the epoch, to about a second), from /proc;
+    None where that cannot tell (not Linux, the process gone)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name ("NVIDIA H100 80GB HBM3"), else the CPU's model (/proc/cpuinfo)."""
     if device.type == "cuda":

@@ -398,8 +398,8 @@ def run_command(argv: list[str]) -> int:
         print(f"{stop}", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:
-        print("\ninterrupted: finished tasks are saved in their run folders; "
-              "rerun the same command to run the rest", file=sys.stderr)
+        print("\ninterrupted: every run keeps its finished tasks and its last checkpoint; "
+              "rerun the same command to go on from there", file=sys.stderr)
         return 130
     if not settings["status"] and settings["launcher"] != "slurm":
         print(f"done in {time.perf_counter() - started:.0f} s; results in "

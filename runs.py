@@ -99,6 +99,8 @@ class StopRequest:
     def __init__(self):
         self.signum: int | None = None  # the first stop signal
         self.interrupts = 0  # Ctrl-Cs (SIGINT) so far: the second stops at once
+        # when a stop asked for now takes effect (train_run sets it for the final evaluations)
+        self.when = "after saving its state at the next training step"
 
     def check(self, saved: str) -> None:
         """Preempted if a stop was asked for; `saved` says what was saved, and where."""
@@ -142,10 +144,9 @@ def stop_signals():
         if request.signum is not None:  # already stopping (the pool's SIGTERM after Ctrl-C)
             return
         request.signum = signum
-        print(f"\n{signal.Signals(signum).name}: the run stops after saving its state at the "
-              "next training step" + (" (Ctrl-C again: stop at once, losing the task in "
-                                      "progress)" if signum == signal.SIGINT else ""),
-              flush=True)
+        print(f"\n{signal.Signals(signum).name}: the run stops {request.when}"
+              + (" (Ctrl-C again: stop at once, losing what it did since its last checkpoint)"
+                 if signum == signal.SIGINT else ""), flush=True)
 
     previous = {signum: signal.signal(signum, handler) for signum in handled_stop_signals()}
     try:
@@ -252,7 +253,7 @@ def liveness(run_dir: Path) -> str:
         owner = (run_dir / folders.RUNNING).read_text()
     except OSError:  # removed when the process ended: nothing holds the run
         return "interrupted"
-    match = re.match(r"process (\d+) on (\S+),", owner)
+    match = re.match(r"process (\d+) on (\S+), since (.+)", owner)
     if match is None or match[2] != socket.gethostname():
         return "running or interrupted"
     try:
@@ -261,6 +262,11 @@ def liveness(run_dir: Path) -> str:
         return "interrupted"
     except PermissionError:  # another user's process
         pass
+    started = machine.process_started(int(match[1]))
+    with contextlib.suppress(ValueError):  # a hand-edited time: the pid alone decides
+        since = time.mktime(time.strptime(match[3].strip(), "%Y-%m-%d %H:%M:%S"))
+        if started is not None and started > since + 2:  # its pid, reused by a later process
+            return "interrupted"
     return "running"
 
 
@@ -673,6 +679,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         if warning := chance_warning(task_id, last, class_count, sizes):
             print(warning, flush=True)
     stop.check(f"after the last task in {run_dir / CHECKPOINT}")
+    stop.when = "when its final evaluations end, finished; no other run starts"
     with out_of_memory_names("the final evaluations (task-agnostic, FeCAM)"):
         finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
                    title=f"{label} part {job.part}", watch=watch)

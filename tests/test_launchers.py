@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -303,7 +304,18 @@ def test_status_tells_a_live_run_from_an_interrupted_one_and_names_another_confi
     owner = job.run_dir / "running.txt"
     assert launchers.run_status(job)["state"] == "interrupted (task 1/5)"  # no running.txt
     owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since today\n")
+    assert launchers.run_status(job)["state"] == "running (task 1/5)"  # an unreadable time
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since {now}\n")
     assert launchers.run_status(job)["state"] == "running (task 1/5)"
+    # the run's pid taken by a process that began after the run wrote running.txt
+    hour_ago = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 3600))
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner.write_text(f"process {later.pid} on {socket.gethostname()}, since {hour_ago}\n")
+        assert launchers.run_status(job)["state"] == "interrupted (task 1/5)"
+    finally:
+        later.kill()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid is free now: a run killed with SIGKILL leaves running.txt so
     owner.write_text(f"process {dead.pid} on {socket.gethostname()}, since today\n")

@@ -313,7 +313,11 @@ def test_a_stop_during_the_final_evaluations_stops_before_the_next_run(mnist_roo
     code = main.main(options(mnist_root, tmp_path, "--seeds=[1,2]", "--number_of_iterations=5",
                              "--number_of_tasks=2"))
     assert code == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM: saved the finished run in" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "stopped by SIGTERM: saved the finished run in" in err
+    # no training step is left to stop at (the crash audit's wait through them)
+    assert ("SIGTERM: the run stops when its final evaluations end, finished; no other run "
+            "starts") in out
     assert (run_folder(tmp_path, 1) / "final_weights.pt").exists()  # its evaluations done
     assert not run_folder(tmp_path, 2).exists()  # and the next run never started
 
@@ -330,6 +334,44 @@ def test_exit_codes_of_stopped_pool_runs(tmp_path):
     # killed by the stop signal the pool forwarded before the run's handlers were set up
     assert launchers.exit_error(job, -signal.SIGTERM, stopping=True) is None
     assert "killed by SIGTERM" in launchers.exit_error(job, -signal.SIGTERM)  # not asked to stop
+
+
+def test_a_second_ctrl_c_under_the_pool_is_said_once_and_is_no_failure(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The crash audit's second Ctrl-C: every worker printed a KeyboardInterrupt traceback,
+    its run was reported FAILED, and the pool said it had saved every run."""
+    job = runs.Job(None, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launchers, "run_logged", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        launchers._pool_run(job, None)  # a worker: no traceback, its own exit code
+    assert exit_.value.code == launchers.INTERRUPTED
+    assert launchers.exit_error(job, launchers.INTERRUPTED, stopping=True) is None
+    assert "stopped at once" in launchers.exit_error(job, launchers.INTERRUPTED)
+    pool = launchers.Pool([None])
+    with pool.forwarding_stop_signals():
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    out = capsys.readouterr().out
+    assert out.count("SIGINT: no new runs") == 1 and "SIGINT again: the runs that get it stop " \
+        "at once, each keeping its last checkpoint" in out
+    pool.interrupted = True  # as wait() records a worker's INTERRUPTED exit
+    with pytest.raises(KeyboardInterrupt):  # main: "interrupted: every run keeps ...", 130
+        launchers.run_pool([], pool, refresh_seconds=0)
+
+
+def test_a_worker_killed_after_its_run_finished_is_no_failure(tmp_path):
+    """The crash audit killed a worker while it closed its loggers: failed.txt stayed in a
+    finished folder, and every later summary named a failed run."""
+    job = runs.Job(None, "SplitMNIST", 0, 1, tmp_path / "seed_1", "", "cpu")
+    job.run_dir.mkdir()
+    (job.run_dir / "final_weights.pt").write_bytes(b"")
+    assert launchers.exit_error(job, -signal.SIGKILL) is None
+    assert not (job.run_dir / "failed.txt").exists()
 
 
 def test_a_killed_pool_run_is_resumed_only_when_it_saved_a_checkpoint(tmp_path):
