@@ -29,7 +29,7 @@ from errors import UserError
 from files import write_csv, write_text  # every write goes there
 from folders import (
     ACCURACIES, CONFIG, EXPERIMENT_FOLDER, FECAM, MACHINE_COLUMNS, PUBLISHED, RUN_FILES,
-    RUN_NAME, TASK_AGNOSTIC, TASK_AGNOSTIC_STEPS, TRANSFER, configuration_name,
+    RUN_NAME, TASK_AGNOSTIC, TASK_AGNOSTIC_STEPS, TRANSFER, VALIDATION, configuration_name,
     experiment_folders, experiments_by_name, failure, not_started, read_config, read_run_csv,
     run_state)
 
@@ -96,6 +96,8 @@ SEED_METRICS = {
     "BWT": "backward transfer",
     "FWT": "forward transfer",
     "forgetting": "Chaudhry et al. 2018",
+    "validation_ACC": "ACC on the validation sets, to choose among configurations without the "
+                      "test sets",
     "task_agnostic_accuracy": "mean over tasks of the accuracy with each test image's task "
                               "inferred by the lowest entropy",
     "task_identification_accuracy": "how often that inferred task was right",
@@ -192,6 +194,11 @@ def later_tables(run_dir: Path, config: dict, *, tasks: int, finished: bool) -> 
         metrics["task_agnostic_accuracy"] = agnostic["accuracy"].mean()
         metrics["task_identification_accuracy"] = \
             agnostic["task_identification_accuracy"].mean()
+    if (run_dir / VALIDATION).exists():  # runs since 2026-12-08
+        validation = read_run_csv(run_dir / VALIDATION, ("accuracy",))["accuracy"]
+        if finished:
+            refuse_incomplete(run_dir / VALIDATION, len(validation), config)
+        metrics["validation_ACC"] = validation.mean()
     if (run_dir / TASK_AGNOSTIC_STEPS).exists():
         steps = read_run_csv(run_dir / TASK_AGNOSTIC_STEPS, ("accuracy",))
         metrics["task_agnostic_incremental_accuracy"] = steps["accuracy"].mean()

@@ -31,6 +31,7 @@ CHECKPOINT = "checkpoint.pt"
 # What else a run writes that the summaries read: after each task, and at its end.
 TRANSFER, TASK_AGNOSTIC, FECAM = "transfer.csv", "task_agnostic.csv", "fecam.csv"
 TASK_AGNOSTIC_STEPS = "task_agnostic_steps.csv"  # with FECAM: entropy per incremental step
+VALIDATION = "validation.csv"  # every task's validation accuracy after the last task
 RUN_LOG = "run.log"  # a run's output under the local pool and SLURM
 RUNNING = "running.txt"  # which process trains the run, while one does (runs.one_writer)
 LOCK = "run.lock"  # the OS file lock of the process that trains the run (runs.take_lock)

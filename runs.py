@@ -564,6 +564,10 @@ def finish_run(model, tasks, config, *, run_dir: Path, keys: dict, title: str,
     plots.plot_heatmap(evaluation.accuracy_matrix(accuracies), run_dir / "heatmap.png",
                        f"{title}, {point + ', ' if point else ''}seed {keys['seed']}: "
                        "accuracy (%)")
+    write_rows([{"task": j, "accuracy": hypermask.evaluate(
+        model, task, j, sparsity=config.sparsity, split="val",
+        batch_size=config.evaluation_batch_size)} for j, task in enumerate(tasks)],
+        keys, run_dir / folders.VALIDATION)  # to choose configurations without the test sets
     found = task_agnostic.entropy_counts(model, tasks, config.sparsity,
                                          config.evaluation_batch_size)
     write_rows(task_agnostic.entropy_rows(found, tasks), keys, run_dir / folders.TASK_AGNOSTIC)

@@ -124,7 +124,7 @@ def test_tensorboard_holds_every_row_the_accuracy_matrix_and_final_metrics(mnist
     curves = scalars(run_dir)
     accuracy_tags = {f"accuracy/task_0{j}" for j in range(3)} | {"accuracy/mean"}
     assert set(curves) == TRAINING_TAGS | accuracy_tags | {
-        "final/ACC", "final/BWT", "final/FWT", "final/forgetting",
+        "final/ACC", "final/BWT", "final/FWT", "final/forgetting", "final/validation_ACC",
         "final/task_agnostic_accuracy", "final/task_identification_accuracy"}
     same_curve(curves["train/loss"], expected_rows(run_dir))
     assert [s for s, _ in curves["train/loss"]] == [1, 6, 11, 12, 13, 18, 23, 24, 25, 30, 35, 36]

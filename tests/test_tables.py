@@ -595,13 +595,14 @@ def test_a_hand_edited_config_is_a_one_line_error(tmp_path, config, problem, cap
 
 
 @pytest.mark.parametrize("name", ["accuracies.csv", "transfer.csv", "task_agnostic.csv",
-                                  "fecam.csv"])
+                                  "fecam.csv", "validation.csv"])
 def test_a_finished_runs_table_cut_short_is_refused(tmp_path, capsys, name):
     """The audit's finished 3-task run whose last task's rows were deleted: averaged as
     whole, its ACC rose from 81.67 to 92.50."""
     run = tmp_path / "CIFAR100_FeCAM_setup_part6_best" / "seed_1"
     make_run(run, number_of_tasks=3, fecam_evaluation=True)
-    pd.DataFrame({"task": [0, 1, 2], "accuracy": [61.0, 40.0, 30.0]}).to_csv(run / "fecam.csv")
+    for table in ("fecam.csv", "validation.csv"):  # validation.csv: runs since 2026-12-08
+        pd.DataFrame({"task": [0, 1, 2], "accuracy": [61.0, 40.0, 30.0]}).to_csv(run / table)
     assert evaluation.main([str(tmp_path), "--table"]) == 0  # whole: fine
     table = pd.read_csv(run / name)
     last = (table["trained_task"] < 2) if name == "accuracies.csv" else table.index < 2

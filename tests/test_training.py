@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 
+import pandas as pd
 import pytest
 import torch
 from conftest import random_task, tiny_options
@@ -146,6 +147,30 @@ def test_a_run_tests_and_infers_tasks_at_the_configured_sparsity(mnist_root, tmp
     monkeypatch.setattr(task_agnostic, "entropy_counts", entropy_spy)
     assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", "--sparsity=30")) == 0
     assert len(tested) == 2 + 2 + 2 and set(tested) == {30} and inferred == [30]  # b, A
+
+
+def test_validation_csv_holds_every_tasks_final_validation_accuracy(mnist_root, tmp_path,
+                                                                    monkeypatch):
+    """validation.csv: the final networks at p on each task's validation set, for choosing
+    configurations without the test sets (an outputs audit found no way to)."""
+    expected, calls = [], []
+    finish_run, evaluate = runs.finish_run, hypermask.evaluate
+
+    def recording(model, tasks, config, **kwargs):
+        expected.extend(evaluate(model, task, j, sparsity=config.sparsity, split="val")
+                        for j, task in enumerate(tasks))
+        monkeypatch.setattr(hypermask, "evaluate", lambda *args, **options: (
+            calls.append(options), evaluate(*args, **options))[1])
+        finish_run(model, tasks, config, **kwargs)
+
+    monkeypatch.setattr(runs, "finish_run", recording)
+    assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", "--sparsity=30")) == 0
+    assert [(c["split"], c["sparsity"]) for c in calls] == [("val", 30), ("val", 30)]
+    run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
+    table = pd.read_csv(run / "validation.csv")
+    assert table["task"].tolist() == [0, 1] and table["accuracy"].tolist() == expected
+    summary = pd.read_csv(run.parent / "summary.csv")
+    assert summary.loc[0, "validation_ACC"] == pytest.approx(sum(expected) / 2)
 
 
 class Stopped(Exception):
