@@ -196,8 +196,10 @@ def later_tables(run_dir: Path, config: dict, *, tasks: int, finished: bool) -> 
             agnostic["task_identification_accuracy"].mean()
     if (run_dir / VALIDATION).exists():  # runs since 2026-12-08
         validation = read_run_csv(run_dir / VALIDATION, ("accuracy",))["accuracy"]
-        if finished:
-            refuse_incomplete(run_dir / VALIDATION, len(validation), config)
+        if finished:  # not a table the run's other numbers need: the file alone can go
+            refuse_incomplete(run_dir / VALIDATION, len(validation), config,
+                              "delete that file (the summaries then leave its run out of "
+                              "validation_ACC)")
         metrics["validation_ACC"] = validation.mean()
     if (run_dir / TASK_AGNOSTIC_STEPS).exists():
         steps = read_run_csv(run_dir / TASK_AGNOSTIC_STEPS, ("accuracy",))
@@ -211,14 +213,14 @@ def later_tables(run_dir: Path, config: dict, *, tasks: int, finished: bool) -> 
     return metrics
 
 
-def refuse_incomplete(path: Path, tasks: int, config: dict) -> None:
+def refuse_incomplete(path: Path, tasks: int, config: dict,
+                      advice: str = "delete the run folder {folder} to run it again") -> None:
     """A UserError for a finished run's table that covers `tasks` tasks (whole rows of the
     accuracy matrix; rows of the other tables), not the run's number_of_tasks."""
     expected = config.get("number_of_tasks")
     if type(expected) is int and tasks != expected:
         raise UserError(f"{path} is corrupt or incomplete (it covers {tasks} of the run's "
-                        f"{expected} tasks); delete the run folder {path.parent} to run it "
-                        "again")
+                        f"{expected} tasks); " + advice.format(folder=path.parent))
 
 
 def refuse_missing_results(run_dir: Path, config: dict) -> None:
@@ -765,7 +767,7 @@ def configuration_differences(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> lis
     values = {c: [setting_text(first_value(runs, c)) for runs in (runs_a, runs_b)]
               for c in sorted(columns)}
     return [f"{c} (A {a}, B {b})" for c, (a, b) in values.items() if a != b
-            and not (c in DATA_RECORDS and "None" in (a, b))]
+            and not (c in (*DATA_RECORDS, "code_version") and "None" in (a, b))]
 
 
 def shared_tasks_agree(classes_a: list, classes_b: list) -> bool:

@@ -290,7 +290,7 @@ def exit_error(job: runs.Job, exitcode: int, stopping: bool = False) -> str | No
                                        or -exitcode in runs.STOP_SIGNALS)):
         return None
     if exitcode == INTERRUPTED:  # a Ctrl-C the pool did not see (sent to the run alone)
-        return ("stopped at once by a second SIGINT from outside the launcher, its last "
+        return ("stopped by a second SIGINT from outside the launcher, at once, its last "
                 "checkpoint kept; rerun the same command to continue it")
     if exitcode in STOPPED_EXIT_CODES:  # its state saved, no failed.txt: it is interrupted
         return (f"stopped by {signal.Signals(exitcode - 128).name} from outside the launcher, "
@@ -340,6 +340,8 @@ def _pool_run(job: runs.Job, gpu: str | None, environment: dict | None = None) -
         sys.exit(DISK_STOPPED if failed.shared else 1)
     except KeyboardInterrupt:  # a second Ctrl-C (the pool says it once for every run)
         sys.exit(INTERRUPTED)
+    finally:  # a Ctrl-C now, the run's handlers gone, would make its exit code -SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(1 if error else 0)
 
 
@@ -373,7 +375,8 @@ class Pool:
             job, slot = self.running.pop(process)
             self.free.append(slot)
             self.disk_stopped |= process.exitcode == DISK_STOPPED
-            self.interrupted |= process.exitcode == INTERRUPTED
+            # stopped at once while the pool stops: the launch ends as interrupted
+            self.interrupted |= process.exitcode == INTERRUPTED and self.stopped is not None
             error = exit_error(job, process.exitcode, stopping=self.stopped is not None)
             if error:
                 failed.append((job, error))

@@ -123,31 +123,32 @@ def where_it_runs(device: torch.device) -> dict:
 @functools.cache
 def code_version() -> str | None:
     """This code's git commit ("3f2c1a9b0d4e"), with "+changes" where the project's modules
-    (the *.py beside this file) differ from it; None outside a git checkout."""
+    (the *.py beside this file) differ from it or a new one is not committed; None where
+    this file is not in a git checkout's commit (no git, a copy inside another repository)."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args],
                               capture_output=True, text=True, timeout=60)
 
     try:
-        commit, changed = git("rev-parse", "--short=12", "HEAD"), git(
-            "diff", "--quiet", "HEAD", "--", ":(glob)*.py")
+        commit, tracked = (git("rev-parse", "--short=12", "HEAD"),
+                           git("ls-files", "--error-unmatch", "--", Path(__file__).name))
+        changed = git("diff", "--quiet", "HEAD", "--", ":(glob)*.py").returncode == 1 or bool(
+            git("ls-files", "--others", "--exclude-standard", "--", ":(glob)*.py").stdout)
     except (OSError, subprocess.SubprocessError):  # no git, or a hung one
         return None
-    if commit.returncode:
+    if commit.returncode or tracked.returncode:
         return None
-    return commit.stdout.strip() + ("+changes" if changed.returncode == 1 else "")
+    return commit.stdout.strip() + ("+changes" if changed else "")
 
 
-def process_started(pid: int) -> float | None:
-    """When process pid began (seconds since the epoch, to about a second), from /proc;
-    None where that cannot tell (not Linux, the process gone)."""
+def process_start_tick(pid: int) -> int | None:
+    """When process pid began, in clock ticks since boot (/proc/PID/stat): with its pid it
+    names one process, whatever the wall clock did since. None where that cannot tell
+    (not Linux, the process gone)."""
     try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def device_name(device: torch.device) -> str:

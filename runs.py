@@ -214,8 +214,10 @@ def one_writer(run_dir: Path):
     lock = take_lock(run_dir)
     owner = run_dir / folders.RUNNING
     try:
+        # the second line tells this process from a later one given its pid (liveness)
         files.write_text(f"process {os.getpid()} on {socket.gethostname()}, since "
-                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n", owner)
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                         f"start tick {machine.process_start_tick(os.getpid())}\n", owner)
         yield
     finally:
         owner.unlink(missing_ok=True)
@@ -230,7 +232,8 @@ def take_lock(run_dir: Path) -> filelock.FileLock:
         lock.acquire(timeout=0)
     except filelock.Timeout:
         owner = run_dir / folders.RUNNING
-        holder = owner.read_text().strip() if owner.exists() else "another process"
+        holder = (owner.read_text().partition("\n")[0].strip() if owner.exists()
+                  else "another process")
         raise AlreadyRunning(f"{run_dir} is already being trained by {holder}; wait for it to "
                              "end (the same command with --status shows it) or stop that "
                              "process") from None
@@ -253,7 +256,7 @@ def liveness(run_dir: Path) -> str:
         owner = (run_dir / folders.RUNNING).read_text()
     except OSError:  # removed when the process ended: nothing holds the run
         return "interrupted"
-    match = re.match(r"process (\d+) on (\S+), since (.+)", owner)
+    match = re.match(r"process (\d+) on (\S+),", owner)
     if match is None or match[2] != socket.gethostname():
         return "running or interrupted"
     try:
@@ -262,11 +265,9 @@ def liveness(run_dir: Path) -> str:
         return "interrupted"
     except PermissionError:  # another user's process
         pass
-    started = machine.process_started(int(match[1]))
-    with contextlib.suppress(ValueError):  # a hand-edited time: the pid alone decides
-        since = time.mktime(time.strptime(match[3].strip(), "%Y-%m-%d %H:%M:%S"))
-        if started is not None and started > since + 2:  # its pid, reused by a later process
-            return "interrupted"
+    tick = re.search(r"^start tick (\d+)$", owner, re.MULTILINE)  # None: the pid alone decides
+    if tick and machine.process_start_tick(int(match[1])) not in (None, int(tick[1])):
+        return "interrupted"  # its pid, given to a later process
     return "running"
 
 
@@ -683,7 +684,7 @@ def train_run(model, tasks: list, config, *, job: Job, device: torch.device,
         if warning := chance_warning(task_id, last, class_count, sizes):
             print(warning, flush=True)
     stop.check(f"after the last task in {run_dir / CHECKPOINT}")
-    stop.when = "when its final evaluations end, finished; no other run starts"
+    stop.when = "when its final evaluations end, finished"
     with out_of_memory_names("the final evaluations (task-agnostic, FeCAM)"):
         finish_run(model, tasks, config, run_dir=run_dir, keys=keys,
                    title=f"{label} part {job.part}", watch=watch)

@@ -132,7 +132,12 @@ def test_code_version_is_the_commit_and_says_when_the_modules_differ(tmp_path, m
     assert copy() == commit and len(commit) == 12
     (tmp_path / "README.md").write_text("other words\n")  # no module changed
     assert copy.__wrapped__() == commit
+    (tmp_path / "new_module.py").write_text("# not committed\n")
+    assert copy.__wrapped__() == commit + "+changes"
+    (tmp_path / "new_module.py").unlink()
     (tmp_path / "machine.py").write_text("# changed\n", encoding="utf-8")
     assert copy.__wrapped__() == commit + "+changes"
+    git("rm", "-q", "--cached", "machine.py")  # the code a copy inside another repository
+    assert copy.__wrapped__() is None
     shutil.rmtree(tmp_path / ".git")
     assert copy.__wrapped__() is None  # not a git checkout

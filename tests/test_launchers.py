@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -304,18 +303,21 @@ def test_status_tells_a_live_run_from_an_interrupted_one_and_names_another_confi
     owner = job.run_dir / "running.txt"
     assert launchers.run_status(job)["state"] == "interrupted (task 1/5)"  # no running.txt
     owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since today\n")
-    assert launchers.run_status(job)["state"] == "running (task 1/5)"  # an unreadable time
-    now = time.strftime("%Y-%m-%d %H:%M:%S")
-    owner.write_text(f"process {os.getpid()} on {socket.gethostname()}, since {now}\n")
-    assert launchers.run_status(job)["state"] == "running (task 1/5)"
-    # the run's pid taken by a process that began after the run wrote running.txt
-    hour_ago = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 3600))
+    assert launchers.run_status(job)["state"] == "running (task 1/5)"  # no start tick: the pid
+    # the run's pid given to a later process (the crash audit's): another start tick
     later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        owner.write_text(f"process {later.pid} on {socket.gethostname()}, since {hour_ago}\n")
-        assert launchers.run_status(job)["state"] == "interrupted (task 1/5)"
+        tick = machine.process_start_tick(later.pid)
+        for written, state in ((tick, "running"), (tick - 1, "interrupted")):
+            owner.write_text(f"process {later.pid} on {socket.gethostname()}, since today\n"
+                             f"start tick {written}\n")
+            assert launchers.run_status(job)["state"] == f"{state} (task 1/5)"
     finally:
         later.kill()
+    with runs.one_writer(job.run_dir):  # what a run writes: its own start tick
+        assert owner.read_text().splitlines()[1] == \
+            f"start tick {machine.process_start_tick(os.getpid())}"
+        assert launchers.run_status(job)["state"] == "running (task 1/5)"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid is free now: a run killed with SIGKILL leaves running.txt so
     owner.write_text(f"process {dead.pid} on {socket.gethostname()}, since today\n")

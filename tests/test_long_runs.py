@@ -316,8 +316,7 @@ def test_a_stop_during_the_final_evaluations_stops_before_the_next_run(mnist_roo
     out, err = capsys.readouterr()
     assert "stopped by SIGTERM: saved the finished run in" in err
     # no training step is left to stop at (the crash audit's wait through them)
-    assert ("SIGTERM: the run stops when its final evaluations end, finished; no other run "
-            "starts") in out
+    assert "SIGTERM: the run stops when its final evaluations end, finished" in out
     assert (run_folder(tmp_path, 1) / "final_weights.pt").exists()  # its evaluations done
     assert not run_folder(tmp_path, 2).exists()  # and the next run never started
 
@@ -346,11 +345,18 @@ def test_a_second_ctrl_c_under_the_pool_is_said_once_and_is_no_failure(tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(launchers, "run_logged", interrupted)
-    with pytest.raises(SystemExit) as exit_:
-        launchers._pool_run(job, None)  # a worker: no traceback, its own exit code
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            launchers._pool_run(job, None)  # a worker: no traceback, its own exit code
+        # and a Ctrl-C while it exits cannot make that exit code -SIGINT (a failure)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert exit_.value.code == launchers.INTERRUPTED
     assert launchers.exit_error(job, launchers.INTERRUPTED, stopping=True) is None
-    assert "stopped at once" in launchers.exit_error(job, launchers.INTERRUPTED)
+    assert launchers.exit_error(job, launchers.INTERRUPTED).startswith(
+        "stopped by a second SIGINT from outside the launcher, at once")  # STOPPED, not FAILED
     pool = launchers.Pool([None])
     with pool.forwarding_stop_signals():
         for _ in range(2):
@@ -359,7 +365,15 @@ def test_a_second_ctrl_c_under_the_pool_is_said_once_and_is_no_failure(tmp_path,
     out = capsys.readouterr().out
     assert out.count("SIGINT: no new runs") == 1 and "SIGINT again: the runs that get it stop " \
         "at once, each keeping its last checkpoint" in out
-    pool.interrupted = True  # as wait() records a worker's INTERRUPTED exit
+    # a worker that exits INTERRUPTED: the launch ends as interrupted only if it was stopping
+    for stopped in (None, signal.SIGINT):
+        pool = launchers.Pool([None])
+        pool.stopped = stopped
+        worker = pool.context.Process(target=sys.exit, args=(launchers.INTERRUPTED,))
+        worker.start()
+        pool.running[worker] = (job, pool.free.pop())
+        failed = pool.wait(60)
+        assert pool.interrupted == (stopped is not None) and len(failed) == (stopped is None)
     with pytest.raises(KeyboardInterrupt):  # main: "interrupted: every run keeps ...", 130
         launchers.run_pool([], pool, refresh_seconds=0)
 

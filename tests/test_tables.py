@@ -608,9 +608,11 @@ def test_a_finished_runs_table_cut_short_is_refused(tmp_path, capsys, name):
     last = (table["trained_task"] < 2) if name == "accuracies.csv" else table.index < 2
     table[last].to_csv(run / name, index=False)
     assert evaluation.main([str(tmp_path), "--table"]) == 2
+    advice = ("delete that file (the summaries then leave its run out of validation_ACC)"
+              if name == "validation.csv" else f"delete the run folder {run} to run it again")
     assert capsys.readouterr().err == (
         f"error: {run / name} is corrupt or incomplete (it covers 2 of the run's 3 tasks); "
-        f"delete the run folder {run} to run it again\n")
+        f"{advice}\n")
     (run / "final_weights.pt").unlink()  # unfinished: its tasks so far, not in the table
     assert evaluation.main([str(tmp_path), "--table"]) == 0
 

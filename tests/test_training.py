@@ -157,15 +157,17 @@ def test_validation_csv_holds_every_tasks_final_validation_accuracy(mnist_root, 
     finish_run, evaluate = runs.finish_run, hypermask.evaluate
 
     def recording(model, tasks, config, **kwargs):
-        expected.extend(evaluate(model, task, j, sparsity=config.sparsity, split="val")
-                        for j, task in enumerate(tasks))
+        expected.extend(evaluate(model, task, j, sparsity=config.sparsity, split="val",
+                                 batch_size=7) for j, task in enumerate(tasks))
         monkeypatch.setattr(hypermask, "evaluate", lambda *args, **options: (
             calls.append(options), evaluate(*args, **options))[1])
         finish_run(model, tasks, config, **kwargs)
 
     monkeypatch.setattr(runs, "finish_run", recording)
-    assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", "--sparsity=30")) == 0
-    assert [(c["split"], c["sparsity"]) for c in calls] == [("val", 30), ("val", 30)]
+    assert main.main(tiny_options(mnist_root, tmp_path, "--seeds=[1]", "--sparsity=30",
+                                  "--evaluation_batch_size=7")) == 0
+    assert [(c["split"], c["sparsity"], c.get("batch_size")) for c in calls] == [
+        ("val", 30, 7), ("val", 30, 7)]
     run = tmp_path / "SplitMNIST_part0_best" / "seed_1"
     table = pd.read_csv(run / "validation.csv")
     assert table["task"].tolist() == [0, 1] and table["accuracy"].tolist() == expected
