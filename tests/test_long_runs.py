@@ -369,7 +369,7 @@ def test_a_second_ctrl_c_under_the_pool_is_said_once_and_is_no_failure(tmp_path,
     for stopped in (None, signal.SIGINT):
         pool = launchers.Pool([None])
         pool.stopped = stopped
-        worker = pool.context.Process(target=sys.exit, args=(launchers.INTERRUPTED,))
+        worker = pool.context.Process(target=os._exit, args=(launchers.INTERRUPTED,))
         worker.start()
         pool.running[worker] = (job, pool.free.pop())
         failed = pool.wait(60)
