@@ -67,12 +67,13 @@ def forward_and_backward(layer, h, weight, bias, gradient):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="1,2,3,4,5,10,100")
+    parser.add_argument("--rows", type=timing.whole_numbers(1), default="1,2,3,4,5,10,100")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--outputs", type=int, default=OUTPUTS)
-    parser.add_argument("--hidden", type=int, default=HIDDEN)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--block_rows", type=int, default=output_layer.BLOCK_ROWS)
+    parser.add_argument("--outputs", type=timing.at_least(1), default=OUTPUTS)
+    parser.add_argument("--hidden", type=timing.at_least(1), default=HIDDEN)
+    parser.add_argument("--repeats", type=timing.at_least(1), default=3)
+    parser.add_argument("--block_rows", type=timing.at_least(1),
+                        default=output_layer.BLOCK_ROWS)
     args = parser.parse_args()
     args.device = timing.usable_device(args.device)
     output_layer.BLOCK_ROWS = args.block_rows
@@ -91,7 +92,7 @@ def main() -> None:
     print(f"{'rows':>5}" + "".join(f"{name + ' ms':>11}" for name in forms)
           + "".join(f"{'fwd+bwd ' + name:>15}" for name in forms)
           + "".join(f"{name + ' bitwise':>15}" for name in list(forms)[1:]))
-    for rows in (int(r) for r in args.rows.split(",")):
+    for rows in args.rows:
         h = torch.randn(rows, args.hidden, generator=generator).to(args.device).requires_grad_()
         gradient = torch.randn(rows, args.outputs, generator=generator).to(args.device)
         with torch.no_grad():

@@ -50,14 +50,14 @@ def main() -> None:
     import timing
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=100, help="per task")
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--iterations", type=timing.at_least(1), default=100, help="per task")
+    parser.add_argument("--seeds", type=timing.whole_numbers(0), default="1,2,3")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.device != "auto":  # machine.select_device picks one for auto
         timing.usable_device(args.device)
     device = machine.select_device(args.device)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     print(f"device: {device} ({torch.get_num_threads()} threads); torch {torch.__version__}; "
           f"{args.iterations} iterations per task; seeds {seeds}")
     started, rows = time.perf_counter(), []

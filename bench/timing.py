@@ -4,7 +4,8 @@ A GPU runs what it is given later than Python hands it over, so a host clock
 means something only after the device has finished: `synchronize` waits for it
 (a no-op on a CPU). `median_seconds` is the one timer of the bench scripts, and
 `usable_device` their one check of --device (a device that is not there ends a
-script with one line, not a traceback), `at_least` that of their counts.
+script with one line, not a traceback), `at_least` and `whole_numbers` that of their
+counts.
 """
 
 import argparse
@@ -83,3 +84,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return whole_number
+
+
+def whole_numbers(minimum: int) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated whole numbers, each at least `minimum` ("1,2,3")."""
+    single = at_least(minimum)
+
+    def numbers(text: str) -> list[int]:
+        try:
+            return [single(item.strip()) for item in text.split(",")]
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"give whole numbers of at least {minimum} "
+                                             f"separated by commas, not {text!r}") from None
+
+    return numbers

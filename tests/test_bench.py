@@ -191,6 +191,20 @@ def test_profile_step_refuses_bad_arguments_before_profiling(arguments, monkeypa
     assert capsys.readouterr().err.splitlines()[-1].startswith("profile_step.py: error: ")
 
 
+@pytest.mark.parametrize("script, argument", [
+    ("published_regime", "--seeds=1,,2"), ("published_regime", "--seeds=a"),
+    ("published_regime", "--iterations=0"), ("output_layer", "--rows=1,0"),
+    ("output_layer", "--rows=x"), ("output_layer", "--repeats=0")])
+def test_lists_and_counts_are_checked_before_any_work(script, argument, monkeypatch, capsys):
+    """published_regime's --seeds and output_layer's --rows ended in int()'s traceback."""
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", argument])
+    with pytest.raises(SystemExit) as stop:
+        load(script).main()
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"{script}.py: error: argument ") and "at least" in last
+
+
 def test_the_device_check_starts_afresh_says_its_commit_and_leaves_no_scratch(tmp_path,
                                                                              monkeypatch):
     """A rerun into the same folder mixed its files with the first run's; /tmp kept a
