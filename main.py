@@ -293,10 +293,11 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
     runs.check_folders(jobs)  # a folder holding another run stops every launcher up front
     # An unusable device or missing data: one error before the experiment's folder is made,
     # not one per run, nor a folder holding only the plan.
+    where = f"with the {settings['launcher']} launcher"
     if settings["launcher"] == "local":  # SLURM's runs find their devices on their nodes
         machine.check_device(settings["device"])  # the pool's process opens no CUDA context
     elif settings["launcher"] == "sequential":
-        device = machine.select_device(settings["device"])
+        where = f"on {machine.select_device(settings['device'])}"
     pending = [job for job in jobs if folders.run_state(job.run_dir) != "finished"]
     if pending:  # once here, so that parallel runs neither download nor decode the data each
         # (the sequential launcher's first run reads them again: a few seconds, where holding
@@ -306,8 +307,6 @@ def run_experiment(settings: dict, experiment_dir: Path, jobs: list[runs.Job]) -
     files.write_text("".join(f"{job.run_dir.name}\n" for job in jobs),
                      experiment_dir / folders.PLANNED)
     configurations = len({job.config for job in jobs})
-    where = (f"on {device}" if settings["launcher"] == "sequential"
-             else f"with the {settings['launcher']} launcher")
     print(f"{experiment_dir.name}: {configurations} configuration(s), {len(jobs)} run(s) {where}"
           + (f" -- data: {datasets.DEMO_LABEL}" if settings["demo"] else ""))
     if settings["launcher"] == "slurm":
